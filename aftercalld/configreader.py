@@ -1,0 +1,175 @@
+"""Typed reading of one TOML table, with errors that name the file, the key path and why.
+
+Every part of the config (core, AMI, ESL, SMPP, modem) reads its table through a `Section`,
+so every error a PBX admin sees has the same shape:
+``/etc/aftercalld/aftercalld.toml: rules[2].recipients: unknown value "agnet"``.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable
+
+_MISSING = object()
+
+
+class ConfigError(Exception):
+    def __init__(self, file: str, key: str, reason: str) -> None:
+        super().__init__(f"{file}: {key}: {reason}" if key else f"{file}: {reason}")
+        self.file = file
+        self.key = key
+        self.reason = reason
+
+
+def _type_name(value: Any) -> str:
+    return {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true/false",
+        list: "a list",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
+
+
+class Section:
+    """One table of the config. Reads keys with types and bounds; `done()` rejects keys
+    nobody read, so a typo such as ``secrte`` is an error rather than a silent default."""
+
+    def __init__(self, data: dict[str, Any], path: str, file: str) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(file, path, f"must be a table, not {_type_name(data)}")
+        self.data = data
+        self.path = path
+        self.file = file
+        self._read: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def error(self, name: str | None, reason: str) -> ConfigError:
+        return ConfigError(self.file, self.key(name) if name else self.path, reason)
+
+    def has(self, name: str) -> bool:
+        return name in self.data
+
+    def _get(self, name: str, default: Any) -> Any:
+        self._read.add(name)
+        if name in self.data:
+            return self.data[name]
+        if default is _MISSING:
+            raise self.error(name, "missing (required)")
+        return default
+
+    def raw(self, name: str, default: Any = _MISSING) -> Any:
+        return self._get(name, default)
+
+    def str(self, name: str, default: Any = _MISSING, *, choices: Iterable[str] | None = None,
+            pattern: str | None = None, nonempty: bool = False) -> Any:
+        value = self._get(name, default)
+        if value is default and name not in self.data:
+            return value
+        if not isinstance(value, str):
+            raise self.error(name, f"must be a string, not {_type_name(value)}")
+        if nonempty and not value.strip():
+            raise self.error(name, "must not be empty")
+        if choices is not None:
+            allowed = list(choices)
+            if value not in allowed:
+                raise self.error(name, f'unknown value "{value}" (expected one of: {", ".join(allowed)})')
+        if pattern is not None and not re.fullmatch(pattern, value):
+            raise self.error(name, f'"{value}" is not in the expected form ({pattern})')
+        return value
+
+    def secret(self, name: str, default: Any = _MISSING) -> Any:
+        """A string that must never be echoed: errors say what is wrong, not the value."""
+        value = self._get(name, default)
+        if value is default and name not in self.data:
+            return value
+        if not isinstance(value, str):
+            raise self.error(name, f"must be a string, not {_type_name(value)}")
+        return value
+
+    def int(self, name: str, default: Any = _MISSING, *, min: int | None = None,
+            max: int | None = None) -> Any:
+        value = self._get(name, default)
+        if value is default and name not in self.data:
+            return value
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(name, f"must be an integer, not {_type_name(value)}")
+        self._bounds(name, value, min, max)
+        return value
+
+    def float(self, name: str, default: Any = _MISSING, *, min: float | None = None,
+              max: float | None = None) -> Any:
+        value = self._get(name, default)
+        if value is default and name not in self.data:
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.error(name, f"must be a number, not {_type_name(value)}")
+        self._bounds(name, value, min, max)
+        return float(value)
+
+    def bool(self, name: str, default: Any = _MISSING) -> Any:
+        value = self._get(name, default)
+        if value is default and name not in self.data:
+            return value
+        if not isinstance(value, bool):
+            raise self.error(name, f"must be true or false, not {_type_name(value)}")
+        return value
+
+    def str_list(self, name: str, default: Any = _MISSING, *, choices: Iterable[str] | None = None,
+                 allow_single: bool = True) -> Any:
+        """A list of strings; a single string is accepted as a one-item list."""
+        value = self._get(name, default)
+        if value is default and name not in self.data:
+            return value
+        if allow_single and isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise self.error(name, f"must be a list of strings, not {_type_name(value)}")
+        allowed = list(choices) if choices is not None else None
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise self.error(f"{name}[{i}]", f"must be a string, not {_type_name(item)}")
+            if allowed is not None and item not in allowed:
+                raise self.error(name, f'unknown value "{item}" (expected one of: {", ".join(allowed)})')
+        return list(value)
+
+    def str_map(self, name: str, default: Any = _MISSING) -> Any:
+        value = self._get(name, default)
+        if value is default and name not in self.data:
+            return value
+        if not isinstance(value, dict):
+            raise self.error(name, f"must be a table of name = \"value\", not {_type_name(value)}")
+        for k, v in value.items():
+            if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+                raise self.error(f"{name}.{k}", f"must be a string, not {_type_name(v)}")
+        return {str(k): str(v) for k, v in value.items()}
+
+    def section(self, name: str, *, required: bool = False) -> "Section":
+        value = self._get(name, _MISSING if required else {})
+        return Section(value, self.key(name), self.file)
+
+    def sections(self, name: str, *, required: bool = False) -> list["Section"]:
+        """An array of tables (``[[rules]]``)."""
+        value = self._get(name, _MISSING if required else [])
+        if not isinstance(value, list):
+            raise self.error(name, f"must be an array of tables ([[{self.key(name)}]]), not {_type_name(value)}")
+        out = []
+        for i, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise self.error(f"{name}[{i}]", f"must be a table, not {_type_name(item)}")
+            out.append(Section(item, f"{self.key(name)}[{i}]", self.file))
+        return out
+
+    def done(self) -> None:
+        unknown = [k for k in self.data if k not in self._read]
+        if unknown:
+            name = unknown[0]
+            raise self.error(name, "unknown key (check the spelling; config/aftercalld.example.toml lists every key)")
+
+    def _bounds(self, name: str, value: float, lo: float | None, hi: float | None) -> None:
+        if lo is not None and value < lo:
+            raise self.error(name, f"must be at least {lo}, got {value}")
+        if hi is not None and value > hi:
+            raise self.error(name, f"must be at most {hi}, got {value}")

@@ -1,0 +1,258 @@
+"""Protocol-neutral data that flows through the pipeline.
+
+Everything downstream of the trackers sees only these types; nothing here knows Asterisk
+or FreeSWITCH exists.
+"""
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
+from types import MappingProxyType
+from typing import Any, Mapping
+
+
+class Direction(enum.StrEnum):
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+    INTERNAL = "internal"
+
+
+class CallStatus(enum.StrEnum):
+    CONNECTED = "connected"
+    MISSED = "missed"
+    VOICEMAIL = "voicemail"
+
+
+def _frozen_mapping(value: Mapping[str, str] | None) -> Mapping[str, str]:
+    return MappingProxyType(dict(value or {}))
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One finished call, as the trackers emit it."""
+
+    call_id: str
+    pbx: str
+    direction: Direction
+    status: CallStatus
+    caller_number: str = ""
+    caller_name: str = ""
+    dialled_number: str = ""  # the DID for inbound calls, the number dialled for outbound
+    agent_extension: str = ""
+    agent_name: str = ""
+    agent_number: str = ""
+    department: str = ""
+    queue: str = ""
+    start_time: datetime | None = None
+    answer_time: datetime | None = None
+    end_time: datetime | None = None
+    ring_seconds: float = 0.0
+    talk_seconds: float = 0.0  # billsec: answered-by-a-person time
+    hangup_cause: str = ""
+    voicemail_box: str = ""
+    variables: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "direction", Direction(self.direction))
+        object.__setattr__(self, "status", CallStatus(self.status))
+        object.__setattr__(self, "variables", _frozen_mapping(self.variables))
+        for name in ("start_time", "answer_time", "end_time"):
+            value = getattr(self, name)
+            if value is not None and value.tzinfo is None:
+                raise ValueError(f"{name} must be timezone-aware")
+
+    @property
+    def customer_number(self) -> str:
+        """The external party: who rang in, or who was dialled on an outbound call. This is
+        who a rule's ``caller`` recipient texts."""
+        return self.dialled_number if self.direction is Direction.OUTBOUND else self.caller_number
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, datetime):
+                value = value.isoformat()
+            elif isinstance(value, Mapping):
+                value = dict(value)
+            elif isinstance(value, enum.Enum):
+                value = value.value
+            out[f.name] = value
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "CallRecord":
+        """Build from JSON-shaped data; raises ValueError naming the bad field."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown field(s): {', '.join(unknown)}")
+        kwargs: dict[str, Any] = {}
+        for name, value in data.items():
+            if name in ("start_time", "answer_time", "end_time") and value not in (None, ""):
+                try:
+                    parsed = datetime.fromisoformat(str(value))
+                except ValueError as exc:
+                    raise ValueError(f"{name}: not an ISO 8601 time: {value!r}") from exc
+                if parsed.tzinfo is None:
+                    raise ValueError(f"{name}: needs a UTC offset, e.g. {value}Z or {value}+00:00")
+                kwargs[name] = parsed
+            elif name in ("start_time", "answer_time", "end_time"):
+                kwargs[name] = None
+            elif name in ("ring_seconds", "talk_seconds"):
+                try:
+                    kwargs[name] = float(value)
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(f"{name}: not a number: {value!r}") from exc
+            elif name == "variables":
+                if not isinstance(value, Mapping):
+                    raise ValueError("variables: must be an object of name → value")
+                kwargs[name] = {str(k): str(v) for k, v in value.items()}
+            else:
+                kwargs[name] = "" if value is None else str(value)
+        for required in ("call_id", "pbx", "direction", "status"):
+            if not kwargs.get(required):
+                raise ValueError(f"{required}: missing")
+        try:
+            kwargs["direction"] = Direction(kwargs["direction"])
+        except ValueError:
+            raise ValueError(f"direction: unknown value {kwargs['direction']!r}") from None
+        try:
+            kwargs["status"] = CallStatus(kwargs["status"])
+        except ValueError:
+            raise ValueError(f"status: unknown value {kwargs['status']!r}") from None
+        return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> "CallRecord":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not JSON: {exc.msg} at column {exc.colno}") from None
+        if not isinstance(data, dict):
+            raise ValueError("expected a JSON object")
+        return cls.from_dict(data)
+
+
+class RecipientKind(enum.StrEnum):
+    CALLER = "caller"
+    AGENT = "agent"
+    FIXED = "fixed"
+
+
+class MessageState(enum.StrEnum):
+    QUEUED = "queued"
+    SENDING = "sending"  # claimed by the dispatcher, handed to a transport
+    RETRYING = "retrying"
+    SUBMITTED = "submitted"
+    DELIVERED = "delivered"
+    UNDELIVERABLE = "undeliverable"
+    EXPIRED = "expired"
+    REJECTED = "rejected"
+    FAILED = "failed"
+    SUPPRESSED = "suppressed"
+
+    @property
+    def final(self) -> bool:
+        return self in _FINAL_STATES
+
+
+_FINAL_STATES = frozenset(
+    {
+        MessageState.DELIVERED,
+        MessageState.UNDELIVERABLE,
+        MessageState.EXPIRED,
+        MessageState.REJECTED,
+        MessageState.FAILED,
+        MessageState.SUPPRESSED,
+    }
+)
+
+
+class Encoding(enum.StrEnum):
+    GSM7 = "gsm7"
+    UCS2 = "ucs2"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundMessage:
+    """A message as a transport sees it: already rendered, encoded and numbered."""
+
+    id: int  # outbox row id
+    key: str  # idempotency key: call id + rule + recipient
+    call_id: str
+    rule: str
+    recipient_kind: RecipientKind
+    destination: str  # E.164, with leading +
+    sender: str  # sender id: alphanumeric or a number
+    text: str
+    encoding: Encoding
+    segments: int
+    attempts: int = 0
+    # Per-template transport options, e.g. {"tlvs": {"0x1400": "1201159..."}} for India's DLT.
+    options: Mapping[str, Any] = field(default_factory=dict)
+    created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+
+class OutcomeKind(enum.StrEnum):
+    SUBMITTED = "submitted"
+    TRANSIENT = "transient"  # retry later, with backoff, until the time-to-live
+    PERMANENT = "permanent"  # give up: failed(reason)
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitOutcome:
+    kind: OutcomeKind
+    message_ids: tuple[str, ...] = ()  # one per part on the wire
+    reason: str = ""
+    retry_after: float | None = None  # seconds; a transport's hint (throttling)
+
+    @classmethod
+    def submitted(cls, *message_ids: str) -> "SubmitOutcome":
+        return cls(OutcomeKind.SUBMITTED, tuple(message_ids))
+
+    @classmethod
+    def transient(cls, reason: str, retry_after: float | None = None) -> "SubmitOutcome":
+        return cls(OutcomeKind.TRANSIENT, reason=reason, retry_after=retry_after)
+
+    @classmethod
+    def permanent(cls, reason: str) -> "SubmitOutcome":
+        return cls(OutcomeKind.PERMANENT, reason=reason)
+
+
+class ReportState(enum.StrEnum):
+    """Final or intermediate state of one part, as a delivery report says it."""
+
+    DELIVERED = "delivered"
+    UNDELIVERABLE = "undeliverable"
+    EXPIRED = "expired"
+    REJECTED = "rejected"
+    DELETED = "deleted"
+    UNKNOWN = "unknown"
+    ENROUTE = "enroute"  # intermediate: does not change the message state
+    ACCEPTED = "accepted"  # intermediate
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryReport:
+    transport: str
+    message_id: str  # as the network reported it; the store matches it tolerant of base/zeros/case
+    state: ReportState
+    error: str = ""  # e.g. "err:001" or a network error code
+    received_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    raw: str = ""  # the receipt text, kept for support
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    """A mobile-originated text (reply), e.g. STOP."""
+
+    transport: str
+    sender: str
+    text: str
+    received_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))

@@ -1,0 +1,38 @@
+"""What the core knows about one PBX connection; the protocol packages add the rest.
+
+`[[pbx]]` tables are read in two steps: the common keys here, then the same `Section` is
+handed to the protocol's own parser (`aftercalld.ami.config.parse_settings` or
+`aftercalld.esl.config.parse_settings`), which reads its keys and calls `done()`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from zoneinfo import ZoneInfo
+
+PBX_TYPES = ("asterisk", "freeswitch")
+
+
+@dataclass(frozen=True)
+class PbxConfig:
+    name: str
+    type: str  # "asterisk" | "freeswitch"
+    timezone: ZoneInfo
+    # Channel variable that carries the department (Asterisk: set with Set(__DEPARTMENT=...)).
+    department_variable: str = "DEPARTMENT"
+    # Channel variables copied onto CallRecord.variables (usable in rules and templates).
+    variables: tuple[str, ...] = ()
+    # Calls whose end never arrives are dropped from the tracker after this long.
+    call_timeout_seconds: float = 4 * 3600.0
+    # Protocol-specific settings object (host, port, credentials, …), or None for replay.
+    settings: Any = field(default=None, compare=False)
+
+
+def default_pbx(type_: str, name: str = "replay", timezone: str = "UTC") -> PbxConfig:
+    """What `aftercalld replay` uses when no config file is given."""
+    return PbxConfig(
+        name=name,
+        type=type_,
+        timezone=ZoneInfo(timezone),
+        department_variable="DEPARTMENT" if type_ == "asterisk" else "department",
+    )
