@@ -1,0 +1,283 @@
+"""`aftercalld` and its subcommands. Exit codes: 0 ok, 1 runtime failure, 2 bad config or usage."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__
+from .configreader import ConfigError
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+SAMPLES = Path(__file__).parent / "samples"
+
+
+def _default_config() -> str:
+    return os.environ.get("AFTERCALLD_CONFIG", "/etc/aftercalld/aftercalld.toml")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aftercalld",
+        description="After-call SMS for Asterisk and FreeSWITCH: classify finished calls, pick a rule, send a text.",
+    )
+    parser.add_argument("--version", action="version", version=f"aftercalld {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, help_: str, *, config: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        if config:
+            p.add_argument("-c", "--config", default=_default_config(),
+                           help="config file (default: $AFTERCALLD_CONFIG or /etc/aftercalld/aftercalld.toml)")
+        p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+        return p
+
+    p = add("check-config", "Validate the config file and exit (0 ok, 2 error).", config=False)
+    p.add_argument("file", nargs="?", default=None, help="config file (default: as for --config)")
+
+    p = add("test-rule", "Show which rule a call would fire and the messages it would render.")
+    p.add_argument("--call", required=True, help="a CallRecord as a JSON file (see README)")
+
+    p = add("replay", "Feed a recorded trace through the whole pipeline, sending nothing.")
+    p.add_argument("trace", nargs="+", help=".ami (Asterisk), .esl (FreeSWITCH) or .json/.jsonl (CallRecords)")
+    p.add_argument("--pbx", help="which [[pbx]] of the config the trace came from (its time zone and variables)")
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="json: one object per finished call (for jq)")
+    p.add_argument("--outbox", help="keep the replay's outbox in this SQLite file (default: a temporary one)")
+
+    p = add("demo", "Replay the bundled sample calls through the example rules into the log transport.", config=False)
+    p.add_argument("--format", choices=("text", "json"), default="text")
+
+    p = add("run", "Run the daemon: connect to the PBXs, queue and send texts.")
+
+    p = add("optout", "Manage the opt-out list (numbers that are never texted).")
+    p.add_argument("action", choices=("add", "remove", "list", "import"))
+    p.add_argument("numbers", nargs="*", help="numbers (add/remove) or one file with a number per line (import)")
+
+    p = add("report", "Messages and per-rule outcomes from the outbox.")
+    p.add_argument("--since", help="ISO date/time (PBX time zone unless it has an offset)")
+    p.add_argument("--until", help="ISO date/time, exclusive")
+    p.add_argument("--rule")
+    p.add_argument("--status", help="message state, e.g. delivered, failed, suppressed")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+
+    p = add("why", "Explain what happened after a call: by call id or caller number.")
+    p.add_argument("what", help="a call id (e.g. 1796012880.0) or the caller's number")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return EXIT_CONFIG
+    _setup_logging(args.verbose, args.command)
+    handler = globals()[f"cmd_{args.command.replace('-', '_')}"]
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"aftercalld: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+def _setup_logging(verbose: int, command: str) -> None:
+    from .logsetup import setup_logging
+
+    # Interactive commands print their results; their logs stay quiet unless asked.
+    quiet = command not in ("run",)
+    level = logging.DEBUG if verbose >= 2 else logging.INFO if verbose == 1 or not quiet else logging.WARNING
+    setup_logging(level)
+
+
+def _load(path: str):
+    from .config import load
+
+    return load(path)
+
+
+def cmd_check_config(args) -> int:
+    path = args.file or _default_config()
+    config = _load(path)
+    print(f"{path}: ok ({len(config.pbxs)} PBX(s), transport {config.transport.type}, "
+          f"{len(config.rules.rules)} rule(s))")
+    return EXIT_OK
+
+
+def cmd_test_rule(args) -> int:
+    from .model import CallRecord
+    from .pipeline import CallHandler
+
+    config = _load(args.config)
+    try:
+        record = CallRecord.from_json(Path(args.call).read_text(encoding="utf-8"))
+    except OSError as exc:
+        print(f"aftercalld: {args.call}: {exc.strerror}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ValueError as exc:
+        print(f"aftercalld: {args.call}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    decision = CallHandler(config, outbox=None).decide(record, explain=True)  # type: ignore[arg-type]
+    sel = decision.selection
+    for name, why in sel.skipped:
+        print(f"  skipped {name!r}: {why}")
+    if sel.rule is None:
+        print(f"no rule fires: {sel.reason}")
+        return EXIT_OK
+    print(f"rule {sel.rule.name!r} fires")
+    for m in decision.messages:
+        status = f"SUPPRESSED ({m.suppressed})" if m.suppressed else "would be queued"
+        print(f"\n  to {m.kind} {m.destination or m.raw_number or '(none)'} from {m.sender}: {status}")
+        print(f"  encoding {m.encoding.value}, {m.segments} segment(s), {len(m.text)} characters")
+        for line in m.text.splitlines() or [""]:
+            print(f"  | {line}")
+    return EXIT_OK
+
+
+def cmd_replay(args) -> int:
+    from .replay import TraceError, read_calls, replay_sync
+
+    config = _load(args.config) if args.config and Path(args.config).exists() else _demo_config()
+    try:
+        records = [r for trace in args.trace for r in read_calls(trace, config, args.pbx)]
+    except TraceError as exc:
+        print(f"aftercalld: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    results = replay_sync(records, config, args.outbox)
+    _print_results(results, args.format)
+    return EXIT_OK
+
+
+def cmd_demo(args) -> int:
+    from .replay import read_calls, replay_sync
+
+    config = _demo_config()
+    traces = sorted(p for p in (SAMPLES / "traces").iterdir() if p.suffix in (".ami", ".esl", ".jsonl"))
+    records = []
+    for trace in traces:
+        try:
+            records.extend(read_calls(trace, config))
+        except ImportError:
+            continue  # a tracker not installed in this build
+    results = replay_sync(records, config)
+    if args.format == "text":
+        print(f"aftercalld demo: {len(traces)} recorded trace(s) from {SAMPLES / 'traces'}, "
+              f"rules from {SAMPLES / 'demo.toml'}, transport: log (nothing is sent)\n")
+    _print_results(results, args.format)
+    return EXIT_OK
+
+
+def _demo_config():
+    from .config import load
+
+    return load(SAMPLES / "demo.toml")
+
+
+def _print_results(results, fmt: str) -> None:
+    if fmt == "json":
+        for r in results:
+            print(json.dumps(r.to_json(), ensure_ascii=False))
+        return
+    for r in results:
+        rec = r.decision.record
+        sel = r.decision.selection
+        print(f"call {rec.call_id} [{rec.pbx}] {rec.status} {rec.direction} "
+              f"from {rec.caller_number or '?'} to {rec.dialled_number or '?'}"
+              + (f", agent {rec.agent_extension}" if rec.agent_extension else "")
+              + (f", dept {rec.department}" if rec.department else "")
+              + f", talk {rec.talk_seconds:g}s")
+        if r.decision.duplicate:
+            print("  already handled: nothing queued")
+        elif sel.rule is None:
+            print(f"  no rule matched")
+        else:
+            print(f"  rule: {sel.rule.name}")
+        for m in r.messages:
+            state = m["state"] + (f" ({m['reason']})" if m["reason"] else "")
+            print(f"  → {m['recipient_kind']} {m['destination'] or m['raw_number'] or '-'}: {state}, "
+                  f"{m['encoding']}, {m['segments']} segment(s)")
+            print(f"    \"{m['text']}\"")
+        print()
+
+
+def cmd_run(args) -> int:
+    from .daemon import run
+
+    config = _load(args.config)
+    return asyncio.run(run(config, args.config))
+
+
+def _open_outbox(config):
+    from .store import Outbox
+
+    return Outbox.open(config.outbox_path, synchronous=config.sqlite_synchronous)
+
+
+def cmd_optout(args) -> int:
+    from .phone import normalise_for_list
+
+    config = _load(args.config)
+    outbox = _open_outbox(config)
+    try:
+        if args.action == "list":
+            for number, source, _ in outbox.optout_list():
+                print(f"{number}\t{source}")
+            return EXIT_OK
+        raw = list(args.numbers)
+        if args.action == "import":
+            if len(raw) != 1:
+                print("aftercalld: optout import takes one file", file=sys.stderr)
+                return EXIT_CONFIG
+            raw = [line.split("#")[0].strip() for line in Path(raw[0]).read_text().splitlines()]
+            raw = [r for r in raw if r]
+        numbers, bad = [], []
+        for r in raw:
+            n = normalise_for_list(r, config.phone.default_region)
+            (numbers if n else bad).append(n or r)
+        for b in bad:
+            print(f"aftercalld: not a phone number, skipped: {b!r}", file=sys.stderr)
+        if args.action == "remove":
+            changed = outbox.optout_remove(numbers)
+            print(f"removed {changed} number(s)")
+        else:
+            changed = outbox.optout_add(numbers, "cli" if args.action == "add" else f"import {args.numbers[0]}")
+            print(f"added {changed} number(s) ({len(numbers) - changed} already listed)")
+        return EXIT_FAILURE if bad and not numbers else EXIT_OK
+    finally:
+        outbox.close()
+
+
+def cmd_report(args) -> int:
+    from .report import report
+
+    config = _load(args.config)
+    outbox = _open_outbox(config)
+    try:
+        return report(outbox, config, args, sys.stdout)
+    finally:
+        outbox.close()
+
+
+def cmd_why(args) -> int:
+    from .report import why
+
+    config = _load(args.config)
+    outbox = _open_outbox(config)
+    try:
+        return why(outbox, config, args.what, sys.stdout)
+    finally:
+        outbox.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""Takes due messages from the outbox, hands them to the transport, records what happened.
+
+The dispatcher keeps the transport's window full (`max_in_flight`), checks the opt-out list
+before every send, retries transient failures with backoff until the time-to-live, and
+writes outcomes and delivery reports in batches: everything that completes within one
+turn of the event loop goes into one SQLite transaction.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import tenacity
+
+from .config import DispatchConfig, OptOutConfig
+from .logutil import fields
+from .model import (
+    DeliveryReport,
+    InboundMessage,
+    MessageState,
+    OutboundMessage,
+    OutcomeKind,
+    SubmitOutcome,
+)
+from .phone import normalise_for_list
+from .store import OutcomeRecord, Outbox, Transition
+from .transport import Transport
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Attempt:
+    """What tenacity's wait strategies read from a retry state."""
+
+    attempt_number: int
+
+
+class Dispatcher:
+    def __init__(self, outbox: Outbox, transport: Transport, config: DispatchConfig, *,
+                 optout: OptOutConfig | None = None, default_region: str = "US",
+                 clock: Callable[[], float] = time.time,
+                 on_transition: Callable[[Transition], None] | None = None) -> None:
+        self.outbox = outbox
+        self.transport = transport
+        self.config = config
+        self.optout = optout or OptOutConfig()
+        self.default_region = default_region
+        self.clock = clock
+        self.on_transition = on_transition
+        self._backoff = tenacity.wait_exponential_jitter(
+            multiplier=config.retry_initial_seconds,
+            max=config.retry_max_seconds,
+            jitter=config.retry_initial_seconds / 2,
+        )
+        self._wake = asyncio.Event()
+        self._in_flight: set[asyncio.Task] = set()
+        self._pending_outcomes: list[OutcomeRecord] = []
+        self._pending_reports: list[DeliveryReport] = []
+        self._flush_scheduled = False
+        self._idle = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task | None = None
+        self.sent_total = 0
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        requeued = self.outbox.requeue_interrupted(self.clock())
+        if requeued:
+            log.warning("%d message(s) were being sent when the last run stopped; sending them again", requeued)
+        await self.transport.start(self)
+        self._task = asyncio.create_task(self._run(), name="dispatcher")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop claiming, let in-flight sends finish (up to `timeout`), record everything,
+        close the transport. Queued messages stay in the outbox for the next start."""
+        self._stopping = True
+        self._wake.set()
+        if self._task:
+            await asyncio.gather(self._task, return_exceptions=True)
+        timeout = self.config.drain_timeout_seconds if timeout is None else timeout
+        if self._in_flight:
+            done, pending = await asyncio.wait(self._in_flight, timeout=timeout)
+            if pending:
+                log.warning("%d send(s) still in flight after %.0fs; they will be retried on next start",
+                            len(pending), timeout)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+        self._flush()
+        await self.transport.close()
+
+    async def wait_idle(self) -> None:
+        """Until nothing is due now and nothing is in flight (tests, benchmarks, drain)."""
+        while True:
+            self._idle.clear()
+            self._wake.set()
+            await self._idle.wait()
+            due = self.outbox.next_due()
+            if not self._in_flight and not self._pending_outcomes and (due is None or due > self.clock()):
+                return
+
+    # -- TransportEvents ---------------------------------------------------------------
+
+    def delivery_report(self, report: DeliveryReport) -> None:
+        self._pending_reports.append(report)
+        self._schedule_flush()
+
+    def inbound_message(self, message: InboundMessage) -> None:
+        word = message.text.strip().split(maxsplit=1)[0].strip(".!,;:").upper() if message.text.strip() else ""
+        number = normalise_for_list(message.sender, self.default_region) or message.sender
+        if word in self.optout.stop_keywords:
+            self.outbox.optout_add([number], f"reply {word} via {message.transport}")
+            log.info("reply %s from %s: added to the opt-out list", word, number,
+                     extra=fields(recipient=number, state="optout"))
+        elif word in self.optout.start_keywords:
+            self.outbox.optout_remove([number])
+            log.info("reply %s from %s: removed from the opt-out list", word, number,
+                     extra=fields(recipient=number, state="optin"))
+        else:
+            log.info("reply from %s (no keyword; %d characters) ignored", number, len(message.text),
+                     extra=fields(recipient=number))
+            log.debug("reply from %s: %r", number, message.text)
+
+    # -- the loop ----------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            free = self.transport.max_in_flight - len(self._in_flight)
+            claimed: list[OutboundMessage] = []
+            if free > 0:
+                try:
+                    claimed = self.outbox.claim_due(min(free, self.config.batch_size), self.clock())
+                except Exception:
+                    log.exception("cannot read the outbox; retrying in 1s")
+                    await asyncio.sleep(1)
+                    continue
+            for message in claimed:
+                reason = self._refusal(message)
+                if reason:
+                    self._emit([self.outbox.suppress(message, reason, self.clock())])
+                    continue
+                task = asyncio.create_task(self._send(message))
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
+            if claimed and len(claimed) == min(free, self.config.batch_size):
+                await asyncio.sleep(0)  # more may be due: let sends start, then claim again
+                continue
+            if not self._in_flight and not self._pending_outcomes:
+                self._idle.set()
+            self._wake.clear()
+            timeout = None
+            due = self.outbox.next_due()
+            if due is not None and free > len(claimed):
+                timeout = max(0.0, due - self.clock())
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    def _refusal(self, message: OutboundMessage) -> str:
+        if self.outbox.is_opted_out(message.destination):
+            return "opt-out"
+        return ""
+
+    async def _send(self, message: OutboundMessage) -> None:
+        try:
+            outcome = await self.transport.send(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a transport bug must not lose the message
+            log.exception("transport %s raised on message %d; will retry", self.transport.name, message.id)
+            outcome = SubmitOutcome.transient(f"transport error: {type(exc).__name__}: {exc}")
+        self._pending_outcomes.append(self._outcome_record(message, outcome))
+        if outcome.kind is OutcomeKind.SUBMITTED:
+            self.sent_total += 1
+        self._schedule_flush()
+
+    def _outcome_record(self, message: OutboundMessage, outcome: SubmitOutcome) -> OutcomeRecord:
+        name = self.transport.name
+        if outcome.kind is OutcomeKind.SUBMITTED:
+            return OutcomeRecord(message, MessageState.SUBMITTED, "", outcome.message_ids, transport=name)
+        if outcome.kind is OutcomeKind.PERMANENT:
+            return OutcomeRecord(message, MessageState.FAILED, outcome.reason, transport=name)
+        now = self.clock()
+        delay = outcome.retry_after if outcome.retry_after is not None else self._backoff(_Attempt(message.attempts))
+        next_at = now + delay
+        expires_at = message.created_at.timestamp() + self.config.ttl_seconds
+        if next_at > expires_at:
+            reason = f"gave up after {message.attempts} attempt(s), time-to-live {self.config.ttl_seconds:g}s: {outcome.reason}"
+            return OutcomeRecord(message, MessageState.FAILED, reason, transport=name)
+        return OutcomeRecord(message, MessageState.RETRYING, outcome.reason, next_attempt_at=next_at, transport=name)
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """One transaction for every outcome and report that arrived since the last flush."""
+        self._flush_scheduled = False
+        outcomes, self._pending_outcomes = self._pending_outcomes, []
+        reports, self._pending_reports = self._pending_reports, []
+        try:
+            transitions: list[Transition] = []
+            if outcomes:
+                transitions += self.outbox.record_outcomes(outcomes, self.clock())
+            if reports:
+                transitions += self.outbox.apply_reports(reports, self.clock())
+        except Exception:
+            # Keep them for the next flush rather than lose them.
+            log.exception("cannot write %d outcome(s)/%d report(s) to the outbox; will retry",
+                          len(outcomes), len(reports))
+            self._pending_outcomes[:0] = outcomes
+            self._pending_reports[:0] = reports
+            asyncio.get_running_loop().call_later(1.0, self._schedule_flush)
+            return
+        self._emit(transitions)
+        if outcomes:
+            self._wake.set()
+
+    def _emit(self, transitions: list[Transition]) -> None:
+        for t in transitions:
+            _log_transition(t)
+            if self.on_transition:
+                self.on_transition(t)
+
+
+def _log_transition(t: Transition) -> None:
+    extra = fields(call_id=t.call_key, rule=t.rule, recipient=t.destination, state=t.state.value,
+                   msg_id=" ".join(t.transport_ids))
+    if t.state is MessageState.SUBMITTED:
+        log.info("message %d to %s submitted (id %s)", t.message_id, t.destination,
+                 ", ".join(t.transport_ids) or "-", extra=extra)
+    elif t.state is MessageState.RETRYING:
+        log.info("message %d to %s will be retried: %s", t.message_id, t.destination, t.reason, extra=extra)
+    elif t.state is MessageState.DELIVERED:
+        log.info("message %d to %s delivered", t.message_id, t.destination, extra=extra)
+    else:
+        log.warning("message %d to %s %s: %s", t.message_id, t.destination, t.state.value, t.reason, extra=extra)

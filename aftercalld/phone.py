@@ -1,0 +1,93 @@
+"""Phone numbers: is this something we may text, and in which E.164 form?
+
+Every number a rule would text passes through `PhoneRules.check`. What cannot or must not
+be texted comes back with a reason that ends up as ``suppressed(reason)`` in the outbox.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+import phonenumbers
+from phonenumbers import PhoneNumberType
+
+# What PBXs and carriers put in caller id when the number is withheld.
+_ANONYMOUS = {
+    "", "anonymous", "unknown", "<unknown>", "restricted", "private", "withheld",
+    "unavailable", "blocked", "0000000000", "asterisk", "s",
+}
+
+_NOT_TEXTABLE_TYPES = {
+    PhoneNumberType.FIXED_LINE: "landline: cannot receive SMS",
+    PhoneNumberType.PREMIUM_RATE: "premium-rate number",
+    PhoneNumberType.TOLL_FREE: "toll-free number",
+    PhoneNumberType.SHARED_COST: "shared-cost number",
+    PhoneNumberType.PAGER: "pager number",
+    PhoneNumberType.UAN: "universal access number",
+}
+
+_DIAL_CHARS = re.compile(r"[\s().\-/]")
+
+
+@dataclass(frozen=True, slots=True)
+class PhoneCheck:
+    e164: str | None  # set when the number may be texted
+    reason: str = ""  # why not, when e164 is None
+    region: str = ""
+
+
+@dataclass(frozen=True)
+class PhoneRules:
+    default_region: str  # ISO 3166 alpha-2, e.g. "GB"
+    # Extensions are short; anything this short or shorter is internal and never texted.
+    max_extension_digits: int = 6
+    # Destination countries we text; default: the home region only (SMS-pumping defence).
+    allowed_regions: frozenset[str] = frozenset()
+    allow_landlines: bool = False
+
+    def check(self, raw: str) -> PhoneCheck:
+        return _check(self, raw)
+
+
+@lru_cache(maxsize=65536)
+def _check(rules: PhoneRules, raw: str) -> PhoneCheck:
+    value = _DIAL_CHARS.sub("", (raw or "").strip())
+    if value.lower() in _ANONYMOUS:
+        return PhoneCheck(None, "anonymous or withheld caller id")
+    if value.startswith("00"):
+        value = "+" + value[2:]
+    digits = value.lstrip("+")
+    if not digits.isdigit():
+        return PhoneCheck(None, f"not a phone number: {raw!r}")
+    if not value.startswith("+") and len(digits) <= rules.max_extension_digits:
+        return PhoneCheck(None, "internal extension")
+    try:
+        parsed = phonenumbers.parse(value, rules.default_region)
+    except phonenumbers.NumberParseException as exc:
+        return PhoneCheck(None, f"invalid number: {exc._msg}")
+    if not phonenumbers.is_valid_number(parsed):
+        return PhoneCheck(None, "invalid number")
+    region = phonenumbers.region_code_for_number(parsed) or ""
+    allowed = rules.allowed_regions or frozenset({rules.default_region})
+    if "*" not in allowed and region not in allowed:
+        return PhoneCheck(None, f"destination country {region or '?'} not allowed", region)
+    number_type = phonenumbers.number_type(parsed)
+    if number_type in _NOT_TEXTABLE_TYPES and not (
+        rules.allow_landlines and number_type == PhoneNumberType.FIXED_LINE
+    ):
+        return PhoneCheck(None, _NOT_TEXTABLE_TYPES[number_type], region)
+    return PhoneCheck(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164), "", region)
+
+
+def normalise_for_list(raw: str, default_region: str) -> str | None:
+    """E.164 for opt-out/DND list entries (validity not required: a list entry for an
+    odd number must still match that number)."""
+    value = _DIAL_CHARS.sub("", (raw or "").strip())
+    if value.startswith("00"):
+        value = "+" + value[2:]
+    try:
+        parsed = phonenumbers.parse(value, default_region)
+    except phonenumbers.NumberParseException:
+        return None
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)

@@ -1,0 +1,142 @@
+"""Recorded calls through the whole pipeline, for `replay`, `demo` and `test-rule`.
+
+A trace is read by the tracker of its protocol (`.ami` Asterisk, `.esl` FreeSWITCH) or is
+already CallRecords (`.json` / `.jsonl`: one JSON object per line). The messages go to a
+throwaway outbox and the `log` transport, so a replay never texts anybody.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from .config import Config
+from .dispatcher import Dispatcher
+from .logtransport import LogTransport
+from .model import CallRecord
+from .pbxconfig import PbxConfig, default_pbx
+from .pipeline import CallHandler, Decision
+from .rules.render import call_key
+from .store import Outbox
+
+log = logging.getLogger(__name__)
+
+TRACE_TYPES = {".ami": "asterisk", ".esl": "freeswitch"}
+
+
+class TraceError(Exception):
+    pass
+
+
+def trace_type(path: str | Path) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix in TRACE_TYPES:
+        return TRACE_TYPES[suffix]
+    if suffix in (".json", ".jsonl", ".ndjson"):
+        return "json"
+    raise TraceError(f"{path}: unknown trace type {suffix!r} (expected .ami, .esl, .json or .jsonl)")
+
+
+def read_calls(path: str | Path, config: Config, pbx_name: str | None = None) -> Iterator[CallRecord]:
+    kind = trace_type(path)
+    if not Path(path).is_file():
+        raise TraceError(f"{path}: no such file")
+    if kind == "json":
+        yield from _read_json_calls(Path(path))
+        return
+    pbx = _pbx_for(kind, config, pbx_name)
+    module = importlib.import_module("aftercalld.ami" if kind == "asterisk" else "aftercalld.esl")
+    yield from module.iter_trace_calls(path, pbx)
+
+
+def _pbx_for(kind: str, config: Config, pbx_name: str | None) -> PbxConfig:
+    for pbx in config.pbxs:
+        if (pbx_name is None or pbx.name == pbx_name) and pbx.type == kind:
+            return pbx
+    if pbx_name is not None:
+        raise TraceError(f"no [[pbx]] named {pbx_name!r} of type {kind} in {config.file}")
+    return default_pbx(kind, name="replay", timezone=config.timezone.key)
+
+
+def _read_json_calls(path: Path) -> Iterator[CallRecord]:
+    text = path.read_text(encoding="utf-8")
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise TraceError(f"{path}: not JSON: {exc.msg} at line {exc.lineno}") from None
+        lines = [(i + 1, json.dumps(item)) for i, item in enumerate(items)]
+    else:
+        lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    for number, line in lines:
+        try:
+            yield CallRecord.from_json(line)
+        except ValueError as exc:
+            log.warning("%s:%d: skipped: %s", path, number, exc)
+
+
+@dataclass
+class ReplayResult:
+    decision: Decision
+    messages: list[dict[str, Any]]  # rows from the outbox after dispatch
+
+    def to_json(self) -> dict[str, Any]:
+        sel = self.decision.selection
+        return {
+            "call": self.decision.record.to_dict(),
+            "rule": sel.rule.name if sel.rule else None,
+            "reason": sel.reason if sel.rule else _why_none(sel),
+            "duplicate": self.decision.duplicate,
+            "messages": [
+                {
+                    "recipient": m["recipient_kind"],
+                    "number": m["destination"] or m["raw_number"],
+                    "sender": m["sender"],
+                    "text": m["text"],
+                    "encoding": m["encoding"],
+                    "segments": m["segments"],
+                    "state": m["state"],
+                    "reason": m["reason"],
+                }
+                for m in self.messages
+            ],
+        }
+
+
+def _why_none(selection) -> str:
+    if not selection.skipped:
+        return "no rules configured"
+    return "no rule matched: " + "; ".join(f"{name}: {why}" for name, why in selection.skipped)
+
+
+async def replay(records: list[CallRecord] | Iterator[CallRecord], config: Config,
+                 outbox_path: str | None = None) -> list[ReplayResult]:
+    with tempfile.TemporaryDirectory(prefix="aftercalld-replay-") as tmp:
+        outbox = Outbox.open(outbox_path or str(Path(tmp) / "outbox.sqlite3"))
+        try:
+            dispatcher = Dispatcher(outbox, LogTransport(), config.dispatch, optout=config.optout,
+                                    default_region=config.phone.default_region)
+            handler = CallHandler(config, outbox, on_queued=dispatcher.wake)
+            await dispatcher.start()
+            decisions: list[Decision] = []
+            for record in records:
+                handler_decision = handler.decide(record, explain=True)
+                stored = handler.handle(record)
+                decisions.append(Decision(stored.record, handler_decision.selection, stored.messages, stored.duplicate))
+            await dispatcher.wait_idle()
+            await dispatcher.stop()
+            return [
+                ReplayResult(d, outbox.messages(call_key=call_key(d.record))) for d in decisions
+            ]
+        finally:
+            outbox.close()
+
+
+def replay_sync(records, config: Config, outbox_path: str | None = None) -> list[ReplayResult]:
+    return asyncio.run(replay(records, config, outbox_path))

@@ -1,0 +1,112 @@
+"""Read-only views of the outbox for people: `report` and `why`."""
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from datetime import datetime, timezone
+from typing import Any, TextIO
+
+from .config import Config
+from .phone import normalise_for_list
+from .store import Outbox
+
+COLUMNS = ("id", "call_key", "rule", "recipient_kind", "destination", "state", "reason", "attempts",
+           "created", "submitted", "final", "transport_ids")
+
+
+def _parse_time(value: str | None, config: Config) -> float | None:
+    if not value:
+        return None
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=config.timezone)
+    return moment.timestamp()
+
+
+def _iso(ts: float | None, config: Config) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).astimezone(config.timezone).isoformat(timespec="seconds") if ts else ""
+
+
+def _row(m: dict[str, Any], config: Config) -> dict[str, Any]:
+    return {
+        "id": m["id"], "call_key": m["call_key"], "rule": m["rule"], "recipient_kind": m["recipient_kind"],
+        "destination": m["destination"] or m["raw_number"], "state": m["state"], "reason": m["reason"],
+        "attempts": m["attempts"], "created": _iso(m["created_at"], config),
+        "submitted": _iso(m["submitted_at"], config), "final": _iso(m["final_at"], config),
+        "transport_ids": m["transport_ids"] or "",
+    }
+
+
+def summary(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by_rule: dict[str, list[dict[str, Any]]] = {}
+    for m in messages:
+        by_rule.setdefault(m["rule"], []).append(m)
+    out = []
+    for rule, ms in sorted(by_rule.items()):
+        sent = [m for m in ms if m["submitted_at"]]
+        delivered = [m for m in ms if m["state"] == "delivered"]
+        failed = [m for m in ms if m["state"] in ("failed", "undeliverable", "expired", "rejected")]
+        latencies = [m["final_at"] - m["submitted_at"] for m in delivered if m["final_at"] and m["submitted_at"]]
+        out.append({
+            "rule": rule,
+            "messages": len(ms),
+            "sent": len(sent),
+            "suppressed": sum(m["state"] == "suppressed" for m in ms),
+            "delivered_pct": round(100 * len(delivered) / len(sent), 1) if sent else None,
+            "failed_pct": round(100 * len(failed) / len(ms), 1) if ms else None,
+            "median_delivery_seconds": round(statistics.median(latencies), 1) if latencies else None,
+        })
+    return out
+
+
+def report(outbox: Outbox, config: Config, args, out: TextIO) -> int:
+    messages = outbox.messages(since=_parse_time(args.since, config), until=_parse_time(args.until, config),
+                               rule=args.rule, state=args.status)
+    rows = [_row(m, config) for m in messages]
+    totals = summary(messages)
+    if args.format == "json":
+        json.dump({"messages": rows, "summary": totals}, out, ensure_ascii=False, indent=1)
+        out.write("\n")
+    elif args.format == "csv":
+        writer = csv.DictWriter(out, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        widths = {c: max([len(c)] + [len(str(r[c])) for r in rows]) for c in COLUMNS}
+        out.write("  ".join(c.ljust(widths[c]) for c in COLUMNS).rstrip() + "\n")
+        for r in rows:
+            out.write("  ".join(str(r[c]).ljust(widths[c]) for c in COLUMNS).rstrip() + "\n")
+        out.write("\nper rule:\n")
+        for t in totals:
+            out.write(
+                f"  {t['rule']}: {t['messages']} message(s), {t['sent']} sent, {t['suppressed']} suppressed, "
+                f"delivered {_pct(t['delivered_pct'])}, failed {_pct(t['failed_pct'])}, "
+                f"median time to delivery {t['median_delivery_seconds'] if t['median_delivery_seconds'] is not None else '-'}s\n"
+            )
+    return 0
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}%"
+
+
+def why(outbox: Outbox, config: Config, what: str, out: TextIO) -> int:
+    calls = outbox.calls(call_key=what)
+    if not calls:
+        number = normalise_for_list(what, config.phone.default_region)
+        calls = outbox.calls(caller=what) + (outbox.calls(caller=number) if number and number != what else [])
+    if not calls:
+        out.write(f"no call with id or caller {what!r} in {config.outbox_path}\n")
+        return 1
+    for call in calls:
+        record = json.loads(call["record"])
+        out.write(f"call {call['call_key']} at {_iso(call['created_at'], config)}: {record['status']} "
+                  f"{record['direction']} from {record['caller_number'] or '?'} to {record['dialled_number'] or '?'}\n")
+        out.write(f"  decision: {call['decision']}\n")
+        for m in outbox.messages(call_key=call["call_key"]):
+            r = _row(m, config)
+            out.write(f"  {r['recipient_kind']} {r['destination']}: {r['state']}"
+                      + (f" ({r['reason']})" if r["reason"] else "")
+                      + (f", ids {r['transport_ids']}" if r["transport_ids"] else "") + "\n")
+    return 0

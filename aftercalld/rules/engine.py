@@ -1,0 +1,162 @@
+"""Ordered rules: the topmost enabled rule whose conditions all hold fires, and no other.
+
+Conditions are plain data built by the config loader; each knows how to say why it did not
+match, which is what `aftercalld test-rule` and the journal show.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, time
+from typing import Mapping
+from zoneinfo import ZoneInfo
+
+from ..model import CallRecord, CallStatus, Direction, RecipientKind
+from .templates import Template
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+@dataclass(frozen=True)
+class TimeWindow:
+    start: time
+    end: time  # exclusive; a window with end <= start runs across midnight
+
+    def contains(self, moment: time) -> bool:
+        if self.start < self.end:
+            return self.start <= moment < self.end
+        return moment >= self.start or moment < self.end
+
+    def __str__(self) -> str:
+        return f"{self.start:%H:%M}-{self.end:%H:%M}"
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """Every field left empty/None matches anything."""
+
+    directions: frozenset[Direction] = frozenset()
+    statuses: frozenset[CallStatus] = frozenset()
+    departments: frozenset[str] = frozenset()  # compared case-insensitively
+    queues: frozenset[str] = frozenset()
+    dids_exact: frozenset[str] = frozenset()
+    did_prefixes: tuple[str, ...] = ()
+    agents: frozenset[str] = frozenset()
+    caller_pattern: re.Pattern[str] | None = None
+    talk_min: float | None = None
+    talk_max: float | None = None
+    ring_min: float | None = None
+    ring_max: float | None = None
+    weekdays: frozenset[int] = frozenset()  # 0 = Monday
+    hours: tuple[TimeWindow, ...] = ()
+    variables: Mapping[str, str] = field(default_factory=dict)
+    pbxs: frozenset[str] = frozenset()
+
+    def mismatch(self, record: CallRecord, tz: ZoneInfo) -> str | None:
+        """None if the call matches, else the first reason it does not."""
+        if self.pbxs and record.pbx not in self.pbxs:
+            return f"pbx is {record.pbx!r}, rule wants {_list(self.pbxs)}"
+        if self.directions and record.direction not in self.directions:
+            return f"direction is {record.direction}, rule wants {_list(self.directions)}"
+        if self.statuses and record.status not in self.statuses:
+            return f"status is {record.status}, rule wants {_list(self.statuses)}"
+        if self.departments and record.department.casefold() not in self.departments:
+            return f"department is {record.department or '(none)'!r}, rule wants {_list(self.departments)}"
+        if self.queues and record.queue not in self.queues:
+            return f"queue is {record.queue or '(none)'!r}, rule wants {_list(self.queues)}"
+        if self.dids_exact or self.did_prefixes:
+            did = _digits(record.dialled_number)
+            if did not in self.dids_exact and not did.startswith(self.did_prefixes):
+                wanted = sorted(self.dids_exact) + [p + "*" for p in self.did_prefixes]
+                return f"DID is {record.dialled_number or '(none)'!r}, rule wants {', '.join(wanted)}"
+        if self.agents and record.agent_extension not in self.agents:
+            return f"agent is {record.agent_extension or '(none)'!r}, rule wants {_list(self.agents)}"
+        if self.caller_pattern is not None and not self.caller_pattern.search(record.caller_number):
+            return f"caller {record.caller_number or '(none)'!r} does not match /{self.caller_pattern.pattern}/"
+        if self.talk_min is not None and record.talk_seconds < self.talk_min:
+            return f"talk time {record.talk_seconds:g}s is under {self.talk_min:g}s"
+        if self.talk_max is not None and record.talk_seconds > self.talk_max:
+            return f"talk time {record.talk_seconds:g}s is over {self.talk_max:g}s"
+        if self.ring_min is not None and record.ring_seconds < self.ring_min:
+            return f"ring time {record.ring_seconds:g}s is under {self.ring_min:g}s"
+        if self.ring_max is not None and record.ring_seconds > self.ring_max:
+            return f"ring time {record.ring_seconds:g}s is over {self.ring_max:g}s"
+        if self.weekdays or self.hours:
+            moment = record.start_time or record.end_time
+            if moment is None:
+                return "the call has no start time for the weekday/hours condition"
+            local = moment.astimezone(tz)
+            if self.weekdays and local.weekday() not in self.weekdays:
+                wanted = ", ".join(WEEKDAYS[d] for d in sorted(self.weekdays))
+                return f"weekday is {WEEKDAYS[local.weekday()]} ({tz.key}), rule wants {wanted}"
+            if self.hours and not any(w.contains(local.time()) for w in self.hours):
+                wanted = ", ".join(str(w) for w in self.hours)
+                return f"local time {local:%H:%M} ({tz.key}) is outside {wanted}"
+        for name, wanted in self.variables.items():
+            actual = record.variables.get(name)
+            if actual != wanted:
+                return f"variable {name} is {actual!r}, rule wants {wanted!r}"
+        return None
+
+
+@dataclass(frozen=True)
+class RecipientSpec:
+    kind: RecipientKind
+    template: Template
+    template_name: str
+    sender: str
+    numbers: tuple[str, ...] = ()  # fixed recipients only
+    options: Mapping[str, object] = field(default_factory=dict)  # per-template transport options
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    enabled: bool
+    conditions: Conditions
+    recipients: tuple[RecipientSpec, ...]
+    max_segments: int
+
+
+@dataclass(frozen=True)
+class Selection:
+    rule: Rule | None
+    # Why each rule above the chosen one (or every rule, when none fired) was skipped.
+    skipped: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def reason(self) -> str:
+        if self.rule is not None:
+            return f"rule {self.rule.name!r} matched"
+        if not self.skipped:
+            return "no rules configured"
+        return "no rule matched"
+
+
+class RuleSet:
+    def __init__(self, rules: list[Rule] | tuple[Rule, ...]) -> None:
+        self.rules = tuple(rules)
+
+    def select(self, record: CallRecord, tz: ZoneInfo, *, explain: bool = False) -> Selection:
+        skipped: list[tuple[str, str]] = []
+        for rule in self.rules:
+            if not rule.enabled:
+                if explain:
+                    skipped.append((rule.name, "disabled"))
+                continue
+            why = rule.conditions.mismatch(record, tz)
+            if why is None:
+                return Selection(rule, tuple(skipped))
+            if explain:
+                skipped.append((rule.name, why))
+        if not explain:
+            skipped = [(r.name, "") for r in self.rules]
+        return Selection(None, tuple(skipped))
+
+
+def _list(values) -> str:
+    return ", ".join(sorted(str(v) for v in values))
+
+
+def _digits(number: str) -> str:
+    return number.lstrip("+")

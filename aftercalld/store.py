@@ -1,0 +1,548 @@
+"""The durable outbox. Every SQL statement of aftercalld lives in this module.
+
+A message is written here, under its idempotency key, before any transport sees it; a
+second CallRecord for the same call changes nothing; a restart picks up what was queued.
+Methods are grouped so that one call is one transaction: the dispatcher hands over whole
+batches of outcomes and delivery reports, never one row at a time.
+
+SQLite in WAL mode is the embedded default. A PostgreSQL backend for an active/standby pair
+would implement the same methods (claim with ``FOR UPDATE SKIP LOCKED``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+from . import msgid
+from .model import (
+    CallRecord,
+    DeliveryReport,
+    Encoding,
+    MessageState,
+    OutboundMessage,
+    RecipientKind,
+    ReportState,
+)
+from .rules.render import RenderedMessage
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS calls (
+    call_key   TEXT PRIMARY KEY,          -- pbx/call_id
+    pbx        TEXT NOT NULL,
+    call_id    TEXT NOT NULL,
+    status     TEXT NOT NULL,
+    direction  TEXT NOT NULL,
+    caller     TEXT NOT NULL,
+    rule       TEXT,                      -- NULL: no rule fired
+    decision   TEXT NOT NULL,             -- why: the rule that matched, or why none did
+    record     TEXT NOT NULL,             -- the CallRecord as JSON
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS calls_created ON calls (created_at);
+CREATE INDEX IF NOT EXISTS calls_caller ON calls (caller);
+CREATE TABLE IF NOT EXISTS messages (
+    id              INTEGER PRIMARY KEY,
+    key             TEXT NOT NULL UNIQUE, -- idempotency: pbx/call id + rule + recipient
+    call_key        TEXT NOT NULL,
+    rule            TEXT NOT NULL,
+    recipient_kind  TEXT NOT NULL,
+    raw_number      TEXT NOT NULL,
+    destination     TEXT,                 -- E.164; NULL when the number itself was refused
+    sender          TEXT NOT NULL,
+    text            TEXT NOT NULL,
+    encoding        TEXT NOT NULL,
+    segments        INTEGER NOT NULL,
+    options         TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    reason          TEXT NOT NULL DEFAULT '',
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL,
+    expires_at      REAL NOT NULL,
+    created_at      REAL NOT NULL,
+    updated_at      REAL NOT NULL,
+    submitted_at    REAL,
+    final_at        REAL,
+    transport       TEXT
+);
+CREATE INDEX IF NOT EXISTS messages_due ON messages (next_attempt_at) WHERE state IN ('queued', 'retrying');
+CREATE INDEX IF NOT EXISTS messages_call ON messages (call_key);
+CREATE INDEX IF NOT EXISTS messages_destination ON messages (destination, created_at);
+CREATE INDEX IF NOT EXISTS messages_state ON messages (state);
+CREATE TABLE IF NOT EXISTS parts (
+    message_id  INTEGER NOT NULL REFERENCES messages (id),
+    part        INTEGER NOT NULL,
+    transport_id TEXT NOT NULL,
+    state       TEXT NOT NULL DEFAULT 'submitted',
+    error       TEXT NOT NULL DEFAULT '',
+    updated_at  REAL NOT NULL,
+    PRIMARY KEY (message_id, part)
+);
+CREATE TABLE IF NOT EXISTS part_keys (
+    key        TEXT NOT NULL,
+    message_id INTEGER NOT NULL,
+    part       INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS part_keys_key ON part_keys (key);
+CREATE TABLE IF NOT EXISTS orphan_reports (
+    id          INTEGER PRIMARY KEY,
+    transport   TEXT NOT NULL,
+    transport_id TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    error       TEXT NOT NULL,
+    raw         TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    matched     INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS orphan_reports_open ON orphan_reports (transport_id) WHERE matched = 0;
+CREATE TABLE IF NOT EXISTS optout (
+    number     TEXT PRIMARY KEY,
+    source     TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+"""
+
+_REPORT_TO_STATE = {
+    ReportState.DELIVERED: MessageState.DELIVERED,
+    ReportState.UNDELIVERABLE: MessageState.UNDELIVERABLE,
+    ReportState.EXPIRED: MessageState.EXPIRED,
+    ReportState.REJECTED: MessageState.REJECTED,
+    ReportState.DELETED: MessageState.EXPIRED,
+    ReportState.UNKNOWN: MessageState.UNDELIVERABLE,
+}
+# When parts disagree, the message takes the worst final state.
+_SEVERITY = [MessageState.REJECTED, MessageState.UNDELIVERABLE, MessageState.EXPIRED, MessageState.DELIVERED]
+
+_MESSAGE_COLUMNS = (
+    "id, key, call_key, rule, recipient_kind, destination, sender, text, encoding, segments, "
+    "attempts, options, created_at"
+)
+
+
+class StoreError(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One message's state change, for logging and metrics."""
+
+    message_id: int
+    call_key: str
+    rule: str
+    destination: str
+    state: MessageState
+    reason: str = ""
+    transport_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeRecord:
+    message: OutboundMessage
+    state: MessageState  # SUBMITTED, RETRYING or FAILED
+    reason: str = ""
+    transport_ids: tuple[str, ...] = ()
+    next_attempt_at: float | None = None
+    transport: str = ""
+
+
+class Outbox:
+    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
+        self.conn = conn
+        self.path = path
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | Path, *, synchronous: str = "normal") -> "Outbox":
+        path = str(path)
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute("PRAGMA foreign_keys=ON")
+            version = cls._schema_version(conn)
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{path}: outbox schema version {version} is newer than this aftercalld "
+                    f"understands ({SCHEMA_VERSION}); upgrade aftercalld"
+                )
+            conn.executescript(
+                f"BEGIN IMMEDIATE; {_SCHEMA} INSERT OR REPLACE INTO meta (key, value) "
+                f"VALUES ('schema_version', '{SCHEMA_VERSION}'); COMMIT;"
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"{path}: cannot open the outbox: {exc}") from None
+        return cls(conn, path)
+
+    @staticmethod
+    def _schema_version(conn: sqlite3.Connection) -> int:
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except sqlite3.OperationalError:
+            return 0
+        return int(row[0]) if row else 0
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- calls -------------------------------------------------------------------------
+
+    def record_call(self, record: CallRecord, rule: str | None, decision: str,
+                    messages: Sequence[RenderedMessage], *, ttl_seconds: float,
+                    now: float | None = None) -> list[int] | None:
+        """Write the call and its messages in one transaction. Returns the ids of the
+        messages that are now queued, or None when this call was already recorded (a
+        replayed event, a restart): then nothing at all changes."""
+        return self.record_calls([(record, rule, decision, messages)], ttl_seconds=ttl_seconds, now=now)[0]
+
+    def record_calls(self, batch: Sequence[tuple[CallRecord, str | None, str, Sequence[RenderedMessage]]],
+                     *, ttl_seconds: float, now: float | None = None) -> list[list[int] | None]:
+        now = time.time() if now is None else now
+        results: list[list[int] | None] = []
+        with _tx(self.conn):
+            for record, rule, decision, messages in batch:
+                call_key = f"{record.pbx}/{record.call_id}"
+                cur = self.conn.execute(
+                    "INSERT OR IGNORE INTO calls (call_key, pbx, call_id, status, direction, caller, rule, "
+                    "decision, record, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (call_key, record.pbx, record.call_id, record.status.value, record.direction.value,
+                     record.customer_number, rule, decision, record.to_json(), now),
+                )
+                if cur.rowcount == 0:
+                    results.append(None)
+                    continue
+                queued: list[int] = []
+                for m in messages:
+                    state = MessageState.SUPPRESSED if m.suppressed else MessageState.QUEUED
+                    cur = self.conn.execute(
+                        "INSERT OR IGNORE INTO messages (key, call_key, rule, recipient_kind, raw_number, "
+                        "destination, sender, text, encoding, segments, options, state, reason, "
+                        "next_attempt_at, expires_at, created_at, updated_at, final_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (m.key, call_key, m.rule, m.kind.value, m.raw_number, m.destination, m.sender,
+                         m.text, m.encoding.value, m.segments, json.dumps(dict(m.options)),
+                         state.value, m.suppressed, None if m.suppressed else now,
+                         now + ttl_seconds, now, now, now if m.suppressed else None),
+                    )
+                    if cur.rowcount and not m.suppressed:
+                        queued.append(cur.lastrowid)
+                results.append(queued)
+        return results
+
+    # -- dispatching -------------------------------------------------------------------
+
+    def requeue_interrupted(self, now: float | None = None) -> int:
+        """Messages a previous process claimed but never recorded an outcome for. They may
+        or may not have reached the SMSC; sending again is the lesser evil than losing them."""
+        now = time.time() if now is None else now
+        with _tx(self.conn):
+            cur = self.conn.execute(
+                "UPDATE messages SET state = 'queued', next_attempt_at = ?, updated_at = ?, "
+                "reason = 'requeued after restart' WHERE state = 'sending'",
+                (now, now),
+            )
+        return cur.rowcount
+
+    def claim_due(self, limit: int, now: float | None = None) -> list[OutboundMessage]:
+        now = time.time() if now is None else now
+        with _tx(self.conn):
+            rows = self.conn.execute(
+                f"UPDATE messages SET state = 'sending', attempts = attempts + 1, updated_at = ? "
+                f"WHERE id IN (SELECT id FROM messages WHERE state IN ('queued', 'retrying') "
+                f"AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?) "
+                f"RETURNING {_MESSAGE_COLUMNS}",
+                (now, now, limit),
+            ).fetchall()
+        rows.sort(key=lambda r: r[0])
+        return [_outbound(r) for r in rows]
+
+    def next_due(self) -> float | None:
+        row = self.conn.execute(
+            "SELECT MIN(next_attempt_at) FROM messages WHERE state IN ('queued', 'retrying')"
+        ).fetchone()
+        return row[0]
+
+    def expires_at(self, message_id: int) -> float:
+        row = self.conn.execute("SELECT expires_at FROM messages WHERE id = ?", (message_id,)).fetchone()
+        return row[0] if row else 0.0
+
+    def record_outcomes(self, outcomes: Sequence[OutcomeRecord], now: float | None = None) -> list[Transition]:
+        """All outcomes of a batch of submits in one transaction. Receipts that arrived
+        before their submit's response was recorded (a real race) are applied here."""
+        now = time.time() if now is None else now
+        transitions: list[Transition] = []
+        new_keys: list[str] = []
+        with _tx(self.conn):
+            for o in outcomes:
+                m = o.message
+                if o.state is MessageState.SUBMITTED:
+                    self.conn.execute(
+                        "UPDATE messages SET state = 'submitted', reason = '', updated_at = ?, submitted_at = ?, "
+                        "next_attempt_at = NULL, transport = ? WHERE id = ?",
+                        (now, now, o.transport, m.id),
+                    )
+                    for part, transport_id in enumerate(o.transport_ids, start=1):
+                        self.conn.execute(
+                            "INSERT OR REPLACE INTO parts (message_id, part, transport_id, updated_at) VALUES (?, ?, ?, ?)",
+                            (m.id, part, transport_id, now),
+                        )
+                        self.conn.executemany(
+                            "INSERT INTO part_keys (key, message_id, part) VALUES (?, ?, ?)",
+                            [(k, m.id, part) for k in msgid.all_keys(transport_id)],
+                        )
+                        new_keys.append(transport_id)
+                elif o.state is MessageState.RETRYING:
+                    self.conn.execute(
+                        "UPDATE messages SET state = 'retrying', reason = ?, updated_at = ?, next_attempt_at = ?, "
+                        "transport = ? WHERE id = ?",
+                        (o.reason, now, o.next_attempt_at, o.transport, m.id),
+                    )
+                else:
+                    self.conn.execute(
+                        "UPDATE messages SET state = ?, reason = ?, updated_at = ?, final_at = ?, "
+                        "next_attempt_at = NULL, transport = ? WHERE id = ?",
+                        (o.state.value, o.reason, now, now, o.transport, m.id),
+                    )
+                transitions.append(Transition(m.id, m.call_id, m.rule, m.destination, o.state, o.reason, o.transport_ids))
+            if new_keys and self._has_orphans():
+                transitions.extend(self._apply_orphans(new_keys, now))
+        return transitions
+
+    def suppress(self, message: OutboundMessage, reason: str, now: float | None = None) -> Transition:
+        now = time.time() if now is None else now
+        with _tx(self.conn):
+            self.conn.execute(
+                "UPDATE messages SET state = 'suppressed', reason = ?, updated_at = ?, final_at = ?, "
+                "next_attempt_at = NULL WHERE id = ?",
+                (reason, now, now, message.id),
+            )
+        return Transition(message.id, message.call_id, message.rule, message.destination, MessageState.SUPPRESSED, reason)
+
+    def defer(self, message: OutboundMessage, until: float, reason: str, now: float | None = None) -> None:
+        """Put a claimed message back without counting an attempt (quiet hours, rate)."""
+        now = time.time() if now is None else now
+        with _tx(self.conn):
+            self.conn.execute(
+                "UPDATE messages SET state = 'queued', reason = ?, updated_at = ?, next_attempt_at = ?, "
+                "attempts = MAX(attempts - 1, 0) WHERE id = ?",
+                (reason, now, until, message.id),
+            )
+
+    # -- delivery reports --------------------------------------------------------------
+
+    def apply_reports(self, reports: Sequence[DeliveryReport], now: float | None = None) -> list[Transition]:
+        """Match receipts to parts (tolerant of id formats), settle messages whose parts are
+        all final, and keep unmatched receipts for a later submit response or for support."""
+        now = time.time() if now is None else now
+        transitions: list[Transition] = []
+        with _tx(self.conn):
+            for report in reports:
+                target = self._match_part(report.message_id)
+                if target is None:
+                    if report.state in _REPORT_TO_STATE:
+                        self.conn.execute(
+                            "INSERT INTO orphan_reports (transport, transport_id, state, error, raw, received_at) "
+                            "VALUES (?, ?, ?, ?, ?, ?)",
+                            (report.transport, report.message_id, report.state.value, report.error, report.raw, now),
+                        )
+                        log.info("delivery report for unknown message id %s (%s); kept for later matching",
+                                 report.message_id, report.state.value)
+                    continue
+                transition = self._apply_to_part(target, report.state, report.error, now)
+                if transition:
+                    transitions.append(transition)
+        return transitions
+
+    def _match_part(self, transport_id: str) -> tuple[int, int] | None:
+        for keys in ([msgid.exact_key(transport_id)], sorted(msgid.loose_keys(transport_id))):
+            if not keys:
+                continue
+            marks = ",".join("?" * len(keys))
+            row = self.conn.execute(
+                f"SELECT message_id, part FROM part_keys WHERE key IN ({marks}) ORDER BY message_id DESC LIMIT 1",
+                keys,
+            ).fetchone()
+            if row:
+                return row[0], row[1]
+        return None
+
+    def _apply_to_part(self, target: tuple[int, int], state: ReportState, error: str,
+                       now: float) -> Transition | None:
+        message_id, part = target
+        final = _REPORT_TO_STATE.get(state)
+        self.conn.execute(
+            "UPDATE parts SET state = ?, error = ?, updated_at = ? WHERE message_id = ? AND part = ?",
+            (state.value, error, now, message_id, part),
+        )
+        if final is None:
+            return None
+        row = self.conn.execute(
+            "SELECT state, call_key, rule, destination, segments FROM messages WHERE id = ?", (message_id,)
+        ).fetchone()
+        if row is None or row[0] != MessageState.SUBMITTED.value:
+            # Already settled (a duplicate receipt, or another part failed first): the part
+            # is recorded, the message stays as it is.
+            return None
+        part_states = [
+            _REPORT_TO_STATE.get(ReportState(s))
+            for (s,) in self.conn.execute("SELECT state FROM parts WHERE message_id = ?", (message_id,))
+        ]
+        failures = [s for s in part_states if s is not None and s is not MessageState.DELIVERED]
+        if failures:
+            settled = min(failures, key=_SEVERITY.index)
+        elif len(part_states) >= 1 and all(s is MessageState.DELIVERED for s in part_states):
+            settled = MessageState.DELIVERED
+        else:
+            return None  # more parts to hear about
+        reason = "" if settled is MessageState.DELIVERED else (error or state.value)
+        self.conn.execute(
+            "UPDATE messages SET state = ?, reason = ?, updated_at = ?, final_at = ? WHERE id = ?",
+            (settled.value, reason, now, now, message_id),
+        )
+        return Transition(message_id, row[1], row[2], row[3] or "", settled, reason)
+
+    def _has_orphans(self) -> bool:
+        return self.conn.execute("SELECT 1 FROM orphan_reports WHERE matched = 0 LIMIT 1").fetchone() is not None
+
+    def _apply_orphans(self, transport_ids: Iterable[str], now: float) -> list[Transition]:
+        transitions: list[Transition] = []
+        orphans = self.conn.execute(
+            "SELECT id, transport_id, state, error FROM orphan_reports WHERE matched = 0"
+        ).fetchall()
+        wanted = {k for t in transport_ids for k in msgid.all_keys(t)}
+        for orphan_id, transport_id, state, error in orphans:
+            if not (msgid.all_keys(transport_id) & wanted):
+                continue
+            target = self._match_part(transport_id)
+            if target is None:
+                continue
+            self.conn.execute("UPDATE orphan_reports SET matched = 1 WHERE id = ?", (orphan_id,))
+            transition = self._apply_to_part(target, ReportState(state), error, now)
+            if transition:
+                transitions.append(transition)
+        return transitions
+
+    # -- opt-out -----------------------------------------------------------------------
+
+    def optout_add(self, numbers: Iterable[str], source: str, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        with _tx(self.conn):
+            cur = self.conn.executemany(
+                "INSERT OR IGNORE INTO optout (number, source, created_at) VALUES (?, ?, ?)",
+                [(n, source, now) for n in numbers],
+            )
+        return cur.rowcount
+
+    def optout_remove(self, numbers: Iterable[str]) -> int:
+        with _tx(self.conn):
+            cur = self.conn.executemany("DELETE FROM optout WHERE number = ?", [(n,) for n in numbers])
+        return cur.rowcount
+
+    def is_opted_out(self, number: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM optout WHERE number = ?", (number,)).fetchone() is not None
+
+    def optout_list(self) -> list[tuple[str, str, float]]:
+        return self.conn.execute("SELECT number, source, created_at FROM optout ORDER BY number").fetchall()
+
+    # -- reading, for reports and support ----------------------------------------------
+
+    def counts_by_state(self) -> dict[str, int]:
+        return dict(self.conn.execute("SELECT state, COUNT(*) FROM messages GROUP BY state").fetchall())
+
+    def queue_depth(self) -> int:
+        row = self.conn.execute(
+            "SELECT COUNT(*) FROM messages WHERE state IN ('queued', 'retrying', 'sending')"
+        ).fetchone()
+        return row[0]
+
+    def messages(self, *, call_key: str | None = None, destination: str | None = None,
+                 since: float | None = None, until: float | None = None, rule: str | None = None,
+                 state: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        where, args = [], []
+        for column, op, value in (("call_key", "=", call_key), ("destination", "=", destination),
+                                  ("created_at", ">=", since), ("created_at", "<", until),
+                                  ("rule", "=", rule), ("state", "=", state)):
+            if value is not None:
+                where.append(f"m.{column} {op} ?")
+                args.append(value)
+        sql = (
+            "SELECT m.*, (SELECT group_concat(p.transport_id, ' ') FROM parts p WHERE p.message_id = m.id) "
+            "AS transport_ids FROM messages m"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY m.id"
+            + (f" LIMIT {int(limit)}" if limit else "")
+        )
+        cur = self.conn.execute(sql, args)
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row)) for row in cur]
+
+    def calls(self, *, call_key: str | None = None, caller: str | None = None,
+              limit: int = 50) -> list[dict[str, Any]]:
+        where, args = [], []
+        if call_key is not None:
+            where.append("(call_key = ? OR call_id = ?)")
+            args += [call_key, call_key]
+        if caller is not None:
+            where.append("caller = ?")
+            args.append(caller)
+        sql = ("SELECT * FROM calls" + (" WHERE " + " AND ".join(where) if where else "")
+               + f" ORDER BY created_at DESC LIMIT {int(limit)}")
+        cur = self.conn.execute(sql, args)
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row)) for row in cur]
+
+    def orphan_reports(self) -> list[dict[str, Any]]:
+        cur = self.conn.execute("SELECT * FROM orphan_reports WHERE matched = 0 ORDER BY id")
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row)) for row in cur]
+
+
+class _tx:
+    """BEGIN IMMEDIATE … COMMIT, or ROLLBACK on error (autocommit connection)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        else:
+            self.conn.execute("ROLLBACK")
+
+
+def _outbound(row: tuple) -> OutboundMessage:
+    (id_, key, call_key, rule, kind, destination, sender, text, encoding, segments,
+     attempts, options, created_at) = row
+    return OutboundMessage(
+        id=id_,
+        key=key,
+        call_id=call_key,
+        rule=rule,
+        recipient_kind=RecipientKind(kind),
+        destination=destination or "",
+        sender=sender,
+        text=text,
+        encoding=Encoding(encoding),
+        segments=segments,
+        attempts=attempts,
+        options=json.loads(options) if options and options != "{}" else {},
+        created_at=datetime.fromtimestamp(created_at, timezone.utc),
+    )
