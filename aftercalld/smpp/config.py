@@ -1,0 +1,158 @@
+"""The `[transport]` table when `type = "smpp"`: typed, checked, password kept out of reprs."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from ..configreader import Section
+from .parts import CONCAT_METHODS, WireProfile, parse_tlv_map
+
+log = logging.getLogger(__name__)
+
+BIND_MODES = ("transceiver", "transmitter_receiver", "transmitter")
+
+
+@dataclass(frozen=True)
+class SmppSettings:
+    hosts: tuple[tuple[str, int], ...]
+    system_id: str
+    password: str = field(default="", repr=False)
+    system_type: str = ""
+    bind_mode: str = "transceiver"
+    addr_ton: int = 0
+    addr_npi: int = 0
+    address_range: str = ""
+    tls: bool = False
+    tls_verify: bool = True
+    tls_ca_file: str = ""
+    sessions: int = 1
+    window: int = 10
+    session_rate: float = 0.0  # submit_sm per second per session, 0 = unlimited
+    account_rate: float = 0.0  # across all sessions of this account
+    response_timeout: float = 10.0
+    connect_timeout: float = 10.0
+    enquire_link_interval: float = 30.0
+    enquire_link_timeout: float = 10.0
+    reconnect_min: float = 1.0
+    reconnect_max: float = 60.0
+    throttle_pause: float = 1.0
+    part_attempts: int = 5
+    drain_timeout: float = 10.0
+    gsm_data_coding: int = 0
+    concatenation: str = "udh8"
+    source_ton: int | None = None
+    source_npi: int | None = None
+    dest_ton: int = 1
+    dest_npi: int = 1
+    registered_delivery: bool = True
+    service_type: str = ""
+    tlvs: dict[int, bytes] = field(default_factory=dict)
+    transient_statuses: frozenset[int] = frozenset()
+
+    @property
+    def wire_profile(self) -> WireProfile:
+        return WireProfile(
+            gsm_data_coding=self.gsm_data_coding,
+            concatenation=self.concatenation,
+            source_ton=self.source_ton,
+            source_npi=self.source_npi,
+            dest_ton=self.dest_ton,
+            dest_npi=self.dest_npi,
+            registered_delivery=1 if self.registered_delivery else 0,
+            service_type=self.service_type,
+            tlvs=dict(self.tlvs),
+        )
+
+
+def _parse_host(section: Section, item: str, default_port: int) -> tuple[str, int]:
+    host, sep, port = item.strip().rpartition(":")
+    if not sep or "]" in port:  # no port, or a bare IPv6 address in brackets
+        host, port = item.strip(), ""
+    host = host.strip("[]")
+    if not host:
+        raise section.error("hosts", f'"{item}" has no host name')
+    if not port:
+        return host, default_port
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise section.error("hosts", f'"{item}": port must be 1–65535')
+    return host, int(port)
+
+
+def _parse_status(section: Section, text: str) -> int:
+    try:
+        return int(text, 16) if text.lower().startswith("0x") else int(text)
+    except ValueError:
+        raise section.error("transient_statuses", f'"{text}" is not a number such as "0x0401"') from None
+
+
+def parse_settings(section: Section) -> SmppSettings:
+    port = section.int("port", 2775, min=1, max=65535)
+    hosts = tuple(_parse_host(section, h, port) for h in section.str_list("hosts"))
+    if not hosts:
+        raise section.error("hosts", "needs at least one SMSC host")
+    system_id = section.str("system_id", nonempty=True)
+    if len(system_id) > 15:
+        raise section.error("system_id", "at most 15 characters in SMPP 3.4")
+    password = section.secret("password", "")
+    if len(password) > 8:
+        # SMPP 3.4 caps it at 8; some providers issue longer ones and accept them.
+        log.warning("%s: longer than the 8 characters SMPP 3.4 allows; sending it whole",
+                    section.key("password"))
+    system_type = section.str("system_type", "")
+    if len(system_type) > 12:
+        raise section.error("system_type", "at most 12 characters in SMPP 3.4")
+    address_range = section.str("address_range", "")
+
+    ton_npi = {key: section.int(key, None, min=0, max=255) for key in ("source_ton", "source_npi")}
+
+    tlv_strings = section.str_map("tlvs", {})
+    try:
+        tlvs = parse_tlv_map(tlv_strings)
+    except ValueError as exc:
+        raise section.error("tlvs", str(exc)) from None
+
+    settings = SmppSettings(
+        hosts=hosts,
+        system_id=system_id,
+        password=password,
+        system_type=system_type,
+        bind_mode=section.str("bind_mode", "transceiver", choices=BIND_MODES),
+        addr_ton=section.int("addr_ton", 0, min=0, max=255),
+        addr_npi=section.int("addr_npi", 0, min=0, max=255),
+        address_range=address_range,
+        tls=section.bool("tls", False),
+        tls_verify=section.bool("tls_verify", True),
+        tls_ca_file=section.str("tls_ca_file", ""),
+        sessions=section.int("sessions", 1, min=1, max=64),
+        window=section.int("window", 10, min=1, max=1000),
+        session_rate=section.float("session_rate", 0.0, min=0.0),
+        account_rate=section.float("account_rate", 0.0, min=0.0),
+        response_timeout=section.float("response_timeout", 10.0, min=0.1, max=600.0),
+        connect_timeout=section.float("connect_timeout", 10.0, min=0.1, max=600.0),
+        enquire_link_interval=section.float("enquire_link_interval", 30.0, min=0.1, max=3600.0),
+        enquire_link_timeout=section.float("enquire_link_timeout", 10.0, min=0.1, max=600.0),
+        reconnect_min=section.float("reconnect_min", 1.0, min=0.01, max=3600.0),
+        reconnect_max=section.float("reconnect_max", 60.0, min=0.01, max=3600.0),
+        throttle_pause=section.float("throttle_pause", 1.0, min=0.0, max=600.0),
+        part_attempts=section.int("part_attempts", 5, min=1, max=100),
+        drain_timeout=section.float("drain_timeout", 10.0, min=0.0, max=600.0),
+        gsm_data_coding=section.int("gsm_data_coding", 0, min=0, max=3),
+        concatenation=section.str("concatenation", "udh8", choices=CONCAT_METHODS),
+        source_ton=ton_npi["source_ton"],
+        source_npi=ton_npi["source_npi"],
+        dest_ton=section.int("dest_ton", 1, min=0, max=255),
+        dest_npi=section.int("dest_npi", 1, min=0, max=255),
+        registered_delivery=section.bool("registered_delivery", True),
+        service_type=section.str("service_type", ""),
+        tlvs=tlvs,
+        transient_statuses=frozenset(
+            _parse_status(section, s) for s in section.str_list("transient_statuses", [])),
+    )
+    if settings.gsm_data_coding == 2:
+        raise section.error("gsm_data_coding", "2 is 8-bit binary, not text: use 0, 1 or 3")
+    if settings.reconnect_max < settings.reconnect_min:
+        raise section.error("reconnect_max", "must be at least reconnect_min")
+    if len(settings.service_type) > 5:
+        raise section.error("service_type", "at most 5 characters in SMPP 3.4")
+    section.done()
+    return settings

@@ -1,0 +1,179 @@
+"""One OutboundMessage → the submit_sm bodies that carry it: data_coding, concatenation
+(UDH with an 8- or 16-bit reference, SAR TLVs, or message_payload), TON/NPI and TLVs.
+
+Segmentation is `rules.encoding.split_segments`, never smpplib's `make_parts` (which cuts
+escape pairs and surrogate pairs, see LIBRARIES.md).
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Mapping
+
+from ..model import Encoding, OutboundMessage
+from ..rules.encoding import CONCAT_8BIT_REF, encode_gsm7_unpacked, encode_ucs2, split_segments
+from . import pdu
+
+CONCAT_METHODS = ("udh8", "udh16", "sar", "payload")
+DC_GSM = 0
+DC_IA5 = 1
+DC_LATIN1 = 3
+DC_UCS2 = 8
+
+
+@dataclass(frozen=True, slots=True)
+class WireProfile:
+    """The per-bind choices that shape PDUs (a subset of SmppSettings)."""
+
+    gsm_data_coding: int = DC_GSM
+    concatenation: str = "udh8"
+    source_ton: int | None = None
+    source_npi: int | None = None
+    dest_ton: int = 1
+    dest_npi: int = 1
+    registered_delivery: int = 1
+    service_type: str = ""
+    tlvs: Mapping[int, bytes] = ()  # type: ignore[assignment]
+
+
+def parse_tlv_tag(tag: str | int) -> int:
+    if isinstance(tag, int):
+        value = tag
+    else:
+        text = tag.strip().lower()
+        value = int(text, 16) if text.startswith("0x") else int(text, 10)
+    if not 0 < value <= 0xFFFF:
+        raise ValueError(f"TLV tag {tag!r} is outside 0x0001–0xFFFF")
+    return value
+
+
+def parse_tlv_value(value: str) -> bytes:
+    """``hex:0a1b`` → raw octets; ``cstr:abc`` → ``abc\\0``; anything else → its UTF-8
+    octets without a NUL (how aggregators usually want DLT ids)."""
+    if value.startswith("hex:"):
+        try:
+            return bytes.fromhex(value[4:])
+        except ValueError:
+            raise ValueError(f"TLV value {value!r}: not hex digits after hex:") from None
+    if value.startswith("cstr:"):
+        return value[5:].encode("utf-8") + b"\x00"
+    return value.encode("utf-8")
+
+
+def parse_tlv_map(tlvs: Mapping[str, str]) -> dict[int, bytes]:
+    """tag (``"0x1400"`` or decimal) → value string, as in config and message.options;
+    raises ValueError naming the bad entry (the config loader can call this at start)."""
+    out: dict[int, bytes] = {}
+    for tag, value in tlvs.items():
+        code = parse_tlv_tag(tag)
+        out[code] = parse_tlv_value(str(value))
+        if len(out[code]) > 0xFFFF:
+            raise ValueError(f"TLV {tag}: value too long")
+    return out
+
+
+def source_ton_npi(sender: str, profile: WireProfile) -> tuple[int, int, str]:
+    """TON/NPI from the sender's form unless configured: alphanumeric → 5/0,
+    ``+`` or a long number → international 1/1, a short code → 3/0 (network specific)."""
+    addr = sender.strip()
+    digits = addr[1:] if addr.startswith("+") else addr
+    if digits.isdigit():
+        if addr.startswith("+") or len(digits) > 8:
+            ton, npi = 1, 1
+        else:
+            ton, npi = 3, 0
+        addr = digits
+    else:
+        ton, npi = 5, 0
+    if profile.source_ton is not None:
+        ton = profile.source_ton
+    if profile.source_npi is not None:
+        npi = profile.source_npi
+    return ton, npi, addr
+
+
+def _encode_text(text: str, encoding: Encoding, gsm_dc: int) -> tuple[int, bytes]:
+    if encoding is Encoding.UCS2:
+        return DC_UCS2, encode_ucs2(text)
+    if gsm_dc == DC_LATIN1:
+        try:
+            return DC_LATIN1, text.encode("latin-1")
+        except UnicodeEncodeError:
+            # € and the Greek capitals are GSM but not Latin-1: such a text goes as UCS-2.
+            return DC_UCS2, encode_ucs2(text)
+    if gsm_dc == DC_IA5:
+        try:
+            return DC_IA5, text.encode("ascii")
+        except UnicodeEncodeError:
+            return DC_UCS2, encode_ucs2(text)
+    return gsm_dc, encode_gsm7_unpacked(text)
+
+
+def _effective_encoding(text: str, encoding: Encoding, gsm_dc: int) -> Encoding:
+    """Latin-1/IA5 binds send GSM texts with characters outside those sets as UCS-2, and
+    then the segment capacity is UCS-2's."""
+    if encoding is Encoding.GSM7 and gsm_dc in (DC_LATIN1, DC_IA5):
+        try:
+            text.encode("latin-1" if gsm_dc == DC_LATIN1 else "ascii")
+        except UnicodeEncodeError:
+            return Encoding.UCS2
+    return encoding
+
+
+def build_submits(message: OutboundMessage, profile: WireProfile, ref: int,
+                  extra_tlvs: Mapping[int, bytes] | None = None) -> list[bytes]:
+    """submit_sm bodies for every part of `message`, in order. `ref` is the concatenation
+    reference (only its low 8 bits are used with udh8). Raises ValueError for a message
+    that cannot be sent as it is (a permanent failure)."""
+    encoding = _effective_encoding(message.text, message.encoding, profile.gsm_data_coding)
+    method = profile.concatenation
+    if method == "payload":
+        pieces = [message.text]
+    elif method == "sar":
+        pieces = split_segments(message.text, encoding,
+                                part_capacity=CONCAT_8BIT_REF[encoding])
+    else:
+        pieces = split_segments(message.text, encoding, udh_16bit_ref=(method == "udh16"))
+
+    ton, npi, source = source_ton_npi(message.sender, profile)
+    dest = message.destination.strip()
+    if dest.startswith("+"):
+        dest = dest[1:]
+    tlvs = dict(profile.tlvs or {})
+    if extra_tlvs:
+        tlvs.update(extra_tlvs)
+    tlv_bytes = b"".join(pdu.tlv(tag, value) for tag, value in tlvs.items())
+    common = dict(
+        service_type=profile.service_type.encode("ascii", "replace")[:5],
+        source_ton=ton, source_npi=npi, source=source.encode("latin-1", "replace")[:20],
+        dest_ton=profile.dest_ton, dest_npi=profile.dest_npi,
+        destination=dest.encode("ascii", "replace")[:20],
+        registered_delivery=profile.registered_delivery,
+    )
+    total = len(pieces)
+    if total > 255:
+        raise ValueError(f"{total} parts: more than concatenation allows (255)")
+    bodies: list[bytes] = []
+    for seq, piece in enumerate(pieces, start=1):
+        dc, payload = _encode_text(piece, encoding, profile.gsm_data_coding)
+        esm = 0
+        part_tlvs = tlv_bytes
+        if method == "payload":
+            short, part_tlvs = b"", pdu.tlv(pdu.TAG_MESSAGE_PAYLOAD, payload) + tlv_bytes
+        elif total == 1:
+            short = payload
+        elif method == "udh8":
+            short = bytes((5, 0, 3, ref & 0xFF, total, seq)) + payload
+            esm = pdu.ESM_UDHI
+        elif method == "udh16":
+            short = bytes((6, 8, 4, (ref >> 8) & 0xFF, ref & 0xFF, total, seq)) + payload
+            esm = pdu.ESM_UDHI
+        else:  # sar
+            short = payload
+            part_tlvs = (pdu.tlv(pdu.TAG_SAR_MSG_REF_NUM, struct.pack(">H", ref & 0xFFFF))
+                         + pdu.tlv(pdu.TAG_SAR_TOTAL_SEGMENTS, bytes((total,)))
+                         + pdu.tlv(pdu.TAG_SAR_SEGMENT_SEQNUM, bytes((seq,)))
+                         + tlv_bytes)
+        bodies.append(pdu.encode_submit_sm(esm_class=esm, data_coding=dc, short_message=short,
+                                           tlvs=part_tlvs, **common))
+    return bodies

@@ -1,0 +1,266 @@
+"""One SMPP bind over one TCP (or TLS) connection, as an asyncio protocol.
+
+Why asyncio rather than smpplib's blocking client in a thread: smpplib has no window, its
+socket is written from the listener and the sender without a lock, its reader dies on the
+first error PDU or SMSC unbind (LIBRARIES.md). Here one event loop owns the socket, so
+writes cannot interleave; responses are matched to requests by sequence number; every
+request from the SMSC is answered; and a dead link fails every outstanding request at once
+so the transport can retry them.
+
+The session knows nothing about messages: it binds, keeps the link alive with
+enquire_link, sends request bodies and resolves their responses, and hands deliver_sm /
+data_sm to a callback that returns the command_status to answer with.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from typing import Callable
+
+from ..logutil import fields, redact
+from . import pdu
+from .status import ESME_RINVCMDID, ESME_ROK, describe
+
+log = logging.getLogger(__name__)
+
+BIND_COMMANDS = {
+    "transceiver": pdu.BIND_TRANSCEIVER,
+    "transmitter": pdu.BIND_TRANSMITTER,
+    "receiver": pdu.BIND_RECEIVER,
+}
+
+
+class LinkLost(Exception):
+    """The connection went away (or was dropped by us) with this request outstanding."""
+
+
+class ResponseTimeout(Exception):
+    pass
+
+
+class BindError(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(describe(status))
+        self.status = status
+
+
+# (command_id, command_status, body) of a response
+Response = tuple[int, int, bytes]
+MessageHandler = Callable[["Session", pdu.ShortMessage], int]
+
+
+class Session(asyncio.Protocol):
+    def __init__(self, *, label: str, mode: str, window: int, response_timeout: float,
+                 enquire_link_interval: float, enquire_link_timeout: float,
+                 on_message: MessageHandler) -> None:
+        self.label = label  # "smpp#1 tx" — for logs
+        self.mode = mode
+        self.free = window  # window slots; the transport takes and returns them
+        self.window = window
+        self.response_timeout = response_timeout
+        self.enquire_link_interval = enquire_link_interval
+        self.enquire_link_timeout = enquire_link_timeout
+        self.on_message = on_message
+        self.peer = ""
+        self.bound = False
+        self._transport: asyncio.Transport | None = None
+        self._frames = pdu.FrameBuffer()
+        self._seq = 0
+        self._pending: dict[int, tuple[asyncio.Future, asyncio.TimerHandle]] = {}
+        self._loop = asyncio.get_running_loop()
+        self.closed: asyncio.Future[str] = self._loop.create_future()
+        self._keepalive: asyncio.Task | None = None
+        self._closing_reason = ""
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def open(self, host: str, port: int, *, system_id: str, password: str,
+                   system_type: str, addr_ton: int, addr_npi: int, address_range: str,
+                   connect_timeout: float, tls: ssl.SSLContext | None) -> str:
+        """Connect and bind; return the SMSC's system_id. Raises OSError/TimeoutError for
+        the connection, BindError for a refused bind."""
+        self.peer = f"{host}:{port}"
+        await asyncio.wait_for(
+            self._loop.create_connection(lambda: self, host, port, ssl=tls,
+                                         server_hostname=host if tls else None),
+            connect_timeout)
+        body = pdu.encode_bind(system_id, password, system_type, addr_ton=addr_ton,
+                               addr_npi=addr_npi, address_range=address_range)
+        log.debug("%s: bind_%s to %s as %s (password %s)", self.label, self.mode, self.peer,
+                  system_id, redact(password))
+        try:
+            command_id, status, resp = await self.request(BIND_COMMANDS[self.mode], body)
+        except BaseException:
+            self.abort("bind not answered")
+            raise
+        if status != ESME_ROK or command_id == pdu.GENERIC_NACK:
+            self.abort(f"bind refused: {describe(status)}")
+            raise BindError(status)
+        self.bound = True
+        self._keepalive = self._loop.create_task(self._enquire_link_loop())
+        return pdu.parse_message_id(resp)
+
+    async def unbind(self, timeout: float = 2.0) -> None:
+        """Polite goodbye: unbind, wait briefly for unbind_resp, close."""
+        if self._transport is None or self._transport.is_closing():
+            return
+        self.bound = False
+        try:
+            await asyncio.wait_for(self.request(pdu.UNBIND), timeout)
+        except (LinkLost, ResponseTimeout, TimeoutError):
+            pass
+        self.abort("unbound", graceful=True)
+
+    def abort(self, reason: str, *, graceful: bool = False) -> None:
+        self.bound = False
+        self._closing_reason = self._closing_reason or reason
+        if self._transport is not None and not self._transport.is_closing():
+            if graceful:
+                self._transport.close()
+            else:
+                self._transport.abort()
+
+    # -- requests --------------------------------------------------------------------------
+
+    def send_request(self, command_id: int, body: bytes = b"") -> asyncio.Future:
+        """Write one request; the future resolves to its Response, or fails with LinkLost /
+        ResponseTimeout. Not a coroutine: callers on the hot path avoid a task per PDU."""
+        fut = self._loop.create_future()
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            fut.set_exception(LinkLost(self._closing_reason or "not connected"))
+            return fut
+        self._seq = self._seq % 0x7FFFFFFF + 1
+        seq = self._seq
+        timer = self._loop.call_later(self.response_timeout, self._expire, seq)
+        self._pending[seq] = (fut, timer)
+        transport.write(pdu.HEADER.pack(pdu.HEADER_LEN + len(body), command_id, 0, seq) + body)
+        return fut
+
+    async def request(self, command_id: int, body: bytes = b"") -> Response:
+        return await self.send_request(command_id, body)
+
+    def _expire(self, seq: int) -> None:
+        entry = self._pending.pop(seq, None)
+        if entry and not entry[0].done():
+            entry[0].set_exception(ResponseTimeout(f"no response within {self.response_timeout:g}s"))
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._pending)
+
+    def reply(self, command_id: int, status: int, sequence: int, body: bytes = b"") -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(pdu.frame(command_id, status, sequence, body))
+
+    async def _enquire_link_loop(self) -> None:
+        try:
+            while self.bound:
+                await asyncio.sleep(self.enquire_link_interval)
+                if not self.bound:
+                    return
+                fut = self.send_request(pdu.ENQUIRE_LINK)
+                try:
+                    await asyncio.wait_for(fut, self.enquire_link_timeout)
+                except (ResponseTimeout, TimeoutError):
+                    log.warning("%s: no enquire_link_resp from %s within %gs; dropping the link "
+                                "to re-bind", self.label, self.peer, self.enquire_link_timeout,
+                                extra=fields(smsc=self.peer))
+                    self.abort("enquire_link not answered")
+                    return
+                except LinkLost:
+                    return
+        except asyncio.CancelledError:
+            pass
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                # Small PDUs and a window of responses: Nagle would add up to 40 ms each.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.bound = False
+        reason = self._closing_reason or (f"connection lost: {exc}" if exc else "closed by the SMSC")
+        self._closing_reason = reason
+        pending, self._pending = self._pending, {}
+        for fut, timer in pending.values():
+            timer.cancel()
+            if not fut.done():
+                fut.set_exception(LinkLost(reason))
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+        if not self.closed.done():
+            self.closed.set_result(reason)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self._frames.feed(data)
+        except pdu.PduError as exc:
+            log.error("%s: garbage from %s (%s); dropping the link", self.label, self.peer, exc,
+                      extra=fields(smsc=self.peer))
+            self.abort(f"protocol error: {exc}")
+            return
+        pending = self._pending
+        for command_id, status, seq, body in frames:
+            if command_id & pdu.RESP:
+                entry = pending.pop(seq, None)
+                if entry is None:
+                    self._late_response(command_id, status, seq, body)
+                    continue
+                fut, timer = entry
+                timer.cancel()
+                if not fut.done():
+                    fut.set_result((command_id, status, body))
+            else:
+                self._handle_request(command_id, seq, body)
+
+    def _late_response(self, command_id: int, status: int, seq: int, body: bytes) -> None:
+        if command_id == pdu.GENERIC_NACK:
+            log.warning("%s: generic_nack %s for sequence %d from %s", self.label,
+                        describe(status), seq, self.peer, extra=fields(smsc=self.peer))
+        elif command_id == pdu.SUBMIT_SM | pdu.RESP:
+            # The part was retried after the timeout: the SMSC may now send it twice.
+            log.warning("%s: late submit_sm_resp (sequence %d, %s, message_id %s) after the "
+                        "response timeout; the part was already retried", self.label, seq,
+                        describe(status), pdu.parse_message_id(body) or "-",
+                        extra=fields(smsc=self.peer, msg_id=pdu.parse_message_id(body)))
+        else:
+            log.debug("%s: unmatched %s sequence %d", self.label, pdu.command_name(command_id), seq)
+
+    def _handle_request(self, command_id: int, seq: int, body: bytes) -> None:
+        if command_id == pdu.DELIVER_SM or command_id == pdu.DATA_SM:
+            try:
+                message = (pdu.parse_deliver_sm(body) if command_id == pdu.DELIVER_SM
+                           else pdu.parse_data_sm(body))
+            except pdu.PduError as exc:
+                # Answered OK all the same: an SMSC re-sending a PDU we cannot parse would
+                # loop forever. The raw octets stay in the log for support.
+                log.warning("%s: unparseable %s from %s (%s): %s", self.label,
+                            pdu.command_name(command_id), self.peer, exc, body.hex(),
+                            extra=fields(smsc=self.peer))
+                status = ESME_ROK
+            else:
+                status = self.on_message(self, message)
+            self.reply(command_id | pdu.RESP, status, seq, b"\x00")
+        elif command_id == pdu.ENQUIRE_LINK:
+            self.reply(pdu.ENQUIRE_LINK | pdu.RESP, ESME_ROK, seq)
+        elif command_id == pdu.UNBIND:
+            log.warning("%s: the SMSC %s unbound the session; re-binding", self.label, self.peer,
+                        extra=fields(smsc=self.peer))
+            self.reply(pdu.UNBIND | pdu.RESP, ESME_ROK, seq)
+            self.abort("unbound by the SMSC", graceful=True)
+        elif command_id in (pdu.ALERT_NOTIFICATION, pdu.OUTBIND):
+            log.debug("%s: ignoring %s", self.label, pdu.command_name(command_id))
+        else:
+            log.warning("%s: unexpected %s from %s; answering generic_nack", self.label,
+                        pdu.command_name(command_id), self.peer, extra=fields(smsc=self.peer))
+            self.reply(pdu.GENERIC_NACK, ESME_RINVCMDID, seq)

@@ -1,0 +1,371 @@
+"""The SMPP Transport: an account's sessions, failover between SMSC hosts, the window and
+rate limits, and the mapping of submit_sm results, receipts and replies onto the core's
+types.
+
+Each session slot has a supervisor task that connects to the first host that answers,
+binds, and on any loss rebinds with capped, jittered backoff (starting again from the
+primary host). `send()` takes a window slot on any bound session for each part in turn,
+so the dispatcher's `max_in_flight` (sessions × window) keeps every window full.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import random
+import ssl
+from typing import Any
+
+from ..logutil import fields, redact
+from ..model import DeliveryReport, InboundMessage, OutboundMessage, SubmitOutcome
+from ..transport import Transport, TransportEvents
+from . import pdu
+from .config import SmppSettings
+from .parts import build_submits, parse_tlv_map
+from .receipts import parse_receipt
+from .session import BindError, LinkLost, ResponseTimeout, Session
+from .status import ESME_ROK, ESME_RX_T_APPN, Verdict, classify, describe, status_name
+from .text import decode_short_message
+from .throttle import TokenBucket
+
+log = logging.getLogger(__name__)
+
+
+class _NoSession(Exception):
+    pass
+
+
+class _Slot:
+    """One configured session (a bind that is kept up), whatever connection it is on now."""
+
+    def __init__(self, index: int, mode: str, rate: float) -> None:
+        self.index = index
+        self.mode = mode
+        self.session: Session | None = None
+        self.bucket = TokenBucket(rate)
+        self.task: asyncio.Task | None = None
+        self.binds = 0
+
+    @property
+    def label(self) -> str:
+        return f"smpp#{self.index} {self.mode}"
+
+
+class SmppTransport(Transport):
+    def __init__(self, settings: SmppSettings, name: str = "smpp") -> None:
+        super().__init__(name)
+        self.settings = settings
+        self.max_in_flight = settings.sessions * settings.window
+        self._profile = settings.wire_profile
+        self._account = TokenBucket(settings.account_rate)
+        self._slots: list[_Slot] = []
+        for i in range(1, settings.sessions + 1):
+            if settings.bind_mode == "transceiver":
+                self._slots.append(_Slot(i, "transceiver", settings.session_rate))
+            else:
+                self._slots.append(_Slot(i, "transmitter", settings.session_rate))
+                if settings.bind_mode == "transmitter_receiver":
+                    self._slots.append(_Slot(i, "receiver", 0))
+        self._senders = [s for s in self._slots if s.mode != "receiver"]
+        self._rr = 0
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+        self._events: TransportEvents | None = None
+        self._closing = False
+        self._in_flight = 0
+        self._idle: asyncio.Event | None = None
+        self._ref = itertools.count(random.randrange(0x10000))
+        self._tls = self._tls_context() if settings.tls else None
+        self.counters = collections.Counter()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def _tls_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=self.settings.tls_ca_file or None)
+        if not self.settings.tls_verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+    async def start(self, events: TransportEvents) -> None:
+        self._events = events
+        self._idle = asyncio.Event()
+        self._idle.set()
+        first_bind = asyncio.get_running_loop().create_future()
+        for slot in self._slots:
+            slot.task = asyncio.create_task(self._supervise(slot, first_bind),
+                                            name=f"{self.name}:{slot.label}")
+        s = self.settings
+        try:
+            # Return as soon as one sender is bound; otherwise keep trying in the background
+            # (send() answers transient meanwhile) rather than hold up the daemon's start.
+            await asyncio.wait_for(asyncio.shield(first_bind), s.connect_timeout + s.response_timeout)
+        except TimeoutError:
+            log.warning("%s: no SMSC bind yet; still trying in the background", self.name,
+                        extra=fields(transport=self.name))
+
+    async def close(self) -> None:
+        self._closing = True
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        if self._idle is not None and self._in_flight:
+            try:
+                await asyncio.wait_for(self._idle.wait(), self.settings.drain_timeout)
+            except TimeoutError:
+                log.warning("%s: %d sends still in flight after %gs; closing anyway", self.name,
+                            self._in_flight, self.settings.drain_timeout)
+        for slot in self._slots:
+            if slot.task is not None:
+                slot.task.cancel()
+        await asyncio.gather(*(s.task for s in self._slots if s.task), return_exceptions=True)
+        await asyncio.gather(*(s.session.unbind() for s in self._slots if s.session),
+                             return_exceptions=True)
+
+    async def _supervise(self, slot: _Slot, first_bind: asyncio.Future) -> None:
+        s = self.settings
+        failures = 0
+        try:
+            while not self._closing:
+                for host, port in s.hosts:
+                    session = Session(
+                        label=f"{self.name} {slot.label}", mode=slot.mode, window=s.window,
+                        response_timeout=s.response_timeout,
+                        enquire_link_interval=s.enquire_link_interval,
+                        enquire_link_timeout=s.enquire_link_timeout,
+                        on_message=self._on_message)
+                    where = f"{host}:{port}"
+                    try:
+                        smsc_id = await session.open(
+                            host, port, system_id=s.system_id, password=s.password,
+                            system_type=s.system_type, addr_ton=s.addr_ton, addr_npi=s.addr_npi,
+                            address_range=s.address_range, connect_timeout=s.connect_timeout,
+                            tls=self._tls)
+                    except BindError as exc:
+                        log.error("%s %s: bind_%s refused by %s: %s (system_id %s, password %s)",
+                                  self.name, slot.label, slot.mode, where, exc, s.system_id,
+                                  redact(s.password), extra=fields(transport=self.name, smsc=where))
+                        continue
+                    except (OSError, TimeoutError, ResponseTimeout, LinkLost, pdu.PduError) as exc:
+                        log.warning("%s %s: cannot bind to %s: %s", self.name, slot.label, where,
+                                    exc or type(exc).__name__,
+                                    extra=fields(transport=self.name, smsc=where))
+                        session.abort("bind failed")
+                        continue
+                    failures = 0
+                    slot.binds += 1
+                    slot.session = session
+                    log.info("%s %s: bound to %s (SMSC system_id %s)", self.name, slot.label,
+                             where, smsc_id or "-", extra=fields(transport=self.name, smsc=where))
+                    if slot.mode != "receiver":
+                        if not first_bind.done():
+                            first_bind.set_result(None)
+                        self._wake(all_=True)
+                    reason = await session.closed
+                    slot.session = None
+                    if not self._closing:
+                        log.warning("%s %s: link to %s lost (%s); re-binding", self.name,
+                                    slot.label, where, reason,
+                                    extra=fields(transport=self.name, smsc=where))
+                    break
+                if self._closing:
+                    return
+                delay = min(s.reconnect_max, s.reconnect_min * (2 ** min(failures, 20)))
+                failures += 1
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+        except asyncio.CancelledError:
+            pass
+
+    # -- window slots ----------------------------------------------------------------------
+
+    def _try_take(self) -> Session | None:
+        senders = self._senders
+        n = len(senders)
+        for i in range(n):
+            slot = senders[(self._rr + i) % n]
+            session = slot.session
+            if session is not None and session.bound and session.free > 0:
+                session.free -= 1
+                self._rr = (self._rr + i + 1) % n
+                return session
+        return None
+
+    async def _take(self, timeout: float) -> tuple[Session, _Slot]:
+        session = self._try_take()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while session is None:
+            remaining = deadline - loop.time()
+            if self._closing or remaining <= 0:
+                raise _NoSession()
+            waiter = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except TimeoutError:
+                raise _NoSession() from None
+            session = self._try_take()
+        for slot in self._senders:
+            if slot.session is session:
+                return session, slot
+        raise _NoSession()  # pragma: no cover - the slot was replaced in between
+
+    def _release(self, session: Session) -> None:
+        session.free += 1
+        self._wake()
+
+    def _wake(self, all_: bool = False) -> None:
+        waiters = self._waiters
+        while waiters:
+            w = waiters.popleft()
+            if not w.done():
+                w.set_result(None)
+                if not all_:
+                    return
+
+    # -- sending ---------------------------------------------------------------------------
+
+    async def send(self, message: OutboundMessage) -> SubmitOutcome:
+        if self._closing or self._events is None:
+            return SubmitOutcome.transient("SMPP transport closing", retry_after=5.0)
+        try:
+            extra = message.options.get("tlvs") if message.options else None
+            bodies = build_submits(message, self._profile, next(self._ref) & 0xFFFF,
+                                   parse_tlv_map(extra) if extra else None)
+        except ValueError as exc:
+            return SubmitOutcome.permanent(f"cannot encode for SMPP: {exc}")
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            ids: list[str] = []
+            total = len(bodies)
+            for index, body in enumerate(bodies, start=1):
+                outcome = await self._submit_part(message, body, index, total)
+                if isinstance(outcome, SubmitOutcome):
+                    return outcome
+                ids.append(outcome)
+            self.counters["messages_submitted"] += 1
+            return SubmitOutcome.submitted(*ids)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
+
+    async def _submit_part(self, message: OutboundMessage, body: bytes, index: int,
+                           total: int) -> str | SubmitOutcome:
+        """The part's message_id, or the outcome that ends this send."""
+        s = self.settings
+        part = f"part {index}/{total}" if total > 1 else ""
+        reason = ""
+        retry_after = None
+        attempts = throttles = 0
+        while attempts < s.part_attempts and throttles < 10 * s.part_attempts:
+            try:
+                session, slot = await self._take(s.response_timeout)
+            except _NoSession:
+                reason = "no SMPP session bound" if not self._closing else "SMPP transport closing"
+                retry_after = s.reconnect_min * 2
+                break
+            try:
+                wait = max(slot.bucket.reserve(), self._account.reserve())
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                command_id, status, resp = await session.send_request(pdu.SUBMIT_SM, body)
+            except (LinkLost, ResponseTimeout) as exc:
+                attempts += 1
+                reason = f"{exc} ({session.peer})"
+                self.counters["link_retries"] += 1
+                continue
+            finally:
+                self._release(session)
+            verdict = classify(status, s.transient_statuses)
+            if verdict is Verdict.OK and command_id != pdu.GENERIC_NACK:
+                message_id = pdu.parse_message_id(resp)
+                self.counters["parts_submitted"] += 1
+                log.debug("%s: submitted %s %s to %s as %s", self.name, message.key, part,
+                          message.destination, message_id,
+                          extra=fields(call_id=message.call_id, msg_id=message_id,
+                                       recipient=message.destination))
+                return message_id
+            name = status_name(status)
+            if command_id == pdu.GENERIC_NACK:
+                name = f"generic_nack {name}"
+            if verdict is Verdict.THROTTLED:
+                # Slow this session down and retry the same part; a throttle is the SMSC
+                # doing its job, so it uses up an attempt only one tenth as fast.
+                slot.bucket.pause(s.throttle_pause)
+                throttles += 1
+                self.counters["throttled"] += 1
+                reason, retry_after = name, s.throttle_pause
+                continue
+            if verdict is Verdict.TRANSIENT and command_id != pdu.GENERIC_NACK:
+                attempts += 1
+                reason = name
+                self.counters["transient_errors"] += 1
+                continue
+            self.counters["permanent_errors"] += 1
+            log.warning("%s: %s %s to %s rejected: %s", self.name, message.key, part,
+                        message.destination, describe(status),
+                        extra=fields(call_id=message.call_id, recipient=message.destination))
+            return SubmitOutcome.permanent(f"{name} {part}".strip())
+        log.warning("%s: %s %s to %s not submitted: %s", self.name, message.key, part,
+                    message.destination, reason,
+                    extra=fields(call_id=message.call_id, recipient=message.destination))
+        return SubmitOutcome.transient(f"{reason} {part}".strip(), retry_after)
+
+    # -- from the SMSC ---------------------------------------------------------------------
+
+    def _on_message(self, session: Session, message: pdu.ShortMessage) -> int:
+        events = self._events
+        if events is None:
+            return ESME_RX_T_APPN
+        try:
+            if message.is_receipt:
+                receipt = parse_receipt(message)
+                if receipt is None:
+                    log.warning("%s: receipt without a message id from %s: %r", self.name,
+                                session.peer, message.content[:200])
+                    return ESME_ROK
+                self.counters["receipts"] += 1
+                log.debug("%s: receipt %s %s %s", self.name, receipt.message_id, receipt.state,
+                          receipt.error, extra=fields(msg_id=receipt.message_id))
+                events.delivery_report(DeliveryReport(self.name, receipt.message_id, receipt.state,
+                                                      receipt.error, raw=receipt.raw))
+            else:
+                sender = message.source
+                if message.source_ton == 1 and sender.isdigit():
+                    sender = "+" + sender
+                text = decode_short_message(message)
+                self.counters["replies"] += 1
+                log.info("%s: reply from %s", self.name, sender, extra=fields(recipient=sender))
+                events.inbound_message(InboundMessage(self.name, sender, text))
+        except Exception:
+            # Answer "temporary application error" so the SMSC re-delivers it later
+            # rather than us dropping a receipt or a STOP.
+            log.exception("%s: could not hand over a %s from %s", self.name,
+                          pdu.command_name(message.command_id), session.peer)
+            return ESME_RX_T_APPN
+        return ESME_ROK
+
+    # -- status ----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        sessions = []
+        for slot in self._slots:
+            sess = slot.session
+            sessions.append({
+                "session": slot.index,
+                "mode": slot.mode,
+                "bound": bool(sess and sess.bound),
+                "smsc": sess.peer if sess else "",
+                "outstanding": sess.outstanding if sess else 0,
+                "binds": slot.binds,
+            })
+        return {
+            "name": self.name,
+            "type": "smpp",
+            "bound": sum(1 for x in sessions if x["bound"]),
+            "sessions": sessions,
+            "in_flight": self._in_flight,
+            **dict(self.counters),
+        }
