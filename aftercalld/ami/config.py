@@ -1,0 +1,76 @@
+"""AMI-specific keys of a ``[[pbx]]`` table with ``type = "asterisk"``."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from ..configreader import Section
+
+DEFAULT_INBOUND_CONTEXTS = ("from-trunk", "from-pstn", "from-external", "from-did-direct")
+
+
+@dataclass(frozen=True)
+class AmiSettings:
+    host: str = "127.0.0.1"
+    port: int = 5038
+    username: str = "aftercalld"
+    secret: str = field(default="", repr=False)  # never printed, not even by repr()
+    connect_timeout: float = 5.0
+    # Keep-alive: a Ping every ping_interval; no answer within ping_timeout = dead link.
+    ping_interval: float = 10.0
+    ping_timeout: float = 5.0
+    # Reconnect backoff (capped exponential with jitter), seconds.
+    reconnect_min: float = 0.5
+    reconnect_max: float = 30.0
+    # Direction: a call whose leg starts in one of these contexts is inbound.
+    inbound_contexts: tuple[str, ...] = DEFAULT_INBOUND_CONTEXTS
+    # What an internal extension looks like (caller of outbound/internal calls).
+    extension_pattern: str = r"\d{2,6}"
+    # Finished call ids remembered to drop duplicated events (e.g. after a reconnect).
+    remember_finished: int = 20000
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_ext_re", re.compile(self.extension_pattern))
+
+    def is_extension(self, number: str) -> bool:
+        return bool(number) and self._ext_re.fullmatch(number) is not None  # type: ignore[attr-defined]
+
+
+def parse_settings(section: Section) -> AmiSettings:
+    """Read the AMI keys of one ``[[pbx]]`` table; the core has already read the common
+    keys from the same section. Errors name the key, never the secret's value."""
+    host = section.str("host", "127.0.0.1", nonempty=True)
+    port = section.int("port", 5038, min=1, max=65535)
+    username = section.str("username", nonempty=True)
+    secret = section.secret("secret")
+    if not secret:
+        raise section.error("secret", "must not be empty")
+    connect_timeout = section.float("connect_timeout", 5.0, min=0.1, max=300)
+    ping_interval = section.float("ping_interval", 10.0, min=0.1, max=3600)
+    ping_timeout = section.float("ping_timeout", 5.0, min=0.1, max=600)
+    reconnect_min = section.float("reconnect_min", 0.5, min=0.01, max=3600)
+    reconnect_max = section.float("reconnect_max", 30.0, min=0.01, max=3600)
+    if reconnect_max < reconnect_min:
+        raise section.error("reconnect_max", f"must be at least reconnect_min ({reconnect_min})")
+    inbound_contexts = tuple(section.str_list("inbound_contexts", list(DEFAULT_INBOUND_CONTEXTS)))
+    extension_pattern = section.str("extension_pattern", r"\d{2,6}", nonempty=True)
+    try:
+        re.compile(extension_pattern)
+    except re.error as exc:
+        raise section.error("extension_pattern", f"not a valid regular expression: {exc}") from None
+    remember_finished = section.int("remember_finished", 20000, min=100, max=10_000_000)
+    section.done()
+    return AmiSettings(
+        host=host,
+        port=port,
+        username=username,
+        secret=secret,
+        connect_timeout=connect_timeout,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
+        reconnect_min=reconnect_min,
+        reconnect_max=reconnect_max,
+        inbound_contexts=inbound_contexts,
+        extension_pattern=extension_pattern,
+        remember_finished=remember_finished,
+    )
