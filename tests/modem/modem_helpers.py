@@ -1,0 +1,58 @@
+"""Shared pieces for the modem tests: a recording TransportEvents, settings tuned for
+fast tests, and messages as the dispatcher would hand them over."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from pathlib import Path
+from typing import AsyncIterator
+
+from aftercalld.model import DeliveryReport, InboundMessage, OutboundMessage, RecipientKind
+from aftercalld.modem import ModemSettings, ModemTransport, make_transport
+from aftercalld.rules.encoding import analyse
+
+from modem_sim import ModemSim
+
+_ids = itertools.count(1)
+
+
+class RecordingEvents:
+    def __init__(self) -> None:
+        self.reports: asyncio.Queue[DeliveryReport] = asyncio.Queue()
+        self.inbound: asyncio.Queue[InboundMessage] = asyncio.Queue()
+
+    def delivery_report(self, report: DeliveryReport) -> None:
+        self.reports.put_nowait(report)
+
+    def inbound_message(self, message: InboundMessage) -> None:
+        self.inbound.put_nowait(message)
+
+
+def fast_settings(device: Path | str, **overrides) -> ModemSettings:
+    values = dict(device=str(device), command_timeout=0.5, send_timeout=2.0, poll_interval=0.2,
+                  reopen_max_seconds=0.2, rate_per_minute=60000.0, registration_timeout=0.5)
+    values.update(overrides)
+    return ModemSettings(**values)
+
+
+def message(text: str, destination: str = "+447700900123") -> OutboundMessage:
+    info = analyse(text)
+    n = next(_ids)
+    return OutboundMessage(id=n, key=f"call{n}:rule:caller", call_id=f"call{n}", rule="missed",
+                           recipient_kind=RecipientKind.CALLER, destination=destination,
+                           sender="ACME", text=text, encoding=info.encoding, segments=info.segments)
+
+
+@contextlib.asynccontextmanager
+async def running(sim: ModemSim, *, wait_ready: bool = True, **overrides) -> AsyncIterator[tuple[ModemTransport, RecordingEvents]]:
+    transport = make_transport(fast_settings(sim.link, **overrides), name="gsm1")
+    assert isinstance(transport, ModemTransport)
+    events = RecordingEvents()
+    await transport.start(events)
+    try:
+        if wait_ready:
+            assert await transport.wait_ready(5), transport.status()
+        yield transport, events
+    finally:
+        await transport.close()
