@@ -1,0 +1,340 @@
+"""FreeSWITCH event socket (inbound mode) on asyncio streams: framing, auth, commands, events.
+
+This module knows the wire protocol and nothing about calls. python-ESL is not used: it does
+not build with SWIG 4 and its blocking socket would stall the event loop.
+
+Wire shape (mod_event_socket): a message is a block of ``Name: value`` lines ended by a blank
+line; if the block has ``Content-Length`` that many body bytes follow. The server opens with
+``auth/request``; commands (``auth``, ``event``, ``filter``) are answered in order with
+``command/reply``, ``api`` with ``api/response``; events come as ``text/event-plain`` (body:
+URL-encoded ``Name: value`` lines) or ``text/event-json``; ``text/disconnect-notice`` says the
+server is about to close.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+from dataclasses import dataclass
+from typing import Callable
+from urllib.parse import unquote
+
+log = logging.getLogger("aftercalld.esl.protocol")
+
+# mod_event_socket bodies are small (a CHANNEL_HANGUP_COMPLETE is 5-15 KiB); a bigger declared
+# length means a corrupt stream, and trusting it would swallow everything that follows.
+MAX_BODY_BYTES = 4 * 1024 * 1024
+MAX_HEADER_BYTES = 64 * 1024
+
+Event = dict[str, str]
+
+
+class EslError(Exception):
+    """The connection cannot go on (the source reconnects)."""
+
+
+class AuthError(EslError):
+    """The server said ``-ERR invalid`` to our password."""
+
+
+class AccessDenied(EslError):
+    """``text/rude-rejection``: the server's ACL does not admit our address."""
+
+
+class ProtocolError(EslError):
+    """The byte stream is not ESL (or no longer in step)."""
+
+
+class ConnectionLost(EslError):
+    """The server closed the connection or it broke."""
+
+
+@dataclass(slots=True)
+class Message:
+    headers: dict[str, str]
+    body: bytes = b""
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("Content-Type", "")
+
+    @property
+    def reply_text(self) -> str:
+        return self.headers.get("Reply-Text", "")
+
+    @property
+    def ok(self) -> bool:
+        text = self.reply_text if self.content_type == "command/reply" else self.body.decode("utf-8", "replace")
+        return text.startswith("+OK")
+
+
+def parse_header_block(block: bytes) -> dict[str, str] | None:
+    """Outer headers of one message; None if the block is not ESL at all."""
+    headers: dict[str, str] = {}
+    for line in block.decode("utf-8", "replace").split("\n"):
+        if not line:
+            continue
+        name, sep, value = line.partition(": ")
+        if not sep:
+            # FreeSWITCH never sends a header line without ": "; a block that has one is the
+            # tail of a message we lost step with.
+            return None
+        headers[name] = value.rstrip("\r")
+    return headers
+
+
+async def read_message(reader: asyncio.StreamReader) -> Message | None:
+    """Read one framed message. Returns None for a block that is not ESL (caller skips it and
+    the stream usually falls back in step at the next blank line). Raises ConnectionLost at
+    EOF, ProtocolError for an impossible length."""
+    while True:
+        try:
+            block = await reader.readuntil(b"\n\n")
+        except asyncio.IncompleteReadError as exc:
+            raise ConnectionLost("connection closed" + (" mid-message" if exc.partial.strip() else "")) from None
+        except asyncio.LimitOverrunError:
+            raise ProtocolError(f"header block longer than {MAX_HEADER_BYTES} bytes") from None
+        except (ConnectionError, OSError) as exc:
+            raise ConnectionLost(f"connection broke: {exc}") from None
+        if block.strip():
+            break  # stray blank lines between messages are harmless
+    headers = parse_header_block(block[:-2])
+    if headers is None or "Content-Type" not in headers and "Content-Length" not in headers:
+        log.warning("ESL: skipped %d bytes that are not an ESL message (stream out of step?)", len(block))
+        return None
+    length_text = headers.get("Content-Length")
+    body = b""
+    if length_text is not None:
+        try:
+            length = int(length_text)
+        except ValueError:
+            raise ProtocolError(f"Content-Length is not a number: {length_text[:40]!r}") from None
+        if length < 0 or length > MAX_BODY_BYTES:
+            raise ProtocolError(f"Content-Length {length} out of range (max {MAX_BODY_BYTES})")
+        try:
+            body = await reader.readexactly(length)
+        except asyncio.IncompleteReadError as exc:
+            raise ConnectionLost(f"connection closed after {len(exc.partial)} of {length} body bytes") from None
+        except (ConnectionError, OSError) as exc:
+            raise ConnectionLost(f"connection broke: {exc}") from None
+    return Message(headers, body)
+
+
+class MalformedEvent(ValueError):
+    pass
+
+
+def parse_plain_event(body: bytes) -> Event:
+    """``text/event-plain`` body -> dict with URL-decoded values. An event body of its own
+    (BACKGROUND_JOB, api events) goes under ``_body`` like in FreeSWITCH's JSON form."""
+    head_bytes, sep, rest = body.partition(b"\n\n")
+    head = head_bytes.decode("utf-8", "replace")
+    event: Event = {}
+    for line in head.split("\n"):
+        if not line:
+            continue
+        name, found, value = line.partition(": ")
+        if not found:
+            raise MalformedEvent(f"header line without ': ': {line[:60]!r}")
+        event[name] = unquote(value) if "%" in value else value
+    if "Event-Name" not in event:
+        raise MalformedEvent("no Event-Name")
+    inner = event.get("Content-Length")
+    if inner is not None:
+        try:
+            want = int(inner)
+        except ValueError:
+            raise MalformedEvent(f"event Content-Length not a number: {inner[:40]!r}") from None
+        if len(rest) < want:
+            raise MalformedEvent(f"event body cut short ({len(rest)} of {want} bytes)")
+        event["_body"] = rest[:want].decode("utf-8", "replace")
+    elif not sep:
+        # A plain event always ends with a blank line; without it the outer Content-Length
+        # was shorter than the event and the last headers are missing.
+        raise MalformedEvent("event cut short (no closing blank line)")
+    elif rest.strip():
+        log.warning("ESL: %d bytes after a plain event ignored (Content-Length larger than the event)", len(rest))
+    return event
+
+
+def parse_json_event(body: bytes) -> Event:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedEvent(f"not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise MalformedEvent("JSON event is not an object")
+    event: Event = {}
+    for name, value in data.items():
+        if isinstance(value, str):
+            event[name] = value
+        elif isinstance(value, list):
+            # FreeSWITCH turns a repeated header into an array; the first is what plain shows first.
+            event[name] = str(value[0]) if value else ""
+        elif value is not None:
+            event[name] = str(value)
+    if "Event-Name" not in event:
+        raise MalformedEvent("no Event-Name")
+    return event
+
+
+EVENT_PARSERS: dict[str, Callable[[bytes], Event]] = {
+    "text/event-plain": parse_plain_event,
+    "text/event-json": parse_json_event,
+}
+
+
+class EslConnection:
+    """One inbound event-socket connection.
+
+    A reader task frames every message: replies resolve the oldest pending command (the
+    server answers in order), events go to ``on_event`` synchronously (it must not block),
+    a disconnect notice or EOF ends ``wait_closed()`` with the reason.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 on_event: Callable[[Event], None]) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._on_event = on_event
+        self._pending: collections.deque[asyncio.Future[Message]] = collections.deque()
+        self._closed: asyncio.Future[EslError] = asyncio.get_running_loop().create_future()
+        self._auth_request: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._task: asyncio.Task[None] | None = None
+        self.events_received = 0
+        self.events_malformed = 0
+        self.disconnect_notice = ""
+
+    @classmethod
+    async def open(cls, host: str, port: int, on_event: Callable[[Event], None], *,
+                   timeout: float = 5.0) -> "EslConnection":
+        """Connect and wait for ``auth/request``."""
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port, limit=MAX_HEADER_BYTES), timeout)
+        except asyncio.TimeoutError:
+            raise ConnectionLost(f"connect to {host}:{port} timed out after {timeout:g}s") from None
+        except OSError as exc:
+            raise ConnectionLost(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+        conn = cls(reader, writer, on_event)
+        conn._task = asyncio.create_task(conn._read_loop(), name=f"esl-reader-{host}:{port}")
+        try:
+            await asyncio.wait_for(asyncio.shield(conn._auth_request), timeout)
+        except asyncio.TimeoutError:
+            await conn.close()
+            raise ProtocolError(f"no auth/request from {host}:{port} within {timeout:g}s (not an event socket?)") from None
+        except EslError:
+            await conn.close()
+            raise
+        return conn
+
+    async def auth(self, password: str, timeout: float = 5.0) -> None:
+        reply = await self.command(f"auth {password}", timeout)
+        if not reply.ok:
+            # The server hangs up after a bad password; never echo what we sent.
+            raise AuthError(f"password rejected ({reply.reply_text or 'no reply text'})")
+
+    async def command(self, line: str, timeout: float = 5.0) -> Message:
+        """Send one command line and await its reply (command/reply or api/response)."""
+        if "\n" in line or "\r" in line:
+            raise ValueError("ESL command must be one line")
+        if self._closed.done():
+            raise self._closed.result()
+        fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._pending.append(fut)
+        try:
+            self._writer.write(line.encode("utf-8") + b"\n\n")
+            await self._writer.drain()
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except asyncio.TimeoutError:
+            verb = line.split(" ", 1)[0]
+            raise ProtocolError(f"no reply to {verb!r} within {timeout:g}s") from None
+        except (ConnectionError, OSError) as exc:
+            raise ConnectionLost(f"connection broke: {exc}") from None
+
+    async def api(self, command: str, timeout: float = 5.0) -> str:
+        reply = await self.command(f"api {command}", timeout)
+        return reply.body.decode("utf-8", "replace")
+
+    async def wait_closed(self) -> EslError:
+        """Wait until the connection ends; returns why."""
+        return await asyncio.shield(self._closed)
+
+    async def close(self) -> None:
+        self._finish(ConnectionLost("closed by us"))
+        if self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._writer.close()
+        try:
+            await asyncio.wait_for(self._writer.wait_closed(), 1.0)
+        except (asyncio.TimeoutError, OSError, ConnectionError):
+            pass
+
+    def _finish(self, reason: EslError) -> None:
+        if not self._closed.done():
+            self._closed.set_result(reason)
+        if not self._auth_request.done():
+            self._auth_request.set_exception(reason)
+            self._auth_request.exception()  # mark retrieved: open() may already have given up
+        while self._pending:
+            fut = self._pending.popleft()
+            if not fut.done():
+                fut.set_exception(reason)
+                fut.exception()
+
+    async def _read_loop(self) -> None:
+        reader = self._reader
+        try:
+            while True:
+                msg = await read_message(reader)
+                if msg is None:
+                    continue
+                ctype = msg.headers.get("Content-Type", "")
+                parser = EVENT_PARSERS.get(ctype)
+                if parser is not None:
+                    self._handle_event(parser, msg.body)
+                elif ctype in ("command/reply", "api/response"):
+                    if self._pending:
+                        fut = self._pending.popleft()
+                        if not fut.done():
+                            fut.set_result(msg)
+                    else:
+                        log.debug("ESL: unsolicited %s ignored", ctype)
+                elif ctype == "auth/request":
+                    if not self._auth_request.done():
+                        self._auth_request.set_result(None)
+                elif ctype == "text/disconnect-notice":
+                    # The server closes right after; remember what it said for the log.
+                    lines = msg.body.decode("utf-8", "replace").strip().splitlines()
+                    self.disconnect_notice = lines[0] if lines else "disconnect notice"
+                elif ctype == "text/rude-rejection":
+                    text = msg.body.decode("utf-8", "replace").strip()
+                    raise AccessDenied(f"refused by the server's ACL ({text or 'rude-rejection'}); "
+                                       "check apply-inbound-acl in event_socket.conf.xml")
+                else:
+                    log.debug("ESL: message of type %r ignored", ctype)
+        except EslError as exc:
+            if isinstance(exc, ConnectionLost) and self.disconnect_notice:
+                exc = ConnectionLost(f"server disconnected: {self.disconnect_notice}")
+            self._finish(exc)
+        except asyncio.CancelledError:
+            self._finish(ConnectionLost("closed by us"))
+            raise
+        except Exception as exc:  # a bug in on_event must not leave run() waiting forever
+            log.exception("ESL: reader stopped by an unexpected error")
+            self._finish(ProtocolError(f"unexpected error: {exc!r}"))
+
+    def _handle_event(self, parser: Callable[[bytes], Event], body: bytes) -> None:
+        try:
+            event = parser(body)
+        except MalformedEvent as exc:
+            self.events_malformed += 1
+            log.warning("ESL: malformed event skipped: %s", exc)
+            return
+        self.events_received += 1
+        self._on_event(event)

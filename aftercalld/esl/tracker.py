@@ -1,0 +1,538 @@
+"""FreeSWITCH call tracker: groups channel events into calls and classifies each finished call.
+
+A *call* is the set of channels (Unique-IDs) that FreeSWITCH links together: a B-leg names
+its A-leg in ``variable_originator`` / ``variable_originating_leg_uuid``, bridged legs name
+each other in ``Other-Leg-Unique-ID`` / ``variable_last_bridge_to`` / ``variable_bridge_uuid``,
+``variable_originated_legs`` lists what an A-leg dialled, the two halves of a loopback channel
+name each other in ``variable_other_loopback_leg_uuid``, and mod_callcenter names the
+member's channel in ``variable_cc_member_session_uuid``. The call is over when every linked
+channel has sent CHANNEL_HANGUP_COMPLETE; the record is built then, with no grace period
+(that event carries every variable we need, and nothing later changes the outcome).
+
+The *call leg* (what a PBX admin calls "the call") is the channel that ran the routing
+dialplan: the one carrying the configured direction variable (FusionPBX's ``call_direction``),
+else the first inbound channel that no other channel originated, else the first channel.
+
+Classification, from FreeSWITCH's semantics rather than from counters that lie (billsec > 0
+also for IVR and voicemail, Answer-State is always "hangup" at the end):
+  voicemail  mod_voicemail saved a message for this call (``vm::maintenance`` leave-message
+             whose VM-UUID is one of our channels, or ``voicemail_message_len`` on a leg);
+  connected  the call leg was bridged (``bridge_uepoch`` / Bridged-Time / CHANNEL_BRIDGE);
+  missed     everything else: no answer, busy, caller gave up while ringing or in the IVR.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Iterable
+
+from ..logutil import fields
+from ..model import CallRecord, CallStatus, Direction
+from ..pbxconfig import PbxConfig
+
+log = logging.getLogger("aftercalld.esl.tracker")
+
+# Events the tracker reads; everything else is dropped on the first dict lookup.
+CHANNEL_EVENTS = frozenset({
+    "CHANNEL_CREATE", "CHANNEL_UUID", "CHANNEL_OUTGOING", "CHANNEL_ORIGINATE", "CHANNEL_PROGRESS",
+    "CHANNEL_PROGRESS_MEDIA", "CHANNEL_ANSWER", "CHANNEL_BRIDGE", "CHANNEL_UNBRIDGE", "CHANNEL_HANGUP",
+    "CHANNEL_HANGUP_COMPLETE",
+})
+# What a live connection subscribes to (the README lists the same). CHANNEL_UUID is needed
+# because originate renames a channel; HEARTBEAT lets the source notice a dead connection.
+SUBSCRIBE_EVENTS = (
+    "CHANNEL_CREATE CHANNEL_UUID CHANNEL_ORIGINATE CHANNEL_ANSWER CHANNEL_BRIDGE "
+    "CHANNEL_HANGUP_COMPLETE HEARTBEAT CUSTOM vm::maintenance"
+)
+
+# Variables that name another channel of the same call. Each named channel really existed,
+# so the call is not over until we have seen it hang up too.
+_LINK_HEADERS = (
+    "Other-Leg-Unique-ID", "variable_originator", "variable_originating_leg_uuid",
+    "variable_last_bridge_to", "variable_bridge_uuid", "variable_other_loopback_leg_uuid",
+    "variable_signal_bond", "variable_cc_member_session_uuid",
+)
+_PARENT_HEADERS = ("variable_originator", "variable_originating_leg_uuid")
+# FreeSWITCH's stand-in names for a leg it originated; they say nothing about the person.
+_PLACEHOLDER_NAMES = frozenset({"", "Outbound Call", "Unknown", "unknown", "UNKNOWN"})
+_QUEUE_VARIABLES = ("variable_cc_queue", "variable_fifo_name")
+
+_DIRECTIONS = {
+    "inbound": Direction.INBOUND, "in": Direction.INBOUND,
+    "outbound": Direction.OUTBOUND, "out": Direction.OUTBOUND,
+    "local": Direction.INTERNAL, "internal": Direction.INTERNAL,
+}
+
+
+def _us(value: str | None) -> int:
+    """A FreeSWITCH microsecond timestamp; 0 when absent or malformed."""
+    if not value:
+        return 0
+    try:
+        return int(value)
+    except ValueError:
+        return 0
+
+
+def _time(us: int) -> datetime | None:
+    return datetime.fromtimestamp(us / 1_000_000, timezone.utc) if us > 0 else None
+
+
+class _Leg:
+    __slots__ = ("uuid", "seq", "created_us", "direction", "context", "dest", "cid_num", "cid_name",
+                 "parent", "answered_us", "bridged_us", "bridged_to", "final", "vm_box")
+
+    def __init__(self, uuid: str, seq: int, event: dict[str, str]) -> None:
+        self.uuid = uuid
+        self.seq = seq
+        # The first event's caller profile is the one the call arrived with: later ones are
+        # rewritten by transfers (an IVR's transfer changes Caller-Destination-Number).
+        self.created_us = _us(event.get("Caller-Channel-Created-Time")) or _us(event.get("Event-Date-Timestamp"))
+        self.direction = event.get("Call-Direction", "")
+        self.context = event.get("Caller-Context", "")
+        self.dest = event.get("Caller-Destination-Number", "")
+        self.cid_num = event.get("Caller-Caller-ID-Number", "")
+        self.cid_name = event.get("Caller-Caller-ID-Name", "")
+        self.parent = ""
+        self.answered_us = 0
+        self.bridged_us = 0
+        self.bridged_to = ""
+        self.final: dict[str, str] | None = None  # its CHANNEL_HANGUP_COMPLETE
+        self.vm_box = ""
+
+
+class _Call:
+    __slots__ = ("key", "uuids", "legs", "open", "started", "core")
+
+    def __init__(self, key: int, now: float, core: str) -> None:
+        self.key = key
+        self.uuids: set[str] = set()  # every Unique-ID seen or named for this call
+        self.legs: dict[str, _Leg] = {}
+        self.open = 0  # legs seen whose CHANNEL_HANGUP_COMPLETE has not arrived
+        self.started = now
+        self.core = core
+
+
+@dataclass(frozen=True, slots=True)
+class Evicted:
+    """A call dropped without a record (it never ended, or its FreeSWITCH restarted)."""
+
+    uuids: tuple[str, ...]
+    legs: int
+    reason: str
+
+
+class EslTracker:
+    """Synchronous and protocol-free: ``feed()`` takes one decoded event dict (plain or json
+    decoding gives the same dict) and returns the calls it finished. Used by the live source
+    and by trace replay alike.
+
+    ``now`` is only used for bounding state (unit: seconds, any monotonic-ish clock; replay
+    passes the recording's timestamps)."""
+
+    # Ended calls' Unique-IDs are remembered this long so late events (CHANNEL_DESTROY, a
+    # straggling leg) are recognised and ignored instead of starting a phantom call.
+    DONE_RETENTION_SECONDS = 120.0
+    DONE_MAX = 200_000
+    SWEEP_INTERVAL_SECONDS = 1.0
+
+    def __init__(self, pbx: PbxConfig, *, direction_variable: str = "call_direction",
+                 agent_variable: str = "", max_calls: int = 20_000) -> None:
+        self.pbx = pbx
+        self._direction_var = f"variable_{direction_variable}" if direction_variable else ""
+        self._agent_var = f"variable_{agent_variable}" if agent_variable else ""
+        self._department_var = f"variable_{pbx.department_variable}" if pbx.department_variable else ""
+        self._wanted_vars = tuple((name, f"variable_{name}") for name in pbx.variables)
+        self._timeout = pbx.call_timeout_seconds
+        self._max_calls = max_calls
+        self._by_uuid: dict[str, _Call] = {}
+        self._calls: dict[int, _Call] = {}  # insertion order = age, so eviction pops the front
+        self._done: dict[str, float] = {}  # uuid -> forget-after (insertion ordered)
+        self._seq = 0
+        self._next_key = 0
+        self._next_sweep = 0.0
+        self.stats = {"events": 0, "calls": 0, "evicted": 0, "malformed": 0, "late": 0}
+
+    # ------------------------------------------------------------------ public API
+
+    def feed(self, event: dict[str, str], now: float) -> list[CallRecord]:
+        """Process one event; returns the calls it finished (usually none, at most a few)."""
+        if now >= self._next_sweep:
+            self._sweep(now)
+        name = event.get("Event-Name")
+        try:
+            if name in CHANNEL_EVENTS:
+                self.stats["events"] += 1
+                return self._channel_event(name, event, now)
+            if name == "CUSTOM" and event.get("Event-Subclass") == "vm::maintenance":
+                self.stats["events"] += 1
+                self._voicemail_event(event)
+        except Exception:  # one odd event must not take the tracker (and the source) down
+            self.stats["malformed"] += 1
+            log.exception("ESL tracker: event %s for %s skipped", name, event.get("Unique-ID", "?"),
+                          extra=fields(pbx=self.pbx.name, call_id=event.get("Unique-ID")))
+        return []
+
+    def active_calls(self) -> int:
+        return len(self._calls)
+
+    def expire(self, now: float) -> list[Evicted]:
+        """Drop calls older than the configured call timeout (warning logged for each)."""
+        out: list[Evicted] = []
+        limit = now - self._timeout
+        while self._calls:
+            call = next(iter(self._calls.values()))
+            if call.started > limit:
+                break
+            out.append(self._evict(call, f"no hangup within {self._timeout:g}s", now))
+        return out
+
+    def drop_core(self, core_uuid: str, now: float) -> list[Evicted]:
+        """FreeSWITCH restarted (new Core-UUID): the old instance's calls can never end."""
+        stale = [c for c in self._calls.values() if c.core and c.core != core_uuid]
+        return [self._evict(c, "FreeSWITCH restarted while the call was up", now) for c in stale]
+
+    def unfinished(self, now: float) -> list[Evicted]:
+        """Drop and report every call still open (end of a replayed trace)."""
+        return [self._evict(c, "trace ended before the call did", now) for c in list(self._calls.values())]
+
+    # ------------------------------------------------------------------ events
+
+    def _channel_event(self, name: str, ev: dict[str, str], now: float) -> list[CallRecord]:
+        uuid = ev.get("Unique-ID")
+        if not uuid:
+            self.stats["malformed"] += 1
+            log.warning("ESL tracker: %s without Unique-ID skipped", name, extra=fields(pbx=self.pbx.name))
+            return []
+        if name == "CHANNEL_UUID":
+            old = ev.get("Old-Unique-ID", "")
+            if old and old != uuid:
+                self._rename(old, uuid)
+        if uuid in self._done:
+            self.stats["late"] += 1
+            return []  # the call this channel belonged to is already reported
+        call = self._by_uuid.get(uuid)
+        if call is None:
+            call = self._new_call(now, ev.get("Core-UUID", ""))
+            self._attach(call, uuid)
+        leg = call.legs.get(uuid)
+        if leg is None:
+            self._seq += 1
+            leg = _Leg(uuid, self._seq, ev)
+            call.legs[uuid] = leg
+            call.open += 1
+        for header in _LINK_HEADERS:
+            other = ev.get(header)
+            if other and other != uuid:
+                call = self._link(call, other)
+        if not leg.parent:
+            for header in _PARENT_HEADERS:
+                parent = ev.get(header)
+                if parent and parent != uuid:
+                    leg.parent = parent
+                    break
+        legs_var = ev.get("variable_originated_legs")
+        if legs_var:
+            for other in _originated_legs(legs_var):
+                if other != uuid:
+                    call = self._link(call, other)
+        if name == "CHANNEL_ANSWER":
+            leg.answered_us = leg.answered_us or _us(ev.get("Event-Date-Timestamp"))
+        elif name == "CHANNEL_BRIDGE":
+            when = _us(ev.get("Event-Date-Timestamp"))
+            other_uuid = ev.get("Other-Leg-Unique-ID", "")
+            leg.bridged_us = leg.bridged_us or when
+            leg.bridged_to = leg.bridged_to or other_uuid
+            other_leg = call.legs.get(other_uuid)
+            if other_leg is not None:
+                other_leg.bridged_us = other_leg.bridged_us or when
+                other_leg.bridged_to = other_leg.bridged_to or uuid
+        elif name == "CHANNEL_HANGUP_COMPLETE":
+            if leg.final is None:
+                leg.final = ev
+                call.open -= 1
+            else:
+                leg.final = ev  # a repeat (replayed stream): keep the newest, count once
+            if call.open == 0 and len(call.legs) == len(call.uuids):
+                return self._finish(call, now)
+        return []
+
+    def _voicemail_event(self, ev: dict[str, str]) -> None:
+        if ev.get("VM-Action") != "leave-message":
+            return
+        uuid = ev.get("VM-UUID") or ev.get("Unique-ID", "")
+        call = self._by_uuid.get(uuid)
+        if call is None:
+            return
+        leg = call.legs.get(uuid)
+        if leg is None:
+            return
+        user, domain = ev.get("VM-User", ""), ev.get("VM-Domain", "")
+        leg.vm_box = f"{user}@{domain}" if user and domain else user or "voicemail"
+
+    # ------------------------------------------------------------------ grouping
+
+    def _new_call(self, now: float, core: str) -> _Call:
+        if len(self._calls) >= self._max_calls:
+            oldest = next(iter(self._calls.values()))
+            self._evict(oldest, f"more than {self._max_calls} calls in progress", now)
+        self._next_key += 1
+        call = _Call(self._next_key, now, core)
+        self._calls[call.key] = call
+        return call
+
+    def _attach(self, call: _Call, uuid: str) -> None:
+        call.uuids.add(uuid)
+        self._by_uuid[uuid] = call
+
+    def _link(self, call: _Call, other: str) -> _Call:
+        """Put `other` in `call`; if it already belongs to another call, merge the two."""
+        if other in self._done:
+            return call
+        found = self._by_uuid.get(other)
+        if found is None:
+            self._attach(call, other)
+            return call
+        if found is call:
+            return call
+        big, small = (call, found) if len(call.uuids) >= len(found.uuids) else (found, call)
+        for uuid in small.uuids:
+            self._by_uuid[uuid] = big
+        big.uuids |= small.uuids
+        big.legs.update(small.legs)
+        big.open += small.open
+        big.started = min(big.started, small.started)
+        del self._calls[small.key]
+        return big
+
+    def _rename(self, old: str, new: str) -> None:
+        call = self._by_uuid.pop(old, None)
+        if call is None:
+            return
+        call.uuids.discard(old)
+        leg = call.legs.pop(old, None)
+        if leg is not None:
+            leg.uuid = new
+            call.legs[new] = leg
+        existing = self._by_uuid.get(new)
+        if existing is None:
+            self._attach(call, new)
+        elif existing is not call:
+            self._link(call, new)
+
+    # ------------------------------------------------------------------ ending
+
+    def _forget(self, call: _Call, now: float) -> None:
+        self._calls.pop(call.key, None)
+        until = now + self.DONE_RETENTION_SECONDS
+        for uuid in call.uuids:
+            self._by_uuid.pop(uuid, None)
+            self._done[uuid] = until
+        while len(self._done) > self.DONE_MAX:
+            del self._done[next(iter(self._done))]
+
+    def _sweep(self, now: float) -> None:
+        self._next_sweep = now + self.SWEEP_INTERVAL_SECONDS
+        done = self._done
+        while done:
+            uuid = next(iter(done))
+            if done[uuid] > now:
+                break
+            del done[uuid]
+        self.expire(now)
+
+    def _evict(self, call: _Call, reason: str, now: float) -> Evicted:
+        self.stats["evicted"] += 1
+        main = self._call_leg(list(call.legs.values())) if call.legs else None
+        ident = main.uuid if main else next(iter(call.uuids), "?")
+        log.warning("ESL tracker: call %s dropped without a record: %s (%d channel(s) seen, %d still up)",
+                    ident, reason, len(call.legs), call.open,
+                    extra=fields(pbx=self.pbx.name, call_id=ident))
+        self._forget(call, now)
+        return Evicted(tuple(sorted(call.uuids)), len(call.legs), reason)
+
+    def _finish(self, call: _Call, now: float) -> list[CallRecord]:
+        self._forget(call, now)
+        try:
+            record = self._build(call)
+        except Exception:
+            self.stats["malformed"] += 1
+            log.exception("ESL tracker: could not build a record for call with channels %s",
+                          ", ".join(sorted(call.legs)), extra=fields(pbx=self.pbx.name))
+            return []
+        if record is None:
+            return []
+        self.stats["calls"] += 1
+        log.info("call %s finished: %s %s, caller %s, dialled %s, agent %s, talk %.1fs, cause %s",
+                 record.call_id, record.direction.value, record.status.value, record.caller_number or "-",
+                 record.dialled_number or "-", record.agent_extension or "-", record.talk_seconds,
+                 record.hangup_cause or "-",
+                 extra=fields(pbx=record.pbx, call_id=record.call_id, status=record.status.value))
+        return [record]
+
+    # ------------------------------------------------------------------ building the record
+
+    def _call_leg(self, legs: list[_Leg]) -> _Leg:
+        legs = sorted(legs, key=lambda leg: leg.seq)
+        if self._direction_var:
+            for leg in legs:
+                if leg.final is not None and leg.final.get(self._direction_var):
+                    return leg
+        for leg in legs:
+            if leg.direction == "inbound" and not leg.parent:
+                return leg
+        return legs[0]
+
+    def _direction(self, main: _Leg, fin: dict[str, str]) -> Direction:
+        value = fin.get(self._direction_var, "").strip().lower() if self._direction_var else ""
+        direction = _DIRECTIONS.get(value)
+        if direction is not None:
+            return direction
+        # No dialplan hint: FreeSWITCH's own conventions. Carrier calls land in "public";
+        # an A-leg FreeSWITCH itself originated (click-to-call) is outbound.
+        if main.context == "public":
+            return Direction.INBOUND
+        if main.direction == "outbound":
+            return Direction.OUTBOUND
+        dest_digits = "".join(ch for ch in main.dest if ch.isdigit())
+        if main.dest and len(dest_digits) <= 6:
+            return Direction.INTERNAL
+        return Direction.OUTBOUND if _looks_internal(main.cid_num) else Direction.INBOUND
+
+    def _var(self, legs: Iterable[_Leg], header: str) -> str:
+        for leg in legs:
+            if leg.final is not None:
+                value = leg.final.get(header)
+                if value:
+                    return value
+        return ""
+
+    def _build(self, call: _Call) -> CallRecord | None:
+        legs = sorted(call.legs.values(), key=lambda leg: leg.seq)
+        main = self._call_leg(legs)
+        fin = main.final or {}
+        others = [leg for leg in legs if leg is not main]
+        by_main_first = [main, *others]
+
+        direction = self._direction(main, fin)
+        # Legs FreeSWITCH dialled for the call leg (agents, carrier) and the one it talked to.
+        children = [leg for leg in others if leg.parent == main.uuid]
+        bridged_uuid = (fin.get("variable_last_bridge_to") or fin.get("variable_bridge_uuid")
+                        or main.bridged_to)
+        bridged = call.legs.get(bridged_uuid) if bridged_uuid else None
+        if bridged is not None and bridged not in children:
+            children.append(bridged)
+
+        bridge_us = (_us(fin.get("variable_bridge_uepoch")) or _us(fin.get("Caller-Channel-Bridged-Time"))
+                     or main.bridged_us)
+        vm_box = next((leg.vm_box for leg in by_main_first if leg.vm_box), "")
+        if not vm_box:
+            for leg in by_main_first:
+                f = leg.final or {}
+                if f.get("variable_voicemail_message_len"):
+                    account = f.get("variable_voicemail_account", "")
+                    domain = f.get("variable_voicemail_domain", "")
+                    vm_box = f"{account}@{domain}" if account and domain else account or "voicemail"
+                    break
+        if vm_box:
+            status = CallStatus.VOICEMAIL
+        elif bridge_us > 0 or bridged is not None:
+            status = CallStatus.CONNECTED
+        else:
+            status = CallStatus.MISSED
+
+        start_us = main.created_us or _us(fin.get("variable_start_uepoch"))
+        main_end = _us(fin.get("Caller-Channel-Hangup-Time")) or _us(fin.get("variable_end_uepoch")) \
+            or _us(fin.get("Event-Date-Timestamp"))
+        end_us = main_end
+        for leg in children:
+            f = leg.final or {}
+            end_us = max(end_us, _us(f.get("Caller-Channel-Hangup-Time")) or _us(f.get("variable_end_uepoch")))
+
+        answer_time = None
+        talk = 0.0
+        if status is CallStatus.CONNECTED and bridge_us > 0:
+            answer_time = _time(bridge_us)
+            talk_end = main_end
+            if bridged is not None and bridged.final is not None:
+                b_end = _us(bridged.final.get("Caller-Channel-Hangup-Time"))
+                if b_end:
+                    talk_end = min(talk_end, b_end) if talk_end else b_end
+            if talk_end > bridge_us:
+                talk = (talk_end - bridge_us) / 1_000_000
+            elif bridged is not None and bridged.final is not None:
+                talk = _us(bridged.final.get("variable_billmsec")) / 1000
+        # Ringing ends when a person answers; otherwise when the last dialled phone stopped
+        # ringing, or when FreeSWITCH itself answered (IVR) if it never dialled anyone.
+        if status is CallStatus.CONNECTED and bridge_us:
+            ring_end = bridge_us
+        else:
+            child_ends = [_us((leg.final or {}).get("Caller-Channel-Hangup-Time")) for leg in children]
+            child_ends = [t for t in child_ends if t]
+            main_answer = _us(fin.get("variable_answer_uepoch")) or _us(fin.get("Caller-Channel-Answered-Time")) \
+                or main.answered_us
+            ring_end = max(child_ends) if child_ends else (main_answer or main_end)
+        ring = max(0.0, (ring_end - start_us) / 1_000_000) if start_us and ring_end else 0.0
+
+        if direction is Direction.OUTBOUND:
+            agent_ext, agent_name = main.cid_num, main.cid_name
+        else:
+            agent_leg = bridged if bridged is not None else (children[-1] if children else None)
+            agent_ext, agent_name = "", ""
+            if agent_leg is not None:
+                agent_ext = agent_leg.dest.split("@", 1)[0]
+                callee = (agent_leg.final or {}).get("Caller-Callee-ID-Name", "")
+                if callee not in _PLACEHOLDER_NAMES and callee != agent_ext:
+                    agent_name = callee
+        if self._agent_var:
+            agent_ext = self._var(by_main_first, self._agent_var).split("@", 1)[0] or agent_ext
+
+        department = self._var(by_main_first, self._department_var) if self._department_var else ""
+        queue = ""
+        for header in _QUEUE_VARIABLES:
+            queue = self._var(by_main_first, header)
+            if queue:
+                break
+        variables = {}
+        for name, header in self._wanted_vars:
+            value = self._var(by_main_first, header)
+            if value:
+                variables[name] = value
+
+        return CallRecord(
+            call_id=main.uuid,
+            pbx=self.pbx.name,
+            direction=direction,
+            status=status,
+            caller_number=main.cid_num or fin.get("Caller-Caller-ID-Number", ""),
+            caller_name=main.cid_name or fin.get("Caller-Caller-ID-Name", ""),
+            dialled_number=main.dest or fin.get("Caller-Destination-Number", ""),
+            agent_extension=agent_ext,
+            agent_name=agent_name,
+            department=department,
+            queue=queue,
+            start_time=_time(start_us),
+            answer_time=answer_time,
+            end_time=_time(end_us),
+            ring_seconds=round(ring, 3),
+            talk_seconds=round(talk, 3) if status is CallStatus.CONNECTED else 0.0,
+            hangup_cause=fin.get("Hangup-Cause") or fin.get("variable_hangup_cause", ""),
+            voicemail_box=vm_box,
+            variables=variables,
+        )
+
+
+def _originated_legs(value: str) -> list[str]:
+    """``variable_originated_legs``: ``uuid;name;number`` items, as an ``ARRAY::a|:b`` when
+    the call leg dialled more than once."""
+    if value.startswith("ARRAY::"):
+        items = value[7:].split("|:")
+    else:
+        items = [value]
+    return [item.split(";", 1)[0] for item in items if item]
+
+
+def _looks_internal(number: str) -> bool:
+    digits = "".join(ch for ch in number if ch.isdigit())
+    return bool(number) and len(digits) <= 6 and not number.startswith("+")
