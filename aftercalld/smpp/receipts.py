@@ -118,12 +118,14 @@ def message_id_keys(message_id: str) -> set[str]:
     mid = message_id.strip().lower()
     if not mid:
         return set()
+    if mid.startswith("0x") and len(mid) > 2:
+        mid = mid[2:]
     stripped = mid.lstrip("0") or "0"
     keys = {f"id:{stripped}"}
     if len(mid) <= 40:  # ids are ≤ 64 octets; long opaque ones are not numbers
         if mid.isascii() and mid.isdigit():
             keys.add(f"n:{int(mid, 10)}")
-        if all(c in _HEX for c in mid):
+        if mid.isascii() and all(c in _HEX for c in mid):
             keys.add(f"n:{int(mid, 16)}")
     return keys
 

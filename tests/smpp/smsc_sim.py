@@ -145,6 +145,7 @@ class _Conn(asyncio.Protocol):
         self.seq = 0
         self.pending: dict[int, asyncio.Future] = {}
         self.closed = False
+        self.inflight = 0  # submits received and not yet answered
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -227,6 +228,7 @@ class SmscSim:
         self.enquire_links = 0
         self.unbinds = 0
         self.deliver_resps: list[int] = []
+        self.max_inflight = 0  # most unanswered submits seen on one connection
         self._number = 0
         self._server: asyncio.base_events.Server | None = None
         self._cond: asyncio.Condition | None = None
@@ -386,7 +388,11 @@ class SmscSim:
             conn.drop()
             self._changed()
             return
+        conn.inflight += 1
+        if conn.inflight > self.max_inflight:
+            self.max_inflight = conn.inflight
         if self.fast:
+            conn.inflight -= 1
             self._number += 1
             self.accepted_count += 1
             conn.write(SUBMIT | RESP, OK, seq, self.resp_id(self._number).encode() + b"\x00")
@@ -408,6 +414,7 @@ class SmscSim:
     def _reply_later(self, conn: _Conn, command: int, status: int, seq: int, body: bytes,
                      sub: Submit | None) -> None:
         def go() -> None:
+            conn.inflight -= 1
             if conn.closed:
                 return  # the link went down first: this one was never answered
             if sub is not None and self.receipts and sub.registered_delivery & 1 and self.receipt_before_resp:
