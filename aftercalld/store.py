@@ -398,7 +398,7 @@ class Outbox:
             # is recorded, the message stays as it is.
             return None
         part_states = [
-            _REPORT_TO_STATE.get(ReportState(s))
+            _REPORT_TO_STATE.get(s)
             for (s,) in self.conn.execute("SELECT state FROM parts WHERE message_id = ?", (message_id,))
         ]
         failures = [s for s in part_states if s is not None and s is not MessageState.DELIVERED]

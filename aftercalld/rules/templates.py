@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 from ..model import CallRecord
 
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|var\.[A-Za-z_][A-Za-z0-9_]*")
 
 # Placeholders every template may use, with what they mean (shown by `test-rule --help`).
 RECORD_PLACEHOLDERS = {

@@ -1,0 +1,108 @@
+"""Bad configs stop the daemon with the file, the key path and the reason (exit 2)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from aftercalld.config import load
+from aftercalld.configreader import ConfigError
+from core_helpers import DEFAULT_RULES, write_config
+
+RULE_HEAD = '[[rules]]\nname = "R"\n'
+
+BAD = [
+    # (rules/extra TOML, expected key path, expected words in the reason)
+    (RULE_HEAD + 'recipients = ["agnet"]\ncaller = { template = "missed", sender = "Acme" }\n',
+     "rules[0].recipients", 'unknown value "agnet"'),
+    (DEFAULT_RULES + RULE_HEAD + 'recipients = ["caller"]\ncaller = { template = "nope", sender = "Acme" }\n',
+     "rules[1].caller.template", 'unknown template "nope"'),
+    (RULE_HEAD + 'recipients = ["caller"]\ncaller = { text = "Hi {caler_number}", sender = "Acme" }\n',
+     "rules[0].caller.text", "unknown placeholder {caler_number} (did you mean {caller_number}?)"),
+    (RULE_HEAD + 'recipients = ["caller"]\ncaller = { text = "Hi {caller_number.__class__}", sender = "Acme" }\n',
+     "rules[0].caller.text", "is not a placeholder name"),
+    (RULE_HEAD + 'recipients = ["caller"]\ncaller = { text = "Hi {caller_number!r:>10}", sender = "Acme" }\n',
+     "rules[0].caller.text", "is not a placeholder name"),
+    (RULE_HEAD + 'recipients = ["caller"]\ncaller = { text = "unclosed {company", sender = "Acme" }\n',
+     "rules[0].caller.text", "unclosed"),
+    (RULE_HEAD + 'recipients = ["caller"]\nwhen = { status = "answered" }\ncaller = { template = "missed", sender = "Acme" }\n',
+     "rules[0].when.status", 'unknown value "answered"'),
+    (RULE_HEAD + 'recipients = ["caller"]\nwhen = { hours = "25:00-26:00" }\ncaller = { template = "missed", sender = "Acme" }\n',
+     "rules[0].when.hours", "hours 00-23"),
+    (RULE_HEAD + 'recipients = ["caller"]\nwhen = { weekdays = ["funday"] }\ncaller = { template = "missed", sender = "Acme" }\n',
+     "rules[0].when.weekdays", 'unknown value "funday"'),
+    (RULE_HEAD + 'recipients = ["caller"]\nwhen = { caller = "(unclosed" }\ncaller = { template = "missed", sender = "Acme" }\n',
+     "rules[0].when.caller", "not a valid regular expression"),
+    (RULE_HEAD + 'recipients = ["caller"]\ncaller = { template = "missed", sender = "ThisIsFarTooLong" }\n',
+     "rules[0].caller.sender", "alphanumeric sender id of at most 11"),
+    (RULE_HEAD + 'recipients = ["caller", "agent"]\ncaller = { template = "missed", sender = "Acme" }\n',
+     "rules[0].agent", 'recipients includes "agent"'),
+    (RULE_HEAD + 'recipients = ["caller"]\nmax_segments = 0\ncaller = { template = "missed", sender = "Acme" }\n',
+     "rules[0].max_segments", "must be at least 1"),
+    (RULE_HEAD + 'recipients = ["caller"]\nenabled = "yes"\ncaller = { template = "missed", sender = "Acme" }\n',
+     "rules[0].enabled", "must be true or false"),
+    (RULE_HEAD + 'recipients = ["caller"]\ncaller = { template = "missed", sender = "Acme" }\nwhen = { talk_seconds_min = 30, talk_seconds_max = 10 }\n',
+     "rules[0].when.talk_seconds_max", "below the matching _min"),
+    (DEFAULT_RULES + DEFAULT_RULES, "rules[1].name", 'duplicate rule name "Missed"'),
+    (DEFAULT_RULES + '\n[transport2]\ntype = "log"\n', "transport2", "unknown key"),
+    (DEFAULT_RULES + '\n[optout]\nstop_keywords = ["STOP"]\nstart_keywords = ["STOP"]\n',
+     "optout.start_keywords", "also a stop keyword"),
+    (DEFAULT_RULES + '\n[[pbx]]\nname = "x"\ntype = "panasonic"\n', "pbx[0].type", 'unknown value "panasonic"'),
+]
+
+
+@pytest.mark.parametrize("toml,key,reason", BAD, ids=[b[1] + ":" + b[2][:20] for b in BAD])
+def test_bad_config_names_file_key_and_reason(tmp_path, toml, key, reason):
+    path = write_config(tmp_path, rules=toml)
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert info.value.file == str(path)
+    assert info.value.key == key
+    assert reason in info.value.reason
+    assert str(info.value).startswith(f"{path}: {key}: ")
+
+
+@pytest.mark.parametrize("general,key,reason", [
+    ('timezone = "Mars/Olympus"', "general.timezone", 'unknown time zone "Mars/Olympus"'),
+    ('default_region = "gb"', "general.default_region", "not in the expected form"),
+    ('default_region = "XX"', "general.default_region", "not a region libphonenumber knows"),
+    ('outbx = "/tmp/x"', "general.outbx", "unknown key"),
+])
+def test_bad_general_section(tmp_path, general, key, reason):
+    path = tmp_path / "c.toml"
+    path.write_text(f'[general]\ndefault_region = "GB"\n{general}\n'.replace('default_region = "GB"\ndefault_region', 'default_region'))
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert (info.value.key, reason in info.value.reason) == (key, True), str(info.value)
+
+
+def test_toml_syntax_error_and_missing_file(tmp_path):
+    path = tmp_path / "broken.toml"
+    path.write_text("[general\n")
+    with pytest.raises(ConfigError, match="TOML syntax error"):
+        load(path)
+    with pytest.raises(ConfigError, match="file not found"):
+        load(tmp_path / "absent.toml")
+
+
+def test_check_config_cli_exit_codes(tmp_path):
+    good = write_config(tmp_path)
+    ok = subprocess.run([sys.executable, "-m", "aftercalld.cli", "check-config", str(good)],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "ok" in ok.stdout
+    bad = write_config(tmp_path, rules=BAD[0][0])
+    res = subprocess.run([sys.executable, "-m", "aftercalld.cli", "check-config", str(bad)],
+                         capture_output=True, text=True)
+    assert res.returncode == 2
+    assert f'{bad}: rules[0].recipients: unknown value "agnet"' in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_example_config_is_valid():
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "config" / "aftercalld.example.toml"
+    config = load(example)
+    assert config.rules.rules

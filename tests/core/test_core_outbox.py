@@ -1,0 +1,207 @@
+"""The outbox: idempotency, retries, receipts, and surviving a killed process."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from aftercalld.config import load
+from aftercalld.dispatcher import Dispatcher
+from aftercalld.model import DeliveryReport, InboundMessage, ReportState, SubmitOutcome
+from aftercalld.pipeline import CallHandler
+from aftercalld.store import Outbox
+from aftercalld.transport import Transport
+from core_helpers import call, write_config
+
+
+class ScriptedTransport(Transport):
+    """A stand-in SMSC for dispatcher tests: answers each send from a script."""
+
+    max_in_flight = 4
+
+    def __init__(self, script):
+        super().__init__("scripted")
+        self.script = list(script)
+        self.sent = []
+        self.events = None
+
+    async def start(self, events):
+        self.events = events
+
+    async def send(self, message):
+        self.sent.append(message)
+        outcome = self.script.pop(0) if self.script else SubmitOutcome.submitted(f"id{message.id}")
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def close(self):
+        pass
+
+
+async def settle(dispatcher, outbox):
+    """Until nothing is queued or retrying. Retries are scheduled in the future, so between
+    rounds this waits until the next one is due (the dispatcher's own timer fires it)."""
+    while True:
+        await dispatcher.wait_idle()
+        due = outbox.next_due()
+        if due is None:
+            return
+        await asyncio.sleep(max(0.0, due - time.time()))
+
+
+@pytest.fixture
+def setup(tmp_path):
+    config = load(write_config(tmp_path))
+    outbox = Outbox.open(config.outbox_path)
+    yield config, outbox
+    outbox.close()
+
+
+def test_same_call_twice_queues_one_message(setup):
+    config, outbox = setup
+    handler = CallHandler(config, outbox)
+    first = handler.handle(call(call_id="dup"))
+    second = handler.handle(call(call_id="dup", status="connected"))
+    assert not first.duplicate and second.duplicate
+    assert outbox.counts_by_state() == {"queued": 1}
+    assert len(outbox.calls()) == 1
+
+
+async def test_retries_transient_then_submits_and_permanent_fails(setup):
+    config, outbox = setup
+    handler = CallHandler(config, outbox)
+    transport = ScriptedTransport([
+        SubmitOutcome.transient("throttled", retry_after=0.01),
+        RuntimeError("transport bug"),
+        SubmitOutcome.submitted("A1"),
+        SubmitOutcome.permanent("invalid destination (ESME_RINVDSTADR)"),
+    ])
+    dispatcher = Dispatcher(outbox, transport, config.dispatch)
+    await dispatcher.start()
+    handler.on_queued = dispatcher.wake
+    handler.handle(call(call_id="x1"))
+    await settle(dispatcher, outbox)
+    handler.handle(call(call_id="x2", caller_number="+447400123457"))
+    await settle(dispatcher, outbox)
+    await dispatcher.stop()
+    rows = {m["call_key"]: m for m in outbox.messages()}
+    assert rows["main/x1"]["state"] == "submitted" and rows["main/x1"]["transport_ids"] == "A1"
+    assert rows["main/x1"]["attempts"] == 3
+    assert rows["main/x2"]["state"] == "failed"
+    assert rows["main/x2"]["reason"] == "invalid destination (ESME_RINVDSTADR)"
+
+
+async def test_transient_failures_give_up_after_ttl(tmp_path):
+    path = write_config(tmp_path)
+    path.write_text(path.read_text().replace("ttl_seconds = 60", "ttl_seconds = 1"))
+    config = load(path)
+    outbox = Outbox.open(config.outbox_path)
+    transport = ScriptedTransport([SubmitOutcome.transient("SMSC down")] * 100)
+    dispatcher = Dispatcher(outbox, transport, config.dispatch)
+    await dispatcher.start()
+    CallHandler(config, outbox, on_queued=dispatcher.wake).handle(call())
+    await settle(dispatcher, outbox)
+    await dispatcher.stop()
+    [row] = outbox.messages()
+    assert row["state"] == "failed"
+    assert "time-to-live 1s: SMSC down" in row["reason"]
+    outbox.close()
+
+
+async def test_delivery_reports_match_tolerantly_and_wait_for_all_parts(setup):
+    config, outbox = setup
+    handler = CallHandler(config, outbox)
+    transport = ScriptedTransport([SubmitOutcome.submitted("0000FF", "00000100"), SubmitOutcome.submitted("7")])
+    dispatcher = Dispatcher(outbox, transport, config.dispatch)
+    await dispatcher.start()
+    handler.on_queued = dispatcher.wake
+    # a receipt that arrives before its submit response has been recorded
+    dispatcher.delivery_report(DeliveryReport("scripted", "7", ReportState.UNDELIVERABLE, "err:001"))
+    handler.handle(call(call_id="two-parts"))
+    handler.handle(call(call_id="one-part", caller_number="+447400123457"))
+    await dispatcher.wait_idle()
+    dispatcher.delivery_report(DeliveryReport("scripted", "255", ReportState.DELIVERED))  # decimal of 0xFF
+    await asyncio.sleep(0)
+    await dispatcher.wait_idle()
+    rows = {m["call_key"]: m for m in outbox.messages()}
+    assert rows["main/two-parts"]["state"] == "submitted"  # one part still out
+    dispatcher.delivery_report(DeliveryReport("scripted", "100", ReportState.DELIVERED))  # leading zeros lost
+    dispatcher.delivery_report(DeliveryReport("scripted", "nope", ReportState.DELIVERED))
+    await dispatcher.stop()
+    rows = {m["call_key"]: m for m in outbox.messages()}
+    assert rows["main/two-parts"]["state"] == "delivered"
+    assert rows["main/one-part"]["state"] == "undeliverable"
+    assert rows["main/one-part"]["reason"] == "err:001"
+    assert [o["transport_id"] for o in outbox.orphan_reports()] == ["nope"]
+
+
+async def test_stop_reply_opts_out_and_dispatcher_honours_it(setup):
+    config, outbox = setup
+    transport = ScriptedTransport([])
+    dispatcher = Dispatcher(outbox, transport, config.dispatch, optout=config.optout, default_region="GB")
+    await dispatcher.start()
+    dispatcher.inbound_message(InboundMessage("scripted", "07400123456", " stop. "))
+    handler = CallHandler(config, outbox, on_queued=dispatcher.wake)
+    handler.handle(call(call_id="after-stop"))
+    await dispatcher.wait_idle()
+    [row] = outbox.messages()
+    assert (row["state"], row["reason"]) == ("suppressed", "opt-out")
+    assert transport.sent == []
+    dispatcher.inbound_message(InboundMessage("scripted", "+447400123456", "START"))
+    handler.handle(call(call_id="after-start"))
+    await dispatcher.wait_idle()
+    await dispatcher.stop()
+    assert [m["state"] for m in outbox.messages()] == ["suppressed", "submitted"]
+
+
+KILLER = textwrap.dedent('''
+    import os, signal, sys
+    from aftercalld.config import load
+    from aftercalld.pipeline import CallHandler
+    from aftercalld.store import Outbox
+    sys.path.insert(0, sys.argv[2])
+    from core_helpers import call
+    config = load(sys.argv[1])
+    outbox = Outbox.open(config.outbox_path)
+    handler = CallHandler(config, outbox)
+    for i in range(20):
+        handler.handle(call(call_id=f"k{i}", caller_number=f"+4474001234{i:02d}"))
+    outbox.claim_due(5)   # five are "on the wire" when the process dies
+    os.kill(os.getpid(), signal.SIGKILL)
+''')
+
+
+def test_killed_process_loses_nothing_and_restart_sends_each_once(tmp_path):
+    path = write_config(tmp_path)
+    killed = subprocess.run([sys.executable, "-c", KILLER, str(path), os.path.dirname(__file__)])
+    assert killed.returncode == -signal.SIGKILL
+    with sqlite3.connect(tmp_path / "outbox.sqlite3") as db:
+        assert dict(db.execute("SELECT state, COUNT(*) FROM messages GROUP BY state")) == {"queued": 15, "sending": 5}
+    daemon = subprocess.Popen([sys.executable, "-m", "aftercalld.cli", "run", "-c", str(path)],
+                              stderr=subprocess.PIPE, text=True)
+    submitted = 0
+    lines = []
+    for line in daemon.stderr:  # wait for the events, not for time
+        lines.append(line)
+        submitted += " submitted (id " in line
+        if submitted == 20:
+            break
+    daemon.send_signal(signal.SIGTERM)
+    _, rest = daemon.communicate(timeout=30)
+    lines += rest.splitlines()
+    assert daemon.returncode == 0, "".join(lines)
+    assert any("5 message(s) were being sent when the last run stopped" in l for l in lines)
+    with sqlite3.connect(tmp_path / "outbox.sqlite3") as db:
+        states = dict(db.execute("SELECT state, COUNT(*) FROM messages GROUP BY state"))
+        parts = db.execute("SELECT COUNT(*), COUNT(DISTINCT message_id) FROM parts").fetchone()
+    assert states == {"submitted": 20}
+    assert parts == (20, 20)
+    assert sum("dry run: would send" in l for l in lines) == 20
