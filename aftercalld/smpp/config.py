@@ -10,6 +10,11 @@ from .parts import CONCAT_METHODS, WireProfile, parse_tlv_map
 log = logging.getLogger(__name__)
 
 BIND_MODES = ("transceiver", "transmitter_receiver", "transmitter")
+# How the SMSC writes message ids in submit_sm_resp vs receipts (Kannel's msg-id-type):
+# "same" reports receipt ids as received and leaves matching to the store's tolerant keys;
+# "hex_dec" = hex in submit_sm_resp, decimal in receipts; "dec_hex" the other way round.
+# Set it for SMSCs that mix bases: "12" is both a decimal id and another message's hex id.
+MSG_ID_TYPES = ("same", "hex_dec", "dec_hex")
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,7 @@ class SmppSettings:
     service_type: str = ""
     tlvs: dict[int, bytes] = field(default_factory=dict)
     transient_statuses: frozenset[int] = frozenset()
+    msg_id_type: str = "same"
 
     @property
     def wire_profile(self) -> WireProfile:
@@ -145,6 +151,7 @@ def parse_settings(section: Section) -> SmppSettings:
         registered_delivery=section.bool("registered_delivery", True),
         service_type=section.str("service_type", ""),
         tlvs=tlvs,
+        msg_id_type=section.str("msg_id_type", "same", choices=MSG_ID_TYPES),
         transient_statuses=frozenset(
             _parse_status(section, s) for s in section.str_list("transient_statuses", [])),
     )

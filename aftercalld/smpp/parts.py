@@ -41,7 +41,10 @@ def parse_tlv_tag(tag: str | int) -> int:
         value = tag
     else:
         text = tag.strip().lower()
-        value = int(text, 16) if text.startswith("0x") else int(text, 10)
+        try:
+            value = int(text, 16) if text.startswith("0x") else int(text, 10)
+        except ValueError:
+            raise ValueError(f"TLV tag {tag!r} is not a number such as \"0x1400\"") from None
     if not 0 < value <= 0xFFFF:
         raise ValueError(f"TLV tag {tag!r} is outside 0x0001–0xFFFF")
     return value

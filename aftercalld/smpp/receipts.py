@@ -130,5 +130,18 @@ def message_id_keys(message_id: str) -> set[str]:
     return keys
 
 
+def receipt_id_as_submitted(message_id: str, msg_id_type: str) -> str:
+    """A receipt's id rewritten in the base the submit_sm_resp used, for SMSCs configured
+    as mixing bases (`msg_id_type`); unchanged when it does not parse in the stated base."""
+    try:
+        if msg_id_type == "hex_dec":
+            return format(int(message_id.strip(), 10), "x")
+        if msg_id_type == "dec_hex":
+            return str(int(message_id.strip(), 16))
+    except ValueError:
+        pass
+    return message_id
+
+
 def same_message_id(a: str, b: str) -> bool:
     return bool(message_id_keys(a) & message_id_keys(b))

@@ -23,7 +23,7 @@ from ..transport import Transport, TransportEvents
 from . import pdu
 from .config import SmppSettings
 from .parts import build_submits, parse_tlv_map
-from .receipts import parse_receipt
+from .receipts import parse_receipt, receipt_id_as_submitted
 from .session import BindError, LinkLost, ResponseTimeout, Session
 from .status import ESME_ROK, ESME_RX_T_APPN, Verdict, classify, describe, status_name
 from .text import decode_short_message
@@ -298,7 +298,7 @@ class SmppTransport(Transport):
                 self.counters["throttled"] += 1
                 reason, retry_after = name, s.throttle_pause
                 continue
-            if verdict is Verdict.TRANSIENT and command_id != pdu.GENERIC_NACK:
+            if verdict is Verdict.TRANSIENT:
                 attempts += 1
                 reason = name
                 self.counters["transient_errors"] += 1
@@ -327,9 +327,10 @@ class SmppTransport(Transport):
                                 session.peer, message.content[:200])
                     return ESME_ROK
                 self.counters["receipts"] += 1
+                message_id = receipt_id_as_submitted(receipt.message_id, self.settings.msg_id_type)
                 log.debug("%s: receipt %s %s %s", self.name, receipt.message_id, receipt.state,
-                          receipt.error, extra=fields(msg_id=receipt.message_id))
-                events.delivery_report(DeliveryReport(self.name, receipt.message_id, receipt.state,
+                          receipt.error, extra=fields(msg_id=message_id))
+                events.delivery_report(DeliveryReport(self.name, message_id, receipt.state,
                                                       receipt.error, raw=receipt.raw))
             else:
                 sender = message.source

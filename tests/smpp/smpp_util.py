@@ -70,3 +70,58 @@ class Events:
 
 
 __all__ = ["Encoding", "Events", "message", "settings"]
+
+
+class LogWaiter:
+    """Await a log line containing `needle` (instead of sleeping and hoping)."""
+
+    def __init__(self, needle: str, logger: str = "aftercalld") -> None:
+        import logging
+
+        self.needle = needle
+        self.future = asyncio.get_running_loop().create_future()
+        waiter = self
+
+        class _Handler(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                if waiter.needle in record.getMessage() and not waiter.future.done():
+                    waiter.future.set_result(record.getMessage())
+
+        self._logger = logging.getLogger(logger)
+        self._handler = _Handler(logging.DEBUG)
+        self._logger.addHandler(self._handler)
+        self._old_level = self._logger.level
+        if self._logger.getEffectiveLevel() > logging.WARNING:
+            self._logger.setLevel(logging.WARNING)
+
+    async def wait(self, timeout: float = 5.0) -> str:
+        try:
+            return await asyncio.wait_for(self.future, timeout)
+        finally:
+            self._logger.removeHandler(self._handler)
+            self._logger.setLevel(self._old_level)
+
+
+def enqueue(outbox, texts: list[str], destination: str = "+447700900{:03d}", sender: str = "ACME",
+            options: dict | None = None) -> None:
+    """Queue one message per text in the real outbox, as the pipeline would (one call each,
+    all in one transaction)."""
+    from datetime import datetime, timezone
+
+    from aftercalld.model import CallRecord
+    from aftercalld.rules.render import RenderedMessage
+
+    now = datetime.now(timezone.utc)
+    batch = []
+    for i, text in enumerate(texts):
+        call_id = f"bench-{next(_ids)}"
+        record = CallRecord(call_id=call_id, pbx="pbx", direction="inbound", status="missed",
+                            caller_number="+447700900123", start_time=now, end_time=now)
+        encoding = choose_encoding(text)
+        dest = destination.format(i % 1000) if "{" in destination else destination
+        rendered = RenderedMessage(
+            key=f"pbx/{call_id}:missed:caller", rule="missed", kind=RecipientKind.CALLER,
+            raw_number=dest, destination=dest, sender=sender, text=text, encoding=encoding,
+            segments=len(split_segments(text, encoding)), options=options or {})
+        batch.append((record, "missed", "rule missed matched", [rendered]))
+    outbox.record_calls(batch, ttl_seconds=3600)

@@ -198,6 +198,7 @@ class SmscSim:
                  throttle: Callable[[int], bool] | None = None,
                  fail_destinations: dict[str, int] | None = None,
                  drop_after: int | None = None,
+                 nack_destinations: set[str] | None = None,
                  receipts: str | None = None,  # None / "tlv" (TLVs + text) / "text" / "tlv_only"
                  resp_id: Callable[[int], str] = lambda n: format(n, "X"),
                  receipt_id: Callable[[int], str] | None = None,
@@ -212,6 +213,7 @@ class SmscSim:
         self.throttle = throttle
         self.fail_destinations = fail_destinations or {}
         self.drop_after = drop_after
+        self.nack_destinations = nack_destinations or set()
         self.receipts = receipts
         self.resp_id = resp_id
         self.receipt_id = receipt_id or resp_id
@@ -228,6 +230,7 @@ class SmscSim:
         self.enquire_links = 0
         self.unbinds = 0
         self.deliver_resps: list[int] = []
+        self.receipts_sent_before_resp = 0
         self.max_inflight = 0  # most unanswered submits seen on one connection
         self._number = 0
         self._server: asyncio.base_events.Server | None = None
@@ -301,9 +304,7 @@ class SmscSim:
                     + bytes((esm_class, 0, 0)) + b"\x00\x00"
                     + bytes((0, 0, data_coding, 0, len(short_message))) + short_message + tlv_bytes)
             command = DELIVER
-        status = await conn.request(command, body)
-        self.deliver_resps.append(status)
-        return status
+        return await conn.request(command, body)
 
     async def send_mo(self, source: str, text: str, *, data_coding: int = 0, **kw) -> int:
         payload = text.encode("utf-16-be") if data_coding == 8 else text.encode("gsm03.38")
@@ -333,7 +334,7 @@ class SmscSim:
                 + bytes((sub.source_ton, sub.source_npi)) + sub.source.encode() + b"\x00"
                 + bytes((0x04, 0, 0)) + b"\x00\x00" + bytes((0, 0, 0, 0, len(text))) + text + tlv_bytes)
         fut = conn.request(DELIVER, body)
-        fut.add_done_callback(lambda f: f.cancelled() or f.exception() or self.deliver_resps.append(f.result()))
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     # -- protocol --------------------------------------------------------------------------
 
@@ -342,6 +343,9 @@ class SmscSim:
             fut = conn.pending.pop(seq, None)
             if fut is not None and not fut.done():
                 fut.set_result(status)
+            if command in (DELIVER | RESP, DATA_SM | RESP):
+                self.deliver_resps.append(status)
+                self._changed()
             return
         if command == SUBMIT:
             self._submit(conn, seq, body)
@@ -403,6 +407,9 @@ class SmscSim:
             return
         sub = parse_submit(body, conn.index)
         failure = self.fail_destinations.get(sub.destination)
+        if sub.destination in self.nack_destinations:
+            self._reply_later(conn, GENERIC_NACK, failure or 0x02, seq, b"", None)
+            return
         if failure is not None:
             self._reply_later(conn, SUBMIT | RESP, failure, seq, b"", None)
             return
@@ -419,6 +426,7 @@ class SmscSim:
                 return  # the link went down first: this one was never answered
             if sub is not None and self.receipts and sub.registered_delivery & 1 and self.receipt_before_resp:
                 self._send_receipt(sub)
+                self.receipts_sent_before_resp += 1
             conn.write(command, status, seq, body)
             if sub is not None:
                 self.accepted.append(sub)

@@ -1,0 +1,172 @@
+"""Window, throughput and submit outcomes against the simulator: throttling, a link dropped
+mid-window, rate limits, response timeouts, and the status → outcome mapping."""
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+
+import pytest
+
+from aftercalld.model import OutcomeKind
+from aftercalld.smpp import make_transport
+from smpp_util import Events, LogWaiter, message, settings
+from smsc_sim import SmscSim, reassemble
+
+
+async def send_all(transport, messages):
+    """What the dispatcher does: keep up to max_in_flight sends outstanding."""
+    gate = asyncio.Semaphore(transport.max_in_flight)
+
+    async def one(m):
+        async with gate:
+            return await transport.send(m)
+
+    return await asyncio.gather(*(one(m) for m in messages))
+
+
+async def with_transport(sim: SmscSim, **overrides):
+    await sim.start()
+    t = make_transport(settings(sim.port, **overrides))
+    await t.start(Events())
+    return t
+
+
+async def test_thousand_messages_one_in_seven_throttled_each_submitted_once():
+    sim = SmscSim(throttle=lambda n: n % 7 == 0)
+    t = await with_transport(sim, sessions=2, window=10)
+    try:
+        texts = [f"Thanks for calling, ref {i}" + (" and more" * 30 if i % 10 == 0 else "")
+                 for i in range(1000)]
+        outcomes = await send_all(t, [message(x) for x in texts])
+        assert [o.kind for o in outcomes] == [OutcomeKind.SUBMITTED] * 1000
+        assert sim.throttled > 100
+        shown = collections.Counter(r.text for r in reassemble(sim.accepted))
+        assert shown == collections.Counter(texts)  # every text exactly once
+        # the ids handed back are the SMSC's ids for the right parts
+        by_id = {s.message_id: s for s in sim.accepted}
+        assert len(by_id) == len(sim.accepted)
+        for text, outcome in zip(texts, outcomes):
+            parts = [by_id[mid] for mid in outcome.message_ids]
+            assert b"".join(p.short_message[6:] if p.esm_class & 0x40 else p.short_message
+                           for p in parts).decode("gsm03.38") == text
+        assert t.status()["throttled"] == sim.throttled
+    finally:
+        await t.close()
+        await sim.stop()
+
+
+async def test_link_dropped_mid_window_loses_nothing():
+    sim = SmscSim(response_delay=0.02, drop_after=25)
+    t = await with_transport(sim, sessions=1, window=10)
+    try:
+        texts = [f"message {i}" for i in range(100)]
+        outcomes = await send_all(t, [message(x) for x in texts])
+        assert all(o.kind is OutcomeKind.SUBMITTED for o in outcomes), outcomes
+        assert len(sim.binds) == 2  # dropped once, re-bound
+        assert sim.submits_seen > 100  # the unanswered window was sent again
+        shown = collections.Counter(r.text for r in reassemble(sim.accepted))
+        assert shown == collections.Counter(texts)
+        assert t.status()["link_retries"] >= 1
+    finally:
+        await t.close()
+        await sim.stop()
+
+
+async def test_window_is_filled_and_never_exceeded():
+    sim = SmscSim(response_delay=0.02)
+    t = await with_transport(sim, sessions=1, window=5)
+    try:
+        outcomes = await send_all(t, [message(f"m{i}") for i in range(40)])
+        assert all(o.kind is OutcomeKind.SUBMITTED for o in outcomes)
+        assert sim.max_inflight == 5
+    finally:
+        await t.close()
+        await sim.stop()
+
+
+async def test_transport_window_holds_even_with_more_senders_than_slots():
+    # The dispatcher may over-commit (multi-part messages take a slot per part in turn).
+    sim = SmscSim(response_delay=0.01)
+    t = await with_transport(sim, sessions=2, window=3)
+    try:
+        outcomes = await asyncio.gather(*(t.send(message("p" * 300)) for _ in range(20)))
+        assert all(o.kind is OutcomeKind.SUBMITTED for o in outcomes)
+        assert sim.max_inflight <= 3
+    finally:
+        await t.close()
+        await sim.stop()
+
+
+@pytest.mark.parametrize("limits", [{"session_rate": 50.0}, {"account_rate": 50.0, "sessions": 2}])
+async def test_rate_limits(limits):
+    sim = SmscSim()
+    t = await with_transport(sim, **limits)
+    try:
+        started = time.monotonic()
+        outcomes = await send_all(t, [message(f"r{i}") for i in range(30)])
+        elapsed = time.monotonic() - started
+        assert all(o.kind is OutcomeKind.SUBMITTED for o in outcomes)
+        # 30 submits at 50/s with a burst of 5: at least 25 intervals of 20 ms
+        assert elapsed >= 0.45, elapsed
+    finally:
+        await t.close()
+        await sim.stop()
+
+
+async def test_response_timeout_is_transient_and_late_responses_are_logged():
+    sim = SmscSim(response_delay=0.5)
+    t = await with_transport(sim, response_timeout=0.1, part_attempts=2)
+    try:
+        late = LogWaiter("late submit_sm_resp")
+        out = await t.send(message())
+        assert out.kind is OutcomeKind.TRANSIENT
+        assert "no response within 0.1s" in out.reason
+        assert "message_id 1" in await late.wait()
+    finally:
+        await t.close()
+        await sim.stop()
+
+
+async def test_status_mapping_to_outcomes():
+    sim = SmscSim(fail_destinations={"447700900001": 0x0B, "447700900002": 0x08,
+                                     "447700900003": 0x0A, "447700900004": 0x401,
+                                     "447700900005": 0x14},
+                  nack_destinations={"447700900006"})
+    t = await with_transport(sim, part_attempts=3, transient_statuses=frozenset({0x401}))
+    try:
+        invalid_dest = await t.send(message(destination="+447700900001"))
+        assert invalid_dest.kind is OutcomeKind.PERMANENT and invalid_dest.reason == "ESME_RINVDSTADR"
+        syserr = await t.send(message(destination="+447700900002"))
+        assert syserr.kind is OutcomeKind.TRANSIENT and syserr.reason == "ESME_RSYSERR"
+        assert sim.submits_seen == 1 + 3  # retried part_attempts times
+        invalid_src = await t.send(message(destination="+447700900003"))
+        assert invalid_src.kind is OutcomeKind.PERMANENT and invalid_src.reason == "ESME_RINVSRCADR"
+        vendor = await t.send(message(destination="+447700900004"))
+        assert vendor.kind is OutcomeKind.TRANSIENT and vendor.reason == "0x00000401"
+        queue_full = await t.send(message(destination="+447700900005"))
+        assert queue_full.kind is OutcomeKind.TRANSIENT and queue_full.reason == "ESME_RMSGQFUL"
+        assert queue_full.retry_after == pytest.approx(0.01)
+        nack = await t.send(message(destination="+447700900006"))
+        assert nack.kind is OutcomeKind.PERMANENT and nack.reason == "generic_nack ESME_RINVCMDLEN"
+        # the session survived all of that
+        assert (await t.send(message())).kind is OutcomeKind.SUBMITTED
+        assert len(sim.binds) == 1
+    finally:
+        await t.close()
+        await sim.stop()
+
+
+async def test_permanent_failure_names_the_part():
+    sim = SmscSim(throttle=None)
+    t = await with_transport(sim)
+    try:
+        sim.fail_destinations = {}
+        out = await t.send(message("z" * 400, destination="+447700900009"))
+        assert out.kind is OutcomeKind.SUBMITTED and len(out.message_ids) == 3
+        sim.fail_destinations = {"447700900009": 0x0B}
+        out = await t.send(message("z" * 400, destination="+447700900009"))
+        assert out.kind is OutcomeKind.PERMANENT and out.reason == "ESME_RINVDSTADR part 1/3"
+    finally:
+        await t.close()
+        await sim.stop()
