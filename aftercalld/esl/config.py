@@ -1,38 +1,51 @@
-"""The ESL-specific keys of a ``[[pbx]]`` table with ``type = "freeswitch"``."""
+"""The ESL-specific keys of a ``[[pbx]]`` table with ``type = "freeswitch"``.
+
+Key names match the AMI table's where the meaning is the same (connect_timeout,
+reconnect_min/max, inbound_contexts, extension_pattern), so one config reads alike.
+"""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from ..configreader import Section
 from ..logutil import redact
 
 EVENT_FORMATS = ("plain", "json")
-# FreeSWITCH's documented default; refusing to start without a password would be friendlier
-# to nobody, but we warn about it (see source.py).
-DEFAULT_PASSWORD = "ClueCon"
+DEFAULT_PASSWORD = "ClueCon"  # FreeSWITCH's shipped default; we warn when it is used
+DEFAULT_INBOUND_CONTEXTS = ("public",)
 
 
 @dataclass(frozen=True)
 class EslSettings:
     host: str = "127.0.0.1"
     port: int = 8021
-    password: str = field(default=DEFAULT_PASSWORD, repr=False)
+    password: str = field(default=DEFAULT_PASSWORD, repr=False)  # never printed, not even by repr()
     events_format: str = "plain"
-    # Extra `filter <header> <value>` lines sent before subscribing (e.g. one FreeSWITCH
-    # domain of several). They must never hide one leg of a call from us.
+    # Extra `filter <header> <value>` lines sent before subscribing (e.g. one domain of a
+    # multi-tenant box). A filter must never hide one leg of a call from us.
     filters: tuple[tuple[str, str], ...] = ()
-    connect_timeout_seconds: float = 5.0
-    reconnect_min_seconds: float = 0.5
-    reconnect_max_seconds: float = 30.0
+    connect_timeout: float = 5.0
+    # Reconnect backoff (capped exponential with jitter), seconds.
+    reconnect_min: float = 0.5
+    reconnect_max: float = 30.0
     # FreeSWITCH sends HEARTBEAT every 20 s; this long without any traffic means the TCP
     # connection is dead even if the kernel has not noticed yet. 0 disables.
-    heartbeat_timeout_seconds: float = 65.0
+    heartbeat_timeout: float = 65.0
     # Channel variable the dialplan sets to inbound/outbound/local on the call leg
-    # (FusionPBX: call_direction). Empty: derive the direction from context and numbers.
+    # (FusionPBX: call_direction). When absent: inbound_contexts and extension_pattern decide.
     direction_variable: str = "call_direction"
-    # Optional channel variable naming the agent's extension (e.g. cc_agent, agent_id);
-    # empty: the extension the call leg dialled (inbound) or the caller (outbound).
+    inbound_contexts: tuple[str, ...] = DEFAULT_INBOUND_CONTEXTS
+    extension_pattern: str = r"\d{2,6}"
+    # Optional channel variable naming the agent's extension (e.g. cc_agent); empty: the
+    # extension the call leg rang (inbound) or the caller (outbound).
     agent_variable: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_ext_re", re.compile(self.extension_pattern))
+
+    def is_extension(self, number: str) -> bool:
+        return bool(number) and self._ext_re.fullmatch(number) is not None  # type: ignore[attr-defined]
 
     def describe(self) -> str:
         """For logs: everything but the password."""
@@ -46,23 +59,31 @@ def parse_settings(section: Section) -> EslSettings:
     password = section.secret("password", DEFAULT_PASSWORD)
     if not password:
         raise section.error("password", "must not be empty (event_socket.conf.xml's password param)")
+    if any(ch in password for ch in "\r\n"):
+        raise section.error("password", "must be one line")
     events_format = section.str("events_format", "plain", choices=EVENT_FORMATS)
     filters: list[tuple[str, str]] = []
-    for i, item in enumerate(section.str_list("filters", [], allow_single=True)):
+    for i, item in enumerate(section.str_list("filters", [])):
         header, _, value = item.strip().partition(" ")
         if not header or not value.strip() or "\n" in item or "\r" in item:
             raise section.error(f"filters[{i}]", f'"{item}" is not "<Header-Name> <value>"')
         filters.append((header, value.strip()))
-    connect_timeout = section.float("connect_timeout_seconds", 5.0, min=0.1, max=300)
-    backoff_min = section.float("reconnect_min_seconds", 0.5, min=0.01, max=3600)
-    backoff_max = section.float("reconnect_max_seconds", 30.0, min=0.01, max=3600)
-    if backoff_max < backoff_min:
-        raise section.error("reconnect_max_seconds", f"must be at least reconnect_min_seconds ({backoff_min:g})")
-    heartbeat = section.float("heartbeat_timeout_seconds", 65.0, min=0, max=3600)
-    if 0 < heartbeat < 21:
-        raise section.error("heartbeat_timeout_seconds",
+    connect_timeout = section.float("connect_timeout", 5.0, min=0.1, max=300)
+    reconnect_min = section.float("reconnect_min", 0.5, min=0.01, max=3600)
+    reconnect_max = section.float("reconnect_max", 30.0, min=0.01, max=3600)
+    if reconnect_max < reconnect_min:
+        raise section.error("reconnect_max", f"must be at least reconnect_min ({reconnect_min:g})")
+    heartbeat = section.float("heartbeat_timeout", 65.0, min=0, max=3600)
+    if 0 < heartbeat <= 20:
+        raise section.error("heartbeat_timeout",
                             "must be 0 (off) or more than FreeSWITCH's 20 s HEARTBEAT interval")
     direction_variable = section.str("direction_variable", "call_direction", pattern=r"[A-Za-z0-9_]*")
+    inbound_contexts = tuple(section.str_list("inbound_contexts", list(DEFAULT_INBOUND_CONTEXTS)))
+    extension_pattern = section.str("extension_pattern", r"\d{2,6}", nonempty=True)
+    try:
+        re.compile(extension_pattern)
+    except re.error as exc:
+        raise section.error("extension_pattern", f"not a valid regular expression: {exc}") from None
     agent_variable = section.str("agent_variable", "", pattern=r"[A-Za-z0-9_]*")
     section.done()
     return EslSettings(
@@ -71,10 +92,12 @@ def parse_settings(section: Section) -> EslSettings:
         password=password,
         events_format=events_format,
         filters=tuple(filters),
-        connect_timeout_seconds=connect_timeout,
-        reconnect_min_seconds=backoff_min,
-        reconnect_max_seconds=backoff_max,
-        heartbeat_timeout_seconds=heartbeat,
+        connect_timeout=connect_timeout,
+        reconnect_min=reconnect_min,
+        reconnect_max=reconnect_max,
+        heartbeat_timeout=heartbeat,
         direction_variable=direction_variable,
+        inbound_contexts=inbound_contexts,
+        extension_pattern=extension_pattern,
         agent_variable=agent_variable,
     )

@@ -210,21 +210,24 @@ class EslConnection:
     async def open(cls, host: str, port: int, on_event: Callable[[Event], None], *,
                    timeout: float = 5.0) -> "EslConnection":
         """Connect and wait for ``auth/request``."""
+        # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
+        # races with completion, and then shutdown would hang in a live session.
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port, limit=MAX_HEADER_BYTES), timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):
+                reader, writer = await asyncio.open_connection(host, port, limit=MAX_HEADER_BYTES)
+        except TimeoutError:
             raise ConnectionLost(f"connect to {host}:{port} timed out after {timeout:g}s") from None
         except OSError as exc:
             raise ConnectionLost(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
         conn = cls(reader, writer, on_event)
         conn._task = asyncio.create_task(conn._read_loop(), name=f"esl-reader-{host}:{port}")
         try:
-            await asyncio.wait_for(asyncio.shield(conn._auth_request), timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(conn._auth_request)
+        except TimeoutError:
             await conn.close()
             raise ProtocolError(f"no auth/request from {host}:{port} within {timeout:g}s (not an event socket?)") from None
-        except EslError:
+        except BaseException:
             await conn.close()
             raise
         return conn
@@ -245,9 +248,10 @@ class EslConnection:
         self._pending.append(fut)
         try:
             self._writer.write(line.encode("utf-8") + b"\n\n")
-            await self._writer.drain()
-            return await asyncio.wait_for(asyncio.shield(fut), timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):
+                await self._writer.drain()
+                return await asyncio.shield(fut)
+        except TimeoutError:
             verb = line.split(" ", 1)[0]
             raise ProtocolError(f"no reply to {verb!r} within {timeout:g}s") from None
         except (ConnectionError, OSError) as exc:
@@ -271,8 +275,9 @@ class EslConnection:
                 pass
         self._writer.close()
         try:
-            await asyncio.wait_for(self._writer.wait_closed(), 1.0)
-        except (asyncio.TimeoutError, OSError, ConnectionError):
+            async with asyncio.timeout(1.0):
+                await self._writer.wait_closed()
+        except (TimeoutError, OSError, ConnectionError):
             pass
 
     def _finish(self, reason: EslError) -> None:

@@ -12,7 +12,7 @@ import logging
 import time
 from typing import Any
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential, wait_random
 
 from ..logutil import fields
 from ..model import CallRecord
@@ -30,8 +30,7 @@ class EslSource(CallSource):
         super().__init__(pbx.name)
         self.pbx = pbx
         self.settings = settings or (pbx.settings if isinstance(pbx.settings, EslSettings) else EslSettings())
-        self.tracker = EslTracker(pbx, direction_variable=self.settings.direction_variable,
-                                  agent_variable=self.settings.agent_variable)
+        self.tracker = EslTracker(pbx, self.settings)
         self._records: asyncio.Queue[CallRecord] | None = None
         self._state = "stopped"
         self._problem = ""  # last reported trouble, so repeats are not logged again
@@ -72,11 +71,11 @@ class EslSource(CallSource):
                 if not first:
                     # Even after a healthy session, pause a little so a server that accepts
                     # and drops at once cannot spin us.
-                    await asyncio.sleep(s.reconnect_min_seconds)
+                    await asyncio.sleep(s.reconnect_min)
                 first = False
                 retrying = AsyncRetrying(
-                    wait=wait_exponential_jitter(initial=s.reconnect_min_seconds, max=s.reconnect_max_seconds,
-                                                 jitter=s.reconnect_min_seconds),
+                    wait=wait_exponential(multiplier=s.reconnect_min, max=s.reconnect_max)
+                    + wait_random(0, s.reconnect_min),
                     # Anything but cancellation means "try again": run() must never raise.
                     retry=retry_if_exception_type(Exception),
                     before_sleep=self._before_sleep,
@@ -102,14 +101,14 @@ class EslSource(CallSource):
         once, backoff reset); raises EslError when it never got going (backoff grows)."""
         s = self.settings
         self._state = "connecting"
-        conn = await EslConnection.open(s.host, s.port, self._on_event, timeout=s.connect_timeout_seconds)
+        conn = await EslConnection.open(s.host, s.port, self._on_event, timeout=s.connect_timeout)
         try:
-            await conn.auth(s.password, timeout=s.connect_timeout_seconds)
+            await conn.auth(s.password, timeout=s.connect_timeout)
             for header, value in s.filters:
-                reply = await conn.command(f"filter {header} {value}", s.connect_timeout_seconds)
+                reply = await conn.command(f"filter {header} {value}", s.connect_timeout)
                 if not reply.ok:
                     raise ProtocolError(f"filter {header} rejected: {reply.reply_text}")
-            reply = await conn.command(f"event {s.events_format} {SUBSCRIBE_EVENTS}", s.connect_timeout_seconds)
+            reply = await conn.command(f"event {s.events_format} {SUBSCRIBE_EVENTS}", s.connect_timeout)
             if not reply.ok:
                 raise ProtocolError(f"subscription rejected: {reply.reply_text}")
             self.connects += 1
@@ -128,13 +127,14 @@ class EslSource(CallSource):
 
     async def _watch(self, conn: EslConnection) -> EslError:
         """Wait for the connection to end, or declare it dead when even HEARTBEATs stop."""
-        limit = self.settings.heartbeat_timeout_seconds
+        limit = self.settings.heartbeat_timeout
         loop = asyncio.get_running_loop()
         while True:
             timeout = None if not limit else max(0.05, limit - (loop.time() - self._last_rx))
             try:
-                return await asyncio.wait_for(conn.wait_closed(), timeout)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(timeout):
+                    return await conn.wait_closed()
+            except TimeoutError:
                 if loop.time() - self._last_rx >= limit:
                     return ConnectionLost(f"nothing received for {limit:g}s (not even HEARTBEAT)")
 
@@ -195,7 +195,7 @@ class EslSource(CallSource):
                           extra=fields(pbx=self.name))
             self._problem = f"unexpected error: {exc!r}"
         else:
-            self._report(f"cannot connect to {self.settings.host}:{self.settings.port}: {exc}", logging.WARNING)
+            self._report(str(exc), logging.WARNING)
         delay = state.next_action.sleep if state.next_action else 0.0
         log.debug("ESL %s: attempt %d failed, retrying in %.2fs", self.name, state.attempt_number, delay)
 

@@ -109,15 +109,12 @@ def _event_time(event: dict[str, str], recorded: float | None, last: float) -> f
     return last
 
 
-def iter_trace_calls(path: str | Path, pbx: PbxConfig, *, direction_variable: str = "call_direction",
-                     agent_variable: str = "") -> Iterator[CallRecord]:
+def iter_trace_calls(path: str | Path, pbx: PbxConfig) -> Iterator[CallRecord]:
     """Replay a trace through the live tracker; yields finished calls in the order they ended.
-    A call still open at the end of the file is logged as a warning and not yielded."""
-    settings = pbx.settings
-    if settings is not None:
-        direction_variable = getattr(settings, "direction_variable", direction_variable)
-        agent_variable = getattr(settings, "agent_variable", agent_variable)
-    tracker = EslTracker(pbx, direction_variable=direction_variable, agent_variable=agent_variable)
+    A call still open at the end of the file is logged as a warning and not yielded.
+    Tracker settings (direction variable, contexts) come from ``pbx.settings`` if it is an
+    EslSettings, else the defaults."""
+    tracker = EslTracker(pbx)
     now = 0.0
     for recorded, event in iter_trace_events(path):
         now = _event_time(event, recorded, now)

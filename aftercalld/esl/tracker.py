@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timezone, tzinfo
 from typing import Iterable
 
 from ..logutil import fields
 from ..model import CallRecord, CallStatus, Direction
 from ..pbxconfig import PbxConfig
+from .config import EslSettings
 
 log = logging.getLogger("aftercalld.esl.tracker")
 
@@ -75,8 +76,8 @@ def _us(value: str | None) -> int:
         return 0
 
 
-def _time(us: int) -> datetime | None:
-    return datetime.fromtimestamp(us / 1_000_000, timezone.utc) if us > 0 else None
+def _time(us: int, tz: tzinfo) -> datetime | None:
+    return datetime.fromtimestamp(us / 1_000_000, tz) if us > 0 else None
 
 
 class _Leg:
@@ -137,11 +138,14 @@ class EslTracker:
     DONE_MAX = 200_000
     SWEEP_INTERVAL_SECONDS = 1.0
 
-    def __init__(self, pbx: PbxConfig, *, direction_variable: str = "call_direction",
-                 agent_variable: str = "", max_calls: int = 20_000) -> None:
+    def __init__(self, pbx: PbxConfig, settings: EslSettings | None = None, *, max_calls: int = 20_000) -> None:
+        if settings is None:
+            settings = pbx.settings if isinstance(pbx.settings, EslSettings) else EslSettings()
         self.pbx = pbx
-        self._direction_var = f"variable_{direction_variable}" if direction_variable else ""
-        self._agent_var = f"variable_{agent_variable}" if agent_variable else ""
+        self.settings = settings
+        self.tz: tzinfo = pbx.timezone or timezone.utc
+        self._direction_var = f"variable_{settings.direction_variable}" if settings.direction_variable else ""
+        self._agent_var = f"variable_{settings.agent_variable}" if settings.agent_variable else ""
         self._department_var = f"variable_{pbx.department_variable}" if pbx.department_variable else ""
         self._wanted_vars = tuple((name, f"variable_{name}") for name in pbx.variables)
         self._timeout = pbx.call_timeout_seconds
@@ -389,16 +393,17 @@ class EslTracker:
         direction = _DIRECTIONS.get(value)
         if direction is not None:
             return direction
-        # No dialplan hint: FreeSWITCH's own conventions. Carrier calls land in "public";
-        # an A-leg FreeSWITCH itself originated (click-to-call) is outbound.
-        if main.context == "public":
+        # No dialplan hint: the same rules as the AMI tracker. Carrier calls land in an
+        # inbound context ("public" in FreeSWITCH's stock config); a call placed by an
+        # extension is outbound unless it dialled another extension.
+        settings = self.settings
+        if main.context in settings.inbound_contexts:
             return Direction.INBOUND
+        if settings.is_extension(main.cid_num):
+            return Direction.INTERNAL if settings.is_extension(main.dest) else Direction.OUTBOUND
         if main.direction == "outbound":
-            return Direction.OUTBOUND
-        dest_digits = "".join(ch for ch in main.dest if ch.isdigit())
-        if main.dest and len(dest_digits) <= 6:
-            return Direction.INTERNAL
-        return Direction.OUTBOUND if _looks_internal(main.cid_num) else Direction.INBOUND
+            return Direction.OUTBOUND  # an A-leg FreeSWITCH itself originated (click-to-call)
+        return Direction.INBOUND
 
     def _var(self, legs: Iterable[_Leg], header: str) -> str:
         for leg in legs:
@@ -453,16 +458,19 @@ class EslTracker:
         answer_time = None
         talk = 0.0
         if status is CallStatus.CONNECTED and bridge_us > 0:
-            answer_time = _time(bridge_us)
-            talk_end = main_end
-            if bridged is not None and bridged.final is not None:
-                b_end = _us(bridged.final.get("Caller-Channel-Hangup-Time"))
-                if b_end:
-                    talk_end = min(talk_end, b_end) if talk_end else b_end
-            if talk_end > bridge_us:
-                talk = (talk_end - bridge_us) / 1_000_000
-            elif bridged is not None and bridged.final is not None:
-                talk = _us(bridged.final.get("variable_billmsec")) / 1000
+            answer_time = _time(bridge_us, self.tz)
+            # Whole billsec of the agent/carrier leg, as FreeSWITCH's CDR (and the AMI
+            # tracker's Cdr billsec) count it, so one call gives one number on either PBX.
+            billsec = (bridged.final or {}).get("variable_billsec", "") if bridged is not None else ""
+            if billsec.isdigit():
+                talk = float(billsec)
+            else:
+                talk_end = main_end
+                if bridged is not None and bridged.final is not None:
+                    b_end = _us(bridged.final.get("Caller-Channel-Hangup-Time"))
+                    if b_end:
+                        talk_end = min(talk_end, b_end) if talk_end else b_end
+                talk = float(max(0, talk_end - bridge_us) // 1_000_000)
         # Ringing ends when a person answers; otherwise when the last dialled phone stopped
         # ringing, or when FreeSWITCH itself answered (IVR) if it never dialled anyone.
         if status is CallStatus.CONNECTED and bridge_us:
@@ -478,11 +486,15 @@ class EslTracker:
         if direction is Direction.OUTBOUND:
             agent_ext, agent_name = main.cid_num, main.cid_name
         else:
-            agent_leg = bridged if bridged is not None else (children[-1] if children else None)
+            # Whoever the call leg was bridged with, else the first phone it rang.
+            agent_leg = bridged if bridged is not None else (children[0] if children else None)
             agent_ext, agent_name = "", ""
             if agent_leg is not None:
                 agent_ext = agent_leg.dest.split("@", 1)[0]
-                callee = (agent_leg.final or {}).get("Caller-Callee-ID-Name", "")
+                if fin.get("Caller-Callee-ID-Number") == agent_ext:
+                    callee = fin.get("Caller-Callee-ID-Name", "")
+                else:
+                    callee = (agent_leg.final or {}).get("Caller-Callee-ID-Name", "")
                 if callee not in _PLACEHOLDER_NAMES and callee != agent_ext:
                     agent_name = callee
         if self._agent_var:
@@ -512,11 +524,11 @@ class EslTracker:
             agent_name=agent_name,
             department=department,
             queue=queue,
-            start_time=_time(start_us),
+            start_time=_time(start_us, self.tz),
             answer_time=answer_time,
-            end_time=_time(end_us),
+            end_time=_time(end_us, self.tz),
             ring_seconds=round(ring, 3),
-            talk_seconds=round(talk, 3) if status is CallStatus.CONNECTED else 0.0,
+            talk_seconds=talk,
             hangup_cause=fin.get("Hangup-Cause") or fin.get("variable_hangup_cause", ""),
             voicemail_box=vm_box,
             variables=variables,
@@ -531,8 +543,3 @@ def _originated_legs(value: str) -> list[str]:
     else:
         items = [value]
     return [item.split(";", 1)[0] for item in items if item]
-
-
-def _looks_internal(number: str) -> bool:
-    digits = "".join(ch for ch in number if ch.isdigit())
-    return bool(number) and len(digits) <= 6 and not number.startswith("+")

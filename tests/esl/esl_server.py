@@ -176,7 +176,10 @@ class EslServer:
         async with self._new_session:
             self.sessions.append(session)
             self._new_session.notify_all()
-        await session.serve()
+        try:
+            await session.serve()
+        except asyncio.CancelledError:
+            pass  # torn down with the test's event loop
 
     async def session(self, n: int, timeout: float = 10.0) -> Session:
         """Wait for connection number `n` (0-based) to have subscribed to events."""
