@@ -218,7 +218,16 @@ class EslTracker:
             return []  # the call this channel belonged to is already reported
         call = self._by_uuid.get(uuid)
         if call is None:
-            call = self._new_call(now, ev.get("Core-UUID", ""))
+            # A B-leg names its A-leg on its first event: join that call rather than start
+            # one (which would also count against max_calls for nothing).
+            for header in _LINK_HEADERS:
+                other = ev.get(header)
+                if other and other != uuid:
+                    call = self._by_uuid.get(other)
+                    if call is not None:
+                        break
+            if call is None:
+                call = self._new_call(now, ev.get("Core-UUID", ""))
             self._attach(call, uuid)
         leg = call.legs.get(uuid)
         if leg is None:
