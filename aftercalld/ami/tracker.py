@@ -331,8 +331,11 @@ class CallTracker:
 
     def _on_newchannel(self, ev: dict[str, str], ts: float) -> None:
         uid = ev.get("Uniqueid")
-        lid = ev.get("Linkedid") or uid
-        if not uid or lid in self._finished:
+        lid = ev.get("Linkedid")
+        # Asterisk >= 12 always sends all three; without them it is not a channel we can
+        # follow (a truncated or garbled block).
+        if not uid or not lid or not ev.get("Channel") or lid in self._finished:
+            log.debug("AMI Newchannel without Uniqueid/Linkedid/Channel skipped")
             return
         chan = self._chans.get(uid)
         if chan is None:

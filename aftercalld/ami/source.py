@@ -1,0 +1,316 @@
+"""Live AMI source: one TCP connection to one Asterisk, events through the tracker, finished
+calls out to the core.
+
+Lifecycle, on asyncio streams with our own framing (`protocol.py` says why not panoramisk):
+
+* connect, read the banner, ``Login`` (ActionID-matched response); a refused login is an
+  error naming the user and host -- never the secret -- and is retried like any other
+  failure, because Asterisk refuses logins for a moment while it boots;
+* reconnect after any loss with capped exponential backoff and jitter (tenacity), reset once
+  a session is up; each state change is logged once, not every retry;
+* ``Ping`` every ``ping_interval``; no ``Pong`` within ``ping_timeout`` = dead link (a
+  half-open TCP connection after a PBX crash or a NAT timeout never says so by itself);
+* the reader never awaits the core: parsing and tracking are synchronous, finished calls go
+  through a queue to a separate task. Asterisk drops managers that read slower than its
+  ``writetimeout`` (100 ms by default), so the reader must not block on SQLite or SMPP;
+* ``FullyBooted`` carries the PBX uptime: if it shows Asterisk restarted while we were away,
+  calls in progress can never end and are dropped at once (with a warning) instead of
+  lingering until ``call_timeout_seconds``.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never
+from tenacity import wait_exponential_jitter
+
+from ..logutil import fields
+from ..model import CallRecord
+from ..pbxconfig import PbxConfig
+from ..source import CallSink, CallSource
+from .config import AmiSettings
+from .protocol import AmiParser, encode_action, next_action_id
+from .tracker import CallTracker
+
+log = logging.getLogger("aftercalld.ami.source")
+
+READ_SIZE = 256 * 1024
+# A boot time estimate that moved by more than this means Asterisk restarted.
+RESTART_SLACK_SECONDS = 10.0
+
+
+class AmiError(Exception):
+    """A protocol-level failure of one connection attempt or session."""
+
+
+class LoginRefused(AmiError):
+    pass
+
+
+class _Conn:
+    __slots__ = ("reader", "writer", "parser", "pending", "backlog")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.parser = AmiParser()
+        self.pending: dict[str, asyncio.Future[dict[str, str]]] = {}
+        self.backlog: list[dict[str, str]] = []  # messages read together with the login reply
+
+    def send(self, action: dict[str, str]) -> asyncio.Future[dict[str, str]]:
+        action_id = action.setdefault("ActionID", next_action_id())
+        fut: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
+        self.pending[action_id] = fut
+        self.writer.write(encode_action(action))
+        return fut
+
+    def close(self) -> None:
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.cancel()
+        self.pending.clear()
+        transport = self.writer.transport
+        if not transport.is_closing():
+            transport.abort()
+
+
+class AmiSource(CallSource):
+    def __init__(self, pbx: PbxConfig, settings: AmiSettings | None = None) -> None:
+        super().__init__(pbx.name)
+        if settings is None:
+            settings = pbx.settings
+        if not isinstance(settings, AmiSettings):
+            raise TypeError(f"pbx {pbx.name!r}: AMI settings missing (parse_settings not applied)")
+        self.pbx = pbx
+        self.settings = settings
+        self.tracker = CallTracker(pbx, settings)
+        self.state = "idle"
+        self.last_error = ""
+        self.connected_since: float | None = None
+        self.events = 0
+        self.calls_emitted = 0
+        self.sessions = 0
+        self._boot_epoch: float | None = None
+        self._logged: tuple[str, str] | None = None
+        self._where = f"{settings.host}:{settings.port}"
+
+    # ------------------------------------------------------------------ CallSource
+
+    async def run(self, on_call: CallSink) -> None:
+        queue: asyncio.Queue[CallRecord] = asyncio.Queue()
+        deliver = asyncio.create_task(self._deliver(queue, on_call), name=f"ami-deliver-{self.name}")
+        try:
+            while True:
+                conn = await self._connect_with_backoff()
+                try:
+                    await self._session(conn, queue)
+                except (OSError, asyncio.TimeoutError, AmiError, EOFError) as exc:
+                    self._change("disconnected", _describe(exc), logging.WARNING,
+                                 "AMI %s: connection to %s lost: %s; reconnecting",
+                                 self.name, self._where, _describe(exc))
+                finally:
+                    conn.close()
+                    self.connected_since = None
+                    self.tracker.connection_lost()
+        finally:
+            # Calls already finished must still reach the outbox: drain before leaving.
+            deliver.cancel()
+            try:
+                await deliver
+            except asyncio.CancelledError:
+                pass
+            while not queue.empty():
+                record = queue.get_nowait()
+                try:
+                    await asyncio.shield(on_call(record))
+                except Exception:
+                    log.exception("AMI %s: call %s could not be handed on", self.name, record.call_id)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": "asterisk",
+            "address": self._where,
+            "state": self.state,
+            "connected_since": self.connected_since,
+            "last_error": self.last_error,
+            "events": self.events,
+            "calls_emitted": self.calls_emitted,
+            "active_calls": self.tracker.active_calls,
+            "sessions": self.sessions,
+        }
+
+    # ------------------------------------------------------------------ internals
+
+    def _change(self, state: str, detail: str, level: int, msg: str, *args: Any) -> None:
+        """Log a state change once; the same failure on every retry stays at debug."""
+        self.state = state
+        if state != "connected":
+            self.last_error = detail
+        key = (state, detail)
+        if key == self._logged:
+            log.debug(msg, *args)
+            return
+        self._logged = key
+        log.log(level, msg, *args, extra=fields(pbx=self.name))
+
+    async def _deliver(self, queue: asyncio.Queue[CallRecord], on_call: CallSink) -> None:
+        while True:
+            record = await queue.get()
+            try:
+                await on_call(record)
+            except asyncio.CancelledError:
+                queue.put_nowait(record)  # not handed on yet: run()'s drain retries it
+                raise
+            except Exception:
+                log.exception("AMI %s: call %s could not be handed on", self.name, record.call_id,
+                              extra=fields(call_id=record.call_id, pbx=self.name))
+
+    async def _connect_with_backoff(self) -> _Conn:
+        s = self.settings
+        retrying = AsyncRetrying(
+            wait=wait_exponential_jitter(multiplier=s.reconnect_min, max=s.reconnect_max,
+                                         jitter=s.reconnect_min),
+            retry=retry_if_exception_type((OSError, asyncio.TimeoutError, AmiError, EOFError)),
+            stop=stop_never,
+            before_sleep=self._before_sleep,
+            reraise=True,
+        )
+        conn: _Conn | None = None
+        async for attempt in retrying:
+            with attempt:
+                conn = await self._open()
+        assert conn is not None
+        return conn
+
+    def _before_sleep(self, retry_state: RetryCallState) -> None:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        delay = retry_state.next_action.sleep if retry_state.next_action else 0.0
+        if isinstance(exc, LoginRefused):
+            self._change("login refused", str(exc), logging.ERROR,
+                         "AMI %s: login refused by %s for user %r: %s (check username and secret "
+                         "in [[pbx]] and manager.conf); retrying with backoff",
+                         self.name, self._where, self.settings.username, exc)
+        else:
+            self._change("unreachable", _describe(exc), logging.WARNING,
+                         "AMI %s: cannot connect to %s: %s; retrying with backoff",
+                         self.name, self._where, _describe(exc))
+        log.debug("AMI %s: attempt %d failed, next in %.2f s", self.name,
+                  retry_state.attempt_number, delay)
+
+    async def _open(self) -> _Conn:
+        s = self.settings
+        if self.state in ("idle", "disconnected"):
+            self.state = "connecting"  # failure states stay visible while retrying
+        # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that
+        # lands as the inner await completes, and the source would then never stop.
+        async with asyncio.timeout(s.connect_timeout):
+            reader, writer = await asyncio.open_connection(s.host, s.port, limit=READ_SIZE)
+        conn = _Conn(reader, writer)
+        try:
+            async with asyncio.timeout(s.connect_timeout):
+                banner = await reader.readline()
+                if not banner:
+                    raise EOFError("closed before the banner")
+                if not banner.startswith(b"Asterisk Call Manager"):
+                    raise AmiError(f"not an AMI server (banner {banner[:40]!r})")
+                login_id = next_action_id("login")
+                conn.writer.write(encode_action({
+                    "Action": "Login", "ActionID": login_id, "Username": s.username,
+                    "Secret": s.secret, "Events": "on",
+                }))
+                reply = await self._await_response(conn, login_id)
+            if reply.get("Response") != "Success":
+                raise LoginRefused(reply.get("Message") or reply.get("Response") or "refused")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @staticmethod
+    async def _await_response(conn: _Conn, action_id: str) -> dict[str, str]:
+        while True:
+            data = await conn.reader.read(READ_SIZE)
+            if not data:
+                raise EOFError("closed during login")
+            messages = conn.parser.feed(data)
+            for i, msg in enumerate(messages):
+                if msg.get("ActionID") == action_id and "Response" in msg:
+                    # Keep what came with it (FullyBooted, first events) for the session.
+                    conn.backlog.extend(messages[i + 1:])
+                    return msg
+                conn.backlog.append(msg)
+
+    async def _session(self, conn: _Conn, queue: asyncio.Queue[CallRecord]) -> None:
+        self.sessions += 1
+        self.connected_since = time.time()
+        self._change("connected", "", logging.INFO, "AMI %s: connected to %s as %r",
+                     self.name, self._where, self.settings.username)
+        pinger = asyncio.create_task(self._pinger(conn), name=f"ami-ping-{self.name}")
+        try:
+            if conn.backlog:
+                self._handle(conn, conn.backlog, queue, time.time())
+                conn.backlog = []
+            reader = conn.reader
+            while True:
+                data = await reader.read(READ_SIZE)
+                if not data:
+                    if pinger.done() and not pinger.cancelled() and pinger.exception():
+                        raise pinger.exception()  # type: ignore[misc]
+                    raise EOFError("closed by Asterisk")
+                self._handle(conn, conn.parser.feed(data), queue, time.time())
+        finally:
+            pinger.cancel()
+
+    def _handle(self, conn: _Conn, messages: list[dict[str, str]],
+                queue: asyncio.Queue[CallRecord], now: float) -> None:
+        tracker = self.tracker
+        for msg in messages:
+            if "Event" in msg:
+                self.events += 1
+                if msg["Event"] == "FullyBooted":
+                    self._check_restart(msg, now)
+                for record in tracker.feed(msg, now):
+                    self.calls_emitted += 1
+                    queue.put_nowait(record)
+            elif "Response" in msg:
+                fut = conn.pending.pop(msg.get("ActionID", ""), None)
+                if fut is not None and not fut.done():
+                    fut.set_result(msg)
+
+    def _check_restart(self, msg: dict[str, str], now: float) -> None:
+        try:
+            uptime = float(msg.get("Uptime", ""))
+        except ValueError:
+            return
+        boot = now - uptime
+        previous, self._boot_epoch = self._boot_epoch, boot
+        if previous is not None and abs(boot - previous) > RESTART_SLACK_SECONDS:
+            dropped = self.tracker.drop_all("Asterisk restarted; the call's end will never come")
+            log.warning("AMI %s: Asterisk at %s restarted; %d call(s) in progress dropped",
+                        self.name, self._where, dropped, extra=fields(pbx=self.name))
+
+    async def _pinger(self, conn: _Conn) -> None:
+        s = self.settings
+        while True:
+            await asyncio.sleep(s.ping_interval)
+            self.tracker.expire(time.time())  # evict stale calls even when the PBX is idle
+            fut = conn.send({"Action": "Ping"})
+            try:
+                async with asyncio.timeout(s.ping_timeout):
+                    await fut
+            except TimeoutError:
+                conn.close()
+                raise AmiError(f"no answer to Ping within {s.ping_timeout:g} s (dead link)") from None
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown error"
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

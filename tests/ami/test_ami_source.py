@@ -1,0 +1,240 @@
+"""The live source against a real AMI peer over TCP on 127.0.0.1."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from aftercalld.ami import make_source
+from aftercalld.ami.config import AmiSettings
+from aftercalld.ami.trace import stream_bytes
+from aftercalld.pbxconfig import PbxConfig
+
+from ami_expected import EXPECTED, TRACES, check_record
+from ami_server import AmiServer
+
+SECRET = "s3cr3t-Never-Logged"
+
+
+def stream(name: str) -> bytes:
+    return stream_bytes((TRACES / name).read_bytes())
+
+
+def without_fullybooted(data: bytes) -> bytes:
+    """Trace streams start with the recording session's FullyBooted; the test server sends
+    its own after each login, so drop the recorded one."""
+    head = b"Event: FullyBooted"
+    assert data.startswith(head)
+    return data[data.index(b"\r\n\r\n") + 4:]
+
+
+class Harness:
+    def __init__(self, server: AmiServer, secret: str = SECRET, **overrides) -> None:
+        settings = AmiSettings(host=server.host, port=server.port, username="aftercalld",
+                               secret=secret, reconnect_min=0.02, reconnect_max=0.2,
+                               ping_interval=overrides.pop("ping_interval", 30.0),
+                               ping_timeout=overrides.pop("ping_timeout", 5.0), **overrides)
+        self.pbx = PbxConfig(name="pbx-test", type="asterisk", timezone=ZoneInfo("UTC"),
+                             variables=("DEPARTMENT",), settings=settings)
+        self.source = make_source(self.pbx)
+        self.calls: asyncio.Queue = asyncio.Queue()
+        self.task: asyncio.Task | None = None
+
+    async def on_call(self, record) -> None:
+        await self.calls.put(record)
+
+    def start(self) -> "Harness":
+        self.task = asyncio.create_task(self.source.run(self.on_call))
+        return self
+
+    async def next_call(self, timeout: float = 10.0):
+        return await asyncio.wait_for(self.calls.get(), timeout)
+
+    async def stop(self) -> None:
+        assert self.task is not None
+        assert not self.task.done(), "the source must never end by itself"
+        self.task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await self.task
+
+
+@pytest.fixture
+async def server():
+    srv = await AmiServer(secret=SECRET).start()
+    yield srv
+    await srv.stop()
+
+
+async def test_replays_concurrent_trace_over_tcp(server):
+    h = Harness(server).start()
+    await server.wait_until(lambda: server.clients == 1)
+    await server.send(without_fullybooted(stream("mixed_concurrent.ami")), chunk=1000)
+    got = {}
+    for _ in range(6):
+        record = await h.next_call()
+        assert record.call_id not in got
+        got[record.call_id] = record
+    assert set(got) == set(EXPECTED["mixed_concurrent.ami"])
+    for call_id, record in got.items():
+        check_record(record, EXPECTED["mixed_concurrent.ami"][call_id])
+        assert record.pbx == "pbx-test"
+    assert h.source.status()["state"] == "connected"
+    assert h.source.status()["calls_emitted"] == 6
+    await h.stop()
+
+
+async def test_utf8_name_split_across_reads_survives(server):
+    h = Harness(server).start()
+    await server.wait_until(lambda: server.clients == 1)
+    data = without_fullybooted(stream("inbound_connected.ami")).replace(
+        "John Caller".encode(), "Zoë Ünal 😀".encode())
+    await server.send(data, chunk=7)  # many writes; multi-byte characters cut in the middle
+    record = await h.next_call()
+    assert record.caller_name == "Zoë Ünal 😀"
+    await h.stop()
+
+
+async def test_wrong_secret_clear_error_backoff_secret_never_logged(server, caplog):
+    caplog.set_level(logging.DEBUG)
+    h = Harness(server, secret="wrong-" + SECRET).start()
+    await server.wait_until(lambda: len(server.login_attempts) >= 5)
+    refused = [r for r in caplog.records if "login refused" in r.getMessage()]
+    assert len([r for r in refused if r.levelno == logging.ERROR]) == 1, "logged once, not per retry"
+    assert "aftercalld" in refused[0].getMessage() and "secret" in refused[0].getMessage()
+    times = [t for t, _, _ in server.login_attempts]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert gaps[3] > gaps[0], f"backoff grows: {gaps}"
+    assert h.source.status()["state"] == "login refused"
+    # the admin fixes the secret: the next attempt gets in and calls flow
+    server.secret = "wrong-" + SECRET
+    await server.wait_until(lambda: server.clients == 1)
+    await server.send(without_fullybooted(stream("ivr_abandon.ami")))
+    record = await h.next_call()
+    check_record(record, EXPECTED["ivr_abandon.ami"][record.call_id])
+    await h.stop()
+    assert SECRET not in caplog.text
+    assert all(SECRET not in str(r.args) for r in caplog.records)
+
+
+async def test_server_restart_mid_call(server, caplog):
+    h = Harness(server).start()
+    await server.wait_until(lambda: server.clients == 1)
+    first = without_fullybooted(stream("inbound_connected.ami"))
+    await server.send(first[: len(first) // 2])  # call in progress
+    with caplog.at_level(logging.WARNING):
+        await server.restart()
+        await server.wait_until(lambda: server.clients == 1)
+        await server.send(without_fullybooted(stream("outbound_connected.ami")))
+        record = await h.next_call()
+    assert record.call_id == "1796012927.12"
+    check_record(record, EXPECTED["outbound_connected.ami"][record.call_id])
+    assert h.calls.empty()
+    assert "restarted" in caplog.text and "1796012880.0" in caplog.text
+    assert h.source.tracker.active_calls == 0
+    await h.stop()
+
+
+async def test_stream_cut_in_the_middle_of_an_event_block(server, caplog):
+    h = Harness(server).start()
+    await server.wait_until(lambda: server.clients == 1)
+    await server.send(without_fullybooted(stream("inbound_voicemail.ami")))
+    vm = await h.next_call()
+    assert vm.status == "voicemail"
+    mixed = without_fullybooted(stream("mixed_concurrent.ami"))
+    cut = mixed.index(b"Event: Hangup", len(mixed) // 2) + 20  # inside a Hangup block
+    with caplog.at_level(logging.WARNING):
+        await server.send(mixed[:cut])
+        server.drop_clients()
+        await server.wait_until(lambda: server.clients == 1)
+        # the calls that were live across the cut are not guessed at
+        await server.send(mixed[cut:])
+        await server.send(without_fullybooted(stream("ivr_abandon.ami")))
+        later = await h.next_call()
+    assert later.call_id == "1796012938.16"
+    check_record(later, EXPECTED["ivr_abandon.ami"][later.call_id])
+    # Calls of the mixed trace that ended before the cut were emitted; the rest were not.
+    emitted = []
+    while not h.calls.empty():
+        emitted.append(h.calls.get_nowait())
+    assert all(r.call_id in EXPECTED["mixed_concurrent.ami"] for r in emitted)
+    assert "lost while disconnected" in caplog.text
+    await h.stop()
+
+
+async def test_missing_pong_is_a_dead_link(server, caplog):
+    server.answer_pings = False
+    h = Harness(server, ping_interval=0.05, ping_timeout=0.1).start()
+    with caplog.at_level(logging.WARNING):
+        await server.wait_until(lambda: len(server.login_attempts) >= 2)
+    assert "no answer to Ping" in caplog.text
+    server.answer_pings = True
+    await server.wait_until(lambda: server.pings >= len(server.login_attempts) + 2)
+    await h.stop()
+
+
+class _LogEvent(logging.Handler):
+    """Sets an asyncio.Event when a matching record is logged: lets a test await a log line."""
+
+    def __init__(self, needle: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.needle = needle
+        self.event = asyncio.Event()
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.needle in record.getMessage():
+            self.count += 1
+            if self.count >= 3:
+                self.event.set()
+
+
+async def test_unreachable_pbx_logged_once_then_connects(caplog):
+    srv = AmiServer(secret=SECRET)
+    await srv.start()
+    await srv.stop()  # nothing listens on that port now
+    caplog.set_level(logging.DEBUG)
+    attempts = _LogEvent("attempt")
+    logging.getLogger("aftercalld.ami.source").addHandler(attempts)
+    try:
+        h = Harness(srv).start()
+        await asyncio.wait_for(attempts.event.wait(), 10)  # three failed attempts
+        assert h.source.status()["state"] == "unreachable"
+        await srv.start()
+        await srv.wait_until(lambda: srv.clients == 1)
+    finally:
+        logging.getLogger("aftercalld.ami.source").removeHandler(attempts)
+    cannot = [r for r in caplog.records if "cannot connect" in r.getMessage()
+              and r.levelno == logging.WARNING]
+    assert len(cannot) == 1
+    await h.stop()
+    await srv.stop()
+
+
+async def test_fuzzed_stream_never_breaks_the_source(server):
+    rng = random.Random(4242)
+    h = Harness(server).start()
+    await server.wait_until(lambda: server.clients == 1)
+    good = without_fullybooted(stream("ivr_abandon.ami"))
+    # Truncated events come from another trace: bits of the call we then check would
+    # (rightly) make it a different call.
+    other = without_fullybooted(stream("inbound_connected.ami"))
+    junk = bytearray()
+    for _ in range(300):
+        kind = rng.random()
+        if kind < 0.3:
+            junk += bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200)))
+        elif kind < 0.6:
+            block = other[rng.randrange(len(other)):]
+            junk += block[: rng.randrange(1, 400)]  # a truncated event
+        elif kind < 0.8:
+            junk += b"Event: Hangup\r\nUniqueid: \xff\xfe\r\nLinkedid\r\nCause: x\r\n\r\n"
+        else:
+            junk += b"\r\n\r\n: : :\r\nEvent: \r\n\r\n"
+    await server.send(bytes(junk) + b"\r\n\r\n" + good)
+    record = await h.next_call()
+    assert record.call_id == "1796012938.16"
+    assert h.source.status()["state"] == "connected"
+    await h.stop()
