@@ -95,6 +95,8 @@ class Daemon:
         for task in self._source_tasks:
             task.cancel()
         await asyncio.gather(*self._source_tasks, return_exceptions=True)
+        if self.handler:
+            self.handler.flush()
         if self.dispatcher:
             await self.dispatcher.stop()
         if self.outbox:

@@ -142,8 +142,9 @@ class Dispatcher:
                     log.exception("cannot read the outbox; retrying in 1s")
                     await asyncio.sleep(1)
                     continue
+            opted_out = self.outbox.opted_out_among(m.destination for m in claimed) if claimed else set()
             for message in claimed:
-                reason = self._refusal(message)
+                reason = "opt-out" if message.destination in opted_out else ""
                 if reason:
                     self._emit([self.outbox.suppress(message, reason, self.clock())])
                     continue
@@ -164,11 +165,6 @@ class Dispatcher:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:
                 pass
-
-    def _refusal(self, message: OutboundMessage) -> str:
-        if self.outbox.is_opted_out(message.destination):
-            return "opt-out"
-        return ""
 
     async def _send(self, message: OutboundMessage) -> None:
         try:

@@ -23,7 +23,7 @@ class LogTransport(Transport):
         log.info("dry run: messages are logged, not sent")
 
     async def send(self, message: OutboundMessage) -> SubmitOutcome:
-        parts = split_segments(message.text, message.encoding)
+        parts = split_segments(message.text, message.encoding) if message.segments > 1 else [message.text]
         log.info("dry run: would send %d part(s) %s from %s to %s", len(parts), message.encoding.value,
                  message.sender, message.destination,
                  extra=fields(call_id=message.call_id, rule=message.rule, recipient=message.destination))

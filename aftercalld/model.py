@@ -70,16 +70,13 @@ class CallRecord:
         return self.dialled_number if self.direction is Direction.OUTBOUND else self.caller_number
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, datetime):
-                value = value.isoformat()
-            elif isinstance(value, Mapping):
-                value = dict(value)
-            elif isinstance(value, enum.Enum):
-                value = value.value
-            out[f.name] = value
+        out = {name: getattr(self, name) for name in _RECORD_FIELDS}
+        out["direction"] = self.direction.value
+        out["status"] = self.status.value
+        for name in ("start_time", "answer_time", "end_time"):
+            if out[name] is not None:
+                out[name] = out[name].isoformat()
+        out["variables"] = dict(self.variables)
         return out
 
     def to_json(self) -> str:
@@ -137,6 +134,9 @@ class CallRecord:
         if not isinstance(data, dict):
             raise ValueError("expected a JSON object")
         return cls.from_dict(data)
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(CallRecord))
 
 
 class RecipientKind(enum.StrEnum):

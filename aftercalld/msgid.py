@@ -2,31 +2,28 @@
 
 A submit_sm_resp may say ``0A1B`` and the receipt ``2587`` (hex vs decimal, Nexmo), or
 ``000123`` vs ``123`` (leading zeros lost, Jasmin #643), or differ in case (Jasmin #916).
-`exact_key` is tried first; `loose_keys` only when the exact key finds nothing.
+Each part is stored under `match_key` of its id; a receipt's id is looked up under
+`candidate_keys`, the literal reading first, then the other base.
 """
 from __future__ import annotations
 
 _HEX = frozenset("0123456789abcdef")
 
 
-def exact_key(message_id: str) -> str:
-    value = message_id.strip().lower()
-    stripped = value.lstrip("0")
-    return "s:" + (stripped or ("0" if value else ""))
-
-
-def loose_keys(message_id: str) -> set[str]:
+def match_key(message_id: str) -> str:
     value = message_id.strip().lower()
     if value.startswith("0x"):
         value = value[2:]
-    keys: set[str] = set()
-    if value and len(value) <= 32:
-        if value.isdigit():
-            keys.add("n:" + str(int(value, 10)))
-        if set(value) <= _HEX:
-            keys.add("n:" + str(int(value, 16)))
-    return keys
+    return value.lstrip("0") or ("0" if value else "")
 
 
-def all_keys(message_id: str) -> set[str]:
-    return {exact_key(message_id)} | loose_keys(message_id)
+def candidate_keys(message_id: str) -> list[str]:
+    """The keys a receipt's id may have been stored under, most literal first."""
+    key = match_key(message_id)
+    out = [key]
+    if key and len(key) <= 32:
+        if key.isdigit():
+            out.append(format(int(key, 10), "x"))  # receipt decimal, response hex
+        if set(key) <= _HEX:
+            out.append(str(int(key, 16)))  # receipt hex, response decimal
+    return list(dict.fromkeys(out))

@@ -1,6 +1,7 @@
 """From a finished call to messages in the outbox: rules, rendering, one transaction."""
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -43,6 +44,7 @@ class CallHandler:
         self.config = config
         self.outbox = outbox
         self.on_queued = on_queued  # e.g. Dispatcher.wake
+        self._pending: list[CallRecord] = []
 
     def decide(self, record: CallRecord, *, explain: bool = False) -> Decision:
         record = enrich(record, self.config.render.agents)
@@ -54,24 +56,49 @@ class CallHandler:
         return Decision(record, selection, messages)
 
     def handle(self, record: CallRecord) -> Decision:
-        decision = self.decide(record)
-        rule = decision.selection.rule
-        queued = self.outbox.record_call(
-            decision.record, rule.name if rule else None, decision.selection.reason, decision.messages,
+        return self.handle_many([record])[0]
+
+    def handle_many(self, records: list[CallRecord]) -> list[Decision]:
+        """Decide each call, then write them all in one transaction (group commit)."""
+        decisions = [self.decide(r) for r in records]
+        results = self.outbox.record_calls(
+            [(d.record, d.selection.rule.name if d.selection.rule else None, d.selection.reason, d.messages)
+             for d in decisions],
             ttl_seconds=self.config.dispatch.ttl_seconds,
         )
-        if queued is None:
-            decision = Decision(decision.record, decision.selection, decision.messages, duplicate=True)
-        log.info(decision.summary, extra=fields(call_id=record.call_id, pbx=record.pbx,
-                                                rule=rule.name if rule else "", recipient=record.customer_number))
-        if queued and self.on_queued:
+        queued_any = False
+        out = []
+        for decision, queued in zip(decisions, results):
+            if queued is None:
+                decision = Decision(decision.record, decision.selection, decision.messages, duplicate=True)
+            queued_any = queued_any or bool(queued)
+            rule = decision.selection.rule
+            record = decision.record
+            log.info(decision.summary, extra=fields(call_id=record.call_id, pbx=record.pbx,
+                                                    rule=rule.name if rule else "",
+                                                    recipient=record.customer_number))
+            out.append(decision)
+        if queued_any and self.on_queued:
             self.on_queued()
-        return decision
+        return out
 
     async def __call__(self, record: CallRecord) -> None:
-        """The `CallSink` a source awaits. Never raises: a bad record is logged, not fatal."""
+        """The `CallSink` a source awaits. Returns at once: the call is written, with every
+        other call that finished in this turn of the event loop, before the loop turns again
+        and so before any transport can see its messages."""
+        self._pending.append(record)
+        if len(self._pending) == 1:
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
         try:
-            self.handle(record)
+            self.handle_many(batch)
         except Exception:
-            log.exception("could not handle call %s from %s", record.call_id, record.pbx,
-                          extra=fields(call_id=record.call_id, pbx=record.pbx))
+            # The outbox could not take them (disk full, locked): keep them and try again,
+            # rather than drop calls on the floor.
+            log.exception("could not write %d finished call(s) to the outbox; retrying in 1s", len(batch))
+            self._pending[:0] = batch
+            asyncio.get_running_loop().call_later(1.0, self.flush)

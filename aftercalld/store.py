@@ -48,12 +48,10 @@ CREATE TABLE IF NOT EXISTS calls (
     decision   TEXT NOT NULL,             -- why: the rule that matched, or why none did
     record     TEXT NOT NULL,             -- the CallRecord as JSON
     created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS calls_created ON calls (created_at);
-CREATE INDEX IF NOT EXISTS calls_caller ON calls (caller);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS messages (
     id              INTEGER PRIMARY KEY,
-    key             TEXT NOT NULL UNIQUE, -- idempotency: pbx/call id + rule + recipient
+    key             TEXT NOT NULL UNIQUE, -- idempotency: pbx/call id + "/" + rule + "/" + recipient
     call_key        TEXT NOT NULL,
     rule            TEXT NOT NULL,
     recipient_kind  TEXT NOT NULL,
@@ -76,24 +74,18 @@ CREATE TABLE IF NOT EXISTS messages (
     transport       TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_due ON messages (next_attempt_at) WHERE state IN ('queued', 'retrying');
-CREATE INDEX IF NOT EXISTS messages_call ON messages (call_key);
 CREATE INDEX IF NOT EXISTS messages_destination ON messages (destination, created_at);
-CREATE INDEX IF NOT EXISTS messages_state ON messages (state);
 CREATE TABLE IF NOT EXISTS parts (
-    message_id  INTEGER NOT NULL REFERENCES messages (id),
-    part        INTEGER NOT NULL,
-    transport_id TEXT NOT NULL,
-    state       TEXT NOT NULL DEFAULT 'submitted',
-    error       TEXT NOT NULL DEFAULT '',
-    updated_at  REAL NOT NULL,
+    message_id   INTEGER NOT NULL REFERENCES messages (id),
+    part         INTEGER NOT NULL,
+    transport_id TEXT NOT NULL,           -- as the transport reported it
+    match_key    TEXT NOT NULL,           -- msgid.match_key(transport_id)
+    state        TEXT NOT NULL DEFAULT 'submitted',
+    error        TEXT NOT NULL DEFAULT '',
+    updated_at   REAL NOT NULL,
     PRIMARY KEY (message_id, part)
 );
-CREATE TABLE IF NOT EXISTS part_keys (
-    key        TEXT NOT NULL,
-    message_id INTEGER NOT NULL,
-    part       INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS part_keys_key ON part_keys (key);
+CREATE INDEX IF NOT EXISTS parts_match ON parts (match_key);
 CREATE TABLE IF NOT EXISTS orphan_reports (
     id          INTEGER PRIMARY KEY,
     transport   TEXT NOT NULL,
@@ -173,6 +165,9 @@ class Outbox:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
             conn.execute("PRAGMA busy_timeout=5000")
+            # Keep the hot index pages in memory: the idempotency and destination indexes
+            # take random keys, and a miss there is a disk read per insert.
+            conn.execute("PRAGMA cache_size=-32768")
             conn.execute("PRAGMA foreign_keys=ON")
             version = cls._schema_version(conn)
             if version > SCHEMA_VERSION:
@@ -203,16 +198,17 @@ class Outbox:
 
     def record_call(self, record: CallRecord, rule: str | None, decision: str,
                     messages: Sequence[RenderedMessage], *, ttl_seconds: float,
-                    now: float | None = None) -> list[int] | None:
-        """Write the call and its messages in one transaction. Returns the ids of the
+                    now: float | None = None) -> list[str] | None:
+        """Write the call and its messages in one transaction. Returns the keys of the
         messages that are now queued, or None when this call was already recorded (a
         replayed event, a restart): then nothing at all changes."""
         return self.record_calls([(record, rule, decision, messages)], ttl_seconds=ttl_seconds, now=now)[0]
 
     def record_calls(self, batch: Sequence[tuple[CallRecord, str | None, str, Sequence[RenderedMessage]]],
-                     *, ttl_seconds: float, now: float | None = None) -> list[list[int] | None]:
+                     *, ttl_seconds: float, now: float | None = None) -> list[list[str] | None]:
         now = time.time() if now is None else now
-        results: list[list[int] | None] = []
+        results: list[list[str] | None] = []
+        rows = []
         with _tx(self.conn):
             for record, rule, decision, messages in batch:
                 call_key = f"{record.pbx}/{record.call_id}"
@@ -225,22 +221,22 @@ class Outbox:
                 if cur.rowcount == 0:
                     results.append(None)
                     continue
-                queued: list[int] = []
+                results.append([m.key for m in messages if not m.suppressed])
                 for m in messages:
                     state = MessageState.SUPPRESSED if m.suppressed else MessageState.QUEUED
-                    cur = self.conn.execute(
-                        "INSERT OR IGNORE INTO messages (key, call_key, rule, recipient_kind, raw_number, "
-                        "destination, sender, text, encoding, segments, options, state, reason, "
-                        "next_attempt_at, expires_at, created_at, updated_at, final_at) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows.append(
                         (m.key, call_key, m.rule, m.kind.value, m.raw_number, m.destination, m.sender,
-                         m.text, m.encoding.value, m.segments, json.dumps(dict(m.options)),
+                         m.text, m.encoding.value, m.segments, json.dumps(dict(m.options)) if m.options else "{}",
                          state.value, m.suppressed, None if m.suppressed else now,
-                         now + ttl_seconds, now, now, now if m.suppressed else None),
+                         now + ttl_seconds, now, now, now if m.suppressed else None)
                     )
-                    if cur.rowcount and not m.suppressed:
-                        queued.append(cur.lastrowid)
-                results.append(queued)
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO messages (key, call_key, rule, recipient_kind, raw_number, "
+                "destination, sender, text, encoding, segments, options, state, reason, "
+                "next_attempt_at, expires_at, created_at, updated_at, final_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
         return results
 
     # -- dispatching -------------------------------------------------------------------
@@ -270,6 +266,16 @@ class Outbox:
         rows.sort(key=lambda r: r[0])
         return [_outbound(r) for r in rows]
 
+    def opted_out_among(self, numbers: Iterable[str]) -> set[str]:
+        """Which of `numbers` are on the opt-out list: one query for a whole batch."""
+        numbers = list(set(numbers))
+        found: set[str] = set()
+        for i in range(0, len(numbers), 500):
+            chunk = numbers[i:i + 500]
+            found.update(n for (n,) in self.conn.execute(
+                f"SELECT number FROM optout WHERE number IN ({','.join('?' * len(chunk))})", chunk))
+        return found
+
     def next_due(self) -> float | None:
         row = self.conn.execute(
             "SELECT MIN(next_attempt_at) FROM messages WHERE state IN ('queued', 'retrying')"
@@ -286,38 +292,32 @@ class Outbox:
         now = time.time() if now is None else now
         transitions: list[Transition] = []
         new_keys: list[str] = []
+        submitted, parts, retrying, final = [], [], [], []
+        for o in outcomes:
+            m = o.message
+            if o.state is MessageState.SUBMITTED:
+                submitted.append((now, now, o.transport, m.id))
+                for part, transport_id in enumerate(o.transport_ids, start=1):
+                    parts.append((m.id, part, transport_id, msgid.match_key(transport_id), now))
+                    new_keys.append(transport_id)
+            elif o.state is MessageState.RETRYING:
+                retrying.append((o.reason, now, o.next_attempt_at, o.transport, m.id))
+            else:
+                final.append((o.state.value, o.reason, now, now, o.transport, m.id))
+            transitions.append(Transition(m.id, m.call_id, m.rule, m.destination, o.state, o.reason, o.transport_ids))
         with _tx(self.conn):
-            for o in outcomes:
-                m = o.message
-                if o.state is MessageState.SUBMITTED:
-                    self.conn.execute(
-                        "UPDATE messages SET state = 'submitted', reason = '', updated_at = ?, submitted_at = ?, "
-                        "next_attempt_at = NULL, transport = ? WHERE id = ?",
-                        (now, now, o.transport, m.id),
-                    )
-                    for part, transport_id in enumerate(o.transport_ids, start=1):
-                        self.conn.execute(
-                            "INSERT OR REPLACE INTO parts (message_id, part, transport_id, updated_at) VALUES (?, ?, ?, ?)",
-                            (m.id, part, transport_id, now),
-                        )
-                        self.conn.executemany(
-                            "INSERT INTO part_keys (key, message_id, part) VALUES (?, ?, ?)",
-                            [(k, m.id, part) for k in msgid.all_keys(transport_id)],
-                        )
-                        new_keys.append(transport_id)
-                elif o.state is MessageState.RETRYING:
-                    self.conn.execute(
-                        "UPDATE messages SET state = 'retrying', reason = ?, updated_at = ?, next_attempt_at = ?, "
-                        "transport = ? WHERE id = ?",
-                        (o.reason, now, o.next_attempt_at, o.transport, m.id),
-                    )
-                else:
-                    self.conn.execute(
-                        "UPDATE messages SET state = ?, reason = ?, updated_at = ?, final_at = ?, "
-                        "next_attempt_at = NULL, transport = ? WHERE id = ?",
-                        (o.state.value, o.reason, now, now, o.transport, m.id),
-                    )
-                transitions.append(Transition(m.id, m.call_id, m.rule, m.destination, o.state, o.reason, o.transport_ids))
+            self.conn.executemany(
+                "UPDATE messages SET state = 'submitted', reason = '', updated_at = ?, submitted_at = ?, "
+                "next_attempt_at = NULL, transport = ? WHERE id = ?", submitted)
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO parts (message_id, part, transport_id, match_key, updated_at) "
+                "VALUES (?, ?, ?, ?, ?)", parts)
+            self.conn.executemany(
+                "UPDATE messages SET state = 'retrying', reason = ?, updated_at = ?, next_attempt_at = ?, "
+                "transport = ? WHERE id = ?", retrying)
+            self.conn.executemany(
+                "UPDATE messages SET state = ?, reason = ?, updated_at = ?, final_at = ?, "
+                "next_attempt_at = NULL, transport = ? WHERE id = ?", final)
             if new_keys and self._has_orphans():
                 transitions.extend(self._apply_orphans(new_keys, now))
         return transitions
@@ -368,13 +368,12 @@ class Outbox:
         return transitions
 
     def _match_part(self, transport_id: str) -> tuple[int, int] | None:
-        for keys in ([msgid.exact_key(transport_id)], sorted(msgid.loose_keys(transport_id))):
-            if not keys:
-                continue
-            marks = ",".join("?" * len(keys))
+        # Most literal reading first; among parts with the same key, the newest (a modem's
+        # 8-bit message reference wraps around).
+        for key in msgid.candidate_keys(transport_id):
             row = self.conn.execute(
-                f"SELECT message_id, part FROM part_keys WHERE key IN ({marks}) ORDER BY message_id DESC LIMIT 1",
-                keys,
+                "SELECT message_id, part FROM parts WHERE match_key = ? ORDER BY message_id DESC LIMIT 1",
+                (key,),
             ).fetchone()
             if row:
                 return row[0], row[1]
@@ -423,9 +422,9 @@ class Outbox:
         orphans = self.conn.execute(
             "SELECT id, transport_id, state, error FROM orphan_reports WHERE matched = 0"
         ).fetchall()
-        wanted = {k for t in transport_ids for k in msgid.all_keys(t)}
+        wanted = {msgid.match_key(t) for t in transport_ids}
         for orphan_id, transport_id, state, error in orphans:
-            if not (msgid.all_keys(transport_id) & wanted):
+            if wanted.isdisjoint(msgid.candidate_keys(transport_id)):
                 continue
             target = self._match_part(transport_id)
             if target is None:
@@ -473,7 +472,11 @@ class Outbox:
                  since: float | None = None, until: float | None = None, rule: str | None = None,
                  state: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         where, args = [], []
-        for column, op, value in (("call_key", "=", call_key), ("destination", "=", destination),
+        if call_key is not None:
+            # Message keys start with the call key: the unique index on key serves this.
+            where.append("m.key >= ? AND m.key < ?")
+            args += [call_key + "/", call_key + "0"]
+        for column, op, value in (("destination", "=", destination),
                                   ("created_at", ">=", since), ("created_at", "<", until),
                                   ("rule", "=", rule), ("state", "=", state)):
             if value is not None:

@@ -6,8 +6,6 @@ escape pair (``€``, ``[`` … cost two septets) nor a UTF-16 surrogate pair (e
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
-
 import gsm0338  # noqa: F401  (registers the 'gsm03.38' codec)
 
 from ..model import Encoding
@@ -21,22 +19,45 @@ CONCAT_8BIT_REF = {Encoding.GSM7: 153, Encoding.UCS2: 67}
 CONCAT_16BIT_REF = {Encoding.GSM7: 152, Encoding.UCS2: 66}
 
 
-@lru_cache(maxsize=4096)
+def _gsm_tables() -> tuple[frozenset[str], frozenset[str]]:
+    """The basic and extension tables, read from the gsm0338 codec itself by decoding every
+    septet, so our fast checks and the codec that puts text on the wire always agree."""
+    basic, extension = set(), set()
+    for septet in range(0x80):
+        if septet != 0x1B:
+            char = bytes([septet]).decode(GSM_CODEC, errors="ignore")
+            if len(char) == 1:
+                basic.add(char)
+        char = bytes([0x1B, septet]).decode(GSM_CODEC, errors="ignore")
+        if len(char) == 1 and char not in basic:
+            extension.add(char)
+    return frozenset(basic), frozenset(extension)
+
+
+GSM_BASIC, GSM_EXTENSION = _gsm_tables()
+_GSM_ALL = GSM_BASIC | GSM_EXTENSION
+
+
 def gsm_septets(char: str) -> int:
     """Septets `char` costs in GSM 03.38 (1, or 2 for the extension table); 0 if it does
     not fit at all."""
-    try:
-        return len(char.encode(GSM_CODEC))
-    except UnicodeEncodeError:
-        return 0
+    return 1 if char in GSM_BASIC else 2 if char in GSM_EXTENSION else 0
 
 
 def ucs2_units(char: str) -> int:
     return 2 if ord(char) > 0xFFFF else 1
 
 
+def _gsm_length(text: str) -> int | None:
+    """Septets for the whole text, or None if some character is not GSM 03.38."""
+    chars = set(text)
+    if not chars <= _GSM_ALL:
+        return None
+    return len(text) + sum(text.count(c) for c in chars & GSM_EXTENSION)
+
+
 def fits_gsm7(text: str) -> bool:
-    return all(gsm_septets(c) for c in text)
+    return _gsm_length(text) is not None
 
 
 def choose_encoding(text: str) -> Encoding:
@@ -48,8 +69,12 @@ def unit_cost(encoding: Encoding):
 
 
 def length_in_units(text: str, encoding: Encoding) -> int:
-    cost = unit_cost(encoding)
-    return sum(cost(c) for c in text)
+    if encoding is Encoding.UCS2:
+        return len(text.encode("utf-16-be")) // 2
+    length = _gsm_length(text)
+    if length is None:
+        raise ValueError("text is not GSM 03.38")
+    return length
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +85,12 @@ class EncodedText:
 
 
 def analyse(text: str, *, udh_16bit_ref: bool = False) -> EncodedText:
-    encoding = choose_encoding(text)
-    units = length_in_units(text, encoding)
+    units = _gsm_length(text)
+    encoding = Encoding.GSM7 if units is not None else Encoding.UCS2
+    if units is None:
+        units = len(text.encode("utf-16-be")) // 2
+    if units <= SINGLE[encoding]:
+        return EncodedText(encoding, units, 1)
     return EncodedText(encoding, units, len(split_segments(text, encoding, udh_16bit_ref=udh_16bit_ref)))
 
 

@@ -2,7 +2,7 @@
 encoding chosen, segments counted, limits enforced."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 from zoneinfo import ZoneInfo
 
@@ -53,10 +53,8 @@ def call_key(record: CallRecord) -> str:
 def enrich(record: CallRecord, agents: Mapping[str, AgentEntry]) -> CallRecord:
     """Fill the agent's name and mobile from the directory when the PBX did not say."""
     entry = agents.get(record.agent_extension)
-    if entry is None:
+    if entry is None or (record.agent_name or not entry.name) and (record.agent_number or not entry.mobile):
         return record
-    from dataclasses import replace
-
     return replace(
         record,
         agent_name=record.agent_name or entry.name,
@@ -65,7 +63,8 @@ def enrich(record: CallRecord, agents: Mapping[str, AgentEntry]) -> CallRecord:
 
 
 def render(rule: Rule, record: CallRecord, tz: ZoneInfo, ctx: RenderContext) -> list[RenderedMessage]:
-    values = template_values(record, tz, ctx.constants, ctx.max_value_length)
+    names = {n for spec in rule.recipients for n in spec.template.placeholders}
+    values = template_values(record, tz, ctx.constants, ctx.max_value_length, names)
     out: list[RenderedMessage] = []
     seen: set[str] = set()
     for spec in rule.recipients:

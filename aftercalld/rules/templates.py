@@ -11,7 +11,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Mapping
+from typing import Iterable, Mapping
 from zoneinfo import ZoneInfo
 
 from ..model import CallRecord
@@ -141,6 +141,8 @@ def _suggest(name: str, known: set[str] | frozenset[str]) -> str:
 def clean_value(value: str, max_length: int) -> str:
     """Strip control characters (a caller name with a newline or NUL must not reshape the
     text) and cap the length without cutting a surrogate pair or combining mark."""
+    if len(value) <= max_length and value.isprintable():
+        return value  # the common case, and the hot path
     cleaned = "".join(c for c in value if unicodedata.category(c) != "Cc")
     if len(cleaned) > max_length:
         cleaned = cleaned[:max_length]
@@ -153,46 +155,62 @@ def known_placeholders(variable_names: list[str] | tuple[str, ...], constants: M
     return frozenset(RECORD_PLACEHOLDERS) | {f"var.{v}" for v in variable_names} | set(constants)
 
 
+def _local(moment: datetime | None, tz: ZoneInfo) -> datetime | None:
+    return moment.astimezone(tz) if moment else None
+
+
+def _start(r: CallRecord, tz: ZoneInfo) -> datetime | None:
+    return _local(r.start_time or r.end_time, tz)
+
+
+def _end(r: CallRecord, tz: ZoneInfo) -> datetime | None:
+    return _local(r.end_time or r.start_time, tz)
+
+
+# How each placeholder is computed; only the ones a template uses are (hot path).
+_GETTERS = {
+    "call_id": lambda r, tz: r.call_id,
+    "pbx": lambda r, tz: r.pbx,
+    "direction": lambda r, tz: r.direction.value,
+    "status": lambda r, tz: r.status.value,
+    "caller_number": lambda r, tz: r.caller_number,
+    "caller_name": lambda r, tz: r.caller_name,
+    "customer_number": lambda r, tz: r.customer_number,
+    "dialled_number": lambda r, tz: r.dialled_number,
+    "did": lambda r, tz: r.dialled_number,
+    "agent_extension": lambda r, tz: r.agent_extension,
+    "agent_name": lambda r, tz: r.agent_name,
+    "agent_number": lambda r, tz: r.agent_number,
+    "department": lambda r, tz: r.department,
+    "queue": lambda r, tz: r.queue,
+    "ring_seconds": lambda r, tz: str(int(r.ring_seconds)),
+    "talk_seconds": lambda r, tz: str(int(r.talk_seconds)),
+    "talk_minutes": lambda r, tz: str(-(-int(r.talk_seconds) // 60)),
+    "hangup_cause": lambda r, tz: r.hangup_cause,
+    "voicemail_box": lambda r, tz: r.voicemail_box,
+    "start_time": lambda r, tz: _fmt(_start(r, tz), "%H:%M"),
+    "start_date": lambda r, tz: _fmt(_start(r, tz), "%Y-%m-%d"),
+    "start_datetime": lambda r, tz: _fmt(_start(r, tz), "%Y-%m-%d %H:%M"),
+    "end_time": lambda r, tz: _fmt(_end(r, tz), "%H:%M"),
+    "weekday": lambda r, tz: _fmt(_start(r, tz), "%A"),
+}
+assert set(_GETTERS) == set(RECORD_PLACEHOLDERS)
+
+
 def template_values(record: CallRecord, tz: ZoneInfo, constants: Mapping[str, str],
-                    max_length: int) -> dict[str, str]:
-    """Every placeholder's value for this call, as clean text."""
-    start = record.start_time or record.end_time
-    end = record.end_time or record.start_time
-    local_start = start.astimezone(tz) if start else None
-    local_end = end.astimezone(tz) if end else None
-    talk = int(record.talk_seconds)
-    raw = {
-        "call_id": record.call_id,
-        "pbx": record.pbx,
-        "direction": record.direction.value,
-        "status": record.status.value,
-        "caller_number": record.caller_number,
-        "caller_name": record.caller_name,
-        "customer_number": record.customer_number,
-        "dialled_number": record.dialled_number,
-        "did": record.dialled_number,
-        "agent_extension": record.agent_extension,
-        "agent_name": record.agent_name,
-        "agent_number": record.agent_number,
-        "department": record.department,
-        "queue": record.queue,
-        "ring_seconds": str(int(record.ring_seconds)),
-        "talk_seconds": str(talk),
-        "talk_minutes": str(-(-talk // 60)),
-        "hangup_cause": record.hangup_cause,
-        "voicemail_box": record.voicemail_box,
-        "start_time": _fmt(local_start, "%H:%M"),
-        "start_date": _fmt(local_start, "%Y-%m-%d"),
-        "start_datetime": _fmt(local_start, "%Y-%m-%d %H:%M"),
-        "end_time": _fmt(local_end, "%H:%M"),
-        "weekday": _fmt(local_start, "%A"),
-    }
-    values = {k: clean_value(v, max_length) for k, v in raw.items()}
-    for name, value in record.variables.items():
-        values[f"var.{name}"] = clean_value(value, max_length)
-    # Constants come from the admin's own config: no cap, but still no control characters
-    # other than the newlines they wrote on purpose.
-    values.update(constants)
+                    max_length: int, names: Iterable[str] | None = None) -> dict[str, str]:
+    """The values of `names` (default: every placeholder) for this call, as clean text."""
+    wanted = set(_GETTERS) | {f"var.{v}" for v in record.variables} | set(constants) if names is None else names
+    values: dict[str, str] = {}
+    for name in wanted:
+        getter = _GETTERS.get(name)
+        if getter is not None:
+            values[name] = clean_value(getter(record, tz), max_length)
+        elif name in constants:
+            # The admin's own text from the config: no cap.
+            values[name] = constants[name]
+        elif name.startswith("var."):
+            values[name] = clean_value(record.variables.get(name[4:], ""), max_length)
     return values
 
 
