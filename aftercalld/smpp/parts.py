@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from ..model import Encoding, OutboundMessage
-from ..rules.encoding import CONCAT_8BIT_REF, encode_gsm7_unpacked, encode_ucs2, split_segments
+from ..rules.encoding import (CONCAT_8BIT_REF, GSM_CODEC, SINGLE, encode_gsm7_unpacked, encode_ucs2,
+                              split_segments)
 from . import pdu
 
 CONCAT_METHODS = ("udh8", "udh16", "sar", "payload")
@@ -95,6 +96,44 @@ def source_ton_npi(sender: str, profile: WireProfile) -> tuple[int, int, str]:
     return ton, npi, addr
 
 
+def _gsm_table() -> dict[int, str]:
+    """Every GSM 03.38 character → its unpacked septets as a Latin-1 string, so that
+    `str.translate` + `encode("latin-1")` does in C what the gsm0338 codec does per
+    character in Python (several times faster; checked against the codec in the tests)."""
+    table: dict[int, str] = {}
+    candidates = [bytes((b,)) for b in range(128) if b != 0x1B] + [bytes((0x1B, b)) for b in range(128)]
+    for septets in candidates:
+        try:
+            ch = septets.decode(GSM_CODEC)
+        except (UnicodeDecodeError, ValueError):
+            continue
+        if len(ch) == 1 and ord(ch) not in table:
+            try:
+                if encode_gsm7_unpacked(ch) == septets:  # the codec's own choice wins
+                    table[ord(ch)] = septets.decode("latin-1")
+            except UnicodeEncodeError:
+                continue
+    return table
+
+
+_GSM_TABLE = _gsm_table()
+_GSM_CHARS = frozenset(map(chr, _GSM_TABLE))
+
+
+def encode_gsm7_fast(text: str) -> bytes:
+    if not _GSM_CHARS.issuperset(text):
+        return encode_gsm7_unpacked(text)  # raises the codec's own error
+    return text.translate(_GSM_TABLE).encode("latin-1")
+
+
+def _split(text: str, encoding: Encoding, **kw) -> list[str]:
+    # Most texts are short: at most 2 septets (GSM) or 2 units (UCS-2) per character, so
+    # half the single-message capacity always fits without counting.
+    if len(text) * 2 <= SINGLE[encoding]:
+        return [text]
+    return split_segments(text, encoding, **kw)
+
+
 def _encode_text(text: str, encoding: Encoding, gsm_dc: int) -> tuple[int, bytes]:
     if encoding is Encoding.UCS2:
         return DC_UCS2, encode_ucs2(text)
@@ -109,7 +148,7 @@ def _encode_text(text: str, encoding: Encoding, gsm_dc: int) -> tuple[int, bytes
             return DC_IA5, text.encode("ascii")
         except UnicodeEncodeError:
             return DC_UCS2, encode_ucs2(text)
-    return gsm_dc, encode_gsm7_unpacked(text)
+    return gsm_dc, encode_gsm7_fast(text)
 
 
 def _effective_encoding(text: str, encoding: Encoding, gsm_dc: int) -> Encoding:
@@ -133,10 +172,9 @@ def build_submits(message: OutboundMessage, profile: WireProfile, ref: int,
     if method == "payload":
         pieces = [message.text]
     elif method == "sar":
-        pieces = split_segments(message.text, encoding,
-                                part_capacity=CONCAT_8BIT_REF[encoding])
+        pieces = _split(message.text, encoding, part_capacity=CONCAT_8BIT_REF[encoding])
     else:
-        pieces = split_segments(message.text, encoding, udh_16bit_ref=(method == "udh16"))
+        pieces = _split(message.text, encoding, udh_16bit_ref=(method == "udh16"))
 
     ton, npi, source = source_ton_npi(message.sender, profile)
     dest = message.destination.strip()

@@ -146,6 +146,7 @@ class _Conn(asyncio.Protocol):
         self.pending: dict[int, asyncio.Future] = {}
         self.closed = False
         self.inflight = 0  # submits received and not yet answered
+        self.out: list[bytes] = []
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -161,7 +162,14 @@ class _Conn(asyncio.Protocol):
 
     def write(self, command: int, status: int, seq: int, body: bytes = b"") -> None:
         if not self.closed:
-            self.transport.write(HDR.pack(16 + len(body), command, status, seq) + body)
+            if not self.out:
+                asyncio.get_running_loop().call_soon(self.flush)
+            self.out.append(HDR.pack(16 + len(body), command, status, seq) + body)
+
+    def flush(self) -> None:
+        out, self.out = self.out, []
+        if out and not self.closed:
+            self.transport.write(b"".join(out))
 
     def request(self, command: int, body: bytes) -> asyncio.Future:
         self.seq += 1
@@ -375,6 +383,7 @@ class SmscSim:
         elif command == UNBIND:
             self.unbinds += 1
             conn.write(UNBIND | RESP, OK, seq)
+            conn.flush()
             conn.transport.close()
             conn.closed = True
             self._changed()

@@ -342,3 +342,22 @@ def test_long_password_warns_without_showing_it(caplog):
 
 def test_encoding_enum_is_what_parts_use():
     assert message("Привет").encoding is Encoding.UCS2
+
+
+_GSM_ALPHABET = [c for c in map(chr, range(0x3000)) if __import__("aftercalld.rules.encoding",
+                                                                     fromlist=["x"]).gsm_septets(c)]
+
+
+@given(st.text(alphabet=st.sampled_from(_GSM_ALPHABET), max_size=400))
+def test_fast_gsm_encoder_matches_the_codec(text):
+    from aftercalld.rules.encoding import encode_gsm7_unpacked
+    from aftercalld.smpp.parts import encode_gsm7_fast
+
+    assert encode_gsm7_fast(text) == encode_gsm7_unpacked(text)
+
+
+def test_fast_gsm_encoder_rejects_non_gsm():
+    from aftercalld.smpp.parts import encode_gsm7_fast
+
+    with pytest.raises(UnicodeEncodeError):
+        encode_gsm7_fast("Привет")

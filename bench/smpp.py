@@ -1,0 +1,189 @@
+#!/usr/bin/env python3
+"""SMPP throughput on loopback against the simulator (tests/smpp/smsc_sim.py, run in its own
+process so it does not share a core with the client):
+
+  (a) a bare smpplib loop: bind_transmitter, a listener thread, send as fast as it goes
+      (optionally with a window enforced by a semaphore), no persistence;
+  (b) aftercalld: messages queued in the SQLite outbox, the real Dispatcher claiming them
+      and recording every state change durably, the SMPP transport submitting them.
+
+For each window size it prints submits/s for both, the ratio b/a, and how many SQLite
+transactions (b) used.
+
+    /work/venv/bin/python bench/smpp.py [--count 20000] [--windows 1,10,50]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "smpp"))
+
+from aftercalld.config import DispatchConfig  # noqa: E402
+from aftercalld.dispatcher import Dispatcher  # noqa: E402
+from aftercalld.model import MessageState  # noqa: E402
+from aftercalld.smpp import make_transport  # noqa: E402
+from aftercalld.store import Outbox  # noqa: E402
+from smpp_util import enqueue, settings  # noqa: E402
+
+
+class Simulator:
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "smpp" / "smsc_sim.py"), "--port", "0"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line.startswith("PORT "):
+            raise SystemExit(f"simulator did not start: {line!r}")
+        self.port = int(line.split()[1])
+
+    def stop(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=10)
+
+
+def bare_smpplib(port: int, count: int, window: int | None) -> float:
+    """Submits per second for a plain smpplib client; window None = no limit at all."""
+    import smpplib.client
+    import smpplib.consts
+
+    warnings.simplefilter("ignore", DeprecationWarning)
+    client = smpplib.client.Client("127.0.0.1", port, allow_unknown_opt_params=True)
+    done = threading.Event()
+    got = 0
+    gate = threading.Semaphore(window) if window else None
+
+    def sent(pdu, **kw):
+        nonlocal got
+        got += 1
+        if gate:
+            gate.release()
+        if got == count:
+            done.set()
+
+    client.set_message_sent_handler(sent)
+    client.set_error_pdu_handler(lambda pdu: sent(pdu))
+    client.connect()
+    client.bind_transmitter(system_id="esme", password="secret")
+
+    def listen() -> None:
+        try:
+            while not done.is_set():
+                client.read_once()
+        except Exception:
+            done.set()
+
+    reader = threading.Thread(target=listen, daemon=True)
+    reader.start()
+    started = time.perf_counter()
+    for i in range(count):
+        if gate:
+            gate.acquire()
+        client.send_message(source_addr_ton=5, source_addr="ACME", dest_addr_ton=1, dest_addr_npi=1,
+                            destination_addr=f"447700900{i % 1000:03d}", short_message=b"Sorry we missed your call",
+                            data_coding=0, registered_delivery=1)
+    done.wait(120)
+    elapsed = time.perf_counter() - started
+    if got != count:
+        raise SystemExit(f"smpplib: only {got}/{count} responses")
+    try:
+        client.unbind()
+    except Exception:
+        pass
+    client.disconnect()
+    return count / elapsed
+
+
+async def aftercalld_durable(port: int, count: int, window: int, db: Path,
+                             synchronous: str) -> tuple[float, int, int]:
+    """(submits/s, SQLite transactions claiming messages, transactions recording outcomes)."""
+    outbox = Outbox.open(db, synchronous=synchronous)
+    enqueue(outbox, ["Sorry we missed your call"] * count)
+    transactions = 0
+
+    def trace(sql: str) -> None:
+        nonlocal transactions
+        if sql.lstrip().upper().startswith("BEGIN"):
+            transactions += 1
+
+    outbox.conn.set_trace_callback(trace)
+    claims = 0
+    claim_due = outbox.claim_due
+
+    def counting_claim_due(*args, **kwargs):
+        nonlocal claims
+        claims += 1
+        return claim_due(*args, **kwargs)
+
+    outbox.claim_due = counting_claim_due  # counts; the real method does the work
+    transport = make_transport(settings(port, window=window, sessions=1, response_timeout=10.0))
+    submitted = 0
+    finished = asyncio.get_running_loop().create_future()
+
+    def on_transition(t) -> None:
+        nonlocal submitted
+        if t.state is MessageState.SUBMITTED:
+            submitted += 1
+            if submitted == count and not finished.done():
+                finished.set_result(None)
+
+    dispatcher = Dispatcher(outbox, transport, DispatchConfig(batch_size=max(window, 50)),
+                            on_transition=on_transition)
+    started = time.perf_counter()
+    await dispatcher.start()
+    await asyncio.wait_for(finished, 300)
+    elapsed = time.perf_counter() - started
+    await dispatcher.stop()
+    states = outbox.counts_by_state()
+    outbox.conn.set_trace_callback(None)
+    outbox.close()
+    if states != {"submitted": count}:
+        raise SystemExit(f"aftercalld: unexpected states {states}")
+    return count / elapsed, claims, transactions - claims
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--count", type=int, default=20000, help="messages per run (window 1 uses a fifth)")
+    ap.add_argument("--windows", default="1,10,50")
+    ap.add_argument("--synchronous", choices=("normal", "full"), default="normal",
+                    help="SQLite synchronous mode for the outbox (the daemon's default is normal)")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    windows = [int(w) for w in args.windows.split(",")]
+
+    sim = Simulator()
+    try:
+        print(f"SMSC simulator pid {sim.proc.pid} on 127.0.0.1:{sim.port}; {os.cpu_count()} CPUs; "
+              f"outbox synchronous={args.synchronous}")
+        n = args.count
+        free = bare_smpplib(sim.port, n, None)
+        print(f"(a) bare smpplib, no window:        {free:9,.0f} submits/s")
+        print()
+        print(f"{'window':>6} {'count':>7} {'(a) smpplib/s':>14} {'(b) aftercalld/s':>17} {'b/a':>6} "
+              f"{'claim tx':>9} {'outcome tx':>11} {'msgs/outcome tx':>16}")
+        with tempfile.TemporaryDirectory() as tmp:
+            for w in windows:
+                count = max(1000, n // 5) if w == 1 else n
+                a = bare_smpplib(sim.port, count, w)
+                b, claim_tx, outcome_tx = asyncio.run(aftercalld_durable(
+                    sim.port, count, w, Path(tmp) / f"outbox-{w}.sqlite3", args.synchronous))
+                print(f"{w:>6} {count:>7} {a:>14,.0f} {b:>17,.0f} {b / a:>6.2f} {claim_tx:>9,} "
+                      f"{outcome_tx:>11,} {count / outcome_tx:>16.1f}")
+    finally:
+        sim.stop()
+
+
+if __name__ == "__main__":
+    main()
