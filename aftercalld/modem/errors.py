@@ -125,8 +125,10 @@ class ErrorInfo:
     permanent: bool
 
     def __str__(self) -> str:
+        if self.kind == "ERROR":
+            return "ERROR (command rejected, no error code given)"
         if self.code is None:
-            return f"{self.kind} ERROR: {self.meaning}" if self.kind != "ERROR" else "ERROR"
+            return f"+{self.kind} ERROR: {self.meaning}"
         return f"+{self.kind} ERROR: {self.code} ({self.meaning})"
 
 

@@ -174,7 +174,8 @@ def decode_timestamp(data: bytes) -> datetime | None:
         quarters = int(tz_digits)
         offset = timedelta(minutes=15 * quarters) * (-1 if negative else 1)
         yy, mo, dd, hh, mi, ss = fields_
-        return datetime(2000 + yy, mo, dd, hh, mi, ss, tzinfo=timezone(offset))
+        century = 1900 if yy >= 90 else 2000  # no SMS was sent before the 1990s
+        return datetime(century + yy, mo, dd, hh, mi, ss, tzinfo=timezone(offset))
     except ValueError:
         # A timestamp the SC got wrong is no reason to drop the report or the reply.
         return None

@@ -134,11 +134,11 @@ class ModemTransport(Transport):
         except asyncio.TimeoutError:
             log.warning("modem %s: a send did not finish before close", self.name)
         if self._supervisor is not None:
-            self._supervisor.cancel()
-            try:
-                await self._supervisor
-            except asyncio.CancelledError:
-                pass
+            # Repeated: on Python 3.11 a wait_for() whose command answers just as the
+            # cancel arrives swallows the cancel.
+            while not self._supervisor.done():
+                self._supervisor.cancel()
+                await asyncio.wait({self._supervisor}, timeout=0.5)
             self._supervisor = None
         await self._close_channel()
         self._set_state("stopped")
@@ -468,12 +468,14 @@ class ModemTransport(Transport):
         assert self._channel is not None
         closed = asyncio.ensure_future(self._channel.wait_closed())
         try:
-            while True:
+            while not self._closing:
                 job = asyncio.ensure_future(self._work.get())
-                done, _ = await asyncio.wait({job, closed}, timeout=s.poll_interval,
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if job not in done:
-                    job.cancel()
+                try:
+                    done, _ = await asyncio.wait({job, closed}, timeout=s.poll_interval,
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    if not job.done():
+                        job.cancel()
                 if closed in done:
                     raise PortClosed(f"serial port lost: {self._channel.close_reason if self._channel else ''}")
                 if job in done:
