@@ -259,9 +259,10 @@ class Session(asyncio.Protocol):
             except pdu.PduError as exc:
                 # Answered OK all the same: an SMSC re-sending a PDU we cannot parse would
                 # loop forever. The raw octets stay in the log for support.
-                log.warning("%s: unparseable %s from %s (%s): %s", self.label,
-                            pdu.command_name(command_id), self.peer, exc, body.hex(),
+                log.warning("%s: unparseable %s from %s (%s); answered and skipped",
+                            self.label, pdu.command_name(command_id), self.peer, exc,
                             extra=fields(smsc=self.peer))
+                log.debug("%s: its body was %s", self.label, body.hex())
                 status = ESME_ROK
             else:
                 status = self.on_message(self, message)

@@ -323,8 +323,12 @@ class SmppTransport(Transport):
             if message.is_receipt:
                 receipt = parse_receipt(message)
                 if receipt is None:
-                    log.warning("%s: receipt without a message id from %s: %r", self.name,
-                                session.peer, message.content[:200])
+                    # Receipt texts quote the start of the message ("text:…"): body at debug.
+                    log.warning("%s: receipt without a message id from %s (esm_class 0x%02X, "
+                                "TLVs %s); answered and skipped", self.name, session.peer,
+                                message.esm_class,
+                                ", ".join(f"0x{t:04X}" for t in message.tlvs) or "none")
+                    log.debug("%s: that receipt was %r", self.name, message.content[:200])
                     return ESME_ROK
                 self.counters["receipts"] += 1
                 message_id = receipt_id_as_submitted(receipt.message_id, self.settings.msg_id_type)

@@ -361,3 +361,47 @@ def test_fast_gsm_encoder_rejects_non_gsm():
 
     with pytest.raises(UnicodeEncodeError):
         encode_gsm7_fast("Привет")
+
+
+# -- hostile input -------------------------------------------------------------------------
+
+
+@given(st.binary(max_size=300))
+def test_garbage_bodies_raise_only_pdu_errors(body):
+    for parse in (pdu.parse_deliver_sm, pdu.parse_data_sm):
+        try:
+            sm = parse(body)
+        except pdu.PduError:
+            continue
+        # whatever parsed must survive receipt parsing and text decoding
+        parse_receipt(sm)
+        decode_short_message(sm)
+
+
+@given(st.binary(max_size=200), st.integers(min_value=0, max_value=255), st.booleans())
+def test_any_content_decodes(content, data_coding, udhi):
+    sm = pdu.ShortMessage(pdu.DELIVER_SM, "", 1, 1, "1", 0, 0, "2", 0x40 if udhi else 0,
+                          data_coding, content)
+    assert isinstance(decode_short_message(sm), str)
+
+
+@given(st.lists(st.binary(min_size=0, max_size=40), max_size=20))
+def test_frame_buffer_never_crashes_on_chunks(chunks):
+    buf = pdu.FrameBuffer()
+    for chunk in chunks:
+        try:
+            buf.feed(chunk)
+        except pdu.PduError:
+            return
+
+
+def test_example_config_fragment_parses():
+    import tomllib
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "config" / "examples" / "smpp.toml"
+    data = tomllib.loads(path.read_text())
+    section = Section(data["transport"], "transport", str(path))
+    assert section.str("type") == "smpp"
+    s = parse_settings(section)
+    assert s.hosts[1] == ("smsc2.example.net", 2776) and s.window == 10
