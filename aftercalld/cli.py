@@ -60,6 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("add", "remove", "list", "import"))
     p.add_argument("numbers", nargs="*", help="numbers (add/remove) or one file with a number per line (import)")
 
+    p = add("dnd", "Manage the do-not-disturb list: numbers and prefixes (+4490*) never texted.")
+    p.add_argument("action", choices=("add", "remove", "list", "import"))
+    p.add_argument("entries", nargs="*", help="numbers or prefixes ending in * (add/remove), or one file (import)")
+
+    p = add("status", "What the outbox holds: queue depth, states, today's sends.")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+
+    p = add("send-test", "Send one real message through the configured transport and show the result.")
+    p.add_argument("number", help="destination number")
+    p.add_argument("--rule", help="render this rule's caller template for a sample call (default: a fixed test text)")
+    p.add_argument("--text", help="the text to send (default: a test text)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the submit result")
+
     p = add("report", "Messages and per-rule outcomes from the outbox.")
     p.add_argument("--since", help="ISO date/time (PBX time zone unless it has an offset)")
     p.add_argument("--until", help="ISO date/time, exclusive")
@@ -255,6 +268,65 @@ def cmd_optout(args) -> int:
         return EXIT_FAILURE if bad and not numbers else EXIT_OK
     finally:
         outbox.close()
+
+
+def _read_entries(args_entries: list[str], action: str) -> list[str]:
+    if action != "import":
+        return list(args_entries)
+    if len(args_entries) != 1:
+        raise SystemExit("aftercalld: import takes one file")
+    lines = Path(args_entries[0]).read_text(encoding="utf-8").splitlines()
+    return [e for e in (line.split("#")[0].strip().split(",")[0].strip() for line in lines) if e]
+
+
+def cmd_dnd(args) -> int:
+    from .phone import normalise_for_list
+
+    config = _load(args.config)
+    outbox = _open_outbox(config)
+    try:
+        if args.action == "list":
+            for entry, source, _ in outbox.dnd_list():
+                print(f"{entry}\t{source}")
+            return EXIT_OK
+        entries, bad = [], []
+        for raw in _read_entries(args.entries, args.action):
+            if raw.endswith("*"):
+                digits = raw[:-1].replace(" ", "")
+                ok = digits.lstrip("+").isdigit()
+                entry = ("+" + digits.lstrip("+") + "*") if ok else None
+            else:
+                entry = normalise_for_list(raw, config.phone.default_region)
+            (entries if entry else bad).append(entry or raw)
+        for b in bad:
+            print(f"aftercalld: not a number or prefix, skipped: {b!r}", file=sys.stderr)
+        if args.action == "remove":
+            print(f"removed {outbox.dnd_remove(entries)} entr(ies)")
+        else:
+            source = "cli" if args.action == "add" else f"import {args.entries[0]}"
+            changed = outbox.dnd_add(entries, source)
+            print(f"added {changed} entr(ies) ({len(entries) - changed} already listed)")
+        return EXIT_FAILURE if bad and not entries else EXIT_OK
+    finally:
+        outbox.close()
+
+
+def cmd_status(args) -> int:
+    from .report import status
+
+    config = _load(args.config)
+    outbox = _open_outbox(config)
+    try:
+        return status(outbox, config, args.format, sys.stdout)
+    finally:
+        outbox.close()
+
+
+def cmd_send_test(args) -> int:
+    from .sendtest import send_test
+
+    config = _load(args.config)
+    return asyncio.run(send_test(config, args.number, rule_name=args.rule, text=args.text, timeout=args.timeout))
 
 
 def cmd_report(args) -> int:

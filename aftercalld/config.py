@@ -16,6 +16,7 @@ from .configreader import ConfigError, Section
 from .model import CallStatus, Direction, RecipientKind
 from .pbxconfig import PBX_TYPES, PbxConfig
 from .phone import PhoneRules
+from .policy import PolicyConfig, QuietAction, RulePolicy
 from .rules.engine import WEEKDAYS, Conditions, RecipientSpec, Rule, RuleSet, TimeWindow
 from .rules.render import AgentEntry, RenderContext
 from .rules.templates import TemplateError, known_placeholders, parse_template
@@ -61,6 +62,7 @@ class Config:
     dispatch: DispatchConfig
     optout: OptOutConfig
     rules: RuleSet
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     log_level: str = "info"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -121,7 +123,9 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
     channel_vars = sorted({v for p in pbxs for v in p.variables})
     known = known_placeholders(channel_vars, constants)
     templates = _templates(root, known)
-    rules = _rules(root, templates, known, {p.name for p in pbxs})
+    rule_policies: dict[str, RulePolicy] = {}
+    rules = _rules(root, templates, known, {p.name for p in pbxs}, rule_policies)
+    policy = _policy(root, rule_policies)
     root.done()
     return Config(
         file=file,
@@ -135,6 +139,7 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
         dispatch=dispatch,
         optout=optout,
         rules=RuleSet(rules),
+        policy=policy,
         log_level=log_level,
     )
 
@@ -245,8 +250,16 @@ def _template_def(sec: Section, known: frozenset[str]) -> _TemplateDef:
     return _TemplateDef(template, {"tlvs": tlvs} if tlvs else {})
 
 
+def _policy(root: Section, rules: dict[str, RulePolicy]) -> PolicyConfig:
+    sec = root.section("policy")
+    cooldown = sec.float("cooldown_minutes", 0.0, min=0)
+    quota = sec.int("daily_quota", None, min=1)
+    sec.done()
+    return PolicyConfig(cooldown_seconds=cooldown * 60, daily_quota=quota, rules=rules)
+
+
 def _rules(root: Section, templates: dict[str, _TemplateDef], known: frozenset[str],
-           pbx_names: set[str]) -> list[Rule]:
+           pbx_names: set[str], policies: dict[str, RulePolicy]) -> list[Rule]:
     rules: list[Rule] = []
     names: set[str] = set()
     for sec in root.sections("rules"):
@@ -271,6 +284,11 @@ def _rules(root: Section, templates: dict[str, _TemplateDef], known: frozenset[s
         for extra in ("caller", "agent", "fixed"):
             if sec.has(extra) and RecipientKind(extra) not in expanded:
                 raise sec.error(extra, f'configured, but "{extra}" is not in recipients')
+        policies[name] = RulePolicy(
+            daily_quota=sec.int("daily_quota", None, min=1),
+            quiet_hours=tuple(_window(sec, w, "quiet_hours") for w in sec.str_list("quiet_hours", [])),
+            quiet_action=QuietAction(sec.str("quiet_action", "defer", choices=[a.value for a in QuietAction])),
+        )
         sec.done()
         rules.append(Rule(name, enabled, conditions, tuple(specs), max_segments))
     return rules
@@ -362,14 +380,14 @@ def _conditions(sec: Section, pbx_names: set[str]) -> Conditions:
     return cond
 
 
-def _window(sec: Section, text: str) -> TimeWindow:
+def _window(sec: Section, text: str, key: str = "hours") -> TimeWindow:
     m = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*", text)
     if not m:
-        raise sec.error("hours", f'"{text}" is not a window such as "09:00-17:30" (or "22:00-06:00" across midnight)')
+        raise sec.error(key, f'"{text}" is not a window such as "09:00-17:30" (or "22:00-06:00" across midnight)')
     h1, m1, h2, m2 = (int(x) for x in m.groups())
     if h1 > 23 or m1 > 59 or h2 > 24 or m2 > 59 or (h2 == 24 and m2):
-        raise sec.error("hours", f'"{text}": hours 00-23 (24:00 allowed as an end), minutes 00-59')
+        raise sec.error(key, f'"{text}": hours 00-23 (24:00 allowed as an end), minutes 00-59')
     if (h1, m1) == (h2 % 24, m2):
-        raise sec.error("hours", f'"{text}": start and end are the same; leave hours out to match all day')
+        raise sec.error(key, f'"{text}": start and end are the same; leave hours out to match all day')
     end = time(0, 0) if h2 == 24 else time(h2, m2)
     return TimeWindow(time(h1, m1), end)

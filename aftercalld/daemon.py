@@ -13,6 +13,7 @@ from .configreader import ConfigError
 from .dispatcher import Dispatcher
 from .logtransport import LogTransport
 from .pipeline import CallHandler
+from .policy import Policy
 from .source import CallSource
 from .store import Outbox, StoreError
 from .transport import Transport
@@ -49,8 +50,9 @@ class Daemon:
     async def start(self) -> None:
         self.outbox = Outbox.open(self.config.outbox_path, synchronous=self.config.sqlite_synchronous)
         transport = make_transport(self.config)
+        self.policy = Policy(self.config.policy, self.outbox, self.config.timezone)
         self.dispatcher = Dispatcher(self.outbox, transport, self.config.dispatch, optout=self.config.optout,
-                                     default_region=self.config.phone.default_region)
+                                     default_region=self.config.phone.default_region, policy=self.policy)
         self.handler = CallHandler(self.config, self.outbox, on_queued=self.dispatcher.wake)
         await self.dispatcher.start()
         self.sources = make_sources(self.config)
@@ -72,11 +74,12 @@ class Daemon:
             return
         # Connections and transport stay as they are; rules, templates and limits change.
         self.config = replace(self.config, rules=new.rules, render=new.render, phone=new.phone,
-                              optout=new.optout)
+                              optout=new.optout, policy=new.policy)
         if self.handler:
             self.handler.config = self.config
         if self.dispatcher:
             self.dispatcher.optout = new.optout
+            self.dispatcher.policy.config = new.policy
         log.info("reloaded %s: %d rule(s)", self.config_path, len(new.rules.rules))
 
     def status_line(self) -> str:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import tenacity
+from zoneinfo import ZoneInfo
 
 from .config import DispatchConfig, OptOutConfig
 from .logutil import fields
@@ -26,6 +27,7 @@ from .model import (
     SubmitOutcome,
 )
 from .phone import normalise_for_list
+from .policy import Policy, PolicyConfig
 from .store import OutcomeRecord, Outbox, Transition
 from .transport import Transport
 
@@ -42,7 +44,7 @@ class _Attempt:
 class Dispatcher:
     def __init__(self, outbox: Outbox, transport: Transport, config: DispatchConfig, *,
                  optout: OptOutConfig | None = None, default_region: str = "US",
-                 clock: Callable[[], float] = time.time,
+                 clock: Callable[[], float] = time.time, policy: Policy | None = None,
                  on_transition: Callable[[Transition], None] | None = None) -> None:
         self.outbox = outbox
         self.transport = transport
@@ -51,6 +53,7 @@ class Dispatcher:
         self.default_region = default_region
         self.clock = clock
         self.on_transition = on_transition
+        self.policy = policy or Policy(PolicyConfig(), outbox, ZoneInfo("UTC"))
         self._backoff = tenacity.wait_exponential_jitter(
             multiplier=config.retry_initial_seconds,
             max=config.retry_max_seconds,
@@ -142,11 +145,16 @@ class Dispatcher:
                     log.exception("cannot read the outbox; retrying in 1s")
                     await asyncio.sleep(1)
                     continue
-            opted_out = self.outbox.opted_out_among(m.destination for m in claimed) if claimed else set()
-            for message in claimed:
-                reason = "opt-out" if message.destination in opted_out else ""
-                if reason:
-                    self._emit([self.outbox.suppress(message, reason, self.clock())])
+            now = self.clock()
+            for message, verdict in zip(claimed, self.policy.check(claimed, now)):
+                if verdict.defer_until is not None:
+                    self.outbox.defer(message, verdict.defer_until, verdict.reason, now)
+                    log.info("message %d to %s held: %s", message.id, message.destination, verdict.reason,
+                             extra=fields(call_id=message.call_id, rule=message.rule,
+                                          recipient=message.destination, state="queued"))
+                    continue
+                if not verdict.send:
+                    self._emit([self.outbox.suppress(message, verdict.reason, now)])
                     continue
                 task = asyncio.create_task(self._send(message))
                 self._in_flight.add(task)

@@ -110,3 +110,31 @@ def why(outbox: Outbox, config: Config, what: str, out: TextIO) -> int:
                       + (f" ({r['reason']})" if r["reason"] else "")
                       + (f", ids {r['transport_ids']}" if r["transport_ids"] else "") + "\n")
     return 0
+
+
+def status(outbox: Outbox, config: Config, fmt: str, out: TextIO) -> int:
+    """The outbox's side of `aftercalld status`. Live connection states come from the
+    running daemon's STATUS= line (systemctl status) and its metrics endpoint."""
+    now = datetime.now(timezone.utc).astimezone(config.timezone)
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+    sent_today, by_rule = outbox.submitted_counts_since(midnight)
+    info = {
+        "outbox": config.outbox_path,
+        "queue_depth": outbox.queue_depth(),
+        "states": outbox.counts_by_state(),
+        "submitted_today": sent_today,
+        "submitted_today_by_rule": by_rule,
+        "last_call": _iso(outbox.last_call_time(), config) or None,
+        "pbxs": [{"name": p.name, "type": p.type} for p in config.pbxs],
+        "transport": config.transport.type,
+    }
+    if fmt == "json":
+        json.dump(info, out, indent=1)
+        out.write("\n")
+        return 0
+    out.write(f"outbox {info['outbox']}: {info['queue_depth']} waiting to be sent; "
+              f"{sent_today} submitted today; last call {info['last_call'] or 'never'}\n")
+    out.write("states: " + (", ".join(f"{k} {v}" for k, v in sorted(info["states"].items())) or "empty") + "\n")
+    out.write(f"transport: {info['transport']}; PBXs: "
+              + (", ".join(f"{p['name']} ({p['type']})" for p in info["pbxs"]) or "none") + "\n")
+    return 0

@@ -74,7 +74,8 @@ CREATE TABLE IF NOT EXISTS messages (
     transport       TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_due ON messages (next_attempt_at) WHERE state IN ('queued', 'retrying');
-CREATE INDEX IF NOT EXISTS messages_destination ON messages (destination, created_at);
+CREATE INDEX IF NOT EXISTS messages_destination ON messages (destination, submitted_at);
+CREATE INDEX IF NOT EXISTS messages_submitted ON messages (submitted_at);
 CREATE TABLE IF NOT EXISTS parts (
     message_id   INTEGER NOT NULL REFERENCES messages (id),
     part         INTEGER NOT NULL,
@@ -97,6 +98,11 @@ CREATE TABLE IF NOT EXISTS orphan_reports (
     matched     INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS orphan_reports_open ON orphan_reports (transport_id) WHERE matched = 0;
+CREATE TABLE IF NOT EXISTS dnd (
+    entry      TEXT PRIMARY KEY,          -- E.164 number, or a prefix ending in *
+    source     TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS optout (
     number     TEXT PRIMARY KEY,
     source     TEXT NOT NULL,
@@ -457,10 +463,64 @@ class Outbox:
     def optout_list(self) -> list[tuple[str, str, float]]:
         return self.conn.execute("SELECT number, source, created_at FROM optout ORDER BY number").fetchall()
 
+    # -- policy ------------------------------------------------------------------------
+
+    def submitted_counts_since(self, since: float) -> tuple[int, dict[str, int]]:
+        """Messages handed to a transport since `since` (quotas), in total and per rule."""
+        rows = self.conn.execute(
+            "SELECT rule, COUNT(*) FROM messages WHERE submitted_at >= ? GROUP BY rule", (since,)
+        ).fetchall()
+        by_rule = dict(rows)
+        return sum(by_rule.values()), by_rule
+
+    def last_submitted_to(self, destinations: Iterable[str], since: float) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for number in set(destinations):
+            row = self.conn.execute(
+                "SELECT MAX(submitted_at) FROM messages WHERE destination = ? AND submitted_at >= ?",
+                (number, since),
+            ).fetchone()
+            if row[0] is not None:
+                out[number] = row[0]
+        return out
+
+    def dnd_add(self, entries: Iterable[str], source: str, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        with _tx(self.conn):
+            cur = self.conn.executemany(
+                "INSERT OR IGNORE INTO dnd (entry, source, created_at) VALUES (?, ?, ?)",
+                [(e, source, now) for e in entries],
+            )
+        return cur.rowcount
+
+    def dnd_remove(self, entries: Iterable[str]) -> int:
+        with _tx(self.conn):
+            cur = self.conn.executemany("DELETE FROM dnd WHERE entry = ?", [(e,) for e in entries])
+        return cur.rowcount
+
+    def dnd_list(self) -> list[tuple[str, str, float]]:
+        return self.conn.execute("SELECT entry, source, created_at FROM dnd ORDER BY entry").fetchall()
+
+    def dnd_matches(self, destinations: Iterable[str]) -> set[str]:
+        numbers = set(destinations)
+        if not numbers or self.conn.execute("SELECT 1 FROM dnd LIMIT 1").fetchone() is None:
+            return set()
+        prefixes = [e[:-1] for (e,) in self.conn.execute("SELECT entry FROM dnd WHERE entry LIKE '%*'")]
+        hits = {n for n in numbers if n.startswith(tuple(prefixes))} if prefixes else set()
+        rest = list(numbers - hits)
+        for i in range(0, len(rest), 500):
+            chunk = rest[i:i + 500]
+            hits.update(n for (n,) in self.conn.execute(
+                f"SELECT entry FROM dnd WHERE entry IN ({','.join('?' * len(chunk))})", chunk))
+        return hits
+
     # -- reading, for reports and support ----------------------------------------------
 
     def counts_by_state(self) -> dict[str, int]:
         return dict(self.conn.execute("SELECT state, COUNT(*) FROM messages GROUP BY state").fetchall())
+
+    def last_call_time(self) -> float | None:
+        return self.conn.execute("SELECT MAX(created_at) FROM calls").fetchone()[0]
 
     def queue_depth(self) -> int:
         row = self.conn.execute(

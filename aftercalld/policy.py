@@ -1,0 +1,125 @@
+"""Sending policy, checked by the dispatcher just before a message goes to the transport.
+
+Opt-out, DND, per-recipient cooldown, daily quotas (global and per rule) and quiet hours.
+Together with the destination-country allow-list (checked when the message is rendered)
+these stop SMS pumping: many short calls from premium or foreign numbers made to have the
+PBX text them at the owner's expense. Every refusal carries a reason for the outbox.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Iterable, Mapping
+from zoneinfo import ZoneInfo
+
+from .model import OutboundMessage
+from .rules.engine import TimeWindow
+from .store import Outbox
+
+
+class QuietAction(enum.StrEnum):
+    DEFER = "defer"  # hold until the quiet hours end
+    DROP = "drop"  # suppress
+
+
+@dataclass(frozen=True)
+class RulePolicy:
+    daily_quota: int | None = None
+    quiet_hours: tuple[TimeWindow, ...] = ()
+    quiet_action: QuietAction = QuietAction.DEFER
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    cooldown_seconds: float = 0.0  # 0: off
+    daily_quota: int | None = None  # all rules together
+    rules: Mapping[str, RulePolicy] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    send: bool
+    reason: str = ""
+    defer_until: float | None = None  # set: put back in the queue until then
+
+
+SEND = Verdict(True)
+
+
+class Policy:
+    def __init__(self, config: PolicyConfig, outbox: Outbox, tz: ZoneInfo) -> None:
+        self.config = config
+        self.outbox = outbox
+        self.tz = tz
+        self._day: str | None = None
+        self._sent_today = 0
+        self._sent_today_by_rule: dict[str, int] = {}
+        self._recent: dict[str, float] = {}  # destination -> last send, for this run
+
+    def _roll_day(self, now: float) -> None:
+        local = datetime.fromtimestamp(now, timezone.utc).astimezone(self.tz)
+        day = local.strftime("%Y-%m-%d")
+        if day == self._day:
+            return
+        self._day = day
+        midnight = local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+        self._sent_today, self._sent_today_by_rule = self.outbox.submitted_counts_since(midnight)
+        self._recent.clear()
+
+    def check(self, messages: Iterable[OutboundMessage], now: float) -> list[Verdict]:
+        """Verdicts for a claimed batch, in order. Messages that are sent count against the
+        cooldown and quotas at once, so a batch cannot overrun them."""
+        messages = list(messages)
+        if not messages:
+            return []
+        self._roll_day(now)
+        destinations = [m.destination for m in messages]
+        opted_out = self.outbox.opted_out_among(destinations)
+        dnd = self.outbox.dnd_matches(destinations)
+        cooldown = self.config.cooldown_seconds
+        last_sent = self.outbox.last_submitted_to(destinations, now - cooldown) if cooldown else {}
+        verdicts = []
+        for m in messages:
+            verdict = self._verdict(m, now, opted_out, dnd, last_sent)
+            if verdict.send:
+                self._sent_today += 1
+                self._sent_today_by_rule[m.rule] = self._sent_today_by_rule.get(m.rule, 0) + 1
+                self._recent[m.destination] = now
+            verdicts.append(verdict)
+        return verdicts
+
+    def _verdict(self, m: OutboundMessage, now: float, opted_out: set[str], dnd: set[str],
+                 last_sent: Mapping[str, float]) -> Verdict:
+        if m.destination in opted_out:
+            return Verdict(False, "opt-out")
+        if m.destination in dnd:
+            return Verdict(False, "DND list")
+        rule = self.config.rules.get(m.rule, RulePolicy())
+        if rule.quiet_hours:
+            local = datetime.fromtimestamp(now, timezone.utc).astimezone(self.tz)
+            window = next((w for w in rule.quiet_hours if w.contains(local.time())), None)
+            if window is not None:
+                if rule.quiet_action is QuietAction.DROP:
+                    return Verdict(False, f"quiet hours {window}")
+                return Verdict(False, f"quiet hours {window}", defer_until=_window_end(local, window))
+        cooldown = self.config.cooldown_seconds
+        if cooldown:
+            last = max(last_sent.get(m.destination, 0.0), self._recent.get(m.destination, 0.0))
+            if last and now - last < cooldown:
+                ago = (now - last) / 60
+                return Verdict(False, f"cooldown: texted {ago:.0f} min ago (limit {cooldown / 60:g} min)")
+        if self.config.daily_quota is not None and self._sent_today >= self.config.daily_quota:
+            return Verdict(False, f"daily quota of {self.config.daily_quota} reached")
+        if rule.daily_quota is not None and self._sent_today_by_rule.get(m.rule, 0) >= rule.daily_quota:
+            return Verdict(False, f"rule daily quota of {rule.daily_quota} reached")
+        return SEND
+
+
+def _window_end(local: datetime, window: TimeWindow) -> float:
+    end = local.replace(hour=window.end.hour, minute=window.end.minute, second=0, microsecond=0)
+    if end <= local:
+        end += timedelta(days=1)
+    # Wall-clock arithmetic in the zone: across a DST change the end is re-resolved.
+    end = end.replace(tzinfo=local.tzinfo)
+    return end.timestamp()

@@ -1,0 +1,76 @@
+"""`aftercalld send-test`: one real message through the configured transport, shown step by
+step, so an engineer can check a bind, a sender id or an encoding without placing a call."""
+from __future__ import annotations
+
+import asyncio
+import sys
+from datetime import datetime, timezone
+
+from .config import Config
+from .daemon import make_transport
+from .model import CallRecord, CallStatus, Direction, DeliveryReport, InboundMessage, OutboundMessage, RecipientKind
+from .rules.encoding import analyse, split_segments
+from .rules.render import render
+
+DEFAULT_TEXT = "aftercalld test message. If you can read this, texts reach this phone."
+
+
+class _Printer:
+    """TransportEvents that print what arrives while we wait."""
+
+    def __init__(self) -> None:
+        self.report = asyncio.Event()
+
+    def delivery_report(self, report: DeliveryReport) -> None:
+        print(f"delivery report for {report.message_id}: {report.state.value} {report.error}".rstrip())
+        self.report.set()
+
+    def inbound_message(self, message: InboundMessage) -> None:
+        print(f"reply from {message.sender} ({len(message.text)} characters)")
+
+
+async def send_test(config: Config, number: str, *, rule_name: str | None, text: str | None,
+                    timeout: float) -> int:
+    check = config.phone.check(number)
+    if check.e164 is None:
+        print(f"aftercalld: {number}: {check.reason}; not sent", file=sys.stderr)
+        return 2
+    sender = "aftercalld"
+    options: dict = {}
+    if rule_name:
+        rule = next((r for r in config.rules.rules if r.name == rule_name), None)
+        if rule is None:
+            print(f"aftercalld: no rule named {rule_name!r}", file=sys.stderr)
+            return 2
+        now = datetime.now(timezone.utc)
+        sample = CallRecord(call_id="send-test", pbx="send-test", direction=Direction.INBOUND,
+                            status=CallStatus.MISSED, caller_number=check.e164, caller_name="Test Caller",
+                            dialled_number="", start_time=now, end_time=now)
+        rendered = [m for m in render(rule, sample, config.timezone, config.render) if m.kind is RecipientKind.CALLER]
+        if not rendered:
+            print(f"aftercalld: rule {rule_name!r} has no caller recipient", file=sys.stderr)
+            return 2
+        text, sender, options = rendered[0].text, rendered[0].sender, dict(rendered[0].options)
+    text = text or DEFAULT_TEXT
+    info = analyse(text)
+    parts = split_segments(text, info.encoding)
+    print(f"to {check.e164} from {sender} via {config.transport.type}: {info.encoding.value}, "
+          f"{info.units} units, {len(parts)} part(s)")
+    message = OutboundMessage(id=0, key="send-test", call_id="send-test", rule=rule_name or "send-test",
+                              recipient_kind=RecipientKind.FIXED, destination=check.e164, sender=sender,
+                              text=text, encoding=info.encoding, segments=len(parts), options=options)
+    transport = make_transport(config)
+    printer = _Printer()
+    try:
+        await asyncio.wait_for(transport.start(printer), timeout)
+        outcome = await asyncio.wait_for(transport.send(message), timeout)
+    except TimeoutError:
+        print(f"aftercalld: no result within {timeout:g}s", file=sys.stderr)
+        return 1
+    finally:
+        await transport.close()
+    if outcome.message_ids:
+        print(f"{outcome.kind.value}: message id(s) {', '.join(outcome.message_ids)}")
+    else:
+        print(f"{outcome.kind.value}: {outcome.reason}")
+    return 0 if outcome.kind.value == "submitted" else 1

@@ -1,0 +1,176 @@
+"""Policy limits: opt-out, DND, cooldown, daily quotas, quiet hours (defer and drop)."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from aftercalld.config import load
+from aftercalld.dispatcher import Dispatcher
+from aftercalld.pipeline import CallHandler
+from aftercalld.policy import Policy
+from aftercalld.store import Outbox
+from core_helpers import call, write_config
+from test_core_outbox import ScriptedTransport
+
+LONDON = ZoneInfo("Europe/London")
+
+
+class Clock:
+    def __init__(self, when: datetime) -> None:
+        self.now = when.timestamp()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def rules(extra_rule_keys: str = "", extra: str = "") -> str:
+    return (f'[[rules]]\nname = "Missed"\nrecipients = ["caller"]\nwhen = {{ status = "missed" }}\n'
+            f'caller = {{ template = "missed", sender = "Acme" }}\n{extra_rule_keys}\n'
+            f'[[rules]]\nname = "Other"\nrecipients = ["caller"]\n'
+            f'caller = {{ template = "generic", sender = "Acme" }}\n{extra}')
+
+
+async def run_calls(tmp_path, rules_toml, calls, clock):
+    config = load(write_config(tmp_path, rules=rules_toml))
+    outbox = Outbox.open(config.outbox_path)
+    transport = ScriptedTransport([])
+    dispatcher = Dispatcher(outbox, transport, config.dispatch, clock=clock,
+                            policy=Policy(config.policy, outbox, LONDON))
+    handler = CallHandler(config, outbox, on_queued=dispatcher.wake)
+    await dispatcher.start()
+    for record in calls:
+        handler.handle(record)
+        await dispatcher.wait_idle()
+    await dispatcher.stop()
+    rows = outbox.messages()
+    return outbox, rows
+
+
+NUMBERS = [f"+4474001234{i:02d}" for i in range(10)]
+
+
+async def test_cooldown_per_recipient_across_rules(tmp_path):
+    clock = Clock(datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc))
+    toml = rules(extra="\n[policy]\ncooldown_minutes = 30\n")
+    _, rows = await run_calls(tmp_path, toml, [
+        call(call_id="a", caller_number=NUMBERS[0]),
+        call(call_id="b", caller_number=NUMBERS[0], status="connected"),  # other rule, same number
+        call(call_id="c", caller_number=NUMBERS[1]),
+    ], clock)
+    assert [(r["call_key"], r["state"]) for r in rows] == [
+        ("main/a", "submitted"), ("main/b", "suppressed"), ("main/c", "submitted")]
+    assert rows[1]["reason"] == "cooldown: texted 0 min ago (limit 30 min)"
+
+
+async def test_cooldown_expires(tmp_path):
+    clock = Clock(datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc))
+    config = load(write_config(tmp_path, rules=rules(extra="\n[policy]\ncooldown_minutes = 30\n")))
+    outbox = Outbox.open(config.outbox_path)
+    dispatcher = Dispatcher(outbox, ScriptedTransport([]), config.dispatch, clock=clock,
+                            policy=Policy(config.policy, outbox, LONDON))
+    handler = CallHandler(config, outbox, on_queued=dispatcher.wake)
+    await dispatcher.start()
+    handler.handle(call(call_id="a", caller_number=NUMBERS[0]))
+    await dispatcher.wait_idle()
+    clock.now += 31 * 60
+    handler.handle(call(call_id="b", caller_number=NUMBERS[0]))
+    await dispatcher.wait_idle()
+    await dispatcher.stop()
+    assert [r["state"] for r in outbox.messages()] == ["submitted", "submitted"]
+
+
+async def test_daily_quotas_global_and_per_rule_reset_at_local_midnight(tmp_path):
+    clock = Clock(datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc))
+    toml = rules(extra_rule_keys="daily_quota = 2", extra="\n[policy]\ndaily_quota = 3\n")
+    config = load(write_config(tmp_path, rules=toml))
+    outbox = Outbox.open(config.outbox_path)
+    dispatcher = Dispatcher(outbox, ScriptedTransport([]), config.dispatch, clock=clock,
+                            policy=Policy(config.policy, outbox, LONDON))
+    handler = CallHandler(config, outbox, on_queued=dispatcher.wake)
+    await dispatcher.start()
+    for i in range(3):
+        handler.handle(call(call_id=f"m{i}", caller_number=NUMBERS[i]))
+    for i in range(3, 5):
+        handler.handle(call(call_id=f"o{i}", caller_number=NUMBERS[i], status="connected"))
+    await dispatcher.wait_idle()
+    clock.now = datetime(2026, 12, 1, 0, 1, tzinfo=LONDON).timestamp()  # a new day in London
+    handler.handle(call(call_id="next-day", caller_number=NUMBERS[6]))
+    await dispatcher.wait_idle()
+    await dispatcher.stop()
+    got = {r["call_key"]: (r["state"], r["reason"]) for r in outbox.messages()}
+    assert got == {
+        "main/m0": ("submitted", ""), "main/m1": ("submitted", ""),
+        "main/m2": ("suppressed", "rule daily quota of 2 reached"),
+        "main/o3": ("submitted", ""),
+        "main/o4": ("suppressed", "daily quota of 3 reached"),
+        "main/next-day": ("submitted", ""),
+    }
+
+
+async def test_quiet_hours_defer_until_the_window_ends(tmp_path):
+    # 22:30 London: quiet until 08:00, so the text waits in the queue, then goes at 08:00.
+    clock = Clock(datetime(2026, 11, 30, 22, 30, tzinfo=LONDON))
+    toml = rules(extra_rule_keys='quiet_hours = "21:00-08:00"')
+    config = load(write_config(tmp_path, rules=toml))
+    outbox = Outbox.open(config.outbox_path)
+    dispatcher = Dispatcher(outbox, ScriptedTransport([]), config.dispatch, clock=clock,
+                            policy=Policy(config.policy, outbox, LONDON))
+    handler = CallHandler(config, outbox, on_queued=dispatcher.wake)
+    await dispatcher.start()
+    handler.handle(call(call_id="late", caller_number=NUMBERS[0]))
+    await dispatcher.wait_idle()
+    [row] = outbox.messages()
+    assert (row["state"], row["reason"]) == ("queued", "quiet hours 21:00-08:00")
+    assert row["next_attempt_at"] == datetime(2026, 12, 1, 8, 0, tzinfo=LONDON).timestamp()
+    clock.now = row["next_attempt_at"]
+    dispatcher.wake()
+    await dispatcher.wait_idle()
+    await dispatcher.stop()
+    [row] = outbox.messages()
+    assert row["state"] == "submitted"
+    assert row["attempts"] == 1  # holding it did not count as an attempt
+
+
+async def test_quiet_hours_drop(tmp_path):
+    clock = Clock(datetime(2026, 11, 30, 23, 0, tzinfo=LONDON))
+    toml = rules(extra_rule_keys='quiet_hours = ["22:00-24:00", "00:00-07:00"]\nquiet_action = "drop"')
+    _, rows = await run_calls(tmp_path, toml, [call(call_id="late", caller_number=NUMBERS[0])], clock)
+    assert (rows[0]["state"], rows[0]["reason"]) == ("suppressed", "quiet hours 22:00-00:00")
+
+
+async def test_dnd_numbers_and_prefixes(tmp_path):
+    clock = Clock(datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc))
+    config = load(write_config(tmp_path, rules=rules()))
+    outbox = Outbox.open(config.outbox_path)
+    outbox.dnd_add([NUMBERS[0], "+44740012345*"], "test")
+    dispatcher = Dispatcher(outbox, ScriptedTransport([]), config.dispatch, clock=clock,
+                            policy=Policy(config.policy, outbox, LONDON))
+    handler = CallHandler(config, outbox, on_queued=dispatcher.wake)
+    await dispatcher.start()
+    for i, number in enumerate([NUMBERS[0], "+447400123456", NUMBERS[2]]):
+        handler.handle(call(call_id=f"d{i}", caller_number=number))
+    await dispatcher.wait_idle()
+    await dispatcher.stop()
+    assert [(r["state"], r["reason"]) for r in outbox.messages()] == [
+        ("suppressed", "DND list"), ("suppressed", "DND list"), ("submitted", "")]
+
+
+def test_dnd_and_optout_cli_import(tmp_path):
+    import subprocess
+    import sys
+
+    path = write_config(tmp_path)
+    listing = tmp_path / "dnd.csv"
+    listing.write_text("# operator DND export\n07400 123401,2026-01-01\n+449*\nnot-a-number\n")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "aftercalld.cli", *a, "-c", str(path)],
+                                    capture_output=True, text=True)
+    res = run("dnd", "import", str(listing))
+    assert res.returncode == 0, res.stderr
+    assert "added 2" in res.stdout and "not-a-number" in res.stderr
+    assert run("dnd", "list").stdout.split("\n")[:2] == ["+447400123401\timport " + str(listing),
+                                                         "+449*\timport " + str(listing)]
+    assert "added 1" in run("optout", "add", "07400 123402").stdout
+    assert run("optout", "list").stdout.startswith("+447400123402\tcli")
+    assert "removed 1" in run("optout", "remove", "+447400123402").stdout
