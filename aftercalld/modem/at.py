@@ -117,7 +117,7 @@ class ATChannel(asyncio.Protocol):
         await self._closed.wait()
 
     async def close(self) -> None:
-        if self._transport is not None:
+        if self._transport is not None and not self._transport.is_closing():
             # abort, not close: close() drains the output first, and on a hung or unplugged
             # modem that can wait forever.
             self._transport.abort()

@@ -94,6 +94,7 @@ class ModemTransport(Transport):
         self._concat_ref = random.randrange(256)
         self._inbound_parts: OrderedDict[tuple[str, int, int], dict[int, str]] = OrderedDict()
         self._storage = ""
+        self._background: set[asyncio.Task] = set()
         self.state = "stopped"
         self.last_error = ""
         self.registration: int | None = None
@@ -329,7 +330,10 @@ class ModemTransport(Transport):
         channel = self._channel
         if channel is not None and channel.is_open:
             log.warning("modem %s: %s; resetting", self.name, reason, extra=fields(transport=self.name))
-            asyncio.get_running_loop().create_task(channel.close())
+            task = asyncio.get_running_loop().create_task(channel.close())
+            # The loop keeps only a weak reference to a task.
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def _cmd(self, command: str, **kw: Any) -> list[str]:
         assert self._channel is not None
@@ -547,8 +551,10 @@ class ModemTransport(Transport):
             return
         for header, body in zip(lines[::2], lines[1::2]):
             p = _params(header)
-            self._handle_pdu(body, _length(header))
-            if p and p[0].isdigit():
+            # <index>,<stat>,...: only received texts (0 unread, 1 read) are ours to take;
+            # drafts someone stored on the SIM (2, 3) stay where they are.
+            if len(p) >= 2 and p[0].isdigit() and p[1] in ("0", "1"):
+                self._handle_pdu(body, _length(header))
                 await self._delete(int(p[0]))
 
     async def _delete(self, index: int) -> None:

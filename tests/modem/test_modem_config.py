@@ -66,3 +66,15 @@ def test_error_meanings(line, permanent, text):
     info = describe(line)
     assert info.permanent is permanent
     assert text in str(info)
+
+
+def test_example_fragment_parses():
+    import tomllib
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "config" / "examples" / "modem.toml"
+    data = tomllib.loads(example.read_text())["transport"]
+    sec = Section(data, "transport", str(example))
+    assert sec.str("type") == "modem"
+    settings = parse_settings(sec)
+    assert settings.device.startswith("/dev/serial/by-id/")
