@@ -152,6 +152,12 @@ class SmppTransport(Transport):
                                     extra=fields(transport=self.name, smsc=where))
                         session.abort("bind failed")
                         continue
+                    except Exception:
+                        # A bug must not silently end this session's supervisor for good.
+                        log.exception("%s %s: unexpected error binding to %s", self.name,
+                                      slot.label, where)
+                        session.abort("bind failed")
+                        continue
                     failures = 0
                     slot.binds += 1
                     slot.session = session

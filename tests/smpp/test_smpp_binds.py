@@ -2,6 +2,7 @@
 SMSC unbind, TLS, and unbind on shutdown."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 import socket
@@ -174,4 +175,20 @@ async def test_tls_bind(tmp_path):
         assert (await t.send(message())).kind is OutcomeKind.SUBMITTED
     finally:
         await t.close()
+        await sim.stop()
+
+
+async def test_close_lets_in_flight_submits_finish_first():
+    sim = SmscSim(response_delay=0.1)
+    await sim.start()
+    t = make_transport(settings(sim.port, window=10))
+    await t.start(Events())
+    try:
+        sends = [asyncio.ensure_future(t.send(message(f"drain {i}"))) for i in range(5)]
+        await sim.wait_until(lambda: sim.submits_seen == 5)
+        await t.close()
+        outcomes = [s.result() for s in sends]
+        assert all(o.kind is OutcomeKind.SUBMITTED for o in outcomes)
+        assert sim.unbinds == 1 and len(sim.accepted) == 5
+    finally:
         await sim.stop()
