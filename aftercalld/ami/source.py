@@ -53,10 +53,11 @@ class LoginRefused(AmiError):
 class _Conn:
     __slots__ = ("reader", "writer", "parser", "pending", "backlog")
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 parser: AmiParser) -> None:
         self.reader = reader
         self.writer = writer
-        self.parser = AmiParser()
+        self.parser = parser
         self.pending: dict[str, asyncio.Future[dict[str, str]]] = {}
         self.backlog: list[dict[str, str]] = []  # messages read together with the login reply
 
@@ -90,7 +91,9 @@ class AmiSource(CallSource):
         self.state = "idle"
         self.last_error = ""
         self.connected_since: float | None = None
-        self.events = 0
+        self.events = 0  # events parsed and handed to the tracker
+        self._skipped_closed = 0  # events dropped unparsed on earlier connections
+        self._conn: _Conn | None = None
         self.calls_emitted = 0
         self.sessions = 0
         self._boot_epoch: float | None = None
@@ -113,6 +116,8 @@ class AmiSource(CallSource):
                                  self.name, self._where, _describe(exc))
                 finally:
                     conn.close()
+                    self._skipped_closed += conn.parser.skipped
+                    self._conn = None
                     self.connected_since = None
                     self.tracker.connection_lost()
         finally:
@@ -137,11 +142,17 @@ class AmiSource(CallSource):
             "state": self.state,
             "connected_since": self.connected_since,
             "last_error": self.last_error,
-            "events": self.events,
+            "events": self.events_received,
             "calls_emitted": self.calls_emitted,
             "active_calls": self.tracker.active_calls,
             "sessions": self.sessions,
         }
+
+    @property
+    def events_received(self) -> int:
+        """Every event received, including those the parser dropped unparsed."""
+        live = self._conn.parser.skipped if self._conn is not None else 0
+        return self.events + self._skipped_closed + live
 
     # ------------------------------------------------------------------ internals
 
@@ -209,7 +220,10 @@ class AmiSource(CallSource):
         # lands as the inner await completes, and the source would then never stop.
         async with asyncio.timeout(s.connect_timeout):
             reader, writer = await asyncio.open_connection(s.host, s.port, limit=READ_SIZE)
-        conn = _Conn(reader, writer)
+        tracker = self.tracker
+        parser = AmiParser(events=tracker.wanted_events | {"FullyBooted"},
+                           variables=tracker.wanted_variables)
+        conn = _Conn(reader, writer, parser)
         try:
             async with asyncio.timeout(s.connect_timeout):
                 banner = await reader.readline()
@@ -246,6 +260,7 @@ class AmiSource(CallSource):
 
     async def _session(self, conn: _Conn, queue: asyncio.Queue[CallRecord]) -> None:
         self.sessions += 1
+        self._conn = conn
         self.connected_since = time.time()
         self._change("connected", "", logging.INFO, "AMI %s: connected to %s as %r",
                      self.name, self._where, self.settings.username)

@@ -181,6 +181,16 @@ class CallTracker:
     # ------------------------------------------------------------------ public API
 
     @property
+    def wanted_events(self) -> frozenset[str]:
+        """Event names the tracker reads: the parser may drop the rest unparsed."""
+        return frozenset(self._handlers)
+
+    @property
+    def wanted_variables(self) -> frozenset[str]:
+        """VarSet variable names the tracker reads (without leading underscores)."""
+        return self._vars_of_interest
+
+    @property
     def active_calls(self) -> int:
         return len(self._calls)
 
