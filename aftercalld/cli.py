@@ -227,6 +227,8 @@ def cmd_run(args) -> int:
     from .daemon import run
 
     config = _load(args.config)
+    if not args.verbose:
+        logging.getLogger().setLevel(config.log_level.upper())
     return asyncio.run(run(config, args.config))
 
 

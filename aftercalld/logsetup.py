@@ -1,25 +1,94 @@
-"""Where log lines go: readable text on stderr (the journal captures it under systemd)."""
+"""Where log lines go: native journald entries under systemd, readable text otherwise.
+
+Under systemd every line carries structured fields (CALL_ID, PBX, RULE, MSG_ID, RECIPIENT,
+STATE) so support staff can run ``journalctl -u aftercalld CALL_ID=1796012880.0``. The
+journal protocol is one datagram per entry on /run/systemd/journal/socket; no C library is
+needed for that.
+"""
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import struct
 import sys
 
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
 
-class _TextFormatter(logging.Formatter):
-    """Text for people; the structured fields ride along for the journal handler only."""
-
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
 
-def setup_logging(level: int = logging.INFO) -> None:
+def _field(name: str, value: object) -> bytes:
+    data = str(value).encode("utf-8", "replace")
+    key = name.encode()
+    if b"\n" in data:
+        # Binary form: the value's length, then the value, so newlines survive.
+        return key + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
+    return key + b"=" + data + b"\n"
+
+
+class JournalHandler(logging.Handler):
+    def __init__(self, address: str = JOURNAL_SOCKET, identifier: str = "aftercalld") -> None:
+        super().__init__()
+        self.address = address
+        self.identifier = identifier
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self._fallback = logging.StreamHandler(sys.stderr)
+        self._fallback.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            if record.exc_info:
+                message += "\n" + logging.Formatter().formatException(record.exc_info)
+            parts = [
+                _field("MESSAGE", message),
+                _field("PRIORITY", _PRIORITY.get(record.levelno, 6)),
+                _field("SYSLOG_IDENTIFIER", self.identifier),
+                _field("LOGGER", record.name),
+                _field("CODE_FUNC", record.funcName),
+                _field("CODE_LINE", record.lineno),
+            ]
+            for key, value in (getattr(record, "journal_fields", None) or {}).items():
+                parts.append(_field(key, value))
+            self.sock.sendto(b"".join(parts), self.address)
+        except OSError:
+            self._fallback.emit(record)  # journald gone or entry too big: keep the line
+        except Exception:
+            self.handleError(record)
+
+    def close(self) -> None:
+        self.sock.close()
+        super().close()
+
+
+def under_journal() -> bool:
+    """True when stderr is connected to the journal (systemd sets JOURNAL_STREAM)."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    if not stream or ":" not in stream:
+        return False
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    dev, _, ino = stream.partition(":")
+    return f"{st.st_dev}" == dev and f"{st.st_ino}" == ino
+
+
+def setup_logging(level: int = logging.INFO, *, journal: bool | None = None,
+                  journal_socket: str = JOURNAL_SOCKET) -> None:
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_TextFormatter())
-    root.addHandler(handler)
+        handler.close()
+    use_journal = under_journal() if journal is None else journal
+    if use_journal and os.path.exists(journal_socket):
+        root.addHandler(JournalHandler(journal_socket))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
     root.setLevel(level)
-    # Third-party chatter (panoramisk logs every reconnect attempt) stays below our lines.
+    # Third-party chatter stays below our lines.
     for noisy in ("panoramisk", "asyncio"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
