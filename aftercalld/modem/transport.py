@@ -86,7 +86,10 @@ class ModemTransport(Transport):
         self._channel: ATChannel | None = None
         self._supervisor: asyncio.Task | None = None
         self._ready = asyncio.Event()
-        self._settled = asyncio.Event()  # the first attempt got somewhere (ready or not)
+        # Ready, or clearly not soon: no device, SIM locked, init failed, no network for
+        # registration_timeout. start() waits for it so that `send-test` and the first
+        # texts after boot do not meet a modem that is still registering.
+        self._settled = asyncio.Event()
         self._closing = False
         self._send_lock = asyncio.Lock()
         self._work: asyncio.Queue[tuple[str, str, int]] = asyncio.Queue()
@@ -110,7 +113,12 @@ class ModemTransport(Transport):
         log.info("modem %s: starting on %s", self.name, self.settings.device,
                  extra=fields(transport=self.name))
         self._supervisor = asyncio.create_task(self._supervise(), name=f"modem-{self.name}")
-        await self._settled.wait()
+        s = self.settings
+        try:
+            await asyncio.wait_for(self._settled.wait(),
+                                   3 * s.command_timeout + min(s.registration_timeout, 30.0))
+        except asyncio.TimeoutError:
+            pass  # still trying in the background; send() answers transient meanwhile
 
     async def wait_ready(self, timeout: float | None = None) -> bool:
         """True once the modem can take sends (for the CLI's send-test and for tests)."""
@@ -445,9 +453,9 @@ class ModemTransport(Transport):
             if stat in (1, 5):
                 return
             self._set_state("waiting for network", f"registration: {REG_STATES.get(stat, 'unknown')}")
-            self._settled.set()
             if not warned and loop.time() - started >= s.registration_timeout:
                 warned = True
+                self._settled.set()
                 log.warning("modem %s: not registered after %g s (%s); check the SIM, antenna and coverage",
                             self.name, s.registration_timeout, REG_STATES.get(stat, "unknown"),
                             extra=fields(transport=self.name))

@@ -56,3 +56,25 @@ async def running(sim: ModemSim, *, wait_ready: bool = True, **overrides) -> Asy
         yield transport, events
     finally:
         await transport.close()
+
+
+def enqueue(outbox, texts: list[str], destination: str = "+447700900123") -> None:
+    """Queue one message per text in the real outbox, as the pipeline does."""
+    from datetime import datetime, timezone
+
+    from aftercalld.model import CallRecord
+    from aftercalld.rules.render import RenderedMessage
+
+    now = datetime.now(timezone.utc)
+    batch = []
+    for text in texts:
+        call_id = f"modem-{next(_ids)}"
+        record = CallRecord(call_id=call_id, pbx="pbx", direction="inbound", status="missed",
+                            caller_number=destination, start_time=now, end_time=now)
+        info = analyse(text)
+        rendered = RenderedMessage(
+            key=f"pbx/{call_id}:missed:caller", rule="missed", kind=RecipientKind.CALLER,
+            raw_number=destination, destination=destination, sender="ACME", text=text,
+            encoding=info.encoding, segments=info.segments)
+        batch.append((record, "missed", "rule missed matched", [rendered]))
+    outbox.record_calls(batch, ttl_seconds=3600)
