@@ -68,6 +68,7 @@ class Session(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._frames = pdu.FrameBuffer()
         self._out: list[bytes] = []
+        self._last_rx = 0.0
         self._seq = 0
         self._pending: dict[int, tuple[asyncio.Future, asyncio.TimerHandle]] = {}
         self._loop = asyncio.get_running_loop()
@@ -176,6 +177,10 @@ class Session(asyncio.Protocol):
                 await asyncio.sleep(self.enquire_link_interval)
                 if not self.bound:
                     return
+                if self._loop.time() - self._last_rx < self.enquire_link_interval / 2:
+                    # The SMSC spoke recently: the link is alive, and under load an
+                    # enquire_link queued behind a full window could time out spuriously.
+                    continue
                 fut = self.send_request(pdu.ENQUIRE_LINK)
                 try:
                     await asyncio.wait_for(fut, self.enquire_link_timeout)
@@ -217,6 +222,7 @@ class Session(asyncio.Protocol):
             self.closed.set_result(reason)
 
     def data_received(self, data: bytes) -> None:
+        self._last_rx = self._loop.time()
         try:
             frames = self._frames.feed(data)
         except pdu.PduError as exc:

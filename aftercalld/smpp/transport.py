@@ -288,10 +288,11 @@ class SmppTransport(Transport):
             if verdict is Verdict.OK and command_id != pdu.GENERIC_NACK:
                 message_id = pdu.parse_message_id(resp)
                 self.counters["parts_submitted"] += 1
-                log.debug("%s: submitted %s %s to %s as %s", self.name, message.key, part,
-                          message.destination, message_id,
-                          extra=fields(call_id=message.call_id, msg_id=message_id,
-                                       recipient=message.destination))
+                if log.isEnabledFor(logging.DEBUG):  # the hot path: skip building fields
+                    log.debug("%s: submitted %s %s to %s as %s", self.name, message.key, part,
+                              message.destination, message_id,
+                              extra=fields(call_id=message.call_id, msg_id=message_id,
+                                           recipient=message.destination))
                 return message_id
             name = status_name(status)
             if command_id == pdu.GENERIC_NACK:
