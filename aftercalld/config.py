@@ -63,6 +63,7 @@ class Config:
     optout: OptOutConfig
     rules: RuleSet
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    metrics_listen: str | None = None  # "127.0.0.1:9469"
     log_level: str = "info"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -126,6 +127,9 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
     rule_policies: dict[str, RulePolicy] = {}
     rules = _rules(root, templates, known, {p.name for p in pbxs}, rule_policies)
     policy = _policy(root, rule_policies)
+    metrics = root.section("metrics")
+    metrics_listen = metrics.str("listen", None, pattern=r"[0-9A-Za-z.\-\[\]:]+:[0-9]{1,5}")
+    metrics.done()
     root.done()
     return Config(
         file=file,
@@ -140,6 +144,7 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
         optout=optout,
         rules=RuleSet(rules),
         policy=policy,
+        metrics_listen=metrics_listen,
         log_level=log_level,
     )
 

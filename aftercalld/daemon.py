@@ -1,17 +1,25 @@
-"""`aftercalld run`: wire sources, pipeline, outbox, dispatcher and transport together."""
+"""`aftercalld run`: wire sources, pipeline, outbox, dispatcher and transport together, and
+live under systemd (READY, STATUS, WATCHDOG, SIGHUP reload, SIGTERM drain)."""
 from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import logging
+import os
 import signal
+import time
 from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
 
 from . import systemd
 from .config import Config, load
 from .configreader import ConfigError
 from .dispatcher import Dispatcher
 from .logtransport import LogTransport
+from .metrics import Metrics
 from .pipeline import CallHandler
 from .policy import Policy
 from .source import CallSource
@@ -19,6 +27,8 @@ from .store import Outbox, StoreError
 from .transport import Transport
 
 log = logging.getLogger(__name__)
+
+STATUS_EVERY_SECONDS = 5.0
 
 
 def make_transport(config: Config) -> Transport:
@@ -36,6 +46,11 @@ def make_sources(config: Config) -> list[CallSource]:
     return sources
 
 
+def status_path(config: Config) -> Path:
+    """Where the running daemon leaves its live status for `aftercalld status`."""
+    return Path(config.outbox_path).with_name("status.json")
+
+
 class Daemon:
     def __init__(self, config: Config, config_path: str) -> None:
         self.config = config
@@ -43,38 +58,45 @@ class Daemon:
         self.outbox: Outbox | None = None
         self.dispatcher: Dispatcher | None = None
         self.handler: CallHandler | None = None
+        self.transport: Transport | None = None
+        self.metrics = Metrics()
         self.sources: list[CallSource] = []
         self._source_tasks: list[asyncio.Task] = []
         self._stop = asyncio.Event()
+        self.started_at = time.time()
 
     async def start(self) -> None:
         self.outbox = Outbox.open(self.config.outbox_path, synchronous=self.config.sqlite_synchronous)
-        transport = make_transport(self.config)
+        self.transport = make_transport(self.config)
         self.policy = Policy(self.config.policy, self.outbox, self.config.timezone)
-        self.dispatcher = Dispatcher(self.outbox, transport, self.config.dispatch, optout=self.config.optout,
-                                     default_region=self.config.phone.default_region, policy=self.policy)
-        self.handler = CallHandler(self.config, self.outbox, on_queued=self.dispatcher.wake)
+        self.dispatcher = Dispatcher(self.outbox, self.transport, self.config.dispatch, optout=self.config.optout,
+                                     default_region=self.config.phone.default_region, policy=self.policy,
+                                     metrics=self.metrics)
+        self.handler = CallHandler(self.config, self.outbox, on_queued=self.dispatcher.wake, metrics=self.metrics)
+        self.metrics.track_queue_depth(self.outbox.queue_depth)
+        if self.config.metrics_listen:
+            self.metrics.serve(self.config.metrics_listen)
         await self.dispatcher.start()
         self.sources = make_sources(self.config)
         for source in self.sources:
             self._source_tasks.append(asyncio.create_task(source.run(self.handler), name=f"source {source.name}"))
         log.info("aftercalld running: %d PBX(s), transport %s, %d rule(s), outbox %s, %d message(s) waiting",
-                 len(self.sources), transport.name, len(self.config.rules.rules), self.config.outbox_path,
+                 len(self.sources), self.transport.name, len(self.config.rules.rules), self.config.outbox_path,
                  self.outbox.queue_depth())
 
     def reload(self) -> None:
-        """SIGHUP: new rules and templates, atomically; a bad file changes nothing."""
+        """SIGHUP: new rules, templates and limits, all at once; a bad file changes nothing."""
         try:
             new = load(self.config_path)
         except ConfigError as exc:
             log.error("reload refused, keeping the running rules: %s", exc)
             return
-        except Exception as exc:
-            log.error("reload refused, keeping the running rules: %s", exc)
+        except Exception as exc:  # a reload must never take the daemon down
+            log.error("reload refused, keeping the running rules: %s: %s", type(exc).__name__, exc)
             return
-        # Connections and transport stay as they are; rules, templates and limits change.
+        # Connections and the transport stay as they are (changing them needs a restart).
         self.config = replace(self.config, rules=new.rules, render=new.render, phone=new.phone,
-                              optout=new.optout, policy=new.policy)
+                              optout=new.optout, policy=new.policy, dispatch=new.dispatch)
         if self.handler:
             self.handler.config = self.config
         if self.dispatcher:
@@ -82,10 +104,39 @@ class Daemon:
             self.dispatcher.policy.config = new.policy
         log.info("reloaded %s: %d rule(s)", self.config_path, len(new.rules.rules))
 
+    def status(self) -> dict[str, Any]:
+        sources = [s.status() for s in self.sources]
+        transport = self.transport.status() if self.transport else {}
+        for s in sources:
+            self.metrics.source_up.labels(s.get("name", "?")).set(1 if _is_up(s) else 0)
+        if self.transport:
+            self.metrics.transport_up.labels(self.transport.name).set(1 if _is_up(transport) else 0)
+        return {
+            "pid": os.getpid(),
+            "started": datetime.fromtimestamp(self.started_at, timezone.utc).isoformat(timespec="seconds"),
+            "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "sources": sources,
+            "transport": transport,
+            "queue_depth": self.outbox.queue_depth() if self.outbox else 0,
+            "submitted_since_start": self.dispatcher.sent_total if self.dispatcher else 0,
+        }
+
     def status_line(self) -> str:
-        depth = self.outbox.queue_depth() if self.outbox else 0
-        sent = self.dispatcher.sent_total if self.dispatcher else 0
-        return f"{len(self.sources)} PBX(s); queue {depth}; submitted since start {sent}"
+        info = self.status()
+        self._write_status(info)
+        pbx = ", ".join(f"{s.get('name')}: {s.get('state', '?')}" for s in info["sources"]) or "no PBX"
+        transport = info["transport"].get("state", "?")
+        return (f"{pbx}; {info['transport'].get('name', 'transport')}: {transport}; "
+                f"queue {info['queue_depth']}; submitted {info['submitted_since_start']}")
+
+    def _write_status(self, info: dict[str, Any]) -> None:
+        path = status_path(self.config)
+        try:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(info, default=str))
+            tmp.replace(path)
+        except OSError as exc:
+            log.debug("cannot write %s: %s", path, exc)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -105,6 +156,15 @@ class Daemon:
         if self.outbox:
             log.info("stopped; %d message(s) stay queued for the next start", self.outbox.queue_depth())
             self.outbox.close()
+        try:
+            status_path(self.config).unlink()
+        except OSError:
+            pass
+
+
+def _is_up(status: dict[str, Any]) -> bool:
+    state = str(status.get("state", "")).lower()
+    return state in ("connected", "bound", "ready", "up", "dry run", "registered")
 
 
 async def run(config: Config, config_path: str) -> int:
@@ -112,17 +172,18 @@ async def run(config: Config, config_path: str) -> int:
     loop = asyncio.get_running_loop()
     try:
         await daemon.start()
-    except StoreError as exc:
-        log.error("%s", exc)
+    except (StoreError, OSError) as exc:
+        log.error("cannot start: %s", exc)
         return 1
     loop.add_signal_handler(signal.SIGTERM, daemon.request_stop)
     loop.add_signal_handler(signal.SIGINT, daemon.request_stop)
     loop.add_signal_handler(signal.SIGHUP, daemon.reload)
     notifier = systemd.Notifier()
     notifier.ready(daemon.status_line())
-    watchdog = asyncio.create_task(systemd.keep_alive(notifier, daemon.status_line))
+    keep_alive = asyncio.create_task(systemd.keep_alive(notifier, daemon.status_line, STATUS_EVERY_SECONDS))
     await daemon.wait()
+    log.info("SIGTERM: draining (up to %gs for in-flight submits)", config.dispatch.drain_timeout_seconds)
     notifier.stopping()
-    watchdog.cancel()
+    keep_alive.cancel()
     await daemon.stop()
     return 0

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import tenacity
 from zoneinfo import ZoneInfo
@@ -31,6 +31,9 @@ from .policy import Policy, PolicyConfig
 from .store import OutcomeRecord, Outbox, Transition
 from .transport import Transport
 
+if TYPE_CHECKING:
+    from .metrics import Metrics
+
 log = logging.getLogger(__name__)
 
 
@@ -45,7 +48,8 @@ class Dispatcher:
     def __init__(self, outbox: Outbox, transport: Transport, config: DispatchConfig, *,
                  optout: OptOutConfig | None = None, default_region: str = "US",
                  clock: Callable[[], float] = time.time, policy: Policy | None = None,
-                 on_transition: Callable[[Transition], None] | None = None) -> None:
+                 on_transition: Callable[[Transition], None] | None = None,
+                 metrics: "Metrics | None" = None) -> None:
         self.outbox = outbox
         self.transport = transport
         self.config = config
@@ -53,6 +57,7 @@ class Dispatcher:
         self.default_region = default_region
         self.clock = clock
         self.on_transition = on_transition
+        self.metrics = metrics
         self.policy = policy or Policy(PolicyConfig(), outbox, ZoneInfo("UTC"))
         self._backoff = tenacity.wait_exponential_jitter(
             multiplier=config.retry_initial_seconds,
@@ -175,6 +180,9 @@ class Dispatcher:
                 pass
 
     async def _send(self, message: OutboundMessage) -> None:
+        began = time.perf_counter()
+        if self.metrics:
+            self.metrics.in_flight.set(len(self._in_flight))
         try:
             outcome = await self.transport.send(message)
         except asyncio.CancelledError:
@@ -182,6 +190,9 @@ class Dispatcher:
         except Exception as exc:  # a transport bug must not lose the message
             log.exception("transport %s raised on message %d; will retry", self.transport.name, message.id)
             outcome = SubmitOutcome.transient(f"transport error: {type(exc).__name__}: {exc}")
+        if self.metrics:
+            self.metrics.submit_latency.observe(time.perf_counter() - began)
+            self.metrics.in_flight.set(len(self._in_flight) - 1)
         self._pending_outcomes.append(self._outcome_record(message, outcome))
         if outcome.kind is OutcomeKind.SUBMITTED:
             self.sent_total += 1
@@ -233,6 +244,10 @@ class Dispatcher:
     def _emit(self, transitions: list[Transition]) -> None:
         for t in transitions:
             _log_transition(t)
+            if self.metrics:
+                self.metrics.messages.labels(t.state.value).inc()
+                if t.submitted_at and t.state.final and t.state is not MessageState.FAILED:
+                    self.metrics.delivery_latency.observe(max(0.0, self.clock() - t.submitted_at))
             if self.on_transition:
                 self.on_transition(t)
 

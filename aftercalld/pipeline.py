@@ -40,8 +40,9 @@ class Decision:
 
 
 class CallHandler:
-    def __init__(self, config: Config, outbox: Outbox, on_queued=None) -> None:
+    def __init__(self, config: Config, outbox: Outbox, on_queued=None, metrics=None) -> None:
         self.config = config
+        self.metrics = metrics
         self.outbox = outbox
         self.on_queued = on_queued  # e.g. Dispatcher.wake
         self._pending: list[CallRecord] = []
@@ -78,6 +79,8 @@ class CallHandler:
                                                     rule=rule.name if rule else "",
                                                     recipient=record.customer_number))
             out.append(decision)
+            if self.metrics:
+                self.metrics.calls.labels(record.pbx, record.status.value, record.direction.value).inc()
         if queued_any and self.on_queued:
             self.on_queued()
         return out

@@ -118,7 +118,9 @@ def status(outbox: Outbox, config: Config, fmt: str, out: TextIO) -> int:
     now = datetime.now(timezone.utc).astimezone(config.timezone)
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
     sent_today, by_rule = outbox.submitted_counts_since(midnight)
+    live = _live_status(config)
     info = {
+        "daemon": live,
         "outbox": config.outbox_path,
         "queue_depth": outbox.queue_depth(),
         "states": outbox.counts_by_state(),
@@ -137,4 +139,30 @@ def status(outbox: Outbox, config: Config, fmt: str, out: TextIO) -> int:
     out.write("states: " + (", ".join(f"{k} {v}" for k, v in sorted(info["states"].items())) or "empty") + "\n")
     out.write(f"transport: {info['transport']}; PBXs: "
               + (", ".join(f"{p['name']} ({p['type']})" for p in info["pbxs"]) or "none") + "\n")
+    if live is None:
+        out.write("daemon: not running (no live status)\n")
+        return 0
+    out.write(f"daemon: pid {live['pid']}, up since {live['started']}, status at {live['updated']}\n")
+    for source in live.get("sources", []):
+        out.write("  pbx " + _kv(source) + "\n")
+    out.write("  transport " + _kv(live.get("transport", {})) + "\n")
     return 0
+
+
+def _kv(status: dict[str, Any]) -> str:
+    name = status.get("name", "?")
+    rest = ", ".join(f"{k} {v}" for k, v in status.items() if k != "name")
+    return f"{name}: {rest}"
+
+
+def _live_status(config: Config) -> dict[str, Any] | None:
+    import os
+
+    from .daemon import status_path
+
+    try:
+        live = json.loads(status_path(config).read_text())
+        os.kill(int(live["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return live

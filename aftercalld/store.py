@@ -142,6 +142,7 @@ class Transition:
     state: MessageState
     reason: str = ""
     transport_ids: tuple[str, ...] = ()
+    submitted_at: float | None = None  # set on delivery-report transitions
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,7 +397,7 @@ class Outbox:
         if final is None:
             return None
         row = self.conn.execute(
-            "SELECT state, call_key, rule, destination, segments FROM messages WHERE id = ?", (message_id,)
+            "SELECT state, call_key, rule, destination, submitted_at FROM messages WHERE id = ?", (message_id,)
         ).fetchone()
         if row is None or row[0] != MessageState.SUBMITTED.value:
             # Already settled (a duplicate receipt, or another part failed first): the part
@@ -418,7 +419,7 @@ class Outbox:
             "UPDATE messages SET state = ?, reason = ?, updated_at = ?, final_at = ? WHERE id = ?",
             (settled.value, reason, now, now, message_id),
         )
-        return Transition(message_id, row[1], row[2], row[3] or "", settled, reason)
+        return Transition(message_id, row[1], row[2], row[3] or "", settled, reason, submitted_at=row[4])
 
     def _has_orphans(self) -> bool:
         return self.conn.execute("SELECT 1 FROM orphan_reports WHERE matched = 0 LIMIT 1").fetchone() is not None
