@@ -1,0 +1,300 @@
+"""The real `aftercalld run` process against a test AMI server and the SMSC simulator.
+
+Covers what a PBX admin relies on: READY=1 and watchdog pings on a NOTIFY_SOCKET this test
+owns, calls turning into texts on the SMSC, SIGHUP with a good and a bad config, SIGTERM
+with 100 submits in flight (exit 0, nothing lost, nothing sent twice after a restart), and
+the report/status commands on what the daemon left behind.
+"""
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(TESTS / "ami"), str(TESTS / "smpp")]
+
+from ami_server import AmiServer  # noqa: E402
+from smsc_sim import SmscSim, decode  # noqa: E402
+
+from aftercalld.config import load  # noqa: E402
+from aftercalld.model import CallRecord  # noqa: E402
+from aftercalld.pipeline import CallHandler  # noqa: E402
+from aftercalld.store import Outbox  # noqa: E402
+
+CONFIG = """
+[general]
+timezone = "Asia/Kolkata"
+default_region = "IN"
+allowed_countries = ["IN", "US"]
+outbox = "{outbox}"
+
+[[pbx]]
+name = "main"
+type = "asterisk"
+host = "127.0.0.1"
+port = {ami_port}
+username = "aftercalld"
+secret = "test"
+ping_interval = 1
+reconnect_min = 0.05
+reconnect_max = 0.2
+
+[transport]
+type = "smpp"
+hosts = ["127.0.0.1:{smpp_port}"]
+system_id = "esme"
+password = "secret"
+sessions = 2
+window = 50
+reconnect_min = 0.05
+reconnect_max = 0.2
+
+[dispatch]
+drain_timeout_seconds = 10
+
+[templates.missed]
+text = "{text}"
+
+[[rules]]
+name = "Missed"
+recipients = ["caller"]
+when = {{ status = ["missed", "voicemail"] }}
+caller = {{ template = "missed", sender = "ACME" }}
+
+[[rules]]
+name = "Connected"
+recipients = ["caller"]
+when = {{ status = "connected" }}
+caller = {{ text = "Thanks for calling, {{agent_name|our team}} was glad to help.", sender = "ACME" }}
+"""
+
+
+def trace_bytes(name: str, shared: Path) -> bytes:
+    raw = (shared / "asterisk" / name).read_bytes()
+    return b"\r\n".join(line for line in raw.split(b"\r\n") if not line.startswith(b"#"))
+
+
+class Daemon:
+    """`aftercalld run` as a child process, with its log lines awaitable."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.env = {**os.environ, **(env or {})}
+        self.lines: list[str] = []
+        self.proc: asyncio.subprocess.Process | None = None
+        self._new_line = asyncio.Event()
+        self._reader: asyncio.Task | None = None
+
+    async def start(self) -> "Daemon":
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "aftercalld.cli", "run", "-c", str(self.config),
+            stderr=asyncio.subprocess.PIPE, env=self.env)
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def _read(self) -> None:
+        assert self.proc and self.proc.stderr
+        async for raw in self.proc.stderr:
+            self.lines.append(raw.decode(errors="replace"))
+            self._new_line.set()
+        self._new_line.set()
+
+    async def wait_for_line(self, text: str, count: int = 1, timeout: float = 20.0) -> None:
+        async def waiter():
+            while sum(text in line for line in self.lines) < count:
+                if self.proc.returncode is not None and self._reader.done():
+                    raise AssertionError(f"daemon exited waiting for {text!r}:\n{self.log}")
+                self._new_line.clear()
+                await self._new_line.wait()
+        try:
+            await asyncio.wait_for(waiter(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"no {text!r} within {timeout}s:\n{self.log}") from None
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    async def wait(self, timeout: float = 30.0) -> int:
+        code = await asyncio.wait_for(self.proc.wait(), timeout)
+        await self._reader
+        return code
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    async def kill(self) -> None:
+        if self.proc and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+@pytest.fixture
+async def peers():
+    ami = await AmiServer().start()
+    smsc = SmscSim()
+    await smsc.start()
+    yield ami, smsc
+    await ami.stop()
+    await smsc.stop()
+
+
+def write_config(tmp_path: Path, ami: AmiServer, smsc: SmscSim, text: str = "Sorry we missed you. Reply STOP to opt out.") -> Path:
+    path = tmp_path / "aftercalld.toml"
+    path.write_text(CONFIG.format(outbox=tmp_path / "outbox.sqlite3", ami_port=ami.port,
+                                  smpp_port=smsc.port, text=text))
+    return path
+
+
+def texts(smsc: SmscSim) -> list[tuple[str, str]]:
+    return [(s.destination, decode(s.short_message, s.data_coding)) for s in smsc.accepted]
+
+
+async def test_ready_watchdog_calls_to_texts_and_sighup(tmp_path, peers, shared_traces):
+    ami, smsc = peers
+    config = write_config(tmp_path, ami, smsc)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.setblocking(False)
+    daemon = await Daemon(config, {"NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
+                                   "WATCHDOG_USEC": "200000"}).start()
+    loop = asyncio.get_running_loop()
+    try:
+        notes: list[str] = []
+
+        async def note(prefix: str) -> str:
+            while True:
+                for n in notes:
+                    if prefix in n:
+                        return n
+                notes.append((await asyncio.wait_for(loop.sock_recv(notify, 4096), 20)).decode())
+
+        ready = await note("READY=1")
+        assert "STATUS=" in ready
+        await note("WATCHDOG=1")
+        notes.clear()
+        await note("WATCHDOG=1")  # and it keeps coming, from the event loop
+        await ami.wait_until(lambda: ami.ok_logins >= 1)
+        await smsc.wait_until(lambda: len(smsc.bound()) >= 2)
+
+        await ami.send(trace_bytes("inbound_missed_noanswer.ami", shared_traces))
+        await smsc.wait_until(lambda: len(smsc.accepted) >= 1)
+        assert texts(smsc) == [("919876543210", "Sorry we missed you. Reply STOP to opt out.")]
+
+        # SIGHUP with a good config: new text for the next call.
+        write_config(tmp_path, ami, smsc, text="New wording after reload.")
+        daemon.signal(signal.SIGHUP)
+        await daemon.wait_for_line("reloaded")
+        await ami.send(trace_bytes("inbound_voicemail.ami", shared_traces))
+        await smsc.wait_until(lambda: len(smsc.accepted) >= 2)
+        assert texts(smsc)[1] == ("919876543210", "New wording after reload.")
+
+        # SIGHUP with a bad config: refused with the reason, the running rules stay.
+        config.write_text(config.read_text().replace('recipients = ["caller"]', 'recipients = ["agnet"]', 1))
+        daemon.signal(signal.SIGHUP)
+        await daemon.wait_for_line("reload refused")
+        assert 'rules[0].recipients: unknown value "agnet"' in daemon.log
+        await ami.send(trace_bytes("ivr_abandon.ami", shared_traces))
+        await smsc.wait_until(lambda: len(smsc.accepted) >= 3)
+        assert texts(smsc)[2] == ("919876543210", "New wording after reload.")
+
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait() == 0
+        assert "test" not in [w.strip(",.:'\"") for w in daemon.log.split()]  # the AMI secret
+        assert "secret" not in daemon.log.replace("secret never", "")  # the SMPP password
+    finally:
+        await daemon.kill()
+        notify.close()
+
+
+def seed(config_path: Path, count: int) -> None:
+    """Finished calls written straight to the outbox, as if a PBX had just sent them."""
+    config = load(config_path)
+    outbox = Outbox.open(config.outbox_path)
+    handler = CallHandler(config, outbox)
+    start = datetime(2026, 11, 30, 10, tzinfo=timezone.utc)
+    handler.handle_many([
+        CallRecord(call_id=f"seed.{i}", pbx="main", direction="inbound", status="missed",
+                   caller_number=f"98765400{i:02d}", dialled_number="18005550100",
+                   start_time=start, end_time=start + timedelta(seconds=20))
+        for i in range(count)
+    ])
+    outbox.close()
+
+
+def states(tmp_path: Path) -> dict[str, int]:
+    with sqlite3.connect(tmp_path / "outbox.sqlite3") as db:
+        return dict(db.execute("SELECT state, COUNT(*) FROM messages GROUP BY state"))
+
+
+async def test_sigterm_with_100_in_flight_loses_nothing_and_sends_nothing_twice(tmp_path, peers):
+    ami, smsc = peers
+    smsc.response_delay = 1.0  # every submit stays in flight for a second
+    config = write_config(tmp_path, ami, smsc)
+    seed(config, 100)
+    daemon = await Daemon(config).start()
+    try:
+        await smsc.wait_until(lambda: smsc.submits_seen >= 100, timeout=20)
+        daemon.signal(signal.SIGTERM)  # all 100 are on the wire, none answered yet
+        assert await daemon.wait(timeout=15) == 0, daemon.log
+    finally:
+        await daemon.kill()
+    assert states(tmp_path) == {"submitted": 100}
+    assert smsc.submits_seen == 100
+    assert len({d for d, _ in texts(smsc)}) == 100
+
+    smsc.response_delay = 0.0
+    again = await Daemon(config).start()
+    try:
+        await again.wait_for_line("aftercalld running")
+        await smsc.wait_until(lambda: len(smsc.bound()) >= 2)
+        again.signal(signal.SIGTERM)
+        assert await again.wait() == 0
+    finally:
+        await again.kill()
+    assert smsc.submits_seen == 100  # the restart sent nothing again
+    assert "0 message(s) waiting" in again.log
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "aftercalld.cli", *args], capture_output=True, text=True)
+
+
+async def test_report_formats_and_why(tmp_path, peers):
+    ami, smsc = peers
+    smsc.receipts = "tlv"
+    config = write_config(tmp_path, ami, smsc)
+    seed(config, 3)
+    daemon = await Daemon(config).start()
+    try:
+        await daemon.wait_for_line(" delivered", count=3)
+        status = run_cli("status", "-c", str(config), "--format", "json")
+        live = json.loads(status.stdout)
+        assert live["daemon"]["pid"] == daemon.proc.pid
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait() == 0
+    finally:
+        await daemon.kill()
+
+    as_json = json.loads(run_cli("report", "-c", str(config), "--format", "json").stdout)
+    assert {m["state"] for m in as_json["messages"]} == {"delivered"}
+    assert as_json["summary"][0]["rule"] == "Missed"
+    assert as_json["summary"][0]["delivered_pct"] == 100.0
+    rows = list(csv.DictReader(io.StringIO(run_cli("report", "-c", str(config), "--format", "csv").stdout)))
+    assert len(rows) == 3 and rows[0]["destination"].startswith("+91") and rows[0]["transport_ids"]
+    table = run_cli("report", "-c", str(config), "--status", "delivered").stdout
+    assert "Missed: 3 message(s), 3 sent" in table
+    why = run_cli("why", "-c", str(config), "seed.1").stdout
+    assert "rule 'Missed' matched" in why and "delivered" in why
