@@ -56,7 +56,7 @@ KEEP_EVENTS = {b"Newchannel", b"Hangup", b"NewCallerid", b"NewConnectedLine", b"
                b"Newstate", b"DialBegin", b"DialEnd", b"BridgeEnter", b"BridgeLeave",
                b"MessageWaiting", b"QueueCallerJoin", b"QueueCallerAbandon", b"AgentCalled",
                b"AgentConnect", b"Cdr", b"FullyBooted", b"Newexten", b"VarSet"}
-KEEP_APPS = {b"VoiceMail", b"Queue"}
+KEEP_APPS = {b"VoiceMail", b"Queue", b"Dial"}
 KEEP_VARS = {b"DEPARTMENT", b"VMSTATUS"}
 
 
