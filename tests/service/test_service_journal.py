@@ -1,0 +1,50 @@
+"""Native journald entries carry the structured fields support staff filter on."""
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+
+from aftercalld.logsetup import JournalHandler
+from aftercalld.logutil import fields
+
+
+def parse_entry(data: bytes) -> dict[str, str]:
+    out, pos = {}, 0
+    while pos < len(data):
+        end = data.index(b"\n", pos)
+        line = data[pos:end]
+        if b"=" in line:
+            key, _, value = line.partition(b"=")
+            out[key.decode()] = value.decode()
+            pos = end + 1
+        else:  # binary form: KEY\n<u64 length><value>\n
+            size = struct.unpack("<Q", data[end + 1:end + 9])[0]
+            out[line.decode()] = data[end + 9:end + 9 + size].decode()
+            pos = end + 9 + size + 1
+    return out
+
+
+def test_journal_entry_has_call_fields_and_survives_newlines(tmp_path):
+    path = str(tmp_path / "journal.sock")
+    journal = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    journal.bind(path)
+    logger = logging.getLogger("aftercalld.test.journal")
+    logger.propagate = False
+    handler = JournalHandler(path)
+    logger.addHandler(handler)
+    try:
+        logger.warning("missed call from +447400123456 → rule 'Missed'\nsecond line",
+                       extra=fields(call_id="1796012880.0", pbx="main", rule="Missed",
+                                    recipient="+447400123456", state="queued", msg_id=""))
+        entry = parse_entry(journal.recv(65536))
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        journal.close()
+    assert entry["MESSAGE"] == "missed call from +447400123456 → rule 'Missed'\nsecond line"
+    assert entry["PRIORITY"] == "4"
+    assert entry["SYSLOG_IDENTIFIER"] == "aftercalld"
+    assert (entry["CALL_ID"], entry["PBX"], entry["RULE"], entry["RECIPIENT"], entry["STATE"]) == (
+        "1796012880.0", "main", "Missed", "+447400123456", "queued")
+    assert "MSG_ID" not in entry  # empty fields are left out
