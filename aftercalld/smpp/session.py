@@ -55,7 +55,7 @@ class Session(asyncio.Protocol):
     def __init__(self, *, label: str, mode: str, window: int, response_timeout: float,
                  enquire_link_interval: float, enquire_link_timeout: float,
                  on_message: MessageHandler) -> None:
-        self.label = label  # "smpp#1 tx" — for logs
+        self.label = label  # "smpp session 1 transmitter" — for logs
         self.mode = mode
         self.free = window  # window slots; the transport takes and returns them
         self.window = window

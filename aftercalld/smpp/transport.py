@@ -49,7 +49,7 @@ class _Slot:
 
     @property
     def label(self) -> str:
-        return f"smpp#{self.index} {self.mode}"
+        return f"session {self.index} {self.mode}"
 
 
 class SmppTransport(Transport):
