@@ -216,6 +216,9 @@ class ATChannel(asyncio.Protocol):
         upper = line.upper()
         if upper == pending.command.upper():
             return  # echo (before ATE0 took effect, or a modem that ignores it)
+        if pending.want_prompt and line.startswith(">"):
+            pending.prompt.set()  # a modem that ends its prompt with a line break
+            return
         if pending.pdu_next:
             pending.pdu_next = False
             pending.lines.append(line)

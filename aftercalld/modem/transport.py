@@ -318,6 +318,10 @@ class ModemTransport(Transport):
                 self._set_state("initialisation failed", str(exc))
                 log.warning("modem %s: initialisation failed: %s; retrying in %g s", self.name, exc,
                             delay, extra=fields(transport=self.name))
+            except Exception as exc:  # a bug must not leave the modem silently dead
+                self._set_state("internal error", repr(exc))
+                log.exception("modem %s: unexpected error; reopening the modem", self.name,
+                              extra=fields(transport=self.name))
             finally:
                 self._ready.clear()
                 REGISTERED.labels(self.name).set(0)

@@ -46,7 +46,8 @@ class ModemSim:
     pin: str | None = None  # a SIM that wants this PIN
     registration: int = 1  # +CREG stat
     echo: bool = True  # real modems start with echo on
-    cereg_supported: bool = False
+    cereg: int | None = None  # +CEREG stat on an LTE modem; None: the command is unknown
+    ignore_ate0: bool = False  # firmware that keeps echoing
     csq: tuple[int, int] = (21, 99)
     silent: bool = False  # hung: reads everything, answers nothing
     garbage: bool = False  # line noise before every answer
@@ -54,6 +55,7 @@ class ModemSim:
     cms_errors: deque = field(default_factory=deque)  # codes for the next AT+CMGS answers
     cnmi_reject: set[str] = field(default_factory=set)  # AT+CNMI settings to answer ERROR
     cds_with_sca: bool = True
+    prompt: bytes = b"\r\n> "
 
     def __post_init__(self) -> None:
         self.received: list[Received] = []
@@ -143,6 +145,8 @@ class ModemSim:
                         body, self._inbuf = self._inbuf[:i], self._inbuf[i + 1 :]
                         length, self._prompt_len = self._prompt_len, None
                         if b == 0x1A and not self.silent:
+                            if self.echo:  # echo mode echoes the PDU as it is typed
+                                self._write(body)
                             self._submit(body.decode("ascii", "replace").strip(), length)
                         break
                 else:
@@ -209,7 +213,7 @@ class ModemSim:
                 self.echo = True
             self._answer()
         elif cmd in ("E0", "E1"):
-            self.echo = cmd == "E1"
+            self.echo = cmd == "E1" or self.ignore_ate0
             self._answer()
         elif cmd.startswith("+CMEE="):
             self._answer()
@@ -230,8 +234,8 @@ class ModemSim:
         elif cmd == "+CREG?":
             self._answer(f"+CREG: 0,{self.registration}")
         elif cmd == "+CEREG?":
-            if self.cereg_supported:
-                self._answer(f"+CEREG: 0,{self.registration}")
+            if self.cereg is not None:
+                self._answer(f"+CEREG: 0,{self.cereg}")
             else:
                 self._answer(final="ERROR")
         elif cmd == "+CSQ":
@@ -256,7 +260,7 @@ class ModemSim:
                 self._error(304)
                 return
             self._prompt_len = int(cmd.split("=")[1])
-            self._write(b"\r\n> ")
+            self._write(self.prompt)
             self._process()
         elif cmd.startswith("+CMGR="):
             index = int(cmd.split("=")[1])

@@ -383,3 +383,21 @@ async def test_bad_destination_is_permanent(sim):
         outcome = await modem.send(message("hi", destination="+44 abc"))
     assert outcome.kind is OutcomeKind.PERMANENT
     assert not sim.received
+
+
+async def test_lte_modem_registered_only_on_eps(sim):
+    sim.registration = 0  # no 2G/3G service
+    sim.cereg = 1
+    async with running(sim) as (modem, _):
+        assert (await modem.send(message("over LTE"))).kind is OutcomeKind.SUBMITTED
+    assert "AT+CEREG?" in sim.commands
+
+
+async def test_modem_that_keeps_echoing_and_prompts_on_its_own_line(sim):
+    sim.ignore_ate0 = True
+    sim.prompt = b"\r\n>\r\n"
+    async with running(sim) as (modem, _):
+        outcome = await modem.send(message("echo echo"))
+        assert sim.echo
+    assert outcome.kind is OutcomeKind.SUBMITTED
+    assert sim.texts() == ["echo echo"]
