@@ -309,6 +309,10 @@ class SmppTransport(Transport):
                 attempts += 1
                 reason = name
                 self.counters["transient_errors"] += 1
+                if attempts < s.part_attempts:
+                    # A short, growing pause (no window slot held) rather than hammering
+                    # an SMSC that just said it is in trouble.
+                    await asyncio.sleep(min(s.reconnect_min * attempts, 5.0))
                 continue
             self.counters["permanent_errors"] += 1
             log.warning("%s: %s %s to %s rejected: %s", self.name, message.key, part,
