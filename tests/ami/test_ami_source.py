@@ -238,3 +238,26 @@ async def test_fuzzed_stream_never_breaks_the_source(server):
     assert record.call_id == "1796012938.16"
     assert h.source.status()["state"] == "connected"
     await h.stop()
+
+
+async def test_two_pbxs_two_named_sources():
+    a = await AmiServer(secret=SECRET).start()
+    b = await AmiServer(secret=SECRET).start()
+    try:
+        ha, hb = Harness(a), Harness(b)
+        hb.pbx = PbxConfig(name="pbx-b", type="asterisk", timezone=ZoneInfo("UTC"),
+                           settings=hb.pbx.settings)
+        hb.source = make_source(hb.pbx)
+        ha.start(), hb.start()
+        await a.wait_until(lambda: a.clients == 1)
+        await b.wait_until(lambda: b.clients == 1)
+        await a.send(without_fullybooted(stream("inbound_connected.ami")))
+        await b.send(without_fullybooted(stream("inbound_connected.ami")))  # same ids, other PBX
+        ra, rb = await ha.next_call(), await hb.next_call()
+        assert (ra.pbx, rb.pbx) == ("pbx-test", "pbx-b")
+        assert ra.call_id == rb.call_id == "1796012880.0"
+        await ha.stop()
+        await hb.stop()
+    finally:
+        await a.stop()
+        await b.stop()
