@@ -201,7 +201,7 @@ class _Conn(asyncio.Protocol):
 
 class SmscSim:
     def __init__(self, *, system_id: str = "esme", password: str = "secret",
-                 bind_statuses: list[int] | None = None,
+                 bind_statuses: list[int | None] | None = None,  # None: no answer
                  response_delay: float = 0.0,
                  throttle: Callable[[int], bool] | None = None,
                  fail_destinations: dict[str, int] | None = None,
@@ -370,6 +370,9 @@ class SmscSim:
                 st = RINVPASWD
             else:
                 st = OK
+            if st is None:  # silence: the ESME's bind must time out
+                self._changed()
+                return
             conn.write(command | RESP, st, seq, b"SIMSMSC\x00" if st == OK else b"")
             if st == OK:
                 conn.bound_as = command

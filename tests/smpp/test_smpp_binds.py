@@ -192,3 +192,16 @@ async def test_close_lets_in_flight_submits_finish_first():
         assert sim.unbinds == 1 and len(sim.accepted) == 5
     finally:
         await sim.stop()
+
+
+async def test_unanswered_bind_times_out_and_is_retried():
+    sim = SmscSim(bind_statuses=[None])
+    await sim.start()
+    t = make_transport(settings(sim.port, response_timeout=0.2))
+    try:
+        await t.start(Events())
+        assert t.status()["bound"] == 1
+        assert len(sim.binds) == 2 and sim.connections[0].closed
+    finally:
+        await t.close()
+        await sim.stop()
