@@ -98,6 +98,7 @@ class ModemTransport(Transport):
         self._inbound_parts: OrderedDict[tuple[str, int, int], dict[int, str]] = OrderedDict()
         self._storage = ""
         self._background: set[asyncio.Task] = set()
+        self._reset_reason = ""
         self.state = "stopped"
         self.last_error = ""
         self.registration: int | None = None
@@ -236,7 +237,7 @@ class ModemTransport(Transport):
         except CommandTimeout as exc:
             # The modem may or may not have sent it; it is hung either way. A retry risks
             # a duplicate, which beats losing the text.
-            self._request_reset(f"no answer to AT+CMGS: {exc}")
+            self._request_reset(str(exc))
             return SubmitOutcome.transient(f"modem stopped answering while sending part {index + 1}/{total}")
         except PortClosed as exc:
             return SubmitOutcome.transient(f"modem disappeared while sending: {exc}")
@@ -278,6 +279,7 @@ class ModemTransport(Transport):
         while not self._closing:
             attempt += 1
             self._set_state("opening")
+            self._reset_reason = ""
             try:
                 self._channel = await ATChannel.open(s.device, s.baud, self._on_urc, rtscts=s.rtscts,
                                                      name=self.name)
@@ -311,9 +313,14 @@ class ModemTransport(Transport):
                 log.warning("modem %s: stopped answering (%s); reopening and re-initialising", self.name,
                             exc, extra=fields(transport=self.name))
             except PortClosed as exc:
-                self._set_state("device unavailable", str(exc))
-                log.warning("modem %s: %s; waiting for it to come back", self.name, exc,
-                            extra=fields(transport=self.name))
+                if self._reset_reason:
+                    self._set_state("not answering", self._reset_reason)
+                    log.info("modem %s: port closed for a reset; reopening and re-initialising", self.name,
+                             extra=fields(transport=self.name))
+                else:
+                    self._set_state("device unavailable", str(exc))
+                    log.warning("modem %s: %s; waiting for it to come back", self.name, exc,
+                                extra=fields(transport=self.name))
             except CommandError as exc:
                 self._set_state("initialisation failed", str(exc))
                 log.warning("modem %s: initialisation failed: %s; retrying in %g s", self.name, exc,
@@ -339,6 +346,7 @@ class ModemTransport(Transport):
 
     def _request_reset(self, reason: str) -> None:
         self._ready.clear()
+        self._reset_reason = reason
         channel = self._channel
         if channel is not None and channel.is_open:
             log.warning("modem %s: %s; resetting", self.name, reason, extra=fields(transport=self.name))
