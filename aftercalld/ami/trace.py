@@ -7,7 +7,6 @@ ended by an empty line, byte-exact as Asterisk sent them.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
 from os import PathLike
 from typing import Iterator
 
@@ -66,7 +65,3 @@ def iter_trace_calls(path: str | PathLike[str], pbx: PbxConfig) -> Iterator[Call
         if "Event" in msg:
             yield from tracker.feed(msg, ts)
     tracker.flush(f"end of trace {path}")
-
-
-def epoch_to_datetime(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, timezone.utc)

@@ -130,10 +130,6 @@ class _Call:
         self.cdr_billsec: int | None = None
 
 
-def _epoch(now: datetime | float) -> float:
-    return now if isinstance(now, float) else now.timestamp()
-
-
 class CallTracker:
     """``feed(event, now)`` → the CallRecords of calls that this event finished.
 
@@ -221,7 +217,7 @@ class CallTracker:
     def expire(self, now: datetime | float) -> int:
         """Drop calls that started more than ``call_timeout_seconds`` ago (their end never
         arrived). Calls are kept in start order, so this only looks at the oldest."""
-        cutoff = _epoch(now) - self._timeout
+        cutoff = (now if isinstance(now, float) else now.timestamp()) - self._timeout
         evicted = 0
         while self._calls:
             lid, call = next(iter(self._calls.items()))
