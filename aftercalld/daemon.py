@@ -67,6 +67,7 @@ class Daemon:
 
     async def start(self) -> None:
         self.outbox = Outbox.open(self.config.outbox_path, synchronous=self.config.sqlite_synchronous)
+        self.outbox.checkpoint_in_background()
         self.transport = make_transport(self.config)
         self.policy = Policy(self.config.policy, self.outbox, self.config.timezone)
         self.dispatcher = Dispatcher(self.outbox, self.transport, self.config.dispatch, optout=self.config.optout,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -159,6 +160,7 @@ class Outbox:
     def __init__(self, conn: sqlite3.Connection, path: str) -> None:
         self.conn = conn
         self.path = path
+        self._checkpointer: tuple[threading.Event, threading.Thread] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -198,7 +200,39 @@ class Outbox:
             return 0
         return int(row[0]) if row else 0
 
+    def checkpoint_in_background(self, interval: float = 1.0) -> None:
+        """Move WAL checkpoints (and their fsync) off the event loop's thread: a checkpoint
+        on the committing connection can stall a commit for milliseconds, which is the
+        latency tail between a hangup and the text on the wire."""
+        if self.path == ":memory:" or self._checkpointer is not None:
+            return
+        self.conn.execute("PRAGMA wal_autocheckpoint=0")
+        stop = threading.Event()
+
+        def work() -> None:
+            conn = sqlite3.connect(self.path, check_same_thread=False)
+            try:
+                while not stop.wait(interval):
+                    try:
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    except sqlite3.Error as exc:
+                        log.debug("background checkpoint: %s", exc)
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass
+            finally:
+                conn.close()
+
+        thread = threading.Thread(target=work, name="outbox-checkpoint", daemon=True)
+        thread.start()
+        self._checkpointer = (stop, thread)
+
     def close(self) -> None:
+        if self._checkpointer is not None:
+            stop, thread = self._checkpointer
+            stop.set()
+            thread.join(timeout=10)
+            self._checkpointer = None
         self.conn.close()
 
     # -- calls -------------------------------------------------------------------------
