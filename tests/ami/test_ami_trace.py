@@ -108,3 +108,19 @@ def test_call_joined_midway_is_not_classified(caplog):
         out = [r for ts, ev in events[40:] for r in tracker.feed(ev, ts)]
     assert out == [] and "before the AMI connection" in caplog.text
     assert tracker.active_calls == 0
+
+
+def test_state_stays_bounded_over_many_calls():
+    from aftercalld.ami.config import AmiSettings
+
+    tracker = CallTracker(PBX, AmiSettings(remember_finished=100))
+    events = list(read_trace(TRACES / "inbound_connected.ami"))
+    id_keys = ("Uniqueid", "Linkedid", "DestUniqueid", "DestLinkedid", "UniqueID", "LinkedID")
+    emitted = 0
+    for k in range(200):
+        for ts, ev in events:
+            ev = {key: (f"{k}-{v}" if key in id_keys else v) for key, v in ev.items()}
+            emitted += len(tracker.feed(ev, ts + k))
+    assert emitted == 200
+    assert tracker.active_calls == 0 and not tracker._chans
+    assert len(tracker._finished) == 100
