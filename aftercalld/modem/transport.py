@@ -99,6 +99,7 @@ class ModemTransport(Transport):
         self._storage = ""
         self._background: set[asyncio.Task] = set()
         self._reset_reason = ""
+        self._no_cereg = False
         self.state = "stopped"
         self.last_error = ""
         self.registration: int | None = None
@@ -111,6 +112,7 @@ class ModemTransport(Transport):
     async def start(self, events: TransportEvents) -> None:
         self._events = events
         self._closing = False
+        self._settled.clear()
         log.info("modem %s: starting on %s", self.name, self.settings.device,
                  extra=fields(transport=self.name))
         self._supervisor = asyncio.create_task(self._supervise(), name=f"modem-{self.name}")
@@ -363,6 +365,7 @@ class ModemTransport(Transport):
         s = self.settings
         self._set_state("initialising")
         self._storage = ""
+        self._no_cereg = False
         while not self._work.empty():
             self._work.get_nowait()
         await self._sync()
@@ -371,6 +374,12 @@ class ModemTransport(Transport):
         await self._cmd("AT+CMEE=1")
         await self._unlock_sim()
         await self._cmd("AT+CMGF=0")
+        try:
+            # Phase 2 message service: +CDS/+CMT need no +CNMA acknowledgement, which a
+            # phase 2+ modem would otherwise wait for before reporting the next one.
+            await self._cmd("AT+CSMS=0", prefix="+CSMS:")
+        except CommandError:
+            pass
         if s.smsc:
             toa = 145 if s.smsc.startswith("+") else 129
             await self._cmd(f'AT+CSCA="{s.smsc}",{toa}')
@@ -441,10 +450,14 @@ class ModemTransport(Transport):
     async def _registration(self) -> int | None:
         best: int | None = None
         for command, prefix in (("AT+CREG?", "+CREG:"), ("AT+CEREG?", "+CEREG:")):
+            if command == "AT+CEREG?" and (best in (1, 5) or self._no_cereg):
+                continue
             try:
                 lines = await self._cmd(command, prefix=prefix)
             except CommandError:
-                continue  # a 2G/3G modem without +CEREG
+                if command == "AT+CEREG?":
+                    self._no_cereg = True  # a 2G/3G modem: don't ask at every poll
+                continue
             for line in lines:
                 stat = _reg_from_query(line)
                 if stat is None:

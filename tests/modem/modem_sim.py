@@ -253,6 +253,8 @@ class ModemSim:
             else:
                 self.cnmi = value
                 self._answer()
+        elif cmd.startswith("+CSMS="):
+            self._answer("+CSMS: 1,1,1")
         elif cmd.startswith("+CPMS="):
             self._answer("+CPMS: 1,30,1,30,1,30")
         elif cmd.startswith("+CMGS="):
