@@ -171,14 +171,15 @@ def _is_up(status: dict[str, Any]) -> bool:
 async def run(config: Config, config_path: str) -> int:
     daemon = Daemon(config, config_path)
     loop = asyncio.get_running_loop()
+    # Before start(): a SIGTERM while connecting must drain like any other, not kill us.
+    loop.add_signal_handler(signal.SIGTERM, daemon.request_stop)
+    loop.add_signal_handler(signal.SIGINT, daemon.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, daemon.reload)
     try:
         await daemon.start()
     except (StoreError, OSError) as exc:
         log.error("cannot start: %s", exc)
         return 1
-    loop.add_signal_handler(signal.SIGTERM, daemon.request_stop)
-    loop.add_signal_handler(signal.SIGINT, daemon.request_stop)
-    loop.add_signal_handler(signal.SIGHUP, daemon.reload)
     notifier = systemd.Notifier()
     notifier.ready(daemon.status_line())
     keep_alive = asyncio.create_task(systemd.keep_alive(notifier, daemon.status_line, STATUS_EVERY_SECONDS))
