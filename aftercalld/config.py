@@ -126,6 +126,8 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
     templates = _templates(root, known)
     rule_policies: dict[str, RulePolicy] = {}
     rules = _rules(root, templates, known, {p.name for p in pbxs}, rule_policies)
+    if pbxs:
+        _check_rule_variables(root, rules, set(channel_vars))
     policy = _policy(root, rule_policies)
     metrics = root.section("metrics")
     metrics_listen = metrics.str("listen", None, pattern=r"[0-9A-Za-z.\-\[\]:]+:[0-9]{1,5}")
@@ -253,6 +255,15 @@ def _template_def(sec: Section, known: frozenset[str]) -> _TemplateDef:
         if not re.fullmatch(r"0x[0-9A-Fa-f]{1,4}|[0-9]{1,5}", tag):
             raise sec.error(f"tlvs.{tag}", "a TLV tag is a 16-bit number, e.g. \"0x1400\"")
     return _TemplateDef(template, {"tlvs": tlvs} if tlvs else {})
+
+
+def _check_rule_variables(root: Section, rules: list[Rule], collected: set[str]) -> None:
+    """A condition on a channel variable no PBX collects could never match: say so."""
+    for i, rule in enumerate(rules):
+        for name in rule.conditions.variables:
+            if name not in collected:
+                raise ConfigError(root.file, f"rules[{i}].when.variables.{name}",
+                                  "no [[pbx]] lists this variable in its variables = [...], so it is never known")
 
 
 def _policy(root: Section, rules: dict[str, RulePolicy]) -> PolicyConfig:

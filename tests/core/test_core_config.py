@@ -106,3 +106,13 @@ def test_example_config_is_valid():
     example = Path(__file__).resolve().parents[2] / "config" / "aftercalld.example.toml"
     config = load(example)
     assert config.rules.rules
+
+
+def test_rule_on_a_variable_no_pbx_collects(tmp_path):
+    rules = ('[[pbx]]\nname = "main"\ntype = "asterisk"\nusername = "u"\nsecret = "s"\nvariables = ["ACCOUNTCODE"]\n'
+             '[[rules]]\nname = "R"\nrecipients = ["caller"]\nwhen = { variables = { DEPT = "x" } }\n'
+             'caller = { template = "missed", sender = "Acme" }\n')
+    with pytest.raises(ConfigError) as info:
+        load(write_config(tmp_path, rules=rules))
+    assert info.value.key == "rules[0].when.variables.DEPT"
+    assert "secret" not in str(info.value) or "s\"" not in str(info.value)
