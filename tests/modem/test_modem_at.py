@@ -137,11 +137,13 @@ async def test_lines_after_a_timeout_are_not_taken_for_the_next_answer(peer, cha
 
 
 async def test_noise_without_line_ends_is_dropped(peer, channel, caplog):
-    await peer.send(b"\xff" * 5000)
-    task = asyncio.create_task(channel.command("AT", timeout=2))
-    await peer.expect(b"AT\r")
-    await peer.send(b"\r\nOK\r\n")
-    assert await task == []
+    # The channel reads at most 1 KiB at a time, so 10 KiB of noise must overflow its
+    # 4 KiB line buffer whatever the pty's chunking.
+    await peer.send(b"\xff" * 10000 + b"\r\n")
+    task = asyncio.create_task(channel.command("AT+CSQ", prefix="+CSQ:", timeout=2))
+    await peer.expect(b"AT+CSQ\r")
+    await peer.send(b"\r\n+CSQ: 9,99\r\nOK\r\n")
+    assert await task == ["+CSQ: 9,99"]
     assert "wrong baud rate" in caplog.text
 
 
