@@ -121,7 +121,12 @@ class ATChannel(asyncio.Protocol):
             # abort, not close: close() drains the output first, and on a hung or unplugged
             # modem that can wait forever.
             self._transport.abort()
-        await self._closed.wait()
+        try:
+            # The port's close runs in a thread; a wedged USB driver must not wedge us.
+            await asyncio.wait_for(self._closed.wait(), 5.0)
+        except asyncio.TimeoutError:
+            log.warning("%s: the serial port did not close within 5 s", self._name)
+            self._closed.set()
 
     # --- commands -----------------------------------------------------------------------
 

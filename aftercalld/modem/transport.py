@@ -16,7 +16,6 @@ import re
 from collections import OrderedDict
 from typing import Any
 
-import serial
 from prometheus_client import Counter, Gauge
 
 from ..logutil import fields
@@ -285,7 +284,7 @@ class ModemTransport(Transport):
             try:
                 self._channel = await ATChannel.open(s.device, s.baud, self._on_urc, rtscts=s.rtscts,
                                                      name=self.name)
-            except (OSError, serial.SerialException, ValueError) as exc:
+            except Exception as exc:  # OSError, SerialException, termios trouble: all "not usable now"
                 hint = open_error_hint(exc)
                 self._set_state("device unavailable", hint)
                 # Loud the first time, quiet while it stays away (a modem unplugged overnight).

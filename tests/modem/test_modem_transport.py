@@ -401,3 +401,15 @@ async def test_modem_that_keeps_echoing_and_prompts_on_its_own_line(sim):
         assert sim.echo
     assert outcome.kind is OutcomeKind.SUBMITTED
     assert sim.texts() == ["echo echo"]
+
+
+async def test_second_user_of_the_port_is_told_who_holds_it(sim):
+    async with running(sim) as (first, _):
+        async with running(sim, wait_ready=False) as (second, _):
+            status = second.status()
+            assert status["state"] == "device unavailable"
+            assert "another program holds the port" in status["last_error"]
+            outcome = await second.send(message("hi"))
+            assert outcome.kind is OutcomeKind.TRANSIENT
+            assert "another program holds the port" in outcome.reason
+        assert (await first.send(message("still mine"))).kind is OutcomeKind.SUBMITTED
