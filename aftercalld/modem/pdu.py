@@ -250,7 +250,12 @@ def encode_user_data(text: str, encoding: Encoding, udh: bytes = b"") -> tuple[i
     udl = header_septets + len(septets)
     if udl > 160:
         raise ValueError(f"user data is {udl} septets, more than 160")
-    return udl, udh + pack_septets(septets, fill)
+    packed = bytearray(pack_septets(septets, fill))
+    if packed and (len(packed) * 8 - fill - 7 * len(septets)) == 7:
+        # TS 23.038 6.1.2.3.1: seven spare bits carry CR, so a phone that counts septets
+        # from the octets shows nothing rather than a stray "@".
+        packed[-1] |= 0x0D << 1
+    return udl, udh + bytes(packed)
 
 
 def decode_user_data(dcs: int, udhi: bool, udl: int, ud: bytes) -> tuple[str, Encoding | None, Concat | None]:

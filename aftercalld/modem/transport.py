@@ -491,8 +491,7 @@ class ModemTransport(Transport):
         if p and p[0].isdigit():
             rssi = int(p[0])
             self.rssi = None if rssi == 99 else rssi
-            if self.rssi is not None:
-                SIGNAL_DBM.labels(self.name).set(-113 + 2 * self.rssi)
+            SIGNAL_DBM.labels(self.name).set(float("nan") if self.rssi is None else -113 + 2 * self.rssi)
 
     def _signal_text(self) -> str:
         return "unknown" if self.rssi is None else f"{-113 + 2 * self.rssi} dBm"

@@ -131,3 +131,10 @@ def test_decoders_never_crash_on_garbage(data):
             decode(data)
         except ValueError:
             pass
+
+
+def test_seven_spare_bits_carry_cr():
+    udl, ud = pdu.encode_user_data("1234567", Encoding.GSM7)
+    assert (udl, len(ud)) == (7, 7)
+    assert pdu.unpack_septets(ud, 8)[-1] == 0x0D  # not "@"
+    assert pdu.gsm7_decode(pdu.unpack_septets(ud, udl)) == "1234567"
