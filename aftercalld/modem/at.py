@@ -137,8 +137,8 @@ class ATChannel(asyncio.Protocol):
         each prefixed line too). Raises CommandError, CommandTimeout or PortClosed."""
         async with self._lock:
             pending = self._start(command, prefix, with_pdu, log_as)
-            self._write(command.encode("ascii") + b"\r")
-            return await self._finish(pending, timeout, log_as or command)
+            return await self._finish(pending, timeout, log_as or command,
+                                      command.encode("ascii") + b"\r")
 
     async def send_pdu(self, tpdu_length: int, pdu_hex: str, *, prompt_timeout: float,
                        timeout: float) -> list[str]:
@@ -148,21 +148,24 @@ class ATChannel(asyncio.Protocol):
         async with self._lock:
             pending = self._start(command, "+CMGS:", False, None)
             pending.want_prompt = True
-            self._write(command.encode("ascii") + b"\r")
             try:
-                await asyncio.wait_for(pending.prompt.wait(), prompt_timeout)
-            except asyncio.TimeoutError:
-                # ESC abandons the input mode, should the prompt turn up late.
-                self._write(ESC)
-                self._pending = None
-                raise CommandTimeout(command + " (waiting for the > prompt)", prompt_timeout) from None
-            if pending.future.done():  # an error instead of a prompt
-                self._pending = None
-                return pending.future.result()
+                self._write(command.encode("ascii") + b"\r")
+                try:
+                    await asyncio.wait_for(pending.prompt.wait(), prompt_timeout)
+                except asyncio.TimeoutError:
+                    # ESC abandons the input mode, should the prompt turn up late.
+                    self._write(ESC)
+                    raise CommandTimeout(command + " (waiting for the > prompt)", prompt_timeout) from None
+                if pending.future.done():  # an error instead of a prompt
+                    self._pending = None
+                    return pending.future.result()
+            except BaseException:
+                if self._pending is pending:
+                    self._pending = None
+                raise
             pending.want_prompt = False
             log.debug("%s: > %s", self._name, pdu_hex)
-            self._write(pdu_hex.encode("ascii") + CTRL_Z)
-            return await self._finish(pending, timeout, command)
+            return await self._finish(pending, timeout, command, pdu_hex.encode("ascii") + CTRL_Z)
 
     def _start(self, command: str, prefix: str | None, with_pdu: bool, log_as: str | None) -> _Pending:
         if not self.is_open:
@@ -172,8 +175,10 @@ class ATChannel(asyncio.Protocol):
         self._pending = _Pending(command, prefix.upper() if prefix else None, with_pdu, future)
         return self._pending
 
-    async def _finish(self, pending: _Pending, timeout: float, shown: str) -> list[str]:
+    async def _finish(self, pending: _Pending, timeout: float, shown: str, data: bytes) -> list[str]:
+        """Write `data`, then wait for the final result of `pending`."""
         try:
+            self._write(data)
             return await asyncio.wait_for(asyncio.shield(pending.future), timeout)
         except asyncio.TimeoutError:
             raise CommandTimeout(shown, timeout) from None
