@@ -99,6 +99,7 @@ class ModemTransport(Transport):
         self._background: set[asyncio.Task] = set()
         self._reset_reason = ""
         self._no_cereg = False
+        self._open_error = ""
         self.state = "stopped"
         self.last_error = ""
         self.registration: int | None = None
@@ -287,14 +288,17 @@ class ModemTransport(Transport):
             except Exception as exc:  # OSError, SerialException, termios trouble: all "not usable now"
                 hint = open_error_hint(exc)
                 self._set_state("device unavailable", hint)
-                # Loud the first time, quiet while it stays away (a modem unplugged overnight).
-                level = logging.WARNING if attempt == 1 or delay == first_delay else logging.DEBUG
+                # Loud when the reason is new, quiet while it stays the same (a modem
+                # unplugged overnight).
+                level = logging.WARNING if hint != self._open_error else logging.DEBUG
+                self._open_error = hint
                 log.log(level, "modem %s: cannot open %s: %s; retrying in %g s", self.name, s.device,
                         hint, delay, extra=fields(transport=self.name))
                 self._settled.set()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, s.reopen_max_seconds)
                 continue
+            self._open_error = ""
             if attempt > 1:
                 self.resets += 1
                 RESETS.labels(self.name).inc()
@@ -408,6 +412,9 @@ class ModemTransport(Transport):
             except CommandError:
                 if attempt == 2:
                     raise
+            except CommandTimeout:
+                raise CommandTimeout("AT (no answer at all: the modem's AT port? the baud rate? still booting?)",
+                                     self.settings.command_timeout) from None
 
     async def _unlock_sim(self) -> None:
         s = self.settings

@@ -413,3 +413,13 @@ async def test_second_user_of_the_port_is_told_who_holds_it(sim):
             assert outcome.kind is OutcomeKind.TRANSIENT
             assert "another program holds the port" in outcome.reason
         assert (await first.send(message("still mine"))).kind is OutcomeKind.SUBMITTED
+
+
+async def test_port_that_never_answers_says_what_to_check(sim):
+    sim.silent = True  # e.g. the modem's diagnostics port instead of its AT port
+    async with running(sim, wait_ready=False) as (modem, _):
+        status = modem.status()
+        assert status["state"] == "not answering"
+        assert "AT port" in status["last_error"]
+        sim.silent = False
+        assert await modem.wait_ready(5)
