@@ -405,3 +405,22 @@ def test_example_config_fragment_parses():
     assert section.str("type") == "smpp"
     s = parse_settings(section)
     assert s.hosts[1] == ("smsc2.example.net", 2776) and s.window == 10
+
+
+def test_whole_config_with_the_smpp_fragment_loads_and_builds_the_transport():
+    """The core's loader hands [transport] to our parse_settings; the daemon's factory
+    builds our transport from it."""
+    import tomllib
+    from pathlib import Path
+
+    from aftercalld import config as core_config
+    from aftercalld.daemon import make_transport as daemon_make_transport
+    from aftercalld.smpp.transport import SmppTransport
+
+    repo = Path(__file__).resolve().parents[2]
+    data = tomllib.loads((repo / "config" / "aftercalld.example.toml").read_text())
+    data["transport"] = tomllib.loads((repo / "config" / "examples" / "smpp.toml").read_text())["transport"]
+    cfg = core_config.parse(data, "example+smpp")
+    transport = daemon_make_transport(cfg)
+    assert isinstance(transport, SmppTransport)
+    assert transport.max_in_flight == 10 and transport.name == "smpp"
