@@ -261,3 +261,34 @@ async def test_two_pbxs_two_named_sources():
     finally:
         await a.stop()
         await b.stop()
+
+
+# Hypothesis drives the real source over a real socket; each example is its own event loop
+# (asyncio.run), so this test is synchronous.
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_OTHER = without_fullybooted(stream("inbound_connected.ami"))
+_GOOD = without_fullybooted(stream("ivr_abandon.ami"))
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.one_of(
+    st.binary(min_size=1, max_size=200),
+    st.tuples(st.integers(0, len(_OTHER) - 1), st.integers(1, 500)).map(
+        lambda a: _OTHER[a[0]:a[0] + a[1]]),
+), min_size=1, max_size=20), st.integers(1, 300))
+def test_hypothesis_fuzzed_stream_over_tcp_never_raises_out_of_the_source(chunks, write_size):
+    async def scenario() -> None:
+        srv = await AmiServer(secret=SECRET).start()
+        try:
+            h = Harness(srv).start()
+            await srv.wait_until(lambda: srv.clients == 1)
+            await srv.send(b"".join(chunks) + b"\r\n\r\n" + _GOOD, chunk=write_size)
+            record = await h.next_call()
+            assert record.call_id == "1796012938.16" and record.status == "missed"
+            await h.stop()
+        finally:
+            await srv.stop()
+
+    asyncio.run(scenario())
