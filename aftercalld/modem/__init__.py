@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..transport import Transport
 from .config import ModemSettings, parse_settings
+from .metrics import register_metrics
 from .transport import ModemTransport
 
 
@@ -11,4 +12,4 @@ def make_transport(settings: ModemSettings, name: str = "modem") -> Transport:
     return ModemTransport(settings, name)
 
 
-__all__ = ["ModemSettings", "ModemTransport", "make_transport", "parse_settings"]
+__all__ = ["ModemSettings", "ModemTransport", "make_transport", "parse_settings", "register_metrics"]

@@ -16,8 +16,6 @@ import re
 from collections import OrderedDict
 from typing import Any
 
-from prometheus_client import Counter, Gauge
-
 from ..logutil import fields
 from ..model import DeliveryReport, InboundMessage, OutboundMessage, SubmitOutcome
 from ..rules.encoding import split_segments
@@ -28,13 +26,6 @@ from .config import ModemSettings
 from .errors import CommandError, CommandTimeout, ModemError, PortClosed
 
 log = logging.getLogger(__name__)
-
-SIGNAL_DBM = Gauge("aftercalld_modem_signal_dbm", "Signal strength the modem reports (AT+CSQ), dBm",
-                   ["transport"])
-REGISTERED = Gauge("aftercalld_modem_registered",
-                   "1 when the modem is registered on its home or a roaming network", ["transport"])
-RESETS = Counter("aftercalld_modem_resets_total",
-                 "Times the serial port was reopened after a hang or a disappearance", ["transport"])
 
 # AT+CNMI settings to try, best first: status reports straight to us (+CDS), then stored
 # with a notice (+CDSI), for modems that refuse one or the other.
@@ -301,7 +292,6 @@ class ModemTransport(Transport):
             self._open_error = ""
             if attempt > 1:
                 self.resets += 1
-                RESETS.labels(self.name).inc()
             try:
                 await self._initialise()
                 delay = first_delay
@@ -336,7 +326,6 @@ class ModemTransport(Transport):
                               extra=fields(transport=self.name))
             finally:
                 self._ready.clear()
-                REGISTERED.labels(self.name).set(0)
             self._settled.set()
             await self._close_channel()
             if self._closing:
@@ -471,7 +460,6 @@ class ModemTransport(Transport):
                 elif best not in (1, 5):
                     best = stat
         self.registration = best
-        REGISTERED.labels(self.name).set(1 if best in (1, 5) else 0)
         return best
 
     async def _wait_for_network(self) -> None:
@@ -498,7 +486,6 @@ class ModemTransport(Transport):
         if p and p[0].isdigit():
             rssi = int(p[0])
             self.rssi = None if rssi == 99 else rssi
-            SIGNAL_DBM.labels(self.name).set(float("nan") if self.rssi is None else -113 + 2 * self.rssi)
 
     def _signal_text(self) -> str:
         return "unknown" if self.rssi is None else f"{-113 + 2 * self.rssi} dBm"

@@ -423,3 +423,20 @@ async def test_port_that_never_answers_says_what_to_check(sim):
         assert "AT port" in status["last_error"]
         sim.silent = False
         assert await modem.wait_ready(5)
+
+
+async def test_metrics_from_the_transport_state(sim):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from aftercalld.modem import register_metrics
+
+    registry = CollectorRegistry()
+    async with running(sim) as (modem, _):
+        register_metrics(registry, modem)
+        await modem.send(message("count me"))
+        text = generate_latest(registry).decode()
+    assert 'aftercalld_modem_signal_dbm{transport="gsm1"} -71.0' in text
+    assert 'aftercalld_modem_registered{transport="gsm1"} 1.0' in text
+    assert 'aftercalld_modem_ready{transport="gsm1"} 1.0' in text
+    assert 'aftercalld_modem_parts_sent_total{transport="gsm1"} 1.0' in text
+    assert 'aftercalld_modem_resets_total{transport="gsm1"} 0.0' in text
