@@ -181,7 +181,7 @@ class ATChannel(asyncio.Protocol):
             self._write(data)
             return await asyncio.wait_for(asyncio.shield(pending.future), timeout)
         except asyncio.TimeoutError:
-            raise CommandTimeout(shown, timeout) from None
+            raise CommandTimeout(shown, timeout, list(pending.lines)) from None
         finally:
             if self._pending is pending:
                 self._pending = None

@@ -171,8 +171,9 @@ class CommandError(ModemError):
 class CommandTimeout(ModemError):
     """No final result within the time allowed: the modem is hung, or gone."""
 
-    def __init__(self, command: str, timeout: float) -> None:
+    def __init__(self, command: str, timeout: float, lines: list[str] | None = None) -> None:
         self.command = command
+        self.lines = lines or []  # what did arrive before the modem fell silent
         super().__init__(f"{command}: no answer within {timeout:g} s")
 
 

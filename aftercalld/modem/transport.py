@@ -228,10 +228,12 @@ class ModemTransport(Transport):
             kind = SubmitOutcome.permanent if info.permanent else SubmitOutcome.transient
             return kind(f"modem refused part {index + 1}/{total}: {info}")
         except CommandTimeout as exc:
-            # The modem may or may not have sent it; it is hung either way. A retry risks
-            # a duplicate, which beats losing the text.
             self._request_reset(str(exc))
-            return SubmitOutcome.transient(f"modem stopped answering while sending part {index + 1}/{total}")
+            if not any(line.upper().startswith("+CMGS:") for line in exc.lines):
+                # The modem may or may not have sent it; it is hung either way. A retry
+                # risks a duplicate, which beats losing the text.
+                return SubmitOutcome.transient(f"modem stopped answering while sending part {index + 1}/{total}")
+            lines = exc.lines  # it had said +CMGS: <mr>, so the part is out; only the OK is missing
         except PortClosed as exc:
             return SubmitOutcome.transient(f"modem disappeared while sending: {exc}")
         finally:

@@ -56,6 +56,7 @@ class ModemSim:
     cnmi_reject: set[str] = field(default_factory=set)  # AT+CNMI settings to answer ERROR
     cds_with_sca: bool = True
     prompt: bytes = b"\r\n> "
+    hang_after_cmgs: bool = False  # answer +CMGS: <mr>, then fall silent before the OK
 
     def __post_init__(self) -> None:
         self.received: list[Received] = []
@@ -298,6 +299,10 @@ class ModemSim:
         mr = self.next_mr
         self.next_mr = (self.next_mr + 1) % 256
         self.received.append(Received(mr, length, hex_pdu, decoded))
+        if self.hang_after_cmgs:
+            self._write(f"\r\n+CMGS: {mr}\r\n".encode())
+            self.silent = True
+            return
         self._answer(f"+CMGS: {mr}")
 
     # --- the network side ---------------------------------------------------------------

@@ -440,3 +440,17 @@ async def test_metrics_from_the_transport_state(sim):
     assert 'aftercalld_modem_ready{transport="gsm1"} 1.0' in text
     assert 'aftercalld_modem_parts_sent_total{transport="gsm1"} 1.0' in text
     assert 'aftercalld_modem_resets_total{transport="gsm1"} 0.0' in text
+
+
+async def test_hang_after_the_message_reference_counts_as_sent(sim):
+    async with running(sim) as (modem, _):
+        sim.hang_after_cmgs = True
+        outcome = await modem.send(message("out before the hang"))
+        assert outcome.kind is OutcomeKind.SUBMITTED  # not retried: that would be a double text
+        assert outcome.message_ids == (str(sim.received[0].mr),)
+        sim.hang_after_cmgs = False
+        n_atz = sim.commands.count("ATZ")
+        sim.silent = False
+        await sim.wait_for(lambda: sim.commands.count("ATZ") > n_atz)
+        assert await modem.wait_ready(5)
+    assert sim.texts() == ["out before the hang"]
