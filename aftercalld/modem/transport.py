@@ -409,12 +409,19 @@ class ModemTransport(Transport):
 
     async def _unlock_sim(self) -> None:
         s = self.settings
+        pin_sent = False
         for _ in range(10):
             lines = await self._cmd("AT+CPIN?", prefix="+CPIN:")
             state = _params(lines[0])[0].upper() if lines and _params(lines[0]) else ""
             if state == "READY":
                 return
+            if state == "SIM PIN" and pin_sent:
+                # The SIM is still taking the PIN in; a second entry could count as a
+                # wrong try.
+                await asyncio.sleep(1.0)
+                continue
             if state == "SIM PIN":
+                pin_sent = True
                 if not s.pin:
                     raise SimLocked("the SIM asks for a PIN and none is configured (set pin in [transport])")
                 try:

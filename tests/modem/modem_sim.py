@@ -56,6 +56,7 @@ class ModemSim:
     cnmi_reject: set[str] = field(default_factory=set)  # AT+CNMI settings to answer ERROR
     cds_with_sca: bool = True
     prompt: bytes = b"\r\n> "
+    pin_delay_polls: int = 0  # after a right PIN, answer SIM PIN to this many more AT+CPIN?
     hang_after_cmgs: bool = False  # answer +CMGS: <mr>, then fall silent before the OK
 
     def __post_init__(self) -> None:
@@ -64,6 +65,7 @@ class ModemSim:
         self.storage: dict[int, Stored] = {}
         self.pin_ok = self.pin is None
         self.pin_attempts: list[str] = []
+        self._pin_polls_left = 0
         self.cnmi = ""
         self.cmgf = None
         self.csca = ""
@@ -219,6 +221,11 @@ class ModemSim:
         elif cmd.startswith("+CMEE="):
             self._answer()
         elif cmd == "+CPIN?":
+            if not self.pin_ok and self._pin_polls_left:
+                self._pin_polls_left -= 1
+                self.pin_ok = self._pin_polls_left == 0
+                self._answer("+CPIN: SIM PIN")
+                return
             self._answer("+CPIN: READY" if self.pin_ok else "+CPIN: SIM PIN")
         elif cmd.startswith("+CPIN="):
             given = line.split("=", 1)[1].strip('"')
@@ -226,8 +233,11 @@ class ModemSim:
             if self.pin_ok:
                 self._error(3, "CME")
             elif given == self.pin:
-                self.pin_ok = True
                 self._answer()
+                if self.pin_delay_polls:
+                    self._pin_polls_left = self.pin_delay_polls  # the SIM takes its time
+                else:
+                    self.pin_ok = True
             else:
                 self._error(16, "CME")
         elif not self.pin_ok and cmd.startswith(("+CMG", "+CREG", "+CNMI", "+CSCA", "+CEREG", "+CSQ", "+CPMS")):

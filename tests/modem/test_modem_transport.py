@@ -454,3 +454,12 @@ async def test_hang_after_the_message_reference_counts_as_sent(sim):
         await sim.wait_for(lambda: sim.commands.count("ATZ") > n_atz)
         assert await modem.wait_ready(5)
     assert sim.texts() == ["out before the hang"]
+
+
+async def test_slow_sim_after_the_pin_gets_no_second_pin(sim):
+    sim.pin = "4711"
+    sim.pin_ok = False
+    sim.pin_delay_polls = 1
+    async with running(sim, pin="4711") as (modem, _):
+        assert (await modem.send(message("hi"))).kind is OutcomeKind.SUBMITTED
+    assert sim.pin_attempts == ["4711"]
