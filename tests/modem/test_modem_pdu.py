@@ -138,3 +138,25 @@ def test_seven_spare_bits_carry_cr():
     assert (udl, len(ud)) == (7, 7)
     assert pdu.unpack_septets(ud, 8)[-1] == 0x0D  # not "@"
     assert pdu.gsm7_decode(pdu.unpack_septets(ud, udl)) == "1234567"
+
+
+def test_an_independent_decoder_reads_our_pdus():
+    """Cross-check with smspdudecoder (Qotto's decoder), where installed: our encoder and our
+    decoder could share a misreading of TS 23.040; a third party's decoder would not.
+    (Optional test dependency: smspdudecoder==2.2.0 with bitstring<5.)"""
+    easy = pytest.importorskip("smspdudecoder.easy")
+    cases = [
+        ("Sorry we missed you: 5€ off [code {A~B}] ^|\\ @ £ ¥ è", Encoding.GSM7),
+        ("Мы пропустили ваш звонок 📞", Encoding.UCS2),
+        ("We are sorry we missed your call. " * 12, Encoding.GSM7),
+        ("Привет 👋 " * 20, Encoding.UCS2),
+    ]
+    for text, enc in cases:
+        parts = pdu.build_message("+447700900123", split_segments(text, enc), enc, reference=77,
+                                  status_report=True, validity_minutes=1440)
+        decoded = [easy.read_outgoing_sms(p.hex) for p in parts]
+        assert {d["recipient"] for d in decoded} == {"+447700900123"}
+        assert "".join(d["content"] for d in decoded) == text
+    when = datetime(2026, 11, 30, 8, 0, 5, tzinfo=timezone.utc)
+    incoming = easy.read_incoming_sms(pdu.build_deliver("+447700900123", "Stop please", Encoding.GSM7, when))
+    assert (incoming["sender"], incoming["content"], incoming["date"]) == ("+447700900123", "Stop please", when)
