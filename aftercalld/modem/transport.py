@@ -131,8 +131,8 @@ class ModemTransport(Transport):
         self._ready.clear()
         try:
             # Let an in-flight send finish: a part half handed to the modem is the worst
-            # moment to pull the port.
-            await asyncio.wait_for(self._send_lock.acquire(), self.settings.send_timeout)
+            # moment to pull the port. Bounded well inside systemd's TimeoutStopSec.
+            await asyncio.wait_for(self._send_lock.acquire(), min(self.settings.send_timeout, 10.0))
             self._send_lock.release()
         except asyncio.TimeoutError:
             log.warning("modem %s: a send did not finish before close", self.name)
