@@ -9,7 +9,7 @@ simulator can read what we send and write what a network would send us.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import gsm0338  # noqa: F401  (registers the 'gsm03.38' codec)
@@ -382,7 +382,7 @@ def decode_submit(pdu: str | bytes, tpdu_length: int | None = None) -> DecodedSu
             raise PduError(f"not an SMS-SUBMIT (TP-MTI {first & 0x03})")
         mr = t[1]
         da, pos = decode_address(t, 2)
-        pid, dcs = t[pos], t[pos + 1]  # noqa: F841  (PID is carried, not interpreted)
+        dcs = t[pos + 1]  # t[pos] is TP-PID: carried, not interpreted
         pos += 2
         vpf = (first >> 3) & 0x03
         vp = None

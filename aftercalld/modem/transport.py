@@ -570,7 +570,9 @@ class ModemTransport(Transport):
         try:
             lines = await self._cmd(f"AT+CMGR={index}", prefix="+CMGR:", with_pdu=True)
         except CommandError as exc:
-            log.warning("modem %s: cannot read stored message %d: %s", self.name, index, exc.info)
+            # 321: already read and deleted (at start, or the modem announced it twice).
+            level = logging.DEBUG if exc.info.code == 321 else logging.WARNING
+            log.log(level, "modem %s: cannot read stored message %d: %s", self.name, index, exc.info)
             return
         for header, body in zip(lines[::2], lines[1::2]):
             self._handle_pdu(body, _length(header))
