@@ -104,7 +104,7 @@ class ModemTransport(Transport):
         self._events = events
         self._closing = False
         self._settled.clear()
-        log.info("modem %s: starting on %s", self.name, self.settings.device,
+        log.info("%s: starting on %s", self.name, self.settings.device,
                  extra=fields(transport=self.name))
         self._supervisor = asyncio.create_task(self._supervise(), name=f"modem-{self.name}")
         s = self.settings
@@ -135,7 +135,7 @@ class ModemTransport(Transport):
             await asyncio.wait_for(self._send_lock.acquire(), min(self.settings.send_timeout, 10.0))
             self._send_lock.release()
         except asyncio.TimeoutError:
-            log.warning("modem %s: a send did not finish before close", self.name)
+            log.warning("%s: a send did not finish before close", self.name)
         if self._supervisor is not None:
             # Repeated: on Python 3.11 a wait_for() whose command answers just as the
             # cancel arrives swallows the cancel.
@@ -181,9 +181,9 @@ class ModemTransport(Transport):
         except ValueError as exc:
             return SubmitOutcome.permanent(f"cannot encode for the modem: {exc}")
         if message.sender:
-            log.debug("modem %s: sender id %r ignored: a modem always sends from its SIM's number",
+            log.debug("%s: sender id %r ignored: a modem always sends from its SIM's number",
                       self.name, message.sender, extra=log_fields)
-        log.debug("modem %s: text for %s: %r", self.name, message.destination, message.text, extra=log_fields)
+        log.debug("%s: text for %s: %r", self.name, message.destination, message.text, extra=log_fields)
         ids: list[str] = []
         for index, part in enumerate(parts):
             tries = 1 if index == 0 else 1 + PART_RETRIES
@@ -194,22 +194,22 @@ class ModemTransport(Transport):
                     break
                 if outcome.kind == "permanent" or attempt == tries or not self._ready.is_set():
                     return self._partial(outcome, ids, len(parts), message, log_fields)
-                log.warning("modem %s: part %d/%d: %s; trying that part again", self.name, index + 1,
+                log.warning("%s: part %d/%d: %s; trying that part again", self.name, index + 1,
                             len(parts), outcome.reason, extra=log_fields)
-        log.info("modem %s: sent %d part(s) to %s, reference(s) %s", self.name, len(ids),
+        log.info("%s: sent %d part(s) to %s, reference(s) %s", self.name, len(ids),
                  message.destination, ",".join(ids), extra=log_fields)
         return SubmitOutcome.submitted(*ids)
 
     def _partial(self, outcome: SubmitOutcome, ids: list[str], total: int, message: OutboundMessage,
                  log_fields: dict) -> SubmitOutcome:
         if not ids:
-            log.warning("modem %s: not sent to %s: %s (%s)", self.name, message.destination,
+            log.warning("%s: not sent to %s: %s (%s)", self.name, message.destination,
                         outcome.reason, outcome.kind, extra=log_fields)
             return outcome
         # Some parts are already on their way: a retry would send them twice, so this
         # message ends here, and the reason says what the recipient got.
         reason = f"only {len(ids)} of {total} parts sent (references {','.join(ids)}): {outcome.reason}"
-        log.error("modem %s: %s to %s; not retried, to avoid a double text", self.name, reason,
+        log.error("%s: %s to %s; not retried, to avoid a double text", self.name, reason,
                   message.destination, extra=log_fields)
         return SubmitOutcome.permanent(reason)
 
@@ -244,7 +244,7 @@ class ModemTransport(Transport):
                 self.parts_sent += 1
                 return p[0]
         # OK without a reference: sent, but no report can ever be matched to it.
-        log.warning("modem %s: AT+CMGS answered OK without +CMGS: <mr>; delivery report cannot be matched",
+        log.warning("%s: AT+CMGS answered OK without +CMGS: <mr>; delivery report cannot be matched",
                     self.name, extra=log_fields)
         self.parts_sent += 1
         return f"noref-{random.getrandbits(32):08x}"
@@ -285,7 +285,7 @@ class ModemTransport(Transport):
                 # unplugged overnight).
                 level = logging.WARNING if hint != self._open_error else logging.DEBUG
                 self._open_error = hint
-                log.log(level, "modem %s: cannot open %s: %s; retrying in %g s", self.name, s.device,
+                log.log(level, "%s: cannot open %s: %s; retrying in %g s", self.name, s.device,
                         hint, delay, extra=fields(transport=self.name))
                 self._settled.set()
                 await asyncio.sleep(delay)
@@ -300,31 +300,31 @@ class ModemTransport(Transport):
                 await self._serve()
             except SimLocked as exc:
                 self._set_state("SIM locked", str(exc))
-                log.error("modem %s: %s", self.name, exc, extra=fields(transport=self.name))
+                log.error("%s: %s", self.name, exc, extra=fields(transport=self.name))
                 self._settled.set()
                 await self._close_channel()
                 # Nothing we can do alone; the admin fixes the config and restarts.
                 await asyncio.Event().wait()
             except CommandTimeout as exc:
                 self._set_state("not answering", str(exc))
-                log.warning("modem %s: stopped answering (%s); reopening and re-initialising", self.name,
+                log.warning("%s: stopped answering (%s); reopening and re-initialising", self.name,
                             exc, extra=fields(transport=self.name))
             except PortClosed as exc:
                 if self._reset_reason:
                     self._set_state("not answering", self._reset_reason)
-                    log.info("modem %s: port closed for a reset; reopening and re-initialising", self.name,
+                    log.info("%s: port closed for a reset; reopening and re-initialising", self.name,
                              extra=fields(transport=self.name))
                 else:
                     self._set_state("device unavailable", str(exc))
-                    log.warning("modem %s: %s; waiting for it to come back", self.name, exc,
+                    log.warning("%s: %s; waiting for it to come back", self.name, exc,
                                 extra=fields(transport=self.name))
             except CommandError as exc:
                 self._set_state("initialisation failed", str(exc))
-                log.warning("modem %s: initialisation failed: %s; retrying in %g s", self.name, exc,
+                log.warning("%s: initialisation failed: %s; retrying in %g s", self.name, exc,
                             delay, extra=fields(transport=self.name))
             except Exception as exc:  # a bug must not leave the modem silently dead
                 self._set_state("internal error", repr(exc))
-                log.exception("modem %s: unexpected error; reopening the modem", self.name,
+                log.exception("%s: unexpected error; reopening the modem", self.name,
                               extra=fields(transport=self.name))
             finally:
                 self._ready.clear()
@@ -345,7 +345,7 @@ class ModemTransport(Transport):
         self._reset_reason = reason
         channel = self._channel
         if channel is not None and channel.is_open:
-            log.warning("modem %s: %s; resetting", self.name, reason, extra=fields(transport=self.name))
+            log.warning("%s: %s; resetting", self.name, reason, extra=fields(transport=self.name))
             task = asyncio.get_running_loop().create_task(channel.close())
             # The loop keeps only a weak reference to a task.
             self._background.add(task)
@@ -382,7 +382,7 @@ class ModemTransport(Transport):
             try:
                 await self._cmd(extra)
             except CommandError as exc:
-                log.warning("modem %s: init command %s failed: %s", self.name, extra, exc.info,
+                log.warning("%s: init command %s failed: %s", self.name, extra, exc.info,
                             extra=fields(transport=self.name))
         await self._wait_for_network()
         await self._read_signal()
@@ -390,7 +390,7 @@ class ModemTransport(Transport):
         self._set_state("ready")
         self._ready.set()
         self._settled.set()
-        log.info("modem %s: ready (%s, signal %s)", self.name, REG_STATES.get(self.registration or 0),
+        log.info("%s: ready (%s, signal %s)", self.name, REG_STATES.get(self.registration or 0),
                  self._signal_text(), extra=fields(transport=self.name))
 
     async def _sync(self) -> None:
@@ -429,7 +429,7 @@ class ModemTransport(Transport):
                 except CommandError as exc:
                     raise SimLocked(f"the SIM rejected the configured PIN ({exc.info}); not trying again, "
                                     "as three wrong PINs lock the SIM (PUK)") from None
-                log.info("modem %s: SIM unlocked with the configured PIN", self.name,
+                log.info("%s: SIM unlocked with the configured PIN", self.name,
                          extra=fields(transport=self.name))
                 continue
             if "PUK" in state:
@@ -447,7 +447,7 @@ class ModemTransport(Transport):
                 return
             except CommandError:
                 continue
-        log.warning("modem %s: the modem takes none of AT+CNMI=%s; incoming texts and status reports "
+        log.warning("%s: the modem takes none of AT+CNMI=%s; incoming texts and status reports "
                     "will only be seen after a restart", self.name, "/".join(choices),
                     extra=fields(transport=self.name))
 
@@ -484,7 +484,7 @@ class ModemTransport(Transport):
             if not warned and loop.time() - started >= s.registration_timeout:
                 warned = True
                 self._settled.set()
-                log.warning("modem %s: not registered after %g s (%s); check the SIM, antenna and coverage",
+                log.warning("%s: not registered after %g s (%s); check the SIM, antenna and coverage",
                             self.name, s.registration_timeout, REG_STATES.get(stat, "unknown"),
                             extra=fields(transport=self.name))
             await asyncio.sleep(min(s.poll_interval, 2.0))
@@ -529,14 +529,14 @@ class ModemTransport(Transport):
         stat = await self._registration()
         if stat in (1, 5):
             if not self._ready.is_set():
-                log.info("modem %s: registered again (%s)", self.name, REG_STATES[stat],
+                log.info("%s: registered again (%s)", self.name, REG_STATES[stat],
                          extra=fields(transport=self.name))
                 self._set_state("ready")
                 self._ready.set()
         elif self._ready.is_set():
             self._ready.clear()
             self._set_state("waiting for network", f"registration: {REG_STATES.get(stat, 'unknown')}")
-            log.warning("modem %s: lost the network (%s); texts wait in the outbox", self.name,
+            log.warning("%s: lost the network (%s); texts wait in the outbox", self.name,
                         REG_STATES.get(stat, "unknown"), extra=fields(transport=self.name))
 
     # --- what the modem tells us -------------------------------------------------------
@@ -554,11 +554,11 @@ class ModemTransport(Transport):
         elif upper.startswith(("+CREG:", "+CEREG:")):
             stat = _reg_from_urc(line)
             if stat is not None:
-                log.debug("modem %s: registration now %s", self.name, REG_STATES.get(stat, stat))
+                log.debug("%s: registration now %s", self.name, REG_STATES.get(stat, stat))
         elif upper in ("RING", "NO CARRIER") or upper.startswith(("+CLIP:", "+CRING:")):
-            log.debug("modem %s: ignoring a voice call indication: %s", self.name, line)
+            log.debug("%s: ignoring a voice call indication: %s", self.name, line)
         else:
-            log.debug("modem %s: ignoring line %r", self.name, line)
+            log.debug("%s: ignoring line %r", self.name, line)
 
     async def _read_one(self, memory: str, index: int) -> None:
         if memory and memory != self._storage:
@@ -566,13 +566,13 @@ class ModemTransport(Transport):
                 await self._cmd(f'AT+CPMS="{memory}"', prefix="+CPMS:")
                 self._storage = memory
             except CommandError as exc:
-                log.warning("modem %s: cannot select storage %s: %s", self.name, memory, exc.info)
+                log.warning("%s: cannot select storage %s: %s", self.name, memory, exc.info)
         try:
             lines = await self._cmd(f"AT+CMGR={index}", prefix="+CMGR:", with_pdu=True)
         except CommandError as exc:
             # 321: already read and deleted (at start, or the modem announced it twice).
             level = logging.DEBUG if exc.info.code == 321 else logging.WARNING
-            log.log(level, "modem %s: cannot read stored message %d: %s", self.name, index, exc.info)
+            log.log(level, "%s: cannot read stored message %d: %s", self.name, index, exc.info)
             return
         for header, body in zip(lines[::2], lines[1::2]):
             self._handle_pdu(body, _length(header))
@@ -583,7 +583,7 @@ class ModemTransport(Transport):
         try:
             lines = await self._cmd("AT+CMGL=4", prefix="+CMGL:", with_pdu=True)
         except CommandError as exc:
-            log.debug("modem %s: cannot list stored messages: %s", self.name, exc.info)
+            log.debug("%s: cannot list stored messages: %s", self.name, exc.info)
             return
         for header, body in zip(lines[::2], lines[1::2]):
             p = _params(header)
@@ -597,7 +597,7 @@ class ModemTransport(Transport):
         try:
             await self._cmd(f"AT+CMGD={index}")
         except CommandError as exc:
-            log.warning("modem %s: cannot delete stored message %d: %s (the SIM may fill up)",
+            log.warning("%s: cannot delete stored message %d: %s (the SIM may fill up)",
                         self.name, index, exc.info, extra=fields(transport=self.name))
 
     def _handle_pdu(self, body: str, tpdu_length: int | None) -> None:
@@ -610,14 +610,14 @@ class ModemTransport(Transport):
             elif mti == pdu.MTI_DELIVER:
                 self._inbound(pdu.decode_deliver(raw, tpdu_length))
             else:
-                log.warning("modem %s: ignoring a stored PDU of type %d", self.name, mti)
+                log.warning("%s: ignoring a stored PDU of type %d", self.name, mti)
         except (ValueError, IndexError) as exc:
-            log.warning("modem %s: cannot decode PDU %r: %s", self.name, body[:80], exc,
+            log.warning("%s: cannot decode PDU %r: %s", self.name, body[:80], exc,
                         extra=fields(transport=self.name))
 
     def _status_report(self, report: pdu.StatusReport, raw: str) -> None:
         state = pdu.report_state(report.status)
-        log.info("modem %s: status report for reference %d to %s: %s (TP-ST 0x%02X)", self.name,
+        log.info("%s: status report for reference %d to %s: %s (TP-ST 0x%02X)", self.name,
                  report.message_reference, report.recipient, report.meaning, report.status,
                  extra=fields(transport=self.name, recipient=report.recipient, state=state.value))
         if self._events is not None:
@@ -635,7 +635,7 @@ class ModemTransport(Transport):
                 while len(self._inbound_parts) > INBOUND_PARTS_KEPT:
                     (old_sender, _, old_total), old = self._inbound_parts.popitem(last=False)
                     # Better half a STOP than none: pass on what arrived.
-                    log.warning("modem %s: reply from %s never completed (%d of %d parts)", self.name,
+                    log.warning("%s: reply from %s never completed (%d of %d parts)", self.name,
                                 old_sender, len(old), old_total)
                     self._emit_inbound(old_sender, "".join(old[k] for k in sorted(old)))
                 return
@@ -644,9 +644,9 @@ class ModemTransport(Transport):
         self._emit_inbound(sms.sender, text)
 
     def _emit_inbound(self, sender: str, text: str) -> None:
-        log.info("modem %s: reply from %s", self.name, sender,
+        log.info("%s: reply from %s", self.name, sender,
                  extra=fields(transport=self.name, recipient=sender))
-        log.debug("modem %s: reply text %r", self.name, text)
+        log.debug("%s: reply text %r", self.name, text)
         if self._events is not None:
             self._events.inbound_message(InboundMessage(transport=self.name, sender=sender, text=text))
 

@@ -151,6 +151,7 @@ class ModemSim:
                             if self.echo:  # echo mode echoes the PDU as it is typed
                                 self._write(body)
                             self._submit(body.decode("ascii", "replace").strip(), length)
+                            self._notify()
                         break
                 else:
                     return
