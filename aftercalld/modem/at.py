@@ -59,6 +59,13 @@ def _is_final_error(line: str) -> bool:
     return any(upper == e or (e.endswith(":") and upper.startswith(e)) for e in FINAL_ERROR)
 
 
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _is_hex(line: str) -> bool:
+    return len(line) % 2 == 0 and all(c in _HEX for c in line)
+
+
 def _is_urc(line: str) -> bool:
     upper = line.upper()
     return any(upper.startswith(p) for p in URC_PREFIXES)
@@ -215,7 +222,10 @@ class ATChannel(asyncio.Protocol):
             self._buffer = b""
 
     def _line(self, line: str) -> None:
-        if self._urc_header is not None:
+        # A PDU line is bare hex; anything else that turns up before it (vendor chatter
+        # such as ^RSSI) is its own line, and the PDU is still awaited.
+        pdu_line = _is_hex(line)
+        if self._urc_header is not None and pdu_line:
             header, self._urc_header = self._urc_header, None
             self._dispatch(Urc(header, line))
             return
@@ -229,7 +239,7 @@ class ATChannel(asyncio.Protocol):
         if pending.want_prompt and line.startswith(">"):
             pending.prompt.set()  # a modem that ends its prompt with a line break
             return
-        if pending.pdu_next:
+        if pending.pdu_next and pdu_line:
             pending.pdu_next = False
             pending.lines.append(line)
             return

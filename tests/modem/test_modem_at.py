@@ -155,3 +155,26 @@ async def test_port_vanishing_fails_the_pending_command(peer, channel):
         await task
     with pytest.raises(PortClosed):
         await channel.command("AT", timeout=1)
+
+
+
+async def test_vendor_chatter_between_a_header_and_its_pdu(peer):
+    urcs: list[Urc] = []
+    got_cds = asyncio.Event()
+
+    def on_urc(urc: Urc) -> None:
+        urcs.append(urc)
+        if urc.line.startswith("+CDS"):
+            got_cds.set()
+
+    channel = await ATChannel.open(peer.path, 115200, on_urc)
+    try:
+        task = asyncio.create_task(channel.command("AT+CMGR=1", prefix="+CMGR:", with_pdu=True, timeout=2))
+        await peer.expect(b"AT+CMGR=1\r")
+        await peer.send(b"\r\n+CMGR: 0,,5\r\n^RSSI:14\r\n0011AABBCC\r\n\r\nOK\r\n"
+                        b"\r\n+CDS: 3\r\n^MODE:5,4\r\n00DDEE\r\n")
+        assert await task == ["+CMGR: 0,,5", "0011AABBCC"]
+        await asyncio.wait_for(got_cds.wait(), 2)
+        assert [(u.line, u.pdu) for u in urcs] == [("^RSSI:14", ""), ("^MODE:5,4", ""), ("+CDS: 3", "00DDEE")]
+    finally:
+        await channel.close()

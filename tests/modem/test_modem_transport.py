@@ -463,3 +463,27 @@ async def test_slow_sim_after_the_pin_gets_no_second_pin(sim):
     async with running(sim, pin="4711") as (modem, _):
         assert (await modem.send(message("hi"))).kind is OutcomeKind.SUBMITTED
     assert sim.pin_attempts == ["4711"]
+
+
+async def test_text_routed_straight_to_us_with_cmt(sim):
+    from datetime import datetime, timezone
+
+    from aftercalld.modem import pdu
+
+    async with running(sim) as (modem, events):
+        hex_pdu = pdu.build_deliver("+447700900123", "START", Encoding.GSM7, datetime.now(timezone.utc))
+        raw = bytes.fromhex(hex_pdu)
+        sim.emit(f",{len(raw) - 1 - raw[0]}".join(["+CMT: ", ""]) + "\r\n" + hex_pdu)
+        reply = await asyncio.wait_for(events.inbound.get(), 5)
+    assert (reply.sender, reply.text) == ("+447700900123", "START")
+
+
+async def test_text_stored_in_phone_memory_selects_that_memory(sim):
+    async with running(sim) as (modem, events):
+        index = sim.deliver_sms("+447700900123", "STOP", notify=False)
+        sim.urcs_mid_answer = ["^RSSI:14", "^MODE:5,4", "+QIND: \"csq\",15,99"]  # vendor chatter
+        sim.emit(f'+CMTI: "ME",{index}')
+        reply = await asyncio.wait_for(events.inbound.get(), 5)
+        await sim.wait_for(lambda: not sim.storage)
+    assert reply.text == "STOP"
+    assert 'AT+CPMS="ME"' in sim.commands
