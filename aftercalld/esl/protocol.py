@@ -13,12 +13,13 @@ server is about to close.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import collections
 import json
 import logging
 from dataclasses import dataclass
-from typing import Callable
-from urllib.parse import unquote
+from typing import Callable, Iterator, Mapping
+from urllib.parse import unquote_to_bytes
 
 log = logging.getLogger("aftercalld.esl.protocol")
 
@@ -27,7 +28,7 @@ log = logging.getLogger("aftercalld.esl.protocol")
 MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_HEADER_BYTES = 64 * 1024
 
-Event = dict[str, str]
+Event = Mapping[str, str]  # a dict (json) or a PlainEvent
 
 
 class EslError(Exception):
@@ -125,20 +126,98 @@ class MalformedEvent(ValueError):
     pass
 
 
-def parse_plain_event(body: bytes) -> Event:
-    """``text/event-plain`` body -> dict with URL-decoded values. An event body of its own
-    (BACKGROUND_JOB, api events) goes under ``_body`` like in FreeSWITCH's JSON form."""
-    head_bytes, sep, rest = body.partition(b"\n\n")
-    head = head_bytes.decode("utf-8", "replace")
-    event: Event = {}
-    for line in head.split("\n"):
-        if not line:
-            continue
-        name, found, value = line.partition(": ")
-        if not found:
-            raise MalformedEvent(f"header line without ': ': {line[:60]!r}")
-        event[name] = unquote(value) if "%" in value else value
-    if "Event-Name" not in event:
+def _percent_decode(data: bytes) -> bytes:
+    """URL-decode in C: turn every %XX into \\xXX (after escaping real backslashes) and let
+    codecs.escape_decode resolve them; urllib's unquote is a Python loop per escape."""
+    try:
+        return codecs.escape_decode(data.replace(b"\\", b"\\\\").replace(b"%", b"\\x"))[0]
+    except ValueError:  # a "%" not followed by two hex digits: decode the slow, lenient way
+        return unquote_to_bytes(data)
+
+
+_KEYS: dict[str, bytes] = {}  # header name -> the bytes that start its line
+
+
+class PlainEvent(Mapping[str, str]):
+    """A ``text/event-plain`` event, decoded on demand.
+
+    A CHANNEL_HANGUP_COMPLETE has ~250 headers and the tracker reads a few dozen of them;
+    most events it reads only for their name. Splitting every line into Python objects up
+    front was most of the client's CPU time, so a lookup is a ``bytes.find`` for the
+    header line in the raw block and only that value is URL-decoded. The first header
+    wins if FreeSWITCH repeats one (it only repeats codec details)."""
+
+    __slots__ = ("_raw", "_body", "_all")
+
+    def __init__(self, head: bytes, body: str | None = None) -> None:
+        self._raw = b"\n" + head + b"\n"
+        self._body = body
+        self._all: dict[str, str] | None = None
+
+    def _find(self, name: str) -> str | None:
+        key = _KEYS.get(name)
+        if key is None:
+            if name == "_body":
+                return self._body
+            key = b"\n" + name.encode("utf-8", "replace") + b": "
+            if len(_KEYS) < 4096:  # header names are a small fixed set; junk must not grow it
+                _KEYS[name] = key
+        i = self._raw.find(key)
+        if i < 0:
+            return None
+        start = i + len(key)
+        value = self._raw[start:self._raw.index(b"\n", start)]
+        if b"%" in value:
+            value = _percent_decode(value)
+        return value.decode("utf-8", "replace")
+
+    def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        value = self._find(name)
+        return default if value is None else value
+
+    def __getitem__(self, name: str) -> str:
+        value = self._find(name) if isinstance(name, str) else None
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def __bool__(self) -> bool:
+        return True  # never empty (it has Event-Name); without this, `ev or {}` would parse it all
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self._find(name) is not None
+
+    def _everything(self) -> dict[str, str]:
+        if self._all is None:
+            out: dict[str, str] = {}
+            for line in self._raw.split(b"\n"):
+                name, found, value = line.partition(b": ")
+                if found:
+                    key = name.decode("utf-8", "replace")
+                    if key not in out:
+                        out[key] = (_percent_decode(value) if b"%" in value else value).decode("utf-8", "replace")
+            if self._body is not None:
+                out["_body"] = self._body
+            self._all = out
+        return self._all
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._everything())
+
+    def __len__(self) -> int:
+        return len(self._everything())
+
+    def __repr__(self) -> str:
+        return f"PlainEvent({self._everything()!r})"
+
+
+def parse_plain_event(body: bytes) -> PlainEvent:
+    """``text/event-plain`` body -> a mapping of URL-decoded values. An event body of its
+    own (BACKGROUND_JOB, api events) is under ``_body`` like in FreeSWITCH's JSON form."""
+    head, sep, rest = body.partition(b"\n\n")
+    head = head.strip(b"\n")
+    event = PlainEvent(head)
+    if not head.startswith(b"Event-Name: ") and b"\nEvent-Name: " not in head:
         raise MalformedEvent("no Event-Name")
     inner = event.get("Content-Length")
     if inner is not None:
@@ -146,9 +225,9 @@ def parse_plain_event(body: bytes) -> Event:
             want = int(inner)
         except ValueError:
             raise MalformedEvent(f"event Content-Length not a number: {inner[:40]!r}") from None
-        if len(rest) < want:
+        if want < 0 or len(rest) < want:
             raise MalformedEvent(f"event body cut short ({len(rest)} of {want} bytes)")
-        event["_body"] = rest[:want].decode("utf-8", "replace")
+        event._body = rest[:want].decode("utf-8", "replace")
     elif not sep:
         # A plain event always ends with a blank line; without it the outer Content-Length
         # was shorter than the event and the last headers are missing.

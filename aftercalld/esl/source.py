@@ -112,6 +112,7 @@ class EslSource(CallSource):
             if not reply.ok:
                 raise ProtocolError(f"subscription rejected: {reply.reply_text}")
             self.connects += 1
+            self.tracker.connection_gap()
             self._state = "connected"
             self._connected_since = time.time()
             self._last_rx = asyncio.get_running_loop().time()
@@ -130,12 +131,18 @@ class EslSource(CallSource):
         limit = self.settings.heartbeat_timeout
         loop = asyncio.get_running_loop()
         while True:
-            timeout = None if not limit else max(0.05, limit - (loop.time() - self._last_rx))
+            # Wake at least every second: the tracker's housekeeping runs on events, and a
+            # quiet PBX must still settle calls that wait for legs lost in a gap.
+            timeout = 1.0 if not limit else max(0.05, min(1.0, limit - (loop.time() - self._last_rx)))
             try:
                 async with asyncio.timeout(timeout):
                     return await conn.wait_closed()
             except TimeoutError:
-                if loop.time() - self._last_rx >= limit:
+                now = loop.time()
+                for record in self.tracker.tick(now):
+                    assert self._records is not None
+                    self._records.put_nowait(record)
+                if limit and now - self._last_rx >= limit:
                     return ConnectionLost(f"nothing received for {limit:g}s (not even HEARTBEAT)")
 
     def _on_event(self, event: dict[str, str]) -> None:

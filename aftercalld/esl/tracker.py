@@ -34,10 +34,10 @@ from .config import EslSettings
 
 log = logging.getLogger("aftercalld.esl.tracker")
 
-# Events the tracker reads; everything else is dropped on the first dict lookup.
+# Events the tracker reads; everything else is dropped after one lookup (its name). Every
+# link it needs is on CREATE/ORIGINATE (B-leg to A-leg), BRIDGE and HANGUP_COMPLETE.
 CHANNEL_EVENTS = frozenset({
-    "CHANNEL_CREATE", "CHANNEL_UUID", "CHANNEL_OUTGOING", "CHANNEL_ORIGINATE", "CHANNEL_PROGRESS",
-    "CHANNEL_PROGRESS_MEDIA", "CHANNEL_ANSWER", "CHANNEL_BRIDGE", "CHANNEL_UNBRIDGE", "CHANNEL_HANGUP",
+    "CHANNEL_CREATE", "CHANNEL_UUID", "CHANNEL_ORIGINATE", "CHANNEL_ANSWER", "CHANNEL_BRIDGE",
     "CHANNEL_HANGUP_COMPLETE",
 })
 # What a live connection subscribes to (the README lists the same). CHANNEL_UUID is needed
@@ -55,6 +55,8 @@ _LINK_HEADERS = (
     "variable_signal_bond", "variable_cc_member_session_uuid",
 )
 _PARENT_HEADERS = ("variable_originator", "variable_originating_leg_uuid")
+# A channel's first event when we see it from its start (CHANNEL_UUID: originate renames it).
+_FIRST_EVENTS = frozenset({"CHANNEL_CREATE", "CHANNEL_UUID"})
 # FreeSWITCH's stand-in names for a leg it originated; they say nothing about the person.
 _PLACEHOLDER_NAMES = frozenset({"", "Outbound Call", "Unknown", "unknown", "UNKNOWN"})
 _QUEUE_VARIABLES = ("variable_cc_queue", "variable_fifo_name")
@@ -104,7 +106,7 @@ class _Leg:
 
 
 class _Call:
-    __slots__ = ("key", "uuids", "legs", "open", "started", "core")
+    __slots__ = ("key", "uuids", "legs", "open", "started", "core", "partial")
 
     def __init__(self, key: int, now: float, core: str) -> None:
         self.key = key
@@ -113,6 +115,8 @@ class _Call:
         self.open = 0  # legs seen whose CHANNEL_HANGUP_COMPLETE has not arrived
         self.started = now
         self.core = core
+        # Some of its events may be missing: we joined mid-call or the connection dropped.
+        self.partial = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +141,8 @@ class EslTracker:
     DONE_RETENTION_SECONDS = 120.0
     DONE_MAX = 200_000
     SWEEP_INTERVAL_SECONDS = 1.0
+    # How long a call with a gap (reconnect, joined mid-call) waits for legs it never saw.
+    PARTIAL_GRACE_SECONDS = 5.0
 
     def __init__(self, pbx: PbxConfig, settings: EslSettings | None = None, *, max_calls: int = 20_000) -> None:
         if settings is None:
@@ -153,6 +159,7 @@ class EslTracker:
         self._by_uuid: dict[str, _Call] = {}
         self._calls: dict[int, _Call] = {}  # insertion order = age, so eviction pops the front
         self._done: dict[str, float] = {}  # uuid -> forget-after (insertion ordered)
+        self._waiting: dict[int, tuple[float, _Call]] = {}  # partial calls waiting for lost legs
         self._seq = 0
         self._next_key = 0
         self._next_sweep = 0.0
@@ -162,13 +169,13 @@ class EslTracker:
 
     def feed(self, event: dict[str, str], now: float) -> list[CallRecord]:
         """Process one event; returns the calls it finished (usually none, at most a few)."""
-        if now >= self._next_sweep:
-            self._sweep(now)
+        swept = self.tick(now) if now >= self._next_sweep else []
         name = event.get("Event-Name")
         try:
             if name in CHANNEL_EVENTS:
                 self.stats["events"] += 1
-                return self._channel_event(name, event, now)
+                done = self._channel_event(name, event, now)
+                return swept + done if swept else done
             if name == "CUSTOM" and event.get("Event-Subclass") == "vm::maintenance":
                 self.stats["events"] += 1
                 self._voicemail_event(event)
@@ -176,7 +183,17 @@ class EslTracker:
             self.stats["malformed"] += 1
             log.exception("ESL tracker: event %s for %s skipped", name, event.get("Unique-ID", "?"),
                           extra=fields(pbx=self.pbx.name, call_id=event.get("Unique-ID")))
-        return []
+        return swept
+
+    def tick(self, now: float) -> list[CallRecord]:
+        """Housekeeping, also called by the source when no events come: forget old ids,
+        evict calls past the timeout, settle calls that waited for lost legs."""
+        self._sweep(now)
+        out: list[CallRecord] = []
+        for key, (deadline, call) in list(self._waiting.items()):
+            if deadline <= now:
+                out += self._settle(call, now)
+        return out
 
     def active_calls(self) -> int:
         return len(self._calls)
@@ -197,6 +214,11 @@ class EslTracker:
         stale = [c for c in self._calls.values() if c.core and c.core != core_uuid]
         return [self._evict(c, "FreeSWITCH restarted while the call was up", now) for c in stale]
 
+    def connection_gap(self) -> None:
+        """The source reconnected: events of calls in progress may have been lost."""
+        for call in self._calls.values():
+            call.partial = True
+
     def unfinished(self, now: float) -> list[Evicted]:
         """Drop and report every call still open (end of a replayed trace)."""
         return [self._evict(c, "trace ended before the call did", now) for c in list(self._calls.values())]
@@ -216,16 +238,25 @@ class EslTracker:
         if uuid in self._done:
             self.stats["late"] += 1
             return []  # the call this channel belonged to is already reported
+        # Links are read once per event (each lookup scans the raw event); CHANNEL_ANSWER
+        # adds none: the ones it carries were on the channel's CREATE already.
+        links: list[str] = []
+        if name != "CHANNEL_ANSWER":
+            for header in _LINK_HEADERS:
+                other = ev.get(header)
+                if other and other != uuid:
+                    links.append(other)
+            legs_var = ev.get("variable_originated_legs")
+            if legs_var:
+                links.extend(u for u in _originated_legs(legs_var) if u != uuid)
         call = self._by_uuid.get(uuid)
         if call is None:
             # A B-leg names its A-leg on its first event: join that call rather than start
             # one (which would also count against max_calls for nothing).
-            for header in _LINK_HEADERS:
-                other = ev.get(header)
-                if other and other != uuid:
-                    call = self._by_uuid.get(other)
-                    if call is not None:
-                        break
+            for other in links:
+                call = self._by_uuid.get(other)
+                if call is not None:
+                    break
             if call is None:
                 call = self._new_call(now, ev.get("Core-UUID", ""))
             self._attach(call, uuid)
@@ -235,21 +266,16 @@ class EslTracker:
             leg = _Leg(uuid, self._seq, ev)
             call.legs[uuid] = leg
             call.open += 1
-        for header in _LINK_HEADERS:
-            other = ev.get(header)
-            if other and other != uuid:
-                call = self._link(call, other)
-        if not leg.parent:
+            if name not in _FIRST_EVENTS:
+                call.partial = True
+        for other in links:
+            call = self._link(call, other)
+        if not leg.parent and links:
             for header in _PARENT_HEADERS:
                 parent = ev.get(header)
                 if parent and parent != uuid:
                     leg.parent = parent
                     break
-        legs_var = ev.get("variable_originated_legs")
-        if legs_var:
-            for other in _originated_legs(legs_var):
-                if other != uuid:
-                    call = self._link(call, other)
         if name == "CHANNEL_ANSWER":
             leg.answered_us = leg.answered_us or _us(ev.get("Event-Date-Timestamp"))
         elif name == "CHANNEL_BRIDGE":
@@ -269,6 +295,11 @@ class EslTracker:
                 leg.final = ev  # a repeat (replayed stream): keep the newest, count once
             if call.open == 0 and len(call.legs) == len(call.uuids):
                 return self._finish(call, now)
+            if call.partial and (call.open == 0 or self._call_leg(list(call.legs.values())).final is not None):
+                # Some legs were never seen or never seen to end: they ended while we were
+                # not listening, or (joined mid-call) are still up and will show. Only
+                # calls that had such a gap wait, so normal calls keep their latency.
+                self._waiting.setdefault(call.key, (now + self.PARTIAL_GRACE_SECONDS, call))
         return []
 
     def _voicemail_event(self, ev: dict[str, str]) -> None:
@@ -316,6 +347,8 @@ class EslTracker:
         big.legs.update(small.legs)
         big.open += small.open
         big.started = min(big.started, small.started)
+        big.partial = big.partial or small.partial
+        self._waiting.pop(small.key, None)
         del self._calls[small.key]
         return big
 
@@ -336,7 +369,20 @@ class EslTracker:
 
     # ------------------------------------------------------------------ ending
 
+    def _settle(self, call: _Call, now: float) -> list[CallRecord]:
+        """A call that lost legs in a gap: the call leg's own HANGUP_COMPLETE carries what
+        classification needs, but only if we have the call leg itself."""
+        main = self._call_leg(list(call.legs.values()))
+        if main.final is None and call.open:
+            self._waiting.pop(call.key, None)  # the call leg showed up after all; its end decides
+            return []
+        if main.final is None or (main.parent and main.parent not in call.legs):
+            self._evict(call, "its call leg ended while aftercalld was not connected", now)
+            return []
+        return self._finish(call, now)
+
     def _forget(self, call: _Call, now: float) -> None:
+        self._waiting.pop(call.key, None)
         self._calls.pop(call.key, None)
         until = now + self.DONE_RETENTION_SECONDS
         for uuid in call.uuids:
@@ -440,19 +486,14 @@ class EslTracker:
 
         bridge_us = (_us(fin.get("variable_bridge_uepoch")) or _us(fin.get("Caller-Channel-Bridged-Time"))
                      or main.bridged_us)
-        vm_box = next((leg.vm_box for leg in by_main_first if leg.vm_box), "")
-        if not vm_box:
-            for leg in by_main_first:
-                f = leg.final or {}
-                if f.get("variable_voicemail_message_len"):
-                    account = f.get("variable_voicemail_account", "")
-                    domain = f.get("variable_voicemail_domain", "")
-                    vm_box = f"{account}@{domain}" if account and domain else account or "voicemail"
-                    break
-        if vm_box:
-            status = CallStatus.VOICEMAIL
-        elif bridge_us > 0 or bridged is not None:
+        vm_boxes = {leg.uuid: _voicemail_box(leg) for leg in by_main_first}
+        vm_box = next((box for box in vm_boxes.values() if box), "")
+        # Connected means a person: a bridge to a leg that ran voicemail is not one.
+        bridged_person = (bridge_us > 0 or bridged is not None) and not (bridged and vm_boxes.get(bridged.uuid))
+        if bridged_person:
             status = CallStatus.CONNECTED
+        elif vm_box:
+            status = CallStatus.VOICEMAIL
         else:
             status = CallStatus.MISSED
 
@@ -542,6 +583,31 @@ class EslTracker:
             voicemail_box=vm_box,
             variables=variables,
         )
+
+
+def _voicemail_box(leg: _Leg) -> str:
+    """The mailbox if this leg reached mod_voicemail to leave a message, else "".
+
+    Reaching voicemail counts, as in the AMI tracker, not only a saved message: the caller
+    was not served either way. Evidence: the vm::maintenance leave-message event, the
+    variables mod_voicemail sets when it saves, or the voicemail app still running at
+    hangup (``last_app``; ``voicemail check ...`` is someone reading their mailbox)."""
+    if leg.vm_box:
+        return leg.vm_box
+    fin = leg.final
+    if fin is None:
+        return ""
+    account = fin.get("variable_voicemail_account", "")
+    domain = fin.get("variable_voicemail_domain", "")
+    if fin.get("variable_voicemail_message_len") or account:
+        return f"{account}@{domain}" if account and domain else account or "voicemail"
+    if fin.get("variable_last_app") == "voicemail":
+        args = fin.get("variable_last_arg", "").split()
+        if args and args[0] == "check":
+            return ""
+        # voicemail <profile> <domain> <id>
+        return f"{args[2]}@{args[1]}" if len(args) >= 3 else "voicemail"
+    return ""
 
 
 def _originated_legs(value: str) -> list[str]:

@@ -195,3 +195,62 @@ def test_fuzzed_events_never_raise(stream: list[dict[str, str]]) -> None:
             assert isinstance(r, CallRecord)
     tracker.unfinished(1e9)
     assert tracker.active_calls() == 0
+
+
+def _as_hangup_during_greeting(events: list[dict[str, str]], last_arg: str) -> list[dict[str, str]]:
+    out = []
+    for ev in events:
+        if ev.get("Event-Name") == "CUSTOM":
+            continue  # no message saved: no leave-message event
+        ev = {k: v for k, v in ev.items() if not k.startswith("variable_voicemail_")}
+        if ev.get("variable_last_app") == "voicemail":
+            ev["variable_last_arg"] = last_arg
+        out.append(ev)
+    return out
+
+
+def test_reaching_voicemail_counts_even_without_a_message(tracker: EslTracker) -> None:
+    # As on Asterisk: the caller reached the mailbox (hung up during the greeting).
+    _, events = inbound_call("voicemail")
+    (r,) = feed_all(tracker, _as_hangup_during_greeting(events, "default pbx.example 1001"))
+    assert r.status is CallStatus.VOICEMAIL and r.voicemail_box == "1001@pbx.example"
+    # Someone listening to their own mailbox is not a voicemail call.
+    _, events = inbound_call("voicemail")
+    (r,) = feed_all(tracker, _as_hangup_during_greeting(events, "check default pbx.example"))
+    assert r.status is CallStatus.MISSED and r.voicemail_box == ""
+
+
+def test_joined_mid_call_still_reports_from_hangup_complete(tracker: EslTracker) -> None:
+    call_id, events = inbound_call("connected")
+    finals = [e for e in events if e["Event-Name"] == "CHANNEL_HANGUP_COMPLETE"]
+    # CREATE/BRIDGE happened before we connected; the agent leg's end names a call leg we
+    # have not seen yet, which then ends too.
+    (r,) = feed_all(tracker, finals)
+    assert r.call_id == call_id and r.status is CallStatus.CONNECTED and r.talk_seconds == 30.0
+
+
+def test_legs_lost_in_a_reconnect_gap(tracker: EslTracker, caplog: pytest.LogCaptureFixture) -> None:
+    # The agent leg hung up while we were reconnecting: the call leg still reports.
+    call_id, events = inbound_call("connected")
+    feed_all(tracker, events[:1])
+    tracker.connection_gap()
+    assert feed_all(tracker, [e for e in events if e["Event-Name"] == "CHANNEL_HANGUP_COMPLETE"][1:]) == []
+    (r,) = tracker.tick(EslTracker.PARTIAL_GRACE_SECONDS)
+    assert r.call_id == call_id and r.status is CallStatus.CONNECTED
+    # Only the agent leg's end was seen: after a short wait for the call leg, no record
+    # (and no 4-hour wait either).
+    _, events = inbound_call("connected")
+    b_final = [e for e in events if e["Event-Name"] == "CHANNEL_HANGUP_COMPLETE"][0]
+    with caplog.at_level(logging.WARNING, logger="aftercalld.esl"):
+        assert tracker.feed(b_final, 100.0) == []
+        assert tracker.active_calls() == 1
+        assert tracker.tick(100.0 + EslTracker.PARTIAL_GRACE_SECONDS) == []
+    assert tracker.active_calls() == 0
+    assert "not connected" in caplog.text
+    # The call leg lost its agent leg in the gap and waits; then it is reported on a tick.
+    call_id, events = inbound_call("busy")
+    feed_all(tracker, events[:2], now=200.0)
+    tracker.connection_gap()
+    assert tracker.feed(events[-2], 201.0) == []  # the call leg's HANGUP_COMPLETE
+    (r,) = tracker.tick(201.0 + EslTracker.PARTIAL_GRACE_SECONDS)
+    assert r.call_id == call_id and r.status is CallStatus.MISSED
