@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("optout", "Manage the opt-out list (numbers that are never texted).")
     p.add_argument("action", choices=("add", "remove", "list", "import"))
-    p.add_argument("numbers", nargs="*", help="numbers (add/remove) or one file with a number per line (import)")
+    p.add_argument("entries", nargs="*", help="numbers (add/remove) or one file with a number per line (import)")
 
     p = add("dnd", "Manage the do-not-disturb list: numbers and prefixes (+4490*) never texted.")
     p.add_argument("action", choices=("add", "remove", "list", "import"))
@@ -238,77 +238,66 @@ def _open_outbox(config):
     return Outbox.open(config.outbox_path, synchronous=config.sqlite_synchronous)
 
 
+def _read_entries(entries: list[str], action: str) -> list[str]:
+    """The command-line entries, or for import the first column of each line of one file
+    (a CSV export from an operator's DND register works as it is; # starts a comment)."""
+    if action != "import":
+        return list(entries)
+    if len(entries) != 1:
+        raise SystemExit("aftercalld: import takes one file")
+    lines = Path(entries[0]).read_text(encoding="utf-8").splitlines()
+    return [e for e in (line.split("#")[0].strip().split(",")[0].strip() for line in lines) if e]
+
+
+def _manage_list(args, *, kind: str, normalise, add, remove, listing) -> int:
+    """add/remove/list/import for the opt-out and DND lists: same rules, different table."""
+    if args.action == "list":
+        for entry, source, _ in listing():
+            print(f"{entry}\t{source}")
+        return EXIT_OK
+    good, bad = [], []
+    for raw in _read_entries(args.entries, args.action):
+        entry = normalise(raw)
+        (good if entry else bad).append(entry or raw)
+    for b in bad:
+        print(f"aftercalld: not a {kind}, skipped: {b!r}", file=sys.stderr)
+    if args.action == "remove":
+        print(f"removed {remove(good)} entr(ies)")
+    else:
+        source = "cli" if args.action == "add" else f"import {args.entries[0]}"
+        changed = add(good, source)
+        print(f"added {changed} entr(ies) ({len(good) - changed} already listed)")
+    return EXIT_FAILURE if bad and not good else EXIT_OK
+
+
 def cmd_optout(args) -> int:
     from .phone import normalise_for_list
 
     config = _load(args.config)
     outbox = _open_outbox(config)
     try:
-        if args.action == "list":
-            for number, source, _ in outbox.optout_list():
-                print(f"{number}\t{source}")
-            return EXIT_OK
-        raw = list(args.numbers)
-        if args.action == "import":
-            if len(raw) != 1:
-                print("aftercalld: optout import takes one file", file=sys.stderr)
-                return EXIT_CONFIG
-            raw = [line.split("#")[0].strip() for line in Path(raw[0]).read_text().splitlines()]
-            raw = [r for r in raw if r]
-        numbers, bad = [], []
-        for r in raw:
-            n = normalise_for_list(r, config.phone.default_region)
-            (numbers if n else bad).append(n or r)
-        for b in bad:
-            print(f"aftercalld: not a phone number, skipped: {b!r}", file=sys.stderr)
-        if args.action == "remove":
-            changed = outbox.optout_remove(numbers)
-            print(f"removed {changed} number(s)")
-        else:
-            changed = outbox.optout_add(numbers, "cli" if args.action == "add" else f"import {args.numbers[0]}")
-            print(f"added {changed} number(s) ({len(numbers) - changed} already listed)")
-        return EXIT_FAILURE if bad and not numbers else EXIT_OK
+        return _manage_list(args, kind="phone number",
+                            normalise=lambda raw: normalise_for_list(raw, config.phone.default_region),
+                            add=outbox.optout_add, remove=outbox.optout_remove, listing=outbox.optout_list)
     finally:
         outbox.close()
-
-
-def _read_entries(args_entries: list[str], action: str) -> list[str]:
-    if action != "import":
-        return list(args_entries)
-    if len(args_entries) != 1:
-        raise SystemExit("aftercalld: import takes one file")
-    lines = Path(args_entries[0]).read_text(encoding="utf-8").splitlines()
-    return [e for e in (line.split("#")[0].strip().split(",")[0].strip() for line in lines) if e]
 
 
 def cmd_dnd(args) -> int:
     from .phone import normalise_for_list
 
     config = _load(args.config)
+
+    def normalise(raw: str) -> str | None:
+        if raw.endswith("*"):  # a prefix: digits, kept as written after the +
+            digits = raw[:-1].replace(" ", "").lstrip("+")
+            return f"+{digits}*" if digits.isdigit() else None
+        return normalise_for_list(raw, config.phone.default_region)
+
     outbox = _open_outbox(config)
     try:
-        if args.action == "list":
-            for entry, source, _ in outbox.dnd_list():
-                print(f"{entry}\t{source}")
-            return EXIT_OK
-        entries, bad = [], []
-        for raw in _read_entries(args.entries, args.action):
-            if raw.endswith("*"):
-                digits = raw[:-1].replace(" ", "")
-                ok = digits.lstrip("+").isdigit()
-                entry = ("+" + digits.lstrip("+") + "*") if ok else None
-            else:
-                entry = normalise_for_list(raw, config.phone.default_region)
-            (entries if entry else bad).append(entry or raw)
-        for b in bad:
-            print(f"aftercalld: not a number or prefix, skipped: {b!r}", file=sys.stderr)
-        if args.action == "remove":
-            print(f"removed {outbox.dnd_remove(entries)} entr(ies)")
-        else:
-            source = "cli" if args.action == "add" else f"import {args.entries[0]}"
-            changed = outbox.dnd_add(entries, source)
-            print(f"added {changed} entr(ies) ({len(entries) - changed} already listed)")
-        return EXIT_FAILURE if bad and not entries else EXIT_OK
+        return _manage_list(args, kind="number or prefix", normalise=normalise,
+                            add=outbox.dnd_add, remove=outbox.dnd_remove, listing=outbox.dnd_list)
     finally:
         outbox.close()
 
