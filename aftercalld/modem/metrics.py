@@ -8,7 +8,7 @@ from typing import Iterator
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from .transport import ModemTransport
+from .transport import REGISTERED_STATES, ModemTransport
 
 
 class ModemCollector:
@@ -26,7 +26,7 @@ class ModemCollector:
         registered = GaugeMetricFamily("aftercalld_modem_registered",
                                        "1 when registered on the home or a roaming network",
                                        labels=["transport"])
-        registered.add_metric(name, 1.0 if t.registration in (1, 5) else 0.0)
+        registered.add_metric(name, 1.0 if t.registration in REGISTERED_STATES else 0.0)
         yield registered
         ready = GaugeMetricFamily("aftercalld_modem_ready", "1 when the modem can take texts",
                                   labels=["transport"])

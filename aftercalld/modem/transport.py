@@ -32,8 +32,14 @@ log = logging.getLogger(__name__)
 CNMI_CHOICES = ("2,1,0,1,0", "2,1,0,2,0", "1,1,0,1,0", "1,1,0,2,0")
 CNMI_NO_REPORTS = ("2,1,0,0,0", "1,1,0,0,0")
 
+# +CREG/+CEREG <stat> (3GPP TS 27.007 7.2, 10.1.22).
 REG_STATES = {0: "not registered, not searching", 1: "registered (home)", 2: "searching",
-              3: "registration denied", 4: "unknown", 5: "registered (roaming)"}
+              3: "registration denied", 4: "unknown", 5: "registered (roaming)",
+              6: "registered for SMS only (home)", 7: "registered for SMS only (roaming)",
+              8: "emergency calls only", 9: "registered (home, CSFB not preferred)",
+              10: "registered (roaming, CSFB not preferred)"}
+# Every state in which the network takes texts: LTE modems often say "SMS only".
+REGISTERED_STATES = frozenset({1, 5, 6, 7, 9, 10})
 
 PART_RETRIES = 2  # for parts after the first, whose message is already half out
 INBOUND_PARTS_KEPT = 100
@@ -454,7 +460,7 @@ class ModemTransport(Transport):
     async def _registration(self) -> int | None:
         best: int | None = None
         for command, prefix in (("AT+CREG?", "+CREG:"), ("AT+CEREG?", "+CEREG:")):
-            if command == "AT+CEREG?" and (best in (1, 5) or self._no_cereg):
+            if command == "AT+CEREG?" and (best in REGISTERED_STATES or self._no_cereg):
                 continue
             try:
                 lines = await self._cmd(command, prefix=prefix)
@@ -466,7 +472,7 @@ class ModemTransport(Transport):
                 stat = _reg_from_query(line)
                 if stat is None:
                     self._on_urc(Urc(line))  # an unsolicited one that arrived mid-answer
-                elif best not in (1, 5):
+                elif best not in REGISTERED_STATES:
                     best = stat
         self.registration = best
         return best
@@ -478,7 +484,7 @@ class ModemTransport(Transport):
         warned = False
         while True:
             stat = await self._registration()
-            if stat in (1, 5):
+            if stat in REGISTERED_STATES:
                 return
             self._set_state("waiting for network", f"registration: {REG_STATES.get(stat, 'unknown')}")
             if not warned and loop.time() - started >= s.registration_timeout:
@@ -527,7 +533,7 @@ class ModemTransport(Transport):
     async def _poll(self) -> None:
         await self._read_signal()
         stat = await self._registration()
-        if stat in (1, 5):
+        if stat in REGISTERED_STATES:
             if not self._ready.is_set():
                 log.info("%s: registered again (%s)", self.name, REG_STATES[stat],
                          extra=fields(transport=self.name))

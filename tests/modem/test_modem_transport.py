@@ -387,7 +387,7 @@ async def test_bad_destination_is_permanent(sim):
 
 async def test_lte_modem_registered_only_on_eps(sim):
     sim.registration = 0  # no 2G/3G service
-    sim.cereg = 1
+    sim.cereg = 6  # registered for "SMS only", home network
     async with running(sim) as (modem, _):
         assert (await modem.send(message("over LTE"))).kind is OutcomeKind.SUBMITTED
     assert "AT+CEREG?" in sim.commands
