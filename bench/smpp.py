@@ -8,9 +8,10 @@ process so it does not share a core with the client):
       and recording every state change durably, the SMPP transport submitting them.
 
 For each window size it prints submits/s for both, the ratio b/a, and how many SQLite
-transactions (b) used.
+transactions (b) used: to claim messages, and to write outcomes (and receipts).
 
-    /work/venv/bin/python bench/smpp.py [--count 20000] [--windows 1,10,50]
+    /work/venv/bin/python bench/smpp.py [--count 20000] [--windows 1,10,50] [--receipts]
+                                         [--synchronous normal|full]
 """
 from __future__ import annotations
 
@@ -39,9 +40,10 @@ from smpp_util import enqueue, settings  # noqa: E402
 
 
 class Simulator:
-    def __init__(self) -> None:
+    def __init__(self, receipts: bool = False) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "tests" / "smpp" / "smsc_sim.py"), "--port", "0"],
+            [sys.executable, str(ROOT / "tests" / "smpp" / "smsc_sim.py"), "--port", "0"]
+            + (["--receipts"] if receipts else []),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         if not line.startswith("PORT "):
@@ -106,8 +108,9 @@ def bare_smpplib(port: int, count: int, window: int | None) -> float:
 
 
 async def aftercalld_durable(port: int, count: int, window: int, db: Path,
-                             synchronous: str) -> tuple[float, int, int]:
-    """(submits/s, SQLite transactions claiming messages, transactions recording outcomes)."""
+                             synchronous: str, receipts: bool = False) -> tuple[float, int, int]:
+    """(submits/s — or delivered/s with receipts —, SQLite transactions claiming messages,
+    transactions recording outcomes and receipts)."""
     outbox = Outbox.open(db, synchronous=synchronous)
     enqueue(outbox, ["Sorry we missed your call"] * count)
     transactions = 0
@@ -131,9 +134,11 @@ async def aftercalld_durable(port: int, count: int, window: int, db: Path,
     submitted = 0
     finished = asyncio.get_running_loop().create_future()
 
+    wanted = MessageState.DELIVERED if receipts else MessageState.SUBMITTED
+
     def on_transition(t) -> None:
         nonlocal submitted
-        if t.state is MessageState.SUBMITTED:
+        if t.state is wanted:
             submitted += 1
             if submitted == count and not finished.done():
                 finished.set_result(None)
@@ -148,7 +153,7 @@ async def aftercalld_durable(port: int, count: int, window: int, db: Path,
     states = outbox.counts_by_state()
     outbox.conn.set_trace_callback(None)
     outbox.close()
-    if states != {"submitted": count}:
+    if states != {wanted.value: count}:
         raise SystemExit(f"aftercalld: unexpected states {states}")
     return count / elapsed, claims, transactions - claims
 
@@ -159,28 +164,32 @@ def main() -> None:
     ap.add_argument("--windows", default="1,10,50")
     ap.add_argument("--synchronous", choices=("normal", "full"), default="normal",
                     help="SQLite synchronous mode for the outbox (the daemon's default is normal)")
+    ap.add_argument("--receipts", action="store_true",
+                    help="the SMSC sends a receipt for every submit; (b) runs until all are delivered")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     windows = [int(w) for w in args.windows.split(",")]
 
-    sim = Simulator()
+    sim = Simulator(receipts=args.receipts)
     try:
         print(f"SMSC simulator pid {sim.proc.pid} on 127.0.0.1:{sim.port}; {os.cpu_count()} CPUs; "
-              f"outbox synchronous={args.synchronous}")
+              f"outbox synchronous={args.synchronous}; load average {os.getloadavg()[0]:.2f}"
+              + ("; receipts on: (b) counts messages delivered" if args.receipts else ""))
         n = args.count
         free = bare_smpplib(sim.port, n, None)
         print(f"(a) bare smpplib, no window:        {free:9,.0f} submits/s")
         print()
         print(f"{'window':>6} {'count':>7} {'(a) smpplib/s':>14} {'(b) aftercalld/s':>17} {'b/a':>6} "
-              f"{'claim tx':>9} {'outcome tx':>11} {'msgs/outcome tx':>16}")
+              f"{'claim tx':>9} {'write tx':>9} {'msgs/write tx':>14}")
         with tempfile.TemporaryDirectory() as tmp:
             for w in windows:
                 count = max(1000, n // 5) if w == 1 else n
                 a = bare_smpplib(sim.port, count, w)
-                b, claim_tx, outcome_tx = asyncio.run(aftercalld_durable(
-                    sim.port, count, w, Path(tmp) / f"outbox-{w}.sqlite3", args.synchronous))
+                b, claim_tx, write_tx = asyncio.run(aftercalld_durable(
+                    sim.port, count, w, Path(tmp) / f"outbox-{w}.sqlite3", args.synchronous,
+                    args.receipts))
                 print(f"{w:>6} {count:>7} {a:>14,.0f} {b:>17,.0f} {b / a:>6.2f} {claim_tx:>9,} "
-                      f"{outcome_tx:>11,} {count / outcome_tx:>16.1f}")
+                      f"{write_tx:>9,} {count / write_tx:>14.1f}")
     finally:
         sim.stop()
 

@@ -36,6 +36,10 @@ class _NoSession(Exception):
     pass
 
 
+def _exact_id(message_id: str) -> str:
+    return message_id.strip().lower().lstrip("0")
+
+
 class _Slot:
     """One configured session (a bind that is kept up), whatever connection it is on now."""
 
@@ -77,6 +81,9 @@ class SmppTransport(Transport):
         self._ref = itertools.count(random.randrange(0x10000))
         self._tls = self._tls_context() if settings.tls else None
         self.counters = collections.Counter()
+        # Parts submitted by a send() that has not returned yet: exact id → receipts held
+        # back until the dispatcher has the outcome (see _hand_over_report).
+        self._unreported: dict[str, list[DeliveryReport]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -242,20 +249,26 @@ class SmppTransport(Transport):
             return SubmitOutcome.permanent(f"cannot encode for SMPP: {exc}")
         self._in_flight += 1
         self._idle.clear()
+        ids: list[str] = []
         try:
-            ids: list[str] = []
             total = len(bodies)
             for index, body in enumerate(bodies, start=1):
                 outcome = await self._submit_part(message, body, index, total)
                 if isinstance(outcome, SubmitOutcome):
                     return outcome
                 ids.append(outcome)
+                if index < total:
+                    self._unreported.setdefault(_exact_id(outcome), [])
             self.counters["messages_submitted"] += 1
             return SubmitOutcome.submitted(*ids)
         finally:
             self._in_flight -= 1
             if not self._in_flight:
                 self._idle.set()
+            held = [r for mid in ids[:-1] for r in self._unreported.pop(_exact_id(mid), ())]
+            if held:
+                # After the caller has taken the outcome: it is recorded first.
+                asyncio.get_running_loop().call_soon(self._emit_reports, held)
 
     async def _submit_part(self, message: OutboundMessage, body: bytes, index: int,
                            total: int) -> str | SubmitOutcome:
@@ -345,8 +358,9 @@ class SmppTransport(Transport):
                 message_id = receipt_id_as_submitted(receipt.message_id, self.settings.msg_id_type)
                 log.debug("%s: receipt %s %s %s", self.name, receipt.message_id, receipt.state,
                           receipt.error, extra=fields(msg_id=message_id))
-                events.delivery_report(DeliveryReport(self.name, message_id, receipt.state,
-                                                      receipt.error, raw=receipt.raw))
+                report = DeliveryReport(self.name, message_id, receipt.state, receipt.error,
+                                        raw=receipt.raw)
+                asyncio.get_running_loop().call_soon(self._hand_over_report, report)
             else:
                 sender = message.source
                 if message.source_ton == 1 and sender.isdigit():
@@ -362,6 +376,29 @@ class SmppTransport(Transport):
                           pdu.command_name(message.command_id), session.peer)
             return ESME_RX_T_APPN
         return ESME_ROK
+
+    def _hand_over_report(self, report: DeliveryReport) -> None:
+        """Receipts often arrive in the same read as their submit_sm_resp, or even before it.
+        Handing them over one loop turn later lets the send() that is waiting for that
+        response return first, so the dispatcher records the message id before it sees the
+        receipt; receipts for earlier parts of a long message still being submitted are
+        held until its send() returns. Either way the store never has to guess (its
+        hex/decimal-tolerant matching can pick the wrong message for a receipt that beat
+        its own submit response)."""
+        held = self._unreported.get(_exact_id(report.message_id))
+        if held is not None:
+            held.append(report)
+            return
+        self._emit_reports([report])
+
+    def _emit_reports(self, reports: list[DeliveryReport]) -> None:
+        events = self._events
+        for report in reports:
+            try:
+                events.delivery_report(report)
+            except Exception:
+                log.exception("%s: could not hand over the receipt for %s", self.name,
+                              report.message_id)
 
     # -- status ----------------------------------------------------------------------------
 

@@ -411,7 +411,17 @@ class SmscSim:
             conn.inflight -= 1
             self._number += 1
             self.accepted_count += 1
-            conn.write(SUBMIT | RESP, OK, seq, self.resp_id(self._number).encode() + b"\x00")
+            mid = self.resp_id(self._number).encode()
+            conn.write(SUBMIT | RESP, OK, seq, mid + b"\x00")
+            if self.receipts and conn.bound_as == BIND_TRX:
+                # minimal receipt, without parsing the submit: the benchmark's delivered path
+                text = b"id:" + mid + b" sub:001 dlvrd:001 stat:DELIVRD err:000"
+                conn.seq += 1
+                conn.write(DELIVER, 0, conn.seq,
+                           b"\x00\x01\x01447700900000\x00\x05\x00ACME\x00\x04\x00\x00\x00\x00"
+                           + bytes((0, 0, 0, 0, len(text))) + text
+                           + struct.pack(">HH", 0x001E, len(mid) + 1) + mid + b"\x00"
+                           + struct.pack(">HHB", 0x0427, 1, 2))
             return
         if self.throttle is not None and self.throttle(n):
             self.throttled += 1
@@ -457,8 +467,9 @@ async def _main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--delay", type=float, default=0.0)
+    ap.add_argument("--receipts", action="store_true", help="a DELIVRD receipt after every submit")
     args = ap.parse_args()
-    sim = SmscSim(response_delay=args.delay, fast=True)
+    sim = SmscSim(response_delay=args.delay, fast=True, receipts="tlv" if args.receipts else None)
     port = await sim.start(port=args.port)
     print(f"PORT {port}", flush=True)
     loop = asyncio.get_running_loop()

@@ -182,3 +182,22 @@ async def test_stop_reply_puts_the_sender_on_the_opt_out_list(tmp_path):
         await dispatcher.stop()
         outbox.close()
         await sim.stop()
+
+
+async def test_no_receipt_overtakes_the_outcome_of_its_send():
+    # Each part's receipt follows its submit_sm_resp in the same read, so parts 1 and 2 are
+    # receipted while part 3 is still being submitted. (A receipt that precedes its own
+    # response cannot be recognised yet; the store keeps those until the outcome arrives,
+    # see test_receipts_before_the_submit_response_still_settle_messages.)
+    sim = SmscSim(receipts="tlv")
+    t, events = await run(sim)
+    try:
+        for _ in range(3):
+            out = await t.send(message("three parts " * 30))
+            assert len(out.message_ids) == 3
+            seen = {r.message_id for r in events.reports}
+            assert not seen & set(out.message_ids[:2])  # held until the outcome is out
+            await events.wait_until(lambda: set(out.message_ids) <= {r.message_id for r in events.reports})
+    finally:
+        await t.close()
+        await sim.stop()
