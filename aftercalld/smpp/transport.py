@@ -250,6 +250,7 @@ class SmppTransport(Transport):
         self._in_flight += 1
         self._idle.clear()
         ids: list[str] = []
+        registered: list[str] = []
         try:
             total = len(bodies)
             for index, body in enumerate(bodies, start=1):
@@ -258,14 +259,17 @@ class SmppTransport(Transport):
                     return outcome
                 ids.append(outcome)
                 if index < total:
-                    self._unreported.setdefault(_exact_id(outcome), [])
+                    key = _exact_id(outcome)
+                    if key not in self._unreported:
+                        self._unreported[key] = []
+                        registered.append(key)
             self.counters["messages_submitted"] += 1
             return SubmitOutcome.submitted(*ids)
         finally:
             self._in_flight -= 1
             if not self._in_flight:
                 self._idle.set()
-            held = [r for mid in ids[:-1] for r in self._unreported.pop(_exact_id(mid), ())]
+            held = [r for key in registered for r in self._unreported.pop(key, ())]
             if held:
                 # After the caller has taken the outcome: it is recorded first.
                 asyncio.get_running_loop().call_soon(self._emit_reports, held)

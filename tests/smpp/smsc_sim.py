@@ -207,6 +207,7 @@ class SmscSim:
                  fail_destinations: dict[str, int] | None = None,
                  drop_after: int | None = None,
                  nack_destinations: set[str] | None = None,
+                 fail_nth: dict[int, int] | None = None,  # submit number (1-based) → status
                  receipts: str | None = None,  # None / "tlv" (TLVs + text) / "text" / "tlv_only"
                  resp_id: Callable[[int], str] = lambda n: format(n, "X"),
                  receipt_id: Callable[[int], str] | None = None,
@@ -222,6 +223,7 @@ class SmscSim:
         self.fail_destinations = fail_destinations or {}
         self.drop_after = drop_after
         self.nack_destinations = nack_destinations or set()
+        self.fail_nth = fail_nth or {}
         self.receipts = receipts
         self.resp_id = resp_id
         self.receipt_id = receipt_id or resp_id
@@ -422,6 +424,9 @@ class SmscSim:
                            + bytes((0, 0, 0, 0, len(text))) + text
                            + struct.pack(">HH", 0x001E, len(mid) + 1) + mid + b"\x00"
                            + struct.pack(">HHB", 0x0427, 1, 2))
+            return
+        if n in self.fail_nth:
+            self._reply_later(conn, SUBMIT | RESP, self.fail_nth[n], seq, b"", None)
             return
         if self.throttle is not None and self.throttle(n):
             self.throttled += 1

@@ -201,3 +201,16 @@ async def test_no_receipt_overtakes_the_outcome_of_its_send():
     finally:
         await t.close()
         await sim.stop()
+
+
+async def test_receipts_of_a_long_message_that_failed_half_way_are_not_held_forever():
+    sim = SmscSim(receipts="tlv", fail_nth={3: 0x0B})  # the third submit: ESME_RINVDSTADR
+    t, events = await run(sim)
+    try:
+        out = await t.send(message("four parts " * 50))
+        assert out.kind is OutcomeKind.PERMANENT and out.reason == "ESME_RINVDSTADR part 3/4"
+        # the two accepted parts' receipts still reach the core
+        await events.wait_until(lambda: len(events.reports) == 2)
+    finally:
+        await t.close()
+        await sim.stop()
