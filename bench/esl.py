@@ -241,25 +241,39 @@ def rss_mib() -> float:
 
 
 def memory(total: int) -> None:
-    """The real decode path (raw bytes -> PlainEvent -> tracker), without the socket."""
-    templates = [Template(TRACES / name, True) for name in TEMPLATES]
+    """The real decode path (raw event bytes -> PlainEvent -> tracker), without the socket;
+    Unique-IDs come from a counter (uuid4 would dominate the run)."""
+    bodies = []
+    for name in TEMPLATES:
+        t = Template(TRACES / name, True)
+        events = []
+        for _, segs, slots in t.events:
+            raw = segs[0]
+            cut = raw.index(b"\n\n") + 2  # outer headers (no Unique-ID in them) off
+            events.append(([raw[cut:]] + segs[1:], slots))
+        bodies.append((t.n_uuids, events))
     tracker = EslTracker(default_pbx("freeswitch", name="bench"))
     import logging
     logging.getLogger("aftercalld").setLevel(logging.ERROR)
     checkpoints = {100_000, 250_000, 500_000, 750_000, 1_000_000, total}
     now = 0.0
-    reported = events = 0
+    reported = events_fed = 0
     start = time.perf_counter()
     for i in range(total):
-        _, rendered = templates[i % len(templates)].render()
-        for _, raw, _ in rendered:
-            reported += len(tracker.feed(parse_plain_event(raw.split(b"\n\n", 1)[1]), now))
-            events += 1
+        n_uuids, events = bodies[i % len(bodies)]
+        fresh = [b"%08x-%04x-4000-8000-000000000000" % (i, k) for k in range(n_uuids)]
+        for segs, slots in events:
+            parts = [segs[0]]
+            for seg, slot in zip(segs[1:], slots):
+                parts.append(fresh[slot])
+                parts.append(seg)
+            reported += len(tracker.feed(parse_plain_event(b"".join(parts)), now))
+            events_fed += 1
         now += 0.02  # 50 calls/s of simulated time (ended calls are remembered 120 s)
         if i + 1 in checkpoints:
             el = time.perf_counter() - start
             print(f"  {i + 1:>9,} calls: RSS {rss_mib():6.1f} MiB, calls in progress {tracker.active_calls()}, "
-                  f"reported {reported:,} ({events / el:,.0f} events/s decode+track)", flush=True)
+                  f"reported {reported:,} ({events_fed / el:,.0f} events/s decode+track)", flush=True)
     assert reported == total
 
 
@@ -267,15 +281,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller runs (about 20 s), memory run of 100k calls")
     ap.add_argument("--memory-calls", type=int, default=1_000_000)
+    ap.add_argument("--only", choices=["throughput", "latency", "memory"], help="run one part")
     args = ap.parse_args()
     print(f"aftercalld ESL benchmark (Python {sys.version.split()[0]}, {os.cpu_count()} CPUs)")
-    print("Throughput, client + tracker over TCP:")
-    throughput(300 if args.quick else 600, only_subscribed=False)
-    throughput(1000 if args.quick else 3000, only_subscribed=True)
-    print("Latency:")
-    latency(250 if args.quick else 1500, 50.0)
-    print("Memory (tracker alone):")
-    memory(100_000 if args.quick else args.memory_calls)
+    if args.only in (None, "throughput"):
+        print("Throughput, client + tracker over TCP:")
+        throughput(300 if args.quick else 600, only_subscribed=False)
+        throughput(1000 if args.quick else 3000, only_subscribed=True)
+    if args.only in (None, "latency"):
+        print("Latency:")
+        latency(250 if args.quick else 1500, 50.0)
+    if args.only in (None, "memory"):
+        print("Memory (decode + tracker, no socket):")
+        memory(100_000 if args.quick else args.memory_calls)
 
 
 if __name__ == "__main__":

@@ -295,10 +295,10 @@ class EslTracker:
                 leg.final = ev  # a repeat (replayed stream): keep the newest, count once
             if call.open == 0 and len(call.legs) == len(call.uuids):
                 return self._finish(call, now)
-            if call.partial and (call.open == 0 or self._call_leg(list(call.legs.values())).final is not None):
-                # Some legs were never seen or never seen to end: they ended while we were
-                # not listening, or (joined mid-call) are still up and will show. Only
-                # calls that had such a gap wait, so normal calls keep their latency.
+            if call.open == 0 or (call.partial and self._call_leg(list(call.legs.values())).final is not None):
+                # Some legs were never seen (or never seen to end): they ended while we were
+                # not listening, or (joined mid-call) are still up and will show. Only such
+                # calls wait, so normal calls keep their latency.
                 self._waiting.setdefault(call.key, (now + self.PARTIAL_GRACE_SECONDS, call))
         return []
 

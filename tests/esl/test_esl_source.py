@@ -242,3 +242,19 @@ def test_settings_repr_hides_password() -> None:
 
 def test_traces_dir_found() -> None:
     assert Path(TRACES).is_dir()
+
+
+async def test_call_already_up_at_connect_is_settled_by_the_idle_tick(server: EslServer) -> None:
+    # aftercalld connects while a call is up; its agent leg ended before we were there.
+    # No further events come, yet the call is reported once the short wait is over.
+    events = trace_events(TRACES / "outbound_connected.esl")
+    call_leg_end = next(raw for raw in events if b"CHANNEL_HANGUP_COMPLETE" in raw
+                        and b"d2a23454-311a-42c8-b6fc-4dee4c4a5892" in raw.split(b"Unique-ID: ", 1)[1][:40])
+    source, sink = make(server), Collector()
+    source.tracker.PARTIAL_GRACE_SECONDS = 0.2
+    task = await run_source(source, sink)
+    session = await server.session(0)
+    await session.send(call_leg_end)
+    (call,) = await sink.wait_for(1, timeout=5)
+    assert call.call_id == "d2a23454-311a-42c8-b6fc-4dee4c4a5892" and call.status is CallStatus.CONNECTED
+    await stop(task)
