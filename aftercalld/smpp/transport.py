@@ -418,10 +418,20 @@ class SmppTransport(Transport):
                 "outstanding": sess.outstanding if sess else 0,
                 "binds": slot.binds,
             })
+        senders_bound = sum(1 for slot in self._senders
+                            if slot.session is not None and slot.session.bound)
+        if self._closing:
+            state = "closed"
+        elif senders_bound:
+            state = "bound"  # can send, perhaps on fewer sessions than configured
+        else:
+            state = "binding"
         return {
             "name": self.name,
             "type": "smpp",
+            "state": state,
             "bound": sum(1 for x in sessions if x["bound"]),
+            "configured": len(sessions),
             "sessions": sessions,
             "in_flight": self._in_flight,
             **dict(self.counters),

@@ -150,6 +150,7 @@ async def test_unbound_transport_answers_transient():
                                 reconnect_min=0.05))
     await t.start(Events())  # returns although nothing is bound
     try:
+        assert t.status()["state"] == "binding"
         out = await t.send(message())
         assert out.kind is OutcomeKind.TRANSIENT
         assert "no SMPP session bound" in out.reason and out.retry_after

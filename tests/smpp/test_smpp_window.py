@@ -170,3 +170,28 @@ async def test_permanent_failure_names_the_part():
     finally:
         await t.close()
         await sim.stop()
+
+
+async def test_status_and_prometheus_metrics():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from aftercalld.smpp.metrics import register_metrics
+
+    sim = SmscSim(throttle=lambda n: n == 2)
+    t = await with_transport(sim, sessions=2)
+    try:
+        await sim.wait_until(lambda: len(sim.bound()) == 2)
+        assert t.status()["state"] == "bound"
+        for i in range(3):
+            await t.send(message(f"m{i}"))
+        registry = CollectorRegistry()
+        register_metrics(registry, t)
+        text = generate_latest(registry).decode()
+        assert 'aftercalld_smpp_sessions_bound{transport="smpp"} 2.0' in text
+        assert 'aftercalld_smpp_parts_submitted_total{transport="smpp"} 3.0' in text
+        assert 'aftercalld_smpp_throttled_total{transport="smpp"} 1.0' in text
+        assert 'aftercalld_smpp_binds_total{transport="smpp"} 2.0' in text
+    finally:
+        await t.close()
+        await sim.stop()
+    assert t.status()["state"] == "closed"
