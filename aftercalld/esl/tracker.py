@@ -54,6 +54,17 @@ _LINK_HEADERS = (
     "variable_last_bridge_to", "variable_bridge_uuid", "variable_other_loopback_leg_uuid",
     "variable_signal_bond", "variable_cc_member_session_uuid",
 )
+# Which of them can be on each event (each lookup scans the raw event, so fewer is faster):
+# a new channel names its creator or loopback twin; a bridge names the partner; the end
+# names everything.
+_CREATE_LINKS = ("Other-Leg-Unique-ID", "variable_originator", "variable_originating_leg_uuid",
+                 "variable_other_loopback_leg_uuid", "variable_cc_member_session_uuid")
+_EVENT_LINKS = {
+    "CHANNEL_CREATE": _CREATE_LINKS,
+    "CHANNEL_ORIGINATE": _CREATE_LINKS,
+    "CHANNEL_BRIDGE": ("Other-Leg-Unique-ID", "variable_bridge_uuid"),
+    "CHANNEL_ANSWER": (),  # what it carries was on the channel's CREATE already
+}
 _PARENT_HEADERS = ("variable_originator", "variable_originating_leg_uuid")
 # A channel's first event when we see it from its start (CHANNEL_UUID: originate renames it).
 _FIRST_EVENTS = frozenset({"CHANNEL_CREATE", "CHANNEL_UUID"})
@@ -238,14 +249,13 @@ class EslTracker:
         if uuid in self._done:
             self.stats["late"] += 1
             return []  # the call this channel belonged to is already reported
-        # Links are read once per event (each lookup scans the raw event); CHANNEL_ANSWER
-        # adds none: the ones it carries were on the channel's CREATE already.
         links: list[str] = []
-        if name != "CHANNEL_ANSWER":
-            for header in _LINK_HEADERS:
-                other = ev.get(header)
-                if other and other != uuid:
-                    links.append(other)
+        link_headers = _EVENT_LINKS.get(name, _LINK_HEADERS)
+        for header in link_headers:
+            other = ev.get(header)
+            if other and other != uuid:
+                links.append(other)
+        if link_headers is _LINK_HEADERS:
             legs_var = ev.get("variable_originated_legs")
             if legs_var:
                 links.extend(u for u in _originated_legs(legs_var) if u != uuid)
