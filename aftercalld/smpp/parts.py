@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Mapping
 
 from ..model import Encoding, OutboundMessage
@@ -176,21 +177,14 @@ def build_submits(message: OutboundMessage, profile: WireProfile, ref: int,
     else:
         pieces = _split(message.text, encoding, udh_16bit_ref=(method == "udh16"))
 
-    ton, npi, source = source_ton_npi(message.sender, profile)
-    dest = message.destination.strip()
-    if dest.startswith("+"):
-        dest = dest[1:]
-    tlvs = dict(profile.tlvs or {})
+    head = _address_head(message.sender, message.destination, profile)
     if extra_tlvs:
+        tlvs = dict(profile.tlvs or {})
         tlvs.update(extra_tlvs)
-    tlv_bytes = b"".join(pdu.tlv(tag, value) for tag, value in tlvs.items())
-    common = dict(
-        service_type=profile.service_type.encode("ascii", "replace")[:5],
-        source_ton=ton, source_npi=npi, source=source.encode("latin-1", "replace")[:20],
-        dest_ton=profile.dest_ton, dest_npi=profile.dest_npi,
-        destination=dest.encode("ascii", "replace")[:20],
-        registered_delivery=profile.registered_delivery,
-    )
+    else:
+        tlvs = profile.tlvs or {}
+    tlv_bytes = b"".join(pdu.tlv(tag, value) for tag, value in tlvs.items()) if tlvs else b""
+    registered = profile.registered_delivery
     total = len(pieces)
     if total > 255:
         raise ValueError(f"{total} parts: more than concatenation allows (255)")
@@ -215,6 +209,27 @@ def build_submits(message: OutboundMessage, profile: WireProfile, ref: int,
                          + pdu.tlv(pdu.TAG_SAR_TOTAL_SEGMENTS, bytes((total,)))
                          + pdu.tlv(pdu.TAG_SAR_SEGMENT_SEQNUM, bytes((seq,)))
                          + tlv_bytes)
-        bodies.append(pdu.encode_submit_sm(esm_class=esm, data_coding=dc, short_message=short,
-                                           tlvs=part_tlvs, **common))
+        # The layout of pdu.encode_submit_sm, inlined: this runs for every part.
+        # esm_class, protocol_id, priority_flag, schedule "", validity "", registered_delivery,
+        # replace_if_present, data_coding, sm_default_msg_id, sm_length
+        bodies.append(head + bytes((esm, 0, 0, 0, 0, registered, 0, dc, 0, len(short)))
+                      + short + part_tlvs)
     return bodies
+
+
+@lru_cache(maxsize=1024)
+def _source_field(sender: str, source_ton: int | None, source_npi: int | None) -> bytes:
+    ton, npi, source = source_ton_npi(sender, WireProfile(source_ton=source_ton, source_npi=source_npi))
+    return bytes((ton, npi)) + source.encode("latin-1", "replace")[:20] + b"\x00"
+
+
+def _address_head(sender: str, destination: str, profile: WireProfile) -> bytes:
+    """service_type, source and destination address fields of a submit_sm."""
+    dest = destination.strip()
+    if dest.startswith("+"):
+        dest = dest[1:]
+    return b"".join((
+        profile.service_type.encode("ascii", "replace")[:5], b"\x00",
+        _source_field(sender, profile.source_ton, profile.source_npi),
+        bytes((profile.dest_ton, profile.dest_npi)), dest.encode("ascii", "replace")[:20], b"\x00",
+    ))
