@@ -87,6 +87,7 @@ class ModemTransport(Transport):
         # texts after boot do not meet a modem that is still registering.
         self._settled = asyncio.Event()
         self._closing = False
+        self._closing_event = asyncio.Event()
         self._send_lock = asyncio.Lock()
         self._work: asyncio.Queue[tuple[str, str, int]] = asyncio.Queue()
         self._next_send_at = 0.0
@@ -109,6 +110,7 @@ class ModemTransport(Transport):
     async def start(self, events: TransportEvents) -> None:
         self._events = events
         self._closing = False
+        self._closing_event.clear()
         self._settled.clear()
         log.info("%s: starting on %s", self.name, self.settings.device,
                  extra=fields(transport=self.name))
@@ -134,6 +136,7 @@ class ModemTransport(Transport):
 
     async def close(self) -> None:
         self._closing = True
+        self._closing_event.set()
         self._ready.clear()
         try:
             # Let an in-flight send finish: a part half handed to the modem is the worst
@@ -198,13 +201,30 @@ class ModemTransport(Transport):
                 if isinstance(outcome, str):
                     ids.append(outcome)
                     break
-                if outcome.kind == "permanent" or attempt == tries or not self._ready.is_set():
+                if outcome.kind == "permanent" or attempt == tries:
                     return self._partial(outcome, ids, len(parts), message, log_fields)
                 log.warning("%s: part %d/%d: %s; trying that part again", self.name, index + 1,
                             len(parts), outcome.reason, extra=log_fields)
+                if not self._ready.is_set() and not await self._resume():
+                    return self._partial(outcome, ids, len(parts), message, log_fields)
         log.info("%s: sent %d part(s) to %s, reference(s) %s", self.name, len(ids),
                  message.destination, ",".join(ids), extra=log_fields)
         return SubmitOutcome.submitted(*ids)
+
+    async def _resume(self) -> bool:
+        """Mid-message, the modem is being reset or re-plugged: the first parts are out, so
+        wait for it (bounded) and send the rest under the same concatenation reference,
+        which the phone still joins to them."""
+        s = self.settings
+        ready = asyncio.ensure_future(self._ready.wait())
+        closing = asyncio.ensure_future(self._closing_event.wait())
+        try:
+            await asyncio.wait({ready, closing}, timeout=min(120.0, 3 * s.command_timeout + s.reopen_max_seconds),
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+            closing.cancel()
+        return self._ready.is_set() and not self._closing
 
     def _partial(self, outcome: SubmitOutcome, ids: list[str], total: int, message: OutboundMessage,
                  log_fields: dict) -> SubmitOutcome:

@@ -487,3 +487,27 @@ async def test_text_stored_in_phone_memory_selects_that_memory(sim):
         await sim.wait_for(lambda: not sim.storage)
     assert reply.text == "STOP"
     assert 'AT+CPMS="ME"' in sim.commands
+
+
+async def test_replug_mid_message_sends_the_rest_under_the_same_reference(sim):
+    text = "z" * 400  # three parts
+    async with running(sim) as (modem, _):
+        original = sim._submit
+        calls = []
+
+        def unplug_on_part_two(hex_pdu, length):
+            calls.append(hex_pdu)
+            if len(calls) == 2:
+                sim.unplug()  # the USB cable comes out as part 2 goes in ...
+                asyncio.get_running_loop().call_later(0.1, sim.plug)  # ... and back
+                return
+            original(hex_pdu, length)
+
+        sim._submit = unplug_on_part_two
+        outcome = await modem.send(message(text))
+    assert outcome.kind is OutcomeKind.SUBMITTED, outcome
+    parts = [r.decoded for r in sim.received]
+    assert [p.concat.sequence for p in parts] == [1, 2, 3]
+    assert len({p.concat.reference for p in parts}) == 1
+    assert "".join(p.text for p in parts) == text
+    assert modem.status()["resets"] >= 1
