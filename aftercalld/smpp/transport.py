@@ -191,7 +191,9 @@ class SmppTransport(Transport):
 
     # -- window slots ----------------------------------------------------------------------
 
-    def _try_take(self) -> Session | None:
+    def _try_take(self) -> _Slot | None:
+        """A sender slot whose bound session has a free window slot, now taken; round
+        robin so sessions share the load."""
         senders = self._senders
         n = len(senders)
         for i in range(n):
@@ -200,14 +202,14 @@ class SmppTransport(Transport):
             if session is not None and session.bound and session.free > 0:
                 session.free -= 1
                 self._rr = (self._rr + i + 1) % n
-                return session
+                return slot
         return None
 
-    async def _take(self, timeout: float) -> tuple[Session, _Slot]:
-        session = self._try_take()
+    async def _take(self, timeout: float) -> _Slot:
+        """Wait (up to `timeout`) for a free window slot on any bound session."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while session is None:
+        while True:
             remaining = deadline - loop.time()
             if self._closing or remaining <= 0:
                 raise _NoSession()
@@ -217,11 +219,13 @@ class SmppTransport(Transport):
                 await asyncio.wait_for(waiter, remaining)
             except TimeoutError:
                 raise _NoSession() from None
-            session = self._try_take()
-        for slot in self._senders:
-            if slot.session is session:
-                return session, slot
-        raise _NoSession()  # pragma: no cover - the slot was replaced in between
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake()  # we were handed a free slot we will not use: pass it on
+                raise
+            slot = self._try_take()
+            if slot is not None:
+                return slot
 
     def _release(self, session: Session) -> None:
         session.free += 1
@@ -283,12 +287,15 @@ class SmppTransport(Transport):
         retry_after = None
         attempts = throttles = 0
         while attempts < s.part_attempts and throttles < 10 * s.part_attempts:
+            slot = self._try_take()
             try:
-                session, slot = await self._take(s.response_timeout)
+                if slot is None:
+                    slot = await self._take(s.response_timeout)
             except _NoSession:
                 reason = "no SMPP session bound" if not self._closing else "SMPP transport closing"
                 retry_after = s.reconnect_min * 2
                 break
+            session = slot.session
             try:
                 wait = max(slot.bucket.reserve(), self._account.reserve())
                 if wait > 0:
