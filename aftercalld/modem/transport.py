@@ -261,6 +261,7 @@ class ModemTransport(Transport):
                 return SubmitOutcome.transient(f"modem stopped answering while sending part {index + 1}/{total}")
             lines = exc.lines  # it had said +CMGS: <mr>, so the part is out; only the OK is missing
         except PortClosed as exc:
+            self._ready.clear()  # before the supervisor notices, so a retry waits for the reopen
             return SubmitOutcome.transient(f"modem disappeared while sending: {exc}")
         finally:
             self._next_send_at = asyncio.get_running_loop().time() + s.send_interval
