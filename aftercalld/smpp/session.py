@@ -24,12 +24,18 @@ from . import pdu
 from .status import ESME_RINVCMDID, ESME_ROK, describe
 
 log = logging.getLogger(__name__)
+# Every PDU in and out, at debug level (bodies as hex: they hold message text). For interop
+# work with a provider: `aftercalld run -vv`, or raise just this logger.
+wire_log = logging.getLogger("aftercalld.smpp.wire")
 
 BIND_COMMANDS = {
     "transceiver": pdu.BIND_TRANSCEIVER,
     "transmitter": pdu.BIND_TRANSMITTER,
     "receiver": pdu.BIND_RECEIVER,
 }
+
+
+_BIND_REQUESTS = frozenset(BIND_COMMANDS.values())
 
 
 class LinkLost(Exception):
@@ -69,6 +75,7 @@ class Session(asyncio.Protocol):
         self._frames = pdu.FrameBuffer()
         self._out: list[bytes] = []
         self._last_rx = 0.0
+        self._trace = wire_log.isEnabledFor(logging.DEBUG)  # checked once: the hot path
         self._seq = 0
         self._pending: dict[int, tuple[asyncio.Future, asyncio.TimerHandle]] = {}
         self._loop = asyncio.get_running_loop()
@@ -142,7 +149,21 @@ class Session(asyncio.Protocol):
         self._write(pdu.HEADER.pack(pdu.HEADER_LEN + len(body), command_id, 0, seq) + body)
         return fut
 
+    def _trace_pdu(self, direction: str, command_id: int, status: int, seq: int, body: bytes) -> None:
+        if command_id in _BIND_REQUESTS:
+            # never the password, not even as hex
+            system_id = body.split(b"\x00", 1)[0].decode("ascii", "replace")
+            shown = f"system_id={system_id} password=<set>"
+        else:
+            shown = body.hex()
+        wire_log.debug("%s %s %s seq=%d status=%s body=%s", self.label, direction,
+                       pdu.command_name(command_id), seq, describe(status) if status else "0",
+                       shown)
+
     def _write(self, data: bytes) -> None:
+        if self._trace:
+            _, command_id, status, seq = pdu.HEADER.unpack_from(data)
+            self._trace_pdu("->", command_id, status, seq, data[pdu.HEADER_LEN:])
         # PDUs written in one turn of the event loop leave in one send(): with a window of
         # 50 that is one system call instead of 50, on both sides of the link.
         if not self._out:
@@ -232,6 +253,8 @@ class Session(asyncio.Protocol):
             return
         pending = self._pending
         for command_id, status, seq, body in frames:
+            if self._trace:
+                self._trace_pdu("<-", command_id, status, seq, body)
             if command_id & pdu.RESP:
                 entry = pending.pop(seq, None)
                 if entry is None:

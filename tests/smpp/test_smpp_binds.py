@@ -207,3 +207,22 @@ async def test_unanswered_bind_times_out_and_is_retried():
     finally:
         await t.close()
         await sim.stop()
+
+
+async def test_wire_trace_at_debug_shows_every_pdu_but_not_the_password(caplog):
+    caplog.set_level(logging.DEBUG, logger="aftercalld.smpp.wire")
+    sim = SmscSim()
+    await sim.start()
+    t = make_transport(settings(sim.port))
+    try:
+        await t.start(Events())
+        await t.send(message())
+    finally:
+        await t.close()
+        await sim.stop()
+    lines = [r.getMessage() for r in caplog.records if r.name == "aftercalld.smpp.wire"]
+    kinds = [line.split()[5] for line in lines]
+    assert kinds[:4] == ["bind_transceiver", "bind_transceiver_resp", "submit_sm", "submit_sm_resp"]
+    assert "unbind" in kinds and "unbind_resp" in kinds
+    assert "secret".encode().hex() not in caplog.text and "secret" not in caplog.text
+    assert "system_id=esme password=<set>" in lines[0]
