@@ -6,7 +6,7 @@ import logging
 
 import pytest
 import smpplib.command
-from hypothesis import given
+from hypothesis import given, settings as hsettings
 from hypothesis import strategies as st
 
 from aftercalld.configreader import ConfigError, Section
@@ -141,6 +141,7 @@ def test_message_ids_that_differ_do_not_match(a, b):
     assert not same_message_id(a, b)
 
 
+@hsettings(deadline=None, max_examples=100)
 @given(st.integers(min_value=0, max_value=2**64))
 def test_message_id_hex_vs_decimal_property(n):
     assert same_message_id(format(n, "X"), str(n))
@@ -348,6 +349,7 @@ _GSM_ALPHABET = [c for c in map(chr, range(0x3000)) if __import__("aftercalld.ru
                                                                      fromlist=["x"]).gsm_septets(c)]
 
 
+@hsettings(deadline=None, max_examples=100)
 @given(st.text(alphabet=st.sampled_from(_GSM_ALPHABET), max_size=400))
 def test_fast_gsm_encoder_matches_the_codec(text):
     from aftercalld.rules.encoding import encode_gsm7_unpacked
@@ -366,6 +368,7 @@ def test_fast_gsm_encoder_rejects_non_gsm():
 # -- hostile input -------------------------------------------------------------------------
 
 
+@hsettings(deadline=None, max_examples=100)
 @given(st.binary(max_size=300))
 def test_garbage_bodies_raise_only_pdu_errors(body):
     for parse in (pdu.parse_deliver_sm, pdu.parse_data_sm):
@@ -378,6 +381,7 @@ def test_garbage_bodies_raise_only_pdu_errors(body):
         decode_short_message(sm)
 
 
+@hsettings(deadline=None, max_examples=100)
 @given(st.binary(max_size=200), st.integers(min_value=0, max_value=255), st.booleans())
 def test_any_content_decodes(content, data_coding, udhi):
     sm = pdu.ShortMessage(pdu.DELIVER_SM, "", 1, 1, "1", 0, 0, "2", 0x40 if udhi else 0,
@@ -385,6 +389,7 @@ def test_any_content_decodes(content, data_coding, udhi):
     assert isinstance(decode_short_message(sm), str)
 
 
+@hsettings(deadline=None, max_examples=100)
 @given(st.lists(st.binary(min_size=0, max_size=40), max_size=20))
 def test_frame_buffer_never_crashes_on_chunks(chunks):
     buf = pdu.FrameBuffer()
@@ -426,6 +431,7 @@ def test_whole_config_with_the_smpp_fragment_loads_and_builds_the_transport():
     assert transport.max_in_flight == 10 and transport.name == "smpp"
 
 
+@hsettings(deadline=None, max_examples=100)
 @given(st.sampled_from(["ACME", "+447700900123", "12345"]), st.text(max_size=300),
        st.sampled_from(["udh8", "udh16", "sar", "payload"]), st.booleans())
 def test_inlined_submit_layout_matches_the_reference_encoder(sender, text, method, receipts):
