@@ -195,3 +195,19 @@ async def test_status_and_prometheus_metrics():
         await t.close()
         await sim.stop()
     assert t.status()["state"] == "closed"
+
+
+async def test_parallel_sessions_share_the_load():
+    sim = SmscSim(response_delay=0.01)
+    t = await with_transport(sim, sessions=3, window=2)
+    try:
+        await sim.wait_until(lambda: len(sim.bound()) == 3)
+        assert t.max_in_flight == 6
+        outcomes = await send_all(t, [message(f"s{i}") for i in range(60)])
+        assert all(o.kind is OutcomeKind.SUBMITTED for o in outcomes)
+        per_conn = collections.Counter(s.conn for s in sim.accepted)
+        assert len(per_conn) == 3 and min(per_conn.values()) >= 10, per_conn
+        assert sim.max_inflight <= 2
+    finally:
+        await t.close()
+        await sim.stop()
