@@ -63,6 +63,14 @@ class CallRecord:
             if value is not None and value.tzinfo is None:
                 raise ValueError(f"{name} must be timezone-aware")
 
+    def with_text(self, **changes: str) -> "CallRecord":
+        """A copy with some text fields changed: `dataclasses.replace` without re-running
+        validation, which costs more than the rest of rule matching on the hot path."""
+        new = object.__new__(CallRecord)
+        for name in _RECORD_FIELDS:
+            object.__setattr__(new, name, changes[name] if name in changes else getattr(self, name))
+        return new
+
     @property
     def customer_number(self) -> str:
         """The external party: who rang in, or who was dialled on an outbound call. This is

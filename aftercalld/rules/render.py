@@ -2,7 +2,7 @@
 encoding chosen, segments counted, limits enforced."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 from zoneinfo import ZoneInfo
 
@@ -55,8 +55,7 @@ def enrich(record: CallRecord, agents: Mapping[str, AgentEntry]) -> CallRecord:
     entry = agents.get(record.agent_extension)
     if entry is None or (record.agent_name or not entry.name) and (record.agent_number or not entry.mobile):
         return record
-    return replace(
-        record,
+    return record.with_text(
         agent_name=record.agent_name or entry.name,
         agent_number=record.agent_number or entry.mobile,
     )
