@@ -150,6 +150,8 @@ class _Conn(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
+        # numbered here, not in the factory: several accepts can precede the first of these
+        self.index = len(self.sim.connections)
         self.sim.connections.append(self)
 
     def connection_lost(self, exc) -> None:
@@ -252,7 +254,7 @@ class SmscSim:
     async def start(self, host: str = "127.0.0.1", port: int = 0, ssl=None) -> int:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _Conn(self, len(self.connections)), host, port, ssl=ssl)
+            lambda: _Conn(self, -1), host, port, ssl=ssl)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 
