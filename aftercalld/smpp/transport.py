@@ -25,7 +25,7 @@ from .config import SmppSettings
 from .parts import build_submits, parse_tlv_map
 from .receipts import parse_receipt, receipt_id_as_submitted
 from .session import BindError, LinkLost, ResponseTimeout, Session
-from .status import ESME_ROK, ESME_RX_T_APPN, Verdict, classify, describe, status_name
+from .status import ESME_RINVBNDSTS, ESME_ROK, ESME_RX_T_APPN, Verdict, classify, describe, status_name
 from .text import decode_short_message
 from .throttle import TokenBucket
 
@@ -333,6 +333,11 @@ class SmppTransport(Transport):
                 attempts += 1
                 reason = name
                 self.counters["transient_errors"] += 1
+                if status == ESME_RINVBNDSTS and session.bound:
+                    # The SMSC no longer counts this session as bound: re-bind it.
+                    log.warning("%s %s: %s answered ESME_RINVBNDSTS; re-binding", self.name,
+                                slot.label, session.peer)
+                    session.abort("SMSC says the session is not bound (ESME_RINVBNDSTS)")
                 if attempts < s.part_attempts:
                     # A short, growing pause (no window slot held) rather than hammering
                     # an SMSC that just said it is in trouble.

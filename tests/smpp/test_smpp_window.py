@@ -211,3 +211,15 @@ async def test_parallel_sessions_share_the_load():
     finally:
         await t.close()
         await sim.stop()
+
+
+async def test_invalid_bind_status_rebinds_and_the_part_goes_through():
+    sim = SmscSim(fail_nth={1: 0x04})  # ESME_RINVBNDSTS: "you are not bound"
+    t = await with_transport(sim)
+    try:
+        out = await t.send(message())
+        assert out.kind is OutcomeKind.SUBMITTED
+        assert len(sim.binds) == 2 and len(sim.accepted) == 1
+    finally:
+        await t.close()
+        await sim.stop()
