@@ -88,7 +88,7 @@ class CallRecord:
         return out
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False, sort_keys=True)
+        return _compact_json(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "CallRecord":
@@ -145,6 +145,7 @@ class CallRecord:
 
 
 _RECORD_FIELDS = tuple(f.name for f in fields(CallRecord))
+_compact_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 class RecipientKind(enum.StrEnum):
