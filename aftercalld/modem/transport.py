@@ -41,6 +41,10 @@ REG_STATES = {0: "not registered, not searching", 1: "registered (home)", 2: "se
 # Every state in which the network takes texts: LTE modems often say "SMS only".
 REGISTERED_STATES = frozenset({1, 5, 6, 7, 9, 10})
 
+# What modems say when they (re)start; settings such as PDU mode are gone by then. (A
+# SIM800 also says "SMS Ready" a few seconds after a PIN; that costs one extra re-init.)
+RESTART_URCS = frozenset({"RDY", "SMS READY", "CALL READY", "+PBREADY"})
+
 PART_RETRIES = 2  # for parts after the first, whose message is already half out
 INBOUND_PARTS_KEPT = 100
 
@@ -189,6 +193,9 @@ class ModemTransport(Transport):
                 validity_minutes=self.settings.validity_minutes or None)
         except ValueError as exc:
             return SubmitOutcome.permanent(f"cannot encode for the modem: {exc}")
+        problem = await self._check_pdu_mode()
+        if problem:
+            return SubmitOutcome.transient(problem)
         if message.sender:
             log.debug("%s: sender id %r ignored: a modem always sends from its SIM's number",
                       self.name, message.sender, extra=log_fields)
@@ -210,6 +217,29 @@ class ModemTransport(Transport):
         log.info("%s: sent %d part(s) to %s, reference(s) %s", self.name, len(ids),
                  message.destination, ",".join(ids), extra=log_fields)
         return SubmitOutcome.submitted(*ids)
+
+    async def _check_pdu_mode(self) -> str:
+        """A modem that restarted on its own (power dip, firmware watchdog) comes back in
+        text mode, where AT+CMGS=<length> would text our hex to the number <length>. One
+        cheap query per message rules that out. Returns a problem, or ""."""
+        channel = self._channel
+        if channel is None:
+            return f"modem not ready ({self.state})"
+        try:
+            lines = await channel.command("AT+CMGF?", prefix="+CMGF:", timeout=self.settings.command_timeout)
+        except CommandError:
+            return ""  # a modem that cannot say; it took AT+CMGF=0 at initialisation
+        except CommandTimeout as exc:
+            self._request_reset(str(exc))
+            return "modem stopped answering"
+        except PortClosed as exc:
+            self._ready.clear()
+            return f"modem disappeared: {exc}"
+        mode = _params(lines[0])[0] if lines and _params(lines[0]) else ""
+        if mode != "0":
+            self._request_reset(f"the modem is in text mode (AT+CMGF: {mode or '?'}): it restarted on its own")
+            return "modem restarted on its own; re-initialising"
+        return ""
 
     async def _resume(self) -> bool:
         """Mid-message, the modem is being reset or re-plugged: the first parts are out, so
@@ -582,6 +612,9 @@ class ModemTransport(Transport):
             stat = _reg_from_urc(line)
             if stat is not None:
                 log.debug("%s: registration now %s", self.name, REG_STATES.get(stat, stat))
+        elif upper in RESTART_URCS or upper.startswith("+CFUN:"):
+            if self._ready.is_set():
+                self._request_reset(f"the modem announced a restart ({line})")
         elif upper in ("RING", "NO CARRIER") or upper.startswith(("+CLIP:", "+CRING:")):
             log.debug("%s: ignoring a voice call indication: %s", self.name, line)
         else:

@@ -115,6 +115,18 @@ class ModemSim:
     def close(self) -> None:
         self.unplug()
 
+    def reboot(self, *, announce: bool = True) -> None:
+        """The modem restarts on its own (power dip, firmware watchdog): back to text mode,
+        no message routing, echo on, SIM locked again."""
+        self.cmgf = None
+        self.cnmi = ""
+        self.echo = True
+        self.pin_ok = self.pin is None
+        if announce:
+            for line in ("RDY", "+CFUN: 1", "+CPIN: READY" if self.pin_ok else "+CPIN: SIM PIN",
+                         "Call Ready", "SMS Ready"):
+                self.emit(line)
+
     def _write(self, data: bytes) -> None:
         if self._master is None:
             return
@@ -252,6 +264,8 @@ class ModemSim:
                 self._answer(final="ERROR")
         elif cmd == "+CSQ":
             self._answer(f"+CSQ: {self.csq[0]},{self.csq[1]}")
+        elif cmd == "+CMGF?":
+            self._answer(f"+CMGF: {1 if self.cmgf is None else self.cmgf}")
         elif cmd.startswith("+CMGF="):
             self.cmgf = int(cmd.split("=")[1])
             self._answer()

@@ -511,3 +511,28 @@ async def test_replug_mid_message_sends_the_rest_under_the_same_reference(sim):
     assert len({p.concat.reference for p in parts}) == 1
     assert "".join(p.text for p in parts) == text
     assert modem.status()["resets"] >= 1
+
+
+async def test_modem_restart_announced_is_reinitialised(sim):
+    async with running(sim) as (modem, _):
+        assert (await modem.send(message("before"))).kind is OutcomeKind.SUBMITTED
+        sim.reboot()
+        await sim.wait_for(lambda: sim.cmgf == 0 and sim.cnmi != "")
+        assert await modem.wait_ready(5)
+        assert (await modem.send(message("after"))).kind is OutcomeKind.SUBMITTED
+    assert sim.texts() == ["before", "after"]
+
+
+async def test_silent_restart_never_sends_in_text_mode(sim):
+    async with running(sim) as (modem, _):
+        assert (await modem.send(message("before"))).kind is OutcomeKind.SUBMITTED
+        sim.reboot(announce=False)
+        cmgs_before = sum(c.startswith("AT+CMGS") for c in sim.commands)
+        outcome = await modem.send(message("after"))
+        assert outcome.kind is OutcomeKind.TRANSIENT
+        assert "restarted" in outcome.reason
+        assert sum(c.startswith("AT+CMGS") for c in sim.commands) == cmgs_before
+        await sim.wait_for(lambda: sim.cmgf == 0)
+        assert await modem.wait_ready(5)
+        assert (await modem.send(message("after"))).kind is OutcomeKind.SUBMITTED
+    assert sim.texts() == ["before", "after"]
