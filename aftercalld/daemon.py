@@ -75,6 +75,10 @@ class Daemon:
                                      metrics=self.metrics)
         self.handler = CallHandler(self.config, self.outbox, on_queued=self.dispatcher.wake, metrics=self.metrics)
         self.metrics.track_queue_depth(self.outbox.queue_depth)
+        if self.config.transport.type != "log":
+            # The transport's own gauges (binds and window; modem signal and registration).
+            transport_metrics = importlib.import_module(f"aftercalld.{self.config.transport.type}.metrics")
+            transport_metrics.register_metrics(self.metrics.registry, self.transport)
         if self.config.metrics_listen:
             self.metrics.serve(self.config.metrics_listen)
         await self.dispatcher.start()
