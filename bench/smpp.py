@@ -8,7 +8,8 @@ process so it does not share a core with the client):
       and recording every state change durably, the SMPP transport submitting them.
 
 For each window size it prints submits/s for both, the ratio b/a, and how many SQLite
-transactions (b) used: to claim messages, and to write outcomes (and receipts).
+transactions (b) used: to claim messages, and to write outcomes (and receipts). Column (c)
+is the SMPP transport alone, without the outbox, to show where the rest of (b) goes.
 
     /work/venv/bin/python bench/smpp.py [--count 20000] [--windows 1,10,50] [--receipts]
                                          [--synchronous normal|full]
@@ -158,6 +159,41 @@ async def aftercalld_durable(port: int, count: int, window: int, db: Path,
     return count / elapsed, claims, transactions - claims
 
 
+async def transport_only(port: int, count: int, window: int) -> float:
+    """Submits per second through the SMPP transport alone (no outbox): where (b) spends
+    the difference is the dispatcher and SQLite."""
+    from aftercalld.model import OutboundMessage, RecipientKind
+    from aftercalld.rules.encoding import choose_encoding
+
+    class NoEvents:
+        def delivery_report(self, report) -> None:
+            pass
+
+        def inbound_message(self, message) -> None:
+            pass
+
+    transport = make_transport(settings(port, window=window, sessions=1, response_timeout=10.0))
+    await transport.start(NoEvents())
+    text = "Sorry we missed your call"
+    messages = [OutboundMessage(id=i, key=f"k{i}", call_id=f"c{i}", rule="r",
+                                recipient_kind=RecipientKind.CALLER,
+                                destination=f"+447700900{i % 1000:03d}", sender="ACME", text=text,
+                                encoding=choose_encoding(text), segments=1) for i in range(count)]
+    gate = asyncio.Semaphore(transport.max_in_flight)
+
+    async def one(m):
+        async with gate:
+            return await transport.send(m)
+
+    started = time.perf_counter()
+    outcomes = await asyncio.gather(*(one(m) for m in messages))
+    elapsed = time.perf_counter() - started
+    await transport.close()
+    if any(o.kind.value != "submitted" for o in outcomes):
+        raise SystemExit("transport only: not every message was submitted")
+    return count / elapsed
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--count", type=int, default=20000, help="messages per run (window 1 uses a fifth)")
@@ -180,7 +216,7 @@ def main() -> None:
         print(f"(a) bare smpplib, no window:        {free:9,.0f} submits/s")
         print()
         print(f"{'window':>6} {'count':>7} {'(a) smpplib/s':>14} {'(b) aftercalld/s':>17} {'b/a':>6} "
-              f"{'claim tx':>9} {'write tx':>9} {'msgs/write tx':>14}")
+              f"{'claim tx':>9} {'write tx':>9} {'msgs/write tx':>14} {'(c) transport/s':>16}")
         with tempfile.TemporaryDirectory() as tmp:
             for w in windows:
                 count = max(1000, n // 5) if w == 1 else n
@@ -188,8 +224,9 @@ def main() -> None:
                 b, claim_tx, write_tx = asyncio.run(aftercalld_durable(
                     sim.port, count, w, Path(tmp) / f"outbox-{w}.sqlite3", args.synchronous,
                     args.receipts))
+                c = asyncio.run(transport_only(sim.port, count, w))
                 print(f"{w:>6} {count:>7} {a:>14,.0f} {b:>17,.0f} {b / a:>6.2f} {claim_tx:>9,} "
-                      f"{write_tx:>9,} {count / write_tx:>14.1f}")
+                      f"{write_tx:>9,} {count / write_tx:>14.1f} {c:>16,.0f}")
     finally:
         sim.stop()
 
