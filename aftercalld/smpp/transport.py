@@ -155,7 +155,7 @@ class SmppTransport(Transport):
                         continue
                     except (OSError, TimeoutError, ResponseTimeout, LinkLost, pdu.PduError) as exc:
                         log.warning("%s %s: cannot bind to %s: %s", self.name, slot.label, where,
-                                    exc or type(exc).__name__,
+                                    str(exc) or type(exc).__name__,
                                     extra=fields(transport=self.name, smsc=where))
                         session.abort("bind failed")
                         continue
