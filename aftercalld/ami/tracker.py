@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import OrderedDict
 from datetime import datetime, timezone, tzinfo
 from typing import Callable
 
@@ -143,7 +144,9 @@ class CallTracker:
         self.tz: tzinfo = pbx.timezone or timezone.utc
         self._calls: dict[str, _Call] = {}
         self._chans: dict[str, _Chan] = {}
-        self._finished: dict[str, None] = {}  # insertion-ordered set, bounded
+        # Bounded FIFO set; OrderedDict pops its oldest entry in O(1), where a plain dict
+        # would rescan the deleted slots at its front on every eviction.
+        self._finished: OrderedDict[str, None] = OrderedDict()
         self._timeout = float(pbx.call_timeout_seconds)
         self._next_expiry = 0.0
         dept = pbx.department_variable
@@ -262,7 +265,7 @@ class CallTracker:
         finished = self._finished
         finished[call.linkedid] = None
         if len(finished) > self.settings.remember_finished:
-            del finished[next(iter(finished))]
+            finished.popitem(last=False)
 
     def _chan(self, ev: dict[str, str], ts: float, uid_key: str = "Uniqueid",
               lid_key: str = "Linkedid", name_key: str = "Channel") -> _Chan | None:
