@@ -107,7 +107,7 @@ async def test_failover_when_the_primary_refuses_the_bind(sim):
 
 
 async def test_enquire_link_at_interval_and_rebind_when_unanswered(sim):
-    t = make_transport(settings(sim.port, enquire_link_interval=0.05, enquire_link_timeout=0.1))
+    t = make_transport(settings(sim.port, enquire_link_interval=0.05, enquire_link_timeout=0.5))
     await t.start(Events())
     try:
         await sim.wait_until(lambda: sim.enquire_links >= 3)
@@ -202,7 +202,7 @@ async def test_unanswered_bind_times_out_and_is_retried():
     try:
         await t.start(Events())
         assert t.status()["bound"] == 1
-        assert len(sim.binds) == 2
+        assert len(sim.binds) >= 2  # (more only if a loaded machine is slower than 0.2 s)
         await sim.wait_until(lambda: sim.connections[0].closed)  # we hung up on the silent one
     finally:
         await t.close()
