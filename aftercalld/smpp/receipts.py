@@ -44,9 +44,9 @@ _TEXT_STATES = {
 }
 
 # Keys up to "text:" whose value is one token; "text:" takes the rest of the line.
-_FIELD = re.compile(
-    r"(?i)\b(id|sub|dlvrd|submit[ _]date|done[ _]date|stat|err)\s*:\s*(\S*)"
-)
+_KEYS = r"id|sub|dlvrd|submit[ _]date|done[ _]date|stat|err"
+# A key with nothing after it ("err: text:…") has an empty value, not the next field.
+_FIELD = re.compile(rf"(?i)\b({_KEYS})\s*:\s*((?!(?:{_KEYS}|text)\s*:)\S*)")
 _TEXT_FIELD = re.compile(r"(?i)\btext\s*:(.*)\Z", re.S)
 
 

@@ -87,6 +87,8 @@ def test_truncated_deliver_sm_is_a_pdu_error():
     ("id:ABC sub:001 dlvrd:000 submit date:261130080012 done date:261130080112 stat:UNDELIV err:001 Text:stat:x",
      {"id": "ABC", "stat": "UNDELIV", "err": "001", "done_date": "261130080112", "text": "stat:x"}),
     ("id:7 stat:EXPIRED", {"id": "7", "stat": "EXPIRED"}),
+    ("id: sub:001 stat:DELIVRD err: text:x", {"id": "", "sub": "001", "stat": "DELIVRD", "err": ""}),
+    ("ID:A1 STAT:REJECTD ERR:011", {"id": "A1", "stat": "REJECTD", "err": "011"}),
 ])
 def test_receipt_text_variants(text, expected):
     fields = parse_receipt_text(text)
