@@ -496,8 +496,10 @@ class EslTracker:
 
         bridge_us = (_us(fin.get("variable_bridge_uepoch")) or _us(fin.get("Caller-Channel-Bridged-Time"))
                      or main.bridged_us)
-        vm_boxes = {leg.uuid: _voicemail_box(leg) for leg in by_main_first}
-        vm_box = next((box for box in vm_boxes.values() if box), "")
+        # The call leg and what it dialled; the loopback twins a simulation adds are skipped.
+        vm_boxes = {leg.uuid: _voicemail_box(leg) for leg in (main, *children)}
+        vm_box = next((box for box in vm_boxes.values() if box), "") or \
+            next((leg.vm_box for leg in others if leg.vm_box), "")
         # Connected means a person: a bridge to a leg that ran voicemail is not one.
         bridged_person = (bridge_us > 0 or bridged is not None) and not (bridged and vm_boxes.get(bridged.uuid))
         if bridged_person:
@@ -562,8 +564,8 @@ class EslTracker:
 
         department = self._var(by_main_first, self._department_var) if self._department_var else ""
         queue = ""
-        for header in _QUEUE_VARIABLES:
-            queue = self._var(by_main_first, header)
+        for header in _QUEUE_VARIABLES:  # set on the caller's channel, i.e. the call leg
+            queue = fin.get(header, "")
             if queue:
                 break
         variables = {}
