@@ -219,7 +219,9 @@ def parse_plain_event(body: bytes) -> PlainEvent:
     event = PlainEvent(head)
     if not head.startswith(b"Event-Name: ") and b"\nEvent-Name: " not in head:
         raise MalformedEvent("no Event-Name")
-    inner = event.get("Content-Length")
+    # Only an event with a body of its own has an inner Content-Length (and then bytes after
+    # the blank line); not looking for it in the others saves a scan of every event.
+    inner = event.get("Content-Length") if rest else None
     if inner is not None:
         try:
             want = int(inner)

@@ -250,11 +250,14 @@ class EslTracker:
             self.stats["late"] += 1
             return []  # the call this channel belonged to is already reported
         links: list[str] = []
+        parent = ""
         link_headers = _EVENT_LINKS.get(name, _LINK_HEADERS)
         for header in link_headers:
             other = ev.get(header)
             if other and other != uuid:
                 links.append(other)
+                if not parent and header in _PARENT_HEADERS:
+                    parent = other
         if link_headers is _LINK_HEADERS:
             legs_var = ev.get("variable_originated_legs")
             if legs_var:
@@ -280,12 +283,8 @@ class EslTracker:
                 call.partial = True
         for other in links:
             call = self._link(call, other)
-        if not leg.parent and links:
-            for header in _PARENT_HEADERS:
-                parent = ev.get(header)
-                if parent and parent != uuid:
-                    leg.parent = parent
-                    break
+        if parent and not leg.parent:
+            leg.parent = parent
         if name == "CHANNEL_ANSWER":
             leg.answered_us = leg.answered_us or _us(ev.get("Event-Date-Timestamp"))
         elif name == "CHANNEL_BRIDGE":
