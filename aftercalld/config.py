@@ -251,9 +251,14 @@ def _template_def(sec: Section, known: frozenset[str]) -> _TemplateDef:
     except TemplateError as exc:
         raise sec.error("text", str(exc)) from None
     tlvs = sec.str_map("tlvs", {})
-    for tag in tlvs:
-        if not re.fullmatch(r"0x[0-9A-Fa-f]{1,4}|[0-9]{1,5}", tag):
-            raise sec.error(f"tlvs.{tag}", "a TLV tag is a 16-bit number, e.g. \"0x1400\"")
+    if tlvs:
+        from .smpp.parts import parse_tlv_map  # the transport's own reading, so both agree
+
+        for tag, value in tlvs.items():
+            try:
+                parse_tlv_map({tag: value})
+            except ValueError as exc:
+                raise sec.error(f"tlvs.{tag}", str(exc)) from None
     return _TemplateDef(template, {"tlvs": tlvs} if tlvs else {})
 
 

@@ -36,6 +36,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# How long a receipt that matched no part exactly waits for its submit response to be
+# recorded before an id in another base (hex/decimal) or without leading zeros is accepted.
+ORPHAN_GRACE_SECONDS = 2.0
+
 
 @dataclass
 class _Attempt:
@@ -73,6 +77,7 @@ class Dispatcher:
         self._stopping = False
         self._task: asyncio.Task | None = None
         self.sent_total = 0
+        self.orphan_grace = ORPHAN_GRACE_SECONDS
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -229,6 +234,12 @@ class Dispatcher:
                 transitions += self.outbox.record_outcomes(outcomes, self.clock())
             if reports:
                 transitions += self.outbox.apply_reports(reports, self.clock())
+                # Receipts that matched nothing exactly get a looser match once their
+                # submit responses have surely been recorded.
+                asyncio.get_running_loop().call_later(self.orphan_grace + 0.05, self._schedule_flush)
+            settle_before = self.clock() - self.orphan_grace
+            if self.outbox.has_pending_orphans(settle_before):
+                transitions += self.outbox.resolve_orphans(settle_before, self.clock())
         except Exception:
             # Keep them for the next flush rather than lose them.
             log.exception("cannot write %d outcome(s)/%d report(s) to the outbox; will retry",

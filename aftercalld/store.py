@@ -88,17 +88,19 @@ CREATE TABLE IF NOT EXISTS parts (
     PRIMARY KEY (message_id, part)
 );
 CREATE INDEX IF NOT EXISTS parts_match ON parts (match_key);
-CREATE TABLE IF NOT EXISTS orphan_reports (
-    id          INTEGER PRIMARY KEY,
-    transport   TEXT NOT NULL,
+CREATE TABLE IF NOT EXISTS orphan_reports (  -- receipts that matched no part (yet)
+    id           INTEGER PRIMARY KEY,
+    transport    TEXT NOT NULL,
     transport_id TEXT NOT NULL,
-    state       TEXT NOT NULL,
-    error       TEXT NOT NULL,
-    raw         TEXT NOT NULL,
-    received_at REAL NOT NULL,
-    matched     INTEGER NOT NULL DEFAULT 0
+    match_key    TEXT NOT NULL,           -- msgid.match_key(transport_id)
+    state        TEXT NOT NULL,
+    error        TEXT NOT NULL,
+    raw          TEXT NOT NULL,
+    received_at  REAL NOT NULL,
+    matched      INTEGER NOT NULL DEFAULT 0  -- 1 matched; 0 waiting; -1 no loose match either
 );
-CREATE INDEX IF NOT EXISTS orphan_reports_open ON orphan_reports (transport_id) WHERE matched = 0;
+CREATE INDEX IF NOT EXISTS orphan_reports_key ON orphan_reports (match_key) WHERE matched <= 0;
+CREATE INDEX IF NOT EXISTS orphan_reports_waiting ON orphan_reports (received_at) WHERE matched = 0;
 CREATE TABLE IF NOT EXISTS dnd (
     entry      TEXT PRIMARY KEY,          -- E.164 number, or a prefix ending in *
     source     TEXT NOT NULL,
@@ -359,7 +361,7 @@ class Outbox:
             self.conn.executemany(
                 "UPDATE messages SET state = ?, reason = ?, updated_at = ?, final_at = ?, "
                 "next_attempt_at = NULL, transport = ? WHERE id = ?", final)
-            if new_keys and self._has_orphans():
+            if new_keys:
                 transitions.extend(self._apply_orphans(new_keys, now))
         return transitions
 
@@ -386,32 +388,33 @@ class Outbox:
     # -- delivery reports --------------------------------------------------------------
 
     def apply_reports(self, reports: Sequence[DeliveryReport], now: float | None = None) -> list[Transition]:
-        """Match receipts to parts (tolerant of id formats), settle messages whose parts are
-        all final, and keep unmatched receipts for a later submit response or for support."""
+        """Match receipts to parts by their exact (normalised) id, settle messages whose
+        parts are all final, and keep the rest as orphans: a receipt can arrive before its
+        submit response has been recorded, and then a looser match would pick the wrong
+        message (hex "22" is decimal 34). `resolve_orphans` tries the looser match later."""
         now = time.time() if now is None else now
         transitions: list[Transition] = []
         with _tx(self.conn):
             for report in reports:
-                target = self._match_part(report.message_id)
+                target = self._match_part(report.message_id, loose=False)
                 if target is None:
                     if report.state in _REPORT_TO_STATE:
                         self.conn.execute(
-                            "INSERT INTO orphan_reports (transport, transport_id, state, error, raw, received_at) "
-                            "VALUES (?, ?, ?, ?, ?, ?)",
-                            (report.transport, report.message_id, report.state.value, report.error, report.raw, now),
+                            "INSERT INTO orphan_reports (transport, transport_id, match_key, state, error, raw, "
+                            "received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (report.transport, report.message_id, msgid.match_key(report.message_id),
+                             report.state.value, report.error, report.raw, now),
                         )
-                        log.info("delivery report for unknown message id %s (%s); kept for later matching",
-                                 report.message_id, report.state.value)
                     continue
                 transition = self._apply_to_part(target, report.state, report.error, now)
                 if transition:
                     transitions.append(transition)
         return transitions
 
-    def _match_part(self, transport_id: str) -> tuple[int, int] | None:
-        # Most literal reading first; among parts with the same key, the newest (a modem's
-        # 8-bit message reference wraps around).
-        for key in msgid.candidate_keys(transport_id):
+    def _match_part(self, transport_id: str, *, loose: bool) -> tuple[int, int] | None:
+        # Among parts with the same key, the newest (a modem's 8-bit reference wraps).
+        keys = msgid.candidate_keys(transport_id) if loose else [msgid.match_key(transport_id)]
+        for key in keys:
             row = self.conn.execute(
                 "SELECT message_id, part FROM parts WHERE match_key = ? ORDER BY message_id DESC LIMIT 1",
                 (key,),
@@ -455,26 +458,55 @@ class Outbox:
         )
         return Transition(message_id, row[1], row[2], row[3] or "", settled, reason, submitted_at=row[4])
 
-    def _has_orphans(self) -> bool:
-        return self.conn.execute("SELECT 1 FROM orphan_reports WHERE matched = 0 LIMIT 1").fetchone() is not None
-
     def _apply_orphans(self, transport_ids: Iterable[str], now: float) -> list[Transition]:
+        """Receipts that arrived before these parts' submit responses were recorded. Given-up
+        orphans (matched = -1) too: an exact match is right whenever it comes."""
+        keys = sorted({msgid.match_key(t) for t in transport_ids})
         transitions: list[Transition] = []
-        orphans = self.conn.execute(
-            "SELECT id, transport_id, state, error FROM orphan_reports WHERE matched = 0"
-        ).fetchall()
-        wanted = {msgid.match_key(t) for t in transport_ids}
-        for orphan_id, transport_id, state, error in orphans:
-            if wanted.isdisjoint(msgid.candidate_keys(transport_id)):
-                continue
-            target = self._match_part(transport_id)
-            if target is None:
-                continue
-            self.conn.execute("UPDATE orphan_reports SET matched = 1 WHERE id = ?", (orphan_id,))
-            transition = self._apply_to_part(target, ReportState(state), error, now)
-            if transition:
-                transitions.append(transition)
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            orphans = self.conn.execute(
+                f"SELECT id, transport_id, state, error FROM orphan_reports WHERE matched <= 0 "
+                f"AND match_key IN ({','.join('?' * len(chunk))}) ORDER BY id", chunk,
+            ).fetchall()
+            for orphan_id, transport_id, state, error in orphans:
+                target = self._match_part(transport_id, loose=False)
+                if target is None:
+                    continue
+                self.conn.execute("UPDATE orphan_reports SET matched = 1 WHERE id = ?", (orphan_id,))
+                transition = self._apply_to_part(target, ReportState(state), error, now)
+                if transition:
+                    transitions.append(transition)
         return transitions
+
+    def resolve_orphans(self, received_before: float, now: float | None = None) -> list[Transition]:
+        """Receipts still unmatched after a grace period: their submit was recorded long ago
+        if it exists, so now an id in the other base (or with lost leading zeros) is taken.
+        What still matches nothing is kept (matched = -1) for support, not retried."""
+        now = time.time() if now is None else now
+        transitions: list[Transition] = []
+        with _tx(self.conn):
+            orphans = self.conn.execute(
+                "SELECT id, transport_id, state, error FROM orphan_reports WHERE matched = 0 AND received_at <= ?",
+                (received_before,),
+            ).fetchall()
+            for orphan_id, transport_id, state, error in orphans:
+                target = self._match_part(transport_id, loose=True)
+                self.conn.execute("UPDATE orphan_reports SET matched = ? WHERE id = ?",
+                                  (1 if target else -1, orphan_id))
+                if target is None:
+                    log.info("delivery report for unknown message id %s (%s); kept for support",
+                             transport_id, state)
+                    continue
+                transition = self._apply_to_part(target, ReportState(state), error, now)
+                if transition:
+                    transitions.append(transition)
+        return transitions
+
+    def has_pending_orphans(self, received_before: float) -> bool:
+        return self.conn.execute(
+            "SELECT 1 FROM orphan_reports WHERE matched = 0 AND received_at <= ? LIMIT 1", (received_before,)
+        ).fetchone() is not None
 
     # -- opt-out -----------------------------------------------------------------------
 
@@ -604,7 +636,7 @@ class Outbox:
         return [dict(zip(names, row)) for row in cur]
 
     def orphan_reports(self) -> list[dict[str, Any]]:
-        cur = self.conn.execute("SELECT * FROM orphan_reports WHERE matched = 0 ORDER BY id")
+        cur = self.conn.execute("SELECT * FROM orphan_reports WHERE matched <= 0 ORDER BY id")
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row)) for row in cur]
 

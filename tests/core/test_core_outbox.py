@@ -14,9 +14,9 @@ import pytest
 
 from aftercalld.config import load
 from aftercalld.dispatcher import Dispatcher
-from aftercalld.model import DeliveryReport, InboundMessage, ReportState, SubmitOutcome
+from aftercalld.model import DeliveryReport, InboundMessage, MessageState, ReportState, SubmitOutcome
 from aftercalld.pipeline import CallHandler
-from aftercalld.store import Outbox
+from aftercalld.store import OutcomeRecord, Outbox
 from aftercalld.transport import Transport
 from core_helpers import call, write_config
 
@@ -121,6 +121,7 @@ async def test_delivery_reports_match_tolerantly_and_wait_for_all_parts(setup):
     handler = CallHandler(config, outbox)
     transport = ScriptedTransport([SubmitOutcome.submitted("0000FF", "00000100"), SubmitOutcome.submitted("7")])
     dispatcher = Dispatcher(outbox, transport, config.dispatch)
+    dispatcher.orphan_grace = 0.0  # loose (other base, lost zeros) matches at once
     await dispatcher.start()
     handler.on_queued = dispatcher.wake
     # a receipt that arrives before its submit response has been recorded
@@ -141,6 +142,23 @@ async def test_delivery_reports_match_tolerantly_and_wait_for_all_parts(setup):
     assert rows["main/one-part"]["state"] == "undeliverable"
     assert rows["main/one-part"]["reason"] == "err:001"
     assert [o["transport_id"] for o in outbox.orphan_reports()] == ["nope"]
+
+
+def test_a_receipt_racing_its_submit_is_not_matched_to_another_message_by_base(setup):
+    """Hex "22" is decimal 34: a receipt for id "34" that arrives before message B's submit
+    response is recorded must wait for B, not settle message A (SMPP review finding)."""
+    config, outbox = setup
+    handler = CallHandler(config, outbox)
+    handler.handle(call(call_id="A"))
+    handler.handle(call(call_id="B", caller_number="+447400123457"))
+    a, b = outbox.claim_due(10)
+    outbox.record_outcomes([OutcomeRecord(a, MessageState.SUBMITTED, transport_ids=("22",))])
+    outbox.apply_reports([DeliveryReport("smpp", "34", ReportState.UNDELIVERABLE, "err:001")])
+    outbox.record_outcomes([OutcomeRecord(b, MessageState.SUBMITTED, transport_ids=("34",))])
+    outbox.apply_reports([DeliveryReport("smpp", "22", ReportState.DELIVERED)])
+    states = {m["call_key"]: m["state"] for m in outbox.messages()}
+    assert states == {"main/A": "delivered", "main/B": "undeliverable"}
+    assert outbox.resolve_orphans(received_before=time.time() + 1) == []
 
 
 async def test_stop_reply_opts_out_and_dispatcher_honours_it(setup):
@@ -166,7 +184,7 @@ KILLER = textwrap.dedent('''
     import os, signal, sys
     from aftercalld.config import load
     from aftercalld.pipeline import CallHandler
-    from aftercalld.store import Outbox
+    from aftercalld.store import OutcomeRecord, Outbox
     sys.path.insert(0, sys.argv[2])
     from core_helpers import call
     config = load(sys.argv[1])
