@@ -186,7 +186,7 @@ def server_process(conn, mode: str, copies: int, rate: float, filtered: bool) ->
 
 def rss_mb() -> float:
     with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 async def client(port: int, expected_calls: int, rss_every: int, keep_times: bool) -> dict:
@@ -267,8 +267,8 @@ def main() -> None:
         print(f"last Hangup written -> CallRecord handed on, {len(lat)} calls: p50 {q[49]:.2f} ms, "
               f"p99 {q[98]:.2f} ms, max {lat[-1]:.2f} ms")
     for n, mb in result["rss"]:
-        print(f"RSS after {n:>9,} calls: {mb:7.1f} MB")
-    print(f"peak RSS: {peak:.1f} MB")
+        print(f"RSS after {n:>9,} calls: {mb:7.1f} MiB")
+    print(f"peak RSS: {peak:.1f} MiB")
 
 
 if __name__ == "__main__":
