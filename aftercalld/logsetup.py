@@ -90,5 +90,5 @@ def setup_logging(level: int = logging.INFO, *, journal: bool | None = None,
         root.addHandler(handler)
     root.setLevel(level)
     # Third-party chatter stays below our lines.
-    for noisy in ("panoramisk", "asyncio"):
+    for noisy in ("asyncio",):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
