@@ -6,11 +6,19 @@ finished `CallRecord`s.
 from __future__ import annotations
 
 import abc
+from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
 from .model import CallRecord
 
 CallSink = Callable[[CallRecord], Awaitable[None]]
+
+
+def status_time(epoch: float | None) -> str | None:
+    """Times in `status()` dicts: ISO 8601 UTC, or None for never."""
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds")
 
 
 class CallSource(abc.ABC):

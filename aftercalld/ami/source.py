@@ -30,7 +30,7 @@ from tenacity import wait_exponential_jitter
 from ..logutil import fields
 from ..model import CallRecord
 from ..pbxconfig import PbxConfig
-from ..source import CallSink, CallSource
+from ..source import CallSink, CallSource, status_time
 from .config import AmiSettings
 from .protocol import AmiParser, encode_action, next_action_id
 from .tracker import CallTracker
@@ -91,6 +91,7 @@ class AmiSource(CallSource):
         self.state = "idle"
         self.last_error = ""
         self.connected_since: float | None = None
+        self.last_data_at: float | None = None  # for `aftercalld status`: is anything arriving?
         self.events = 0  # events parsed and handed to the tracker
         self._skipped_closed = 0  # events dropped unparsed on earlier connections
         self._conn: _Conn | None = None
@@ -143,6 +144,7 @@ class AmiSource(CallSource):
             "connected_since": self.connected_since,
             "last_error": self.last_error,
             "events": self.events_received,
+            "last_event": status_time(self.last_data_at),
             "calls_emitted": self.calls_emitted,
             "active_calls": self.tracker.active_calls,
             "sessions": self.sessions,
@@ -276,7 +278,8 @@ class AmiSource(CallSource):
                     if pinger.done() and not pinger.cancelled() and pinger.exception():
                         raise pinger.exception()  # type: ignore[misc]
                     raise EOFError("closed by Asterisk")
-                self._handle(conn, conn.parser.feed(data), queue, time.time())
+                self.last_data_at = time.time()
+                self._handle(conn, conn.parser.feed(data), queue, self.last_data_at)
         finally:
             pinger.cancel()
 
