@@ -180,7 +180,9 @@ class Dispatcher:
             if due is not None and free > len(claimed):
                 timeout = max(0.0, due - self.clock())
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
 

@@ -62,8 +62,10 @@ async def send_test(config: Config, number: str, *, rule_name: str | None, text:
     transport = make_transport(config)
     printer = _Printer()
     try:
-        await asyncio.wait_for(transport.start(printer), timeout)
-        outcome = await asyncio.wait_for(transport.send(message), timeout)
+        async with asyncio.timeout(timeout):
+            await transport.start(printer)
+        async with asyncio.timeout(timeout):
+            outcome = await transport.send(message)
     except TimeoutError:
         print(f"aftercalld: no result within {timeout:g}s", file=sys.stderr)
         return 1
