@@ -17,7 +17,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 from ..logutil import fields
 from ..model import CallRecord
 from ..pbxconfig import PbxConfig
-from ..source import CallSink, CallSource
+from ..source import CallSink, CallSource, status_time
 from .config import DEFAULT_PASSWORD, EslSettings
 from .protocol import AccessDenied, AuthError, ConnectionLost, EslConnection, EslError, ProtocolError
 from .tracker import SUBSCRIBE_EVENTS, EslTracker
@@ -53,10 +53,20 @@ class EslSource(CallSource):
             "connected_since": self._connected_since,
             "connects": self.connects,
             "events": self.events,
+            "last_event": self._last_event_wall_time(),
             "calls_reported": self.delivered,
             "calls_in_progress": self.tracker.active_calls(),
             "calls_dropped": self.tracker.stats["evicted"],
         }
+
+    def _last_event_wall_time(self) -> str | None:
+        if not self.events:
+            return None
+        try:
+            age = asyncio.get_running_loop().time() - self._last_rx
+        except RuntimeError:
+            return None
+        return status_time(time.time() - age)
 
     async def run(self, on_call: CallSink) -> None:
         s = self.settings
