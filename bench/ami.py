@@ -13,7 +13,7 @@ Modes:
               timing): time from the server writing a call's last Hangup to the CallRecord
               reaching on_call, p50/p99/max.
 
---filtered applies the manager.conf eventfilter from docs/ami.md on the server side (what
+--filtered applies the manager.conf eventfilter from README ("Asterisk (AMI)") on the server side (what
 Asterisk would send with it), the recommended production setup.
 
   python bench/ami.py throughput --calls 100000
@@ -50,7 +50,7 @@ TRACE = REPO.parent / "shared" / "traces" / "asterisk" / "mixed_concurrent.ami"
 SECRET = "bench"
 ID_RE = re.compile(rb"\b\d{10}\.\d+\b")
 
-# The eventfilter documented in docs/ami.md, applied as Asterisk would (by event name and
+# The eventfilter documented in README ("Asterisk (AMI)"), applied as Asterisk would (by event name and
 # VarSet variable name).
 KEEP_EVENTS = {b"Newchannel", b"Hangup", b"NewCallerid", b"NewConnectedLine", b"NewAccountCode",
                b"Newstate", b"DialBegin", b"DialEnd", b"BridgeEnter", b"BridgeLeave",
