@@ -255,8 +255,10 @@ class Dispatcher:
             self._wake.set()
 
     def _emit(self, transitions: list[Transition]) -> None:
+        log_info = log.isEnabledFor(logging.INFO)
         for t in transitions:
-            _log_transition(t)
+            if log_info or t.state is not MessageState.SUBMITTED:
+                _log_transition(t)
             if self.metrics:
                 self.metrics.messages.labels(t.state.value).inc()
                 if t.submitted_at and t.state.final and t.state is not MessageState.FAILED:

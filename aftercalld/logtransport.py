@@ -24,9 +24,10 @@ class LogTransport(Transport):
 
     async def send(self, message: OutboundMessage) -> SubmitOutcome:
         parts = split_segments(message.text, message.encoding) if message.segments > 1 else [message.text]
-        log.info("dry run: would send %d part(s) %s from %s to %s", len(parts), message.encoding.value,
-                 message.sender, message.destination,
-                 extra=fields(call_id=message.call_id, rule=message.rule, recipient=message.destination))
+        if log.isEnabledFor(logging.INFO):
+            log.info("dry run: would send %d part(s) %s from %s to %s", len(parts), message.encoding.value,
+                     message.sender, message.destination,
+                     extra=fields(call_id=message.call_id, rule=message.rule, recipient=message.destination))
         log.debug("dry run text for %s: %r", message.destination, message.text)
         if self.keep:
             self.sent.append(message)

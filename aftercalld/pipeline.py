@@ -69,15 +69,17 @@ class CallHandler:
         )
         queued_any = False
         out = []
+        log_info = log.isEnabledFor(logging.INFO)  # the summary line is built only if logged
         for decision, queued in zip(decisions, results):
             if queued is None:
                 decision = Decision(decision.record, decision.selection, decision.messages, duplicate=True)
             queued_any = queued_any or bool(queued)
-            rule = decision.selection.rule
-            record = decision.record
-            log.info(decision.summary, extra=fields(call_id=record.call_id, pbx=record.pbx,
-                                                    rule=rule.name if rule else "",
-                                                    recipient=record.customer_number))
+            if log_info:
+                rule = decision.selection.rule
+                record = decision.record
+                log.info(decision.summary, extra=fields(call_id=record.call_id, pbx=record.pbx,
+                                                        rule=rule.name if rule else "",
+                                                        recipient=record.customer_number))
             out.append(decision)
             if self.metrics:
                 self.metrics.calls.labels(record.pbx, record.status.value, record.direction.value).inc()
