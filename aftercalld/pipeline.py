@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from dataclasses import dataclass
 
 from .config import Config
@@ -74,9 +75,9 @@ class CallHandler:
             if queued is None:
                 decision = Decision(decision.record, decision.selection, decision.messages, duplicate=True)
             queued_any = queued_any or bool(queued)
+            record = decision.record
             if log_info:
                 rule = decision.selection.rule
-                record = decision.record
                 log.info(decision.summary, extra=fields(call_id=record.call_id, pbx=record.pbx,
                                                         rule=rule.name if rule else "",
                                                         recipient=record.customer_number))
@@ -101,9 +102,33 @@ class CallHandler:
             return
         try:
             self.handle_many(batch)
-        except Exception:
+            return
+        except sqlite3.Error as exc:
             # The outbox could not take them (disk full, locked): keep them and try again,
             # rather than drop calls on the floor.
-            log.exception("could not write %d finished call(s) to the outbox; retrying in 1s", len(batch))
+            log.error("could not write %d finished call(s) to the outbox (%s); retrying in 1s", len(batch), exc)
             self._pending[:0] = batch
             asyncio.get_running_loop().call_later(1.0, self.flush)
+            return
+        except Exception:
+            log.exception("could not handle %d finished call(s); trying them one by one", len(batch))
+        # A bug on one call must neither block the others nor loop forever: each call is
+        # tried alone, and one that still fails is logged whole so it can be replayed.
+        for record in batch:
+            try:
+                self.handle_many([record])
+            except sqlite3.Error:
+                self._pending.append(record)
+            except Exception:
+                log.error("call %s from %s could not be handled; record for replay: %s",
+                          record.call_id, record.pbx, _as_text(record),
+                          extra=fields(call_id=record.call_id, pbx=record.pbx))
+        if self._pending:
+            asyncio.get_running_loop().call_later(1.0, self.flush)
+
+
+def _as_text(record: CallRecord) -> str:
+    try:
+        return record.to_json()
+    except Exception:  # the record itself may be what is broken
+        return repr(record)

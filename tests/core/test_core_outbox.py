@@ -223,3 +223,38 @@ def test_killed_process_loses_nothing_and_restart_sends_each_once(tmp_path):
     assert states == {"submitted": 20}
     assert parts == (20, 20)
     assert sum("dry run: would send" in l for l in lines) == 20
+
+
+async def test_handler_with_metrics_and_quiet_logging(setup, caplog):
+    """Regression: with info logging off, the per-call metric still found its record."""
+    import logging
+
+    from aftercalld.metrics import Metrics
+
+    config, outbox = setup
+    metrics = Metrics()
+    handler = CallHandler(config, outbox, metrics=metrics)
+    with caplog.at_level(logging.WARNING, logger="aftercalld"):
+        logging.getLogger("aftercalld.pipeline").setLevel(logging.WARNING)
+        try:
+            await handler(call(call_id="quiet"))
+            handler.flush()
+        finally:
+            logging.getLogger("aftercalld.pipeline").setLevel(logging.NOTSET)
+    assert outbox.counts_by_state() == {"queued": 1}
+    assert metrics.calls.labels("main", "missed", "inbound")._value.get() == 1
+
+
+async def test_a_call_that_breaks_the_pipeline_is_logged_whole_and_the_rest_go_on(setup, caplog):
+    config, outbox = setup
+    handler = CallHandler(config, outbox)
+    broken = call(call_id="broken")
+    object.__setattr__(broken, "status", "not-a-status")  # what a tracker bug could emit
+    await handler(call(call_id="good-1"))
+    await handler(broken)
+    await handler(call(call_id="good-2", caller_number="+447400123457"))
+    handler.flush()
+    assert sorted(m["call_key"] for m in outbox.messages()) == ["main/good-1", "main/good-2"]
+    assert any("call broken from main could not be handled; record for replay" in r.message
+               for r in caplog.records)
+    assert handler._pending == []
