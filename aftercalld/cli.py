@@ -302,15 +302,20 @@ def cmd_dnd(args) -> int:
         outbox.close()
 
 
-def cmd_status(args) -> int:
-    from .report import status
-
+def _on_outbox(args, view) -> int:
+    """Run a read-only view (`report`, `why`, `status`) on the configured outbox."""
     config = _load(args.config)
     outbox = _open_outbox(config)
     try:
-        return status(outbox, config, args.format, sys.stdout)
+        return view(outbox, config)
     finally:
         outbox.close()
+
+
+def cmd_status(args) -> int:
+    from .report import status
+
+    return _on_outbox(args, lambda outbox, config: status(outbox, config, args.format, sys.stdout))
 
 
 def cmd_send_test(args) -> int:
@@ -323,23 +328,13 @@ def cmd_send_test(args) -> int:
 def cmd_report(args) -> int:
     from .report import report
 
-    config = _load(args.config)
-    outbox = _open_outbox(config)
-    try:
-        return report(outbox, config, args, sys.stdout)
-    finally:
-        outbox.close()
+    return _on_outbox(args, lambda outbox, config: report(outbox, config, args, sys.stdout))
 
 
 def cmd_why(args) -> int:
     from .report import why
 
-    config = _load(args.config)
-    outbox = _open_outbox(config)
-    try:
-        return why(outbox, config, args.what, sys.stdout)
-    finally:
-        outbox.close()
+    return _on_outbox(args, lambda outbox, config: why(outbox, config, args.what, sys.stdout))
 
 
 if __name__ == "__main__":

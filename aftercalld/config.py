@@ -362,13 +362,8 @@ def _conditions(sec: Section, pbx_names: set[str]) -> Conditions:
             exact.add(value)
         else:
             raise sec.error("did", f'"{did}" is not a number (exact) or digits followed by * (prefix)')
-    pattern = sec.str("caller", None)
-    caller_pattern = None
-    if pattern is not None:
-        try:
-            caller_pattern = re.compile(pattern)
-        except re.error as exc:
-            raise sec.error("caller", f"not a valid regular expression: {exc}") from None
+    pattern = sec.regex("caller", None)
+    caller_pattern = re.compile(pattern) if pattern is not None else None
     weekdays: set[int] = set()
     for day in sec.str_list("weekdays", []):
         key = day.strip().lower()[:3]

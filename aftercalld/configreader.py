@@ -117,6 +117,26 @@ class Section:
             raise self.error(name, f"must be true or false, not {_type_name(value)}")
         return value
 
+    def regex(self, name: str, default: Any = _MISSING) -> Any:
+        """A regular expression, checked here so a typo stops the daemon at start."""
+        value = self.str(name, default, nonempty=True)
+        if value is default and name not in self.data:
+            return value
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise self.error(name, f"not a valid regular expression: {exc}") from None
+        return value
+
+    def backoff(self, default_min: float, default_max: float) -> tuple[float, float]:
+        """reconnect_min / reconnect_max seconds: the capped exponential backoff of every
+        connection (AMI, ESL, SMPP)."""
+        low = self.float("reconnect_min", default_min, min=0.01, max=3600)
+        high = self.float("reconnect_max", default_max, min=0.01, max=3600)
+        if high < low:
+            raise self.error("reconnect_max", f"must be at least reconnect_min ({low:g})")
+        return low, high
+
     def str_list(self, name: str, default: Any = _MISSING, *, choices: Iterable[str] | None = None,
                  allow_single: bool = True) -> Any:
         """A list of strings; a single string is accepted as a one-item list."""

@@ -48,16 +48,9 @@ def parse_settings(section: Section) -> AmiSettings:
     connect_timeout = section.float("connect_timeout", 5.0, min=0.1, max=300)
     ping_interval = section.float("ping_interval", 10.0, min=0.1, max=3600)
     ping_timeout = section.float("ping_timeout", 5.0, min=0.1, max=600)
-    reconnect_min = section.float("reconnect_min", 0.5, min=0.01, max=3600)
-    reconnect_max = section.float("reconnect_max", 30.0, min=0.01, max=3600)
-    if reconnect_max < reconnect_min:
-        raise section.error("reconnect_max", f"must be at least reconnect_min ({reconnect_min})")
+    reconnect_min, reconnect_max = section.backoff(0.5, 30.0)
     inbound_contexts = tuple(section.str_list("inbound_contexts", list(DEFAULT_INBOUND_CONTEXTS)))
-    extension_pattern = section.str("extension_pattern", r"\d{2,6}", nonempty=True)
-    try:
-        re.compile(extension_pattern)
-    except re.error as exc:
-        raise section.error("extension_pattern", f"not a valid regular expression: {exc}") from None
+    extension_pattern = section.regex("extension_pattern", r"\d{2,6}")
     remember_finished = section.int("remember_finished", 20000, min=100, max=10_000_000)
     section.done()
     return AmiSettings(

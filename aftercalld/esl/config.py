@@ -69,21 +69,14 @@ def parse_settings(section: Section) -> EslSettings:
             raise section.error(f"filters[{i}]", f'"{item}" is not "<Header-Name> <value>"')
         filters.append((header, value.strip()))
     connect_timeout = section.float("connect_timeout", 5.0, min=0.1, max=300)
-    reconnect_min = section.float("reconnect_min", 0.5, min=0.01, max=3600)
-    reconnect_max = section.float("reconnect_max", 30.0, min=0.01, max=3600)
-    if reconnect_max < reconnect_min:
-        raise section.error("reconnect_max", f"must be at least reconnect_min ({reconnect_min:g})")
+    reconnect_min, reconnect_max = section.backoff(0.5, 30.0)
     heartbeat = section.float("heartbeat_timeout", 65.0, min=0, max=3600)
     if 0 < heartbeat <= 20:
         raise section.error("heartbeat_timeout",
                             "must be 0 (off) or more than FreeSWITCH's 20 s HEARTBEAT interval")
     direction_variable = section.str("direction_variable", "call_direction", pattern=r"[A-Za-z0-9_]*")
     inbound_contexts = tuple(section.str_list("inbound_contexts", list(DEFAULT_INBOUND_CONTEXTS)))
-    extension_pattern = section.str("extension_pattern", r"\d{2,6}", nonempty=True)
-    try:
-        re.compile(extension_pattern)
-    except re.error as exc:
-        raise section.error("extension_pattern", f"not a valid regular expression: {exc}") from None
+    extension_pattern = section.regex("extension_pattern", r"\d{2,6}")
     agent_variable = section.str("agent_variable", "", pattern=r"[A-Za-z0-9_]*")
     section.done()
     return EslSettings(

@@ -117,6 +117,7 @@ def parse_settings(section: Section) -> SmppSettings:
     except ValueError as exc:
         raise section.error("tlvs", str(exc)) from None
 
+    backoff = section.backoff(1.0, 60.0)
     settings = SmppSettings(
         hosts=hosts,
         system_id=system_id,
@@ -137,8 +138,8 @@ def parse_settings(section: Section) -> SmppSettings:
         connect_timeout=section.float("connect_timeout", 10.0, min=0.1, max=600.0),
         enquire_link_interval=section.float("enquire_link_interval", 30.0, min=0.1, max=3600.0),
         enquire_link_timeout=section.float("enquire_link_timeout", 10.0, min=0.1, max=600.0),
-        reconnect_min=section.float("reconnect_min", 1.0, min=0.01, max=3600.0),
-        reconnect_max=section.float("reconnect_max", 60.0, min=0.01, max=3600.0),
+        reconnect_min=backoff[0],
+        reconnect_max=backoff[1],
         throttle_pause=section.float("throttle_pause", 1.0, min=0.0, max=600.0),
         part_attempts=section.int("part_attempts", 5, min=1, max=100),
         drain_timeout=section.float("drain_timeout", 10.0, min=0.0, max=600.0),
@@ -157,8 +158,6 @@ def parse_settings(section: Section) -> SmppSettings:
     )
     if settings.gsm_data_coding == 2:
         raise section.error("gsm_data_coding", "2 is 8-bit binary, not text: use 0, 1 or 3")
-    if settings.reconnect_max < settings.reconnect_min:
-        raise section.error("reconnect_max", "must be at least reconnect_min")
     if len(settings.service_type) > 5:
         raise section.error("service_type", "at most 5 characters in SMPP 3.4")
     section.done()
