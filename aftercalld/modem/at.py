@@ -282,11 +282,11 @@ def open_error_hint(exc: BaseException) -> str:
     """A PBX admin's next step for a port that will not open."""
     text = str(exc)
     if isinstance(exc, PermissionError) or "Permission denied" in text or "[Errno 13]" in text:
-        return f"{text} (is the service user in the dialout group? see README, "Sending through a GSM modem")"
+        return f"{text} (is the service user in the dialout group? see the README, 'Sending through a GSM modem')"
     if "No such file" in text or "[Errno 2]" in text:
         return f"{text} (modem unplugged, or a different /dev name: prefer /dev/serial/by-id/...)"
     if "lock" in text.lower() or "[Errno 11]" in text:
-        return f"{text} (another program holds the port: ModemManager? see README, "Sending through a GSM modem")"
+        return f"{text} (another program holds the port: ModemManager? see the README, 'Sending through a GSM modem')"
     return text
 
 
