@@ -298,3 +298,39 @@ async def test_report_formats_and_why(tmp_path, peers):
     assert "Missed: 3 message(s), 3 sent" in table
     why = run_cli("why", "-c", str(config), "seed.1").stdout
     assert "rule 'Missed' matched" in why and "delivered" in why
+
+
+async def test_send_test_through_the_smsc_and_the_metrics_endpoint(tmp_path, peers):
+    ami, smsc = peers
+    config = write_config(tmp_path, ami, smsc)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "aftercalld.cli", "send-test", "-c", str(config), "09876543210",
+        "--text", "Ünïcödé test", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    assert "to +919876543210 from aftercalld via smpp: ucs2, 12 units, 1 part(s)" in out.decode()
+    assert "submitted: message id(s)" in out.decode()
+    assert texts(smsc) == [("919876543210", "Ünïcödé test")]
+
+    # The Prometheus endpoint of a running daemon.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config.write_text(config.read_text() + f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n')
+    seed(config, 2)
+    daemon = await Daemon(config).start()
+    try:
+        await smsc.wait_until(lambda: len(smsc.accepted) >= 3)
+        await daemon.wait_for_line("submitted (id", count=2)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /metrics HTTP/1.0\r\n\r\n")
+        body = (await asyncio.wait_for(reader.read(), 10)).decode()
+        writer.close()
+        assert 'aftercalld_messages_total{state="submitted"} 2.0' in body
+        assert "aftercalld_submit_latency_seconds_count 2.0" in body
+        assert "aftercalld_queue_depth 0.0" in body
+        assert "+91" not in body  # no phone numbers as labels
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait() == 0
+    finally:
+        await daemon.kill()
