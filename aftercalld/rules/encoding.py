@@ -5,6 +5,7 @@ escape pair (``€``, ``[`` … cost two septets) nor a UTF-16 surrogate pair (e
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 import gsm0338  # noqa: F401  (registers the 'gsm03.38' codec)
 
@@ -48,12 +49,14 @@ def ucs2_units(char: str) -> int:
     return 2 if ord(char) > 0xFFFF else 1
 
 
+_GSM_TEXT = re.compile("[" + "".join(re.escape(c) for c in sorted(_GSM_ALL)) + "]*")
+
+
 def _gsm_length(text: str) -> int | None:
     """Septets for the whole text, or None if some character is not GSM 03.38."""
-    chars = set(text)
-    if not chars <= _GSM_ALL:
+    if _GSM_TEXT.fullmatch(text) is None:
         return None
-    return len(text) + sum(text.count(c) for c in chars & GSM_EXTENSION)
+    return len(text) + sum(map(text.count, GSM_EXTENSION))
 
 
 def fits_gsm7(text: str) -> bool:

@@ -15,6 +15,7 @@ from ..model import CallRecord, CallStatus, Direction, RecipientKind
 from .templates import Template
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+NO_MATCH = "does not match"  # the reason when none was asked for
 
 
 @dataclass(frozen=True)
@@ -52,50 +53,51 @@ class Conditions:
     variables: Mapping[str, str] = field(default_factory=dict)
     pbxs: frozenset[str] = frozenset()
 
-    def mismatch(self, record: CallRecord, tz: ZoneInfo) -> str | None:
-        """None if the call matches, else the first reason it does not."""
+    def mismatch(self, record: CallRecord, tz: ZoneInfo, explain: bool = True) -> str | None:
+        """None if the call matches, else the first reason it does not (only worded when
+        `explain`: on the hot path a rule that does not match costs no string formatting)."""
         if self.pbxs and record.pbx not in self.pbxs:
-            return f"pbx is {record.pbx!r}, rule wants {_list(self.pbxs)}"
+            return NO_MATCH if not explain else f"pbx is {record.pbx!r}, rule wants {_list(self.pbxs)}"
         if self.directions and record.direction not in self.directions:
-            return f"direction is {record.direction}, rule wants {_list(self.directions)}"
+            return NO_MATCH if not explain else f"direction is {record.direction}, rule wants {_list(self.directions)}"
         if self.statuses and record.status not in self.statuses:
-            return f"status is {record.status}, rule wants {_list(self.statuses)}"
+            return NO_MATCH if not explain else f"status is {record.status}, rule wants {_list(self.statuses)}"
         if self.departments and record.department.casefold() not in self.departments:
-            return f"department is {record.department or '(none)'!r}, rule wants {_list(self.departments)}"
+            return NO_MATCH if not explain else f"department is {record.department or '(none)'!r}, rule wants {_list(self.departments)}"
         if self.queues and record.queue not in self.queues:
-            return f"queue is {record.queue or '(none)'!r}, rule wants {_list(self.queues)}"
+            return NO_MATCH if not explain else f"queue is {record.queue or '(none)'!r}, rule wants {_list(self.queues)}"
         if self.dids_exact or self.did_prefixes:
             did = _digits(record.dialled_number)
             if did not in self.dids_exact and not did.startswith(self.did_prefixes):
                 wanted = sorted(self.dids_exact) + [p + "*" for p in self.did_prefixes]
-                return f"DID is {record.dialled_number or '(none)'!r}, rule wants {', '.join(wanted)}"
+                return NO_MATCH if not explain else f"DID is {record.dialled_number or '(none)'!r}, rule wants {', '.join(wanted)}"
         if self.agents and record.agent_extension not in self.agents:
-            return f"agent is {record.agent_extension or '(none)'!r}, rule wants {_list(self.agents)}"
+            return NO_MATCH if not explain else f"agent is {record.agent_extension or '(none)'!r}, rule wants {_list(self.agents)}"
         if self.caller_pattern is not None and not self.caller_pattern.search(record.caller_number):
-            return f"caller {record.caller_number or '(none)'!r} does not match /{self.caller_pattern.pattern}/"
+            return NO_MATCH if not explain else f"caller {record.caller_number or '(none)'!r} does not match /{self.caller_pattern.pattern}/"
         if self.talk_min is not None and record.talk_seconds < self.talk_min:
-            return f"talk time {record.talk_seconds:g}s is under {self.talk_min:g}s"
+            return NO_MATCH if not explain else f"talk time {record.talk_seconds:g}s is under {self.talk_min:g}s"
         if self.talk_max is not None and record.talk_seconds > self.talk_max:
-            return f"talk time {record.talk_seconds:g}s is over {self.talk_max:g}s"
+            return NO_MATCH if not explain else f"talk time {record.talk_seconds:g}s is over {self.talk_max:g}s"
         if self.ring_min is not None and record.ring_seconds < self.ring_min:
-            return f"ring time {record.ring_seconds:g}s is under {self.ring_min:g}s"
+            return NO_MATCH if not explain else f"ring time {record.ring_seconds:g}s is under {self.ring_min:g}s"
         if self.ring_max is not None and record.ring_seconds > self.ring_max:
-            return f"ring time {record.ring_seconds:g}s is over {self.ring_max:g}s"
+            return NO_MATCH if not explain else f"ring time {record.ring_seconds:g}s is over {self.ring_max:g}s"
         if self.weekdays or self.hours:
             moment = record.start_time or record.end_time
             if moment is None:
-                return "the call has no start time for the weekday/hours condition"
+                return NO_MATCH if not explain else "the call has no start time for the weekday/hours condition"
             local = moment.astimezone(tz)
             if self.weekdays and local.weekday() not in self.weekdays:
                 wanted = ", ".join(WEEKDAYS[d] for d in sorted(self.weekdays))
-                return f"weekday is {WEEKDAYS[local.weekday()]} ({tz.key}), rule wants {wanted}"
+                return NO_MATCH if not explain else f"weekday is {WEEKDAYS[local.weekday()]} ({tz.key}), rule wants {wanted}"
             if self.hours and not any(w.contains(local.time()) for w in self.hours):
                 wanted = ", ".join(str(w) for w in self.hours)
-                return f"local time {local:%H:%M} ({tz.key}) is outside {wanted}"
+                return NO_MATCH if not explain else f"local time {local:%H:%M} ({tz.key}) is outside {wanted}"
         for name, wanted in self.variables.items():
             actual = record.variables.get(name)
             if actual != wanted:
-                return f"variable {name} is {actual!r}, rule wants {wanted!r}"
+                return NO_MATCH if not explain else f"variable {name} is {actual!r}, rule wants {wanted!r}"
         return None
 
 
@@ -144,7 +146,7 @@ class RuleSet:
                 if explain:
                     skipped.append((rule.name, "disabled"))
                 continue
-            why = rule.conditions.mismatch(record, tz)
+            why = rule.conditions.mismatch(record, tz, explain)
             if why is None:
                 return Selection(rule, tuple(skipped))
             if explain:
