@@ -341,8 +341,9 @@ class Outbox:
             if o.state is MessageState.SUBMITTED:
                 submitted.append((now, now, o.transport, m.id))
                 for part, transport_id in enumerate(o.transport_ids, start=1):
-                    parts.append((m.id, part, transport_id, msgid.match_key(transport_id), now))
-                    new_keys.append(transport_id)
+                    key = msgid.match_key(transport_id)
+                    parts.append((m.id, part, transport_id, key, now))
+                    new_keys.append(key)
             elif o.state is MessageState.RETRYING:
                 retrying.append((o.reason, now, o.next_attempt_at, o.transport, m.id))
             else:
@@ -458,10 +459,10 @@ class Outbox:
         )
         return Transition(message_id, row[1], row[2], row[3] or "", settled, reason, submitted_at=row[4])
 
-    def _apply_orphans(self, transport_ids: Iterable[str], now: float) -> list[Transition]:
-        """Receipts that arrived before these parts' submit responses were recorded. Given-up
-        orphans (matched = -1) too: an exact match is right whenever it comes."""
-        keys = sorted({msgid.match_key(t) for t in transport_ids})
+    def _apply_orphans(self, match_keys: Iterable[str], now: float) -> list[Transition]:
+        """Receipts that arrived before the parts with these match keys were recorded.
+        Given-up orphans (matched = -1) too: an exact match is right whenever it comes."""
+        keys = sorted(set(match_keys))
         transitions: list[Transition] = []
         for i in range(0, len(keys), 500):
             chunk = keys[i:i + 500]
@@ -658,6 +659,10 @@ class _tx:
             self.conn.execute("ROLLBACK")
 
 
+_KINDS = {k.value: k for k in RecipientKind}  # dict lookups: Enum(value) is slow in a hot loop
+_ENCODINGS = {e.value: e for e in Encoding}
+
+
 def _outbound(row: tuple) -> OutboundMessage:
     (id_, key, call_key, rule, kind, destination, sender, text, encoding, segments,
      attempts, options, created_at) = row
@@ -666,11 +671,11 @@ def _outbound(row: tuple) -> OutboundMessage:
         key=key,
         call_id=call_key,
         rule=rule,
-        recipient_kind=RecipientKind(kind),
+        recipient_kind=_KINDS[kind],
         destination=destination or "",
         sender=sender,
         text=text,
-        encoding=Encoding(encoding),
+        encoding=_ENCODINGS[encoding],
         segments=segments,
         attempts=attempts,
         options=json.loads(options) if options and options != "{}" else {},
