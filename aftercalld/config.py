@@ -174,7 +174,7 @@ def _pbxs(root: Section, default_tz: ZoneInfo) -> tuple[PbxConfig, ...]:
     out: list[PbxConfig] = []
     names: set[str] = set()
     for sec in root.sections("pbx"):
-        name = sec.str("name", nonempty=True)
+        name = sec.str("name", pattern=r"[A-Za-z0-9_.@:-]{1,64}")  # no "/": it ends a call key's PBX part
         if name in names:
             raise sec.error("name", f'duplicate PBX name "{name}"')
         names.add(name)

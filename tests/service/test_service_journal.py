@@ -48,3 +48,10 @@ def test_journal_entry_has_call_fields_and_survives_newlines(tmp_path):
     assert (entry["CALL_ID"], entry["PBX"], entry["RULE"], entry["RECIPIENT"], entry["STATE"]) == (
         "1796012880.0", "main", "Missed", "+447400123456", "queued")
     assert "MSG_ID" not in entry  # empty fields are left out
+
+
+def test_message_lines_carry_the_bare_call_id_and_pbx():
+    # Message log lines know their call by the outbox's "pbx/call id" key.
+    assert fields(call_id="main/1796012880.0", rule="R")["journal_fields"] == {
+        "CALL_ID": "1796012880.0", "PBX": "main", "RULE": "R"}
+    assert fields(call_id="1796012880.0")["journal_fields"] == {"CALL_ID": "1796012880.0"}
