@@ -5,6 +5,7 @@ match, which is what `aftercalld test-rule` and the journal show.
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, time
@@ -118,6 +119,11 @@ class Rule:
     conditions: Conditions
     recipients: tuple[RecipientSpec, ...]
     max_segments: int
+
+    @functools.cached_property
+    def placeholders(self) -> frozenset[str]:
+        """Every placeholder its templates use: only these are computed for a call."""
+        return frozenset().union(*(spec.template.placeholders for spec in self.recipients))
 
 
 @dataclass(frozen=True)

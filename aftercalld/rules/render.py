@@ -62,8 +62,7 @@ def enrich(record: CallRecord, agents: Mapping[str, AgentEntry]) -> CallRecord:
 
 
 def render(rule: Rule, record: CallRecord, tz: ZoneInfo, ctx: RenderContext) -> list[RenderedMessage]:
-    names = {n for spec in rule.recipients for n in spec.template.placeholders}
-    values = template_values(record, tz, ctx.constants, ctx.max_value_length, names)
+    values = template_values(record, tz, ctx.constants, ctx.max_value_length, rule.placeholders)
     out: list[RenderedMessage] = []
     seen: set[str] = set()
     for spec in rule.recipients:

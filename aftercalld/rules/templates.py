@@ -7,6 +7,7 @@ time.
 """
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -67,9 +68,9 @@ class Template:
     source: str
     parts: tuple[_Literal | _Placeholder, ...]
 
-    @property
-    def placeholders(self) -> list[str]:
-        return [p.name for p in self.parts if isinstance(p, _Placeholder)]
+    @functools.cached_property
+    def placeholders(self) -> frozenset[str]:
+        return frozenset(p.name for p in self.parts if isinstance(p, _Placeholder))
 
     def render(self, values: Mapping[str, str]) -> str:
         out: list[str] = []
