@@ -37,7 +37,7 @@ class PolicyConfig:
     rules: Mapping[str, RulePolicy] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per message on the hot path: frozen costs a setattr per field
 class Verdict:
     send: bool
     reason: str = ""

@@ -134,7 +134,7 @@ class StoreError(Exception):
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per message on the hot path: frozen costs a setattr per field
 class Transition:
     """One message's state change, for logging and metrics."""
 
@@ -148,7 +148,7 @@ class Transition:
     submitted_at: float | None = None  # set on delivery-report transitions
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per message on the hot path: frozen costs a setattr per field
 class OutcomeRecord:
     message: OutboundMessage
     state: MessageState  # SUBMITTED, RETRYING or FAILED

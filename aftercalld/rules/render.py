@@ -13,7 +13,7 @@ from .engine import RecipientSpec, Rule
 from .templates import template_values
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per message on the hot path: frozen costs a setattr per field
 class RenderedMessage:
     key: str  # idempotency key: pbx/call id + rule + recipient
     rule: str
