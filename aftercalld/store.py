@@ -49,7 +49,7 @@ CREATE TABLE IF NOT EXISTS calls (
     decision   TEXT NOT NULL,             -- why: the rule that matched, or why none did
     record     TEXT NOT NULL,             -- the CallRecord as JSON
     created_at REAL NOT NULL
-) WITHOUT ROWID;
+);
 CREATE TABLE IF NOT EXISTS messages (
     id              INTEGER PRIMARY KEY,
     key             TEXT NOT NULL UNIQUE, -- idempotency: pbx/call id + "/" + rule + "/" + recipient
