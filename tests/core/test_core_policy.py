@@ -32,20 +32,24 @@ def rules(extra_rule_keys: str = "", extra: str = "") -> str:
             f'caller = {{ template = "generic", sender = "Acme" }}\n{extra}')
 
 
-async def run_calls(tmp_path, rules_toml, calls, clock):
+async def started(tmp_path, rules_toml, clock):
+    """Outbox, a started dispatcher with the config's policy, and a call handler."""
     config = load(write_config(tmp_path, rules=rules_toml))
     outbox = Outbox.open(config.outbox_path)
-    transport = ScriptedTransport([])
-    dispatcher = Dispatcher(outbox, transport, config.dispatch, clock=clock,
+    dispatcher = Dispatcher(outbox, ScriptedTransport([]), config.dispatch, clock=clock,
                             policy=Policy(config.policy, outbox, LONDON))
     handler = CallHandler(config, outbox, on_queued=dispatcher.wake)
     await dispatcher.start()
+    return outbox, dispatcher, handler
+
+
+async def run_calls(tmp_path, rules_toml, calls, clock):
+    outbox, dispatcher, handler = await started(tmp_path, rules_toml, clock)
     for record in calls:
         handler.handle(record)
         await dispatcher.wait_idle()
     await dispatcher.stop()
-    rows = outbox.messages()
-    return outbox, rows
+    return outbox, outbox.messages()
 
 
 NUMBERS = [f"+4474001234{i:02d}" for i in range(10)]
@@ -66,12 +70,7 @@ async def test_cooldown_per_recipient_across_rules(tmp_path):
 
 async def test_cooldown_expires(tmp_path):
     clock = Clock(datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc))
-    config = load(write_config(tmp_path, rules=rules(extra="\n[policy]\ncooldown_minutes = 30\n")))
-    outbox = Outbox.open(config.outbox_path)
-    dispatcher = Dispatcher(outbox, ScriptedTransport([]), config.dispatch, clock=clock,
-                            policy=Policy(config.policy, outbox, LONDON))
-    handler = CallHandler(config, outbox, on_queued=dispatcher.wake)
-    await dispatcher.start()
+    outbox, dispatcher, handler = await started(tmp_path, rules(extra="\n[policy]\ncooldown_minutes = 30\n"), clock)
     handler.handle(call(call_id="a", caller_number=NUMBERS[0]))
     await dispatcher.wait_idle()
     clock.now += 31 * 60
@@ -84,12 +83,7 @@ async def test_cooldown_expires(tmp_path):
 async def test_daily_quotas_global_and_per_rule_reset_at_local_midnight(tmp_path):
     clock = Clock(datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc))
     toml = rules(extra_rule_keys="daily_quota = 2", extra="\n[policy]\ndaily_quota = 3\n")
-    config = load(write_config(tmp_path, rules=toml))
-    outbox = Outbox.open(config.outbox_path)
-    dispatcher = Dispatcher(outbox, ScriptedTransport([]), config.dispatch, clock=clock,
-                            policy=Policy(config.policy, outbox, LONDON))
-    handler = CallHandler(config, outbox, on_queued=dispatcher.wake)
-    await dispatcher.start()
+    outbox, dispatcher, handler = await started(tmp_path, toml, clock)
     for i in range(3):
         handler.handle(call(call_id=f"m{i}", caller_number=NUMBERS[i]))
     for i in range(3, 5):
@@ -113,12 +107,7 @@ async def test_quiet_hours_defer_until_the_window_ends(tmp_path):
     # 22:30 London: quiet until 08:00, so the text waits in the queue, then goes at 08:00.
     clock = Clock(datetime(2026, 11, 30, 22, 30, tzinfo=LONDON))
     toml = rules(extra_rule_keys='quiet_hours = "21:00-08:00"')
-    config = load(write_config(tmp_path, rules=toml))
-    outbox = Outbox.open(config.outbox_path)
-    dispatcher = Dispatcher(outbox, ScriptedTransport([]), config.dispatch, clock=clock,
-                            policy=Policy(config.policy, outbox, LONDON))
-    handler = CallHandler(config, outbox, on_queued=dispatcher.wake)
-    await dispatcher.start()
+    outbox, dispatcher, handler = await started(tmp_path, toml, clock)
     handler.handle(call(call_id="late", caller_number=NUMBERS[0]))
     await dispatcher.wait_idle()
     [row] = outbox.messages()
@@ -142,13 +131,8 @@ async def test_quiet_hours_drop(tmp_path):
 
 async def test_dnd_numbers_and_prefixes(tmp_path):
     clock = Clock(datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc))
-    config = load(write_config(tmp_path, rules=rules()))
-    outbox = Outbox.open(config.outbox_path)
+    outbox, dispatcher, handler = await started(tmp_path, rules(), clock)
     outbox.dnd_add([NUMBERS[0], "+44740012345*"], "test")
-    dispatcher = Dispatcher(outbox, ScriptedTransport([]), config.dispatch, clock=clock,
-                            policy=Policy(config.policy, outbox, LONDON))
-    handler = CallHandler(config, outbox, on_queued=dispatcher.wake)
-    await dispatcher.start()
     for i, number in enumerate([NUMBERS[0], "+447400123456", NUMBERS[2]]):
         handler.handle(call(call_id=f"d{i}", caller_number=number))
     await dispatcher.wait_idle()
