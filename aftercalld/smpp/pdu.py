@@ -184,13 +184,21 @@ class ShortMessage:
         return self.short_message or self.tlvs.get(TAG_MESSAGE_PAYLOAD, b"")
 
 
+def _read_addresses(body: bytes) -> tuple[str, int, int, str, int, int, str, int]:
+    """The head deliver_sm and data_sm share: service_type, source and destination
+    addresses; returns them decoded, and the position after them (IndexError if cut)."""
+    service_type, pos = _read_cstr(body, 0)
+    src_ton, src_npi = body[pos], body[pos + 1]
+    source, pos = _read_cstr(body, pos + 2)
+    dst_ton, dst_npi = body[pos], body[pos + 1]
+    destination, pos = _read_cstr(body, pos + 2)
+    return (service_type.decode("ascii", "replace"), src_ton, src_npi, source.decode("ascii", "replace"),
+            dst_ton, dst_npi, destination.decode("ascii", "replace"), pos)
+
+
 def parse_deliver_sm(body: bytes) -> ShortMessage:
     try:
-        service_type, pos = _read_cstr(body, 0)
-        src_ton, src_npi = body[pos], body[pos + 1]
-        source, pos = _read_cstr(body, pos + 2)
-        dst_ton, dst_npi = body[pos], body[pos + 1]
-        destination, pos = _read_cstr(body, pos + 2)
+        *addresses, pos = _read_addresses(body)
         esm_class = body[pos]
         pos += 3  # esm_class, protocol_id, priority_flag
         _, pos = _read_cstr(body, pos)  # schedule_delivery_time
@@ -204,27 +212,17 @@ def parse_deliver_sm(body: bytes) -> ShortMessage:
         pos += sm_length
     except IndexError:
         raise PduError("deliver_sm body truncated") from None
-    return ShortMessage(DELIVER_SM, service_type.decode("ascii", "replace"), src_ton, src_npi,
-                        source.decode("ascii", "replace"), dst_ton, dst_npi,
-                        destination.decode("ascii", "replace"), esm_class, data_coding,
-                        short_message, parse_tlvs(body, pos))
+    return ShortMessage(DELIVER_SM, *addresses, esm_class, data_coding, short_message, parse_tlvs(body, pos))
 
 
 def parse_data_sm(body: bytes) -> ShortMessage:
     try:
-        service_type, pos = _read_cstr(body, 0)
-        src_ton, src_npi = body[pos], body[pos + 1]
-        source, pos = _read_cstr(body, pos + 2)
-        dst_ton, dst_npi = body[pos], body[pos + 1]
-        destination, pos = _read_cstr(body, pos + 2)
+        *addresses, pos = _read_addresses(body)
         esm_class, _registered, data_coding = body[pos], body[pos + 1], body[pos + 2]
         pos += 3
     except IndexError:
         raise PduError("data_sm body truncated") from None
-    return ShortMessage(DATA_SM, service_type.decode("ascii", "replace"), src_ton, src_npi,
-                        source.decode("ascii", "replace"), dst_ton, dst_npi,
-                        destination.decode("ascii", "replace"), esm_class, data_coding, b"",
-                        parse_tlvs(body, pos))
+    return ShortMessage(DATA_SM, *addresses, esm_class, data_coding, b"", parse_tlvs(body, pos))
 
 
 class FrameBuffer:
