@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import systemd
+from . import gctune, systemd
 from .config import Config, load
 from .configreader import ConfigError
 from .dispatcher import Dispatcher
@@ -184,6 +184,7 @@ async def run(config: Config, config_path: str) -> int:
     except (StoreError, OSError) as exc:
         log.error("cannot start: %s", exc)
         return 1
+    gctune.tune_for_daemon()
     notifier = systemd.Notifier()
     notifier.ready(daemon.status_line())
     keep_alive = asyncio.create_task(systemd.keep_alive(notifier, daemon.status_line, STATUS_EVERY_SECONDS))

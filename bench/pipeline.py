@@ -19,6 +19,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from aftercalld import gctune
 from aftercalld.config import load
 from aftercalld.dispatcher import Dispatcher
 from aftercalld.logtransport import LogTransport
@@ -87,6 +88,7 @@ async def main(n: int) -> None:
         dispatcher = Dispatcher(outbox, LogTransport(), config.dispatch)
         handler = CallHandler(config, outbox, on_queued=dispatcher.wake)
         await dispatcher.start()
+        gctune.tune_for_daemon()  # as `aftercalld run` does once it is up
         # The synthetic records are made in chunks outside the timed part: building them is
         # the tracker's work, not the pipeline's, and holding 200,000 at once would be the
         # bench's own memory.
