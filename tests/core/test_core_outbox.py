@@ -9,12 +9,13 @@ import subprocess
 import sys
 import textwrap
 import time
+from datetime import datetime, timezone
 
 import pytest
 
 from aftercalld.config import load
 from aftercalld.dispatcher import Dispatcher
-from aftercalld.model import DeliveryReport, InboundMessage, MessageState, ReportState, SubmitOutcome
+from aftercalld.model import CallRecord, DeliveryReport, InboundMessage, MessageState, ReportState, SubmitOutcome
 from aftercalld.pipeline import CallHandler
 from aftercalld.store import OutcomeRecord, Outbox
 from aftercalld.transport import Transport
@@ -73,6 +74,17 @@ def test_same_call_twice_queues_one_message(setup):
     assert not first.duplicate and second.duplicate
     assert outbox.counts_by_state() == {"queued": 1}
     assert len(outbox.calls()) == 1
+
+
+def test_the_outbox_keeps_every_field_of_the_call_for_support(setup):
+    config, outbox = setup
+    full = call(call_id="all-fields", caller_name="Zoë «Ω»", department="support", queue="q1",
+                agent_extension="201", agent_name="Alice", agent_number="+447400123201",
+                answer_time=datetime(2026, 11, 30, 10, 0, 4, tzinfo=timezone.utc), ring_seconds=3.5, talk_seconds=0.0, hangup_cause="NO_ANSWER",
+                voicemail_box="100@default", variables={"CRM_ID": "42", "note": "a \"quoted\" {value}"})
+    CallHandler(config, outbox).handle(full)
+    (stored,) = outbox.calls(call_key="main/all-fields")
+    assert CallRecord.from_json(stored["record"]) == full
 
 
 async def test_retries_transient_then_submits_and_permanent_fails(setup):
