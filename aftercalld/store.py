@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 
+# WAL frames (pages) beyond which the background checkpointer makes the WAL start over.
+WAL_RESTART_FRAMES = 16_384
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS calls (
@@ -163,6 +166,8 @@ class Outbox:
         self.conn = conn
         self.path = path
         self._checkpointer: tuple[threading.Event, threading.Thread] | None = None
+        # Set by the background checkpointer when the WAL should start over (see below).
+        self.wal_restart_wanted = False
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -209,14 +214,20 @@ class Outbox:
         if self.path == ":memory:" or self._checkpointer is not None:
             return
         self.conn.execute("PRAGMA wal_autocheckpoint=0")
+        # A WAL that grew under a burst is cut back to this size when it starts over.
+        page_size = self.conn.execute("PRAGMA page_size").fetchone()[0]
+        self.conn.execute(f"PRAGMA journal_size_limit={WAL_RESTART_FRAMES * page_size}")
         stop = threading.Event()
 
         def work() -> None:
-            conn = sqlite3.connect(self.path, check_same_thread=False)
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=2.0)
             try:
                 while not stop.wait(interval):
                     try:
-                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                        _, wal_frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                        if wal_frames > WAL_RESTART_FRAMES and not self.wal_restart_wanted:
+                            _catch_up(conn, wal_frames)
+                            self.wal_restart_wanted = True
                     except sqlite3.Error as exc:
                         log.debug("background checkpoint: %s", exc)
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -228,6 +239,23 @@ class Outbox:
         thread = threading.Thread(target=work, name="outbox-checkpoint", daemon=True)
         thread.start()
         self._checkpointer = (stop, thread)
+
+    def finish_checkpoint(self) -> None:
+        """Copy back the little the background checkpointer left, on the writer's own
+        connection between two transactions: the WAL is then fully copied back when the
+        next transaction begins, and SQLite starts it over from the top.
+
+        Under sustained load the writer never begins a transaction at a moment when the
+        background checkpointer has caught up, so without this the WAL never starts over
+        and grows by gigabytes. Doing the last step here rather than with RESTART in the
+        background thread costs one copy of a few hundred pages and two fsyncs; RESTART
+        would hold this thread in SQLite's busy handler, which sleeps in steps of up to
+        25 ms, for as long as it copies and waits for readers."""
+        self.wal_restart_wanted = False
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:
+            log.debug("checkpoint to restart the WAL: %s", exc)
 
     def close(self) -> None:
         if self._checkpointer is not None:
@@ -252,7 +280,7 @@ class Outbox:
         now = time.time() if now is None else now
         results: list[list[str] | None] = []
         rows = []
-        with _tx(self.conn):
+        with _tx(self):
             for record, rule, decision, messages in batch:
                 call_key = f"{record.pbx}/{record.call_id}"
                 cur = self.conn.execute(
@@ -288,7 +316,7 @@ class Outbox:
         """Messages a previous process claimed but never recorded an outcome for. They may
         or may not have reached the SMSC; sending again is the lesser evil than losing them."""
         now = time.time() if now is None else now
-        with _tx(self.conn):
+        with _tx(self):
             cur = self.conn.execute(
                 "UPDATE messages SET state = 'queued', next_attempt_at = ?, updated_at = ?, "
                 "reason = 'requeued after restart' WHERE state = 'sending'",
@@ -298,7 +326,7 @@ class Outbox:
 
     def claim_due(self, limit: int, now: float | None = None) -> list[OutboundMessage]:
         now = time.time() if now is None else now
-        with _tx(self.conn):
+        with _tx(self):
             rows = self.conn.execute(
                 f"UPDATE messages SET state = 'sending', attempts = attempts + 1, updated_at = ? "
                 f"WHERE id IN (SELECT id FROM messages WHERE state IN ('queued', 'retrying') "
@@ -349,7 +377,7 @@ class Outbox:
             else:
                 final.append((o.state.value, o.reason, now, now, o.transport, m.id))
             transitions.append(Transition(m.id, m.call_id, m.rule, m.destination, o.state, o.reason, o.transport_ids))
-        with _tx(self.conn):
+        with _tx(self):
             self.conn.executemany(
                 "UPDATE messages SET state = 'submitted', reason = '', updated_at = ?, submitted_at = ?, "
                 "next_attempt_at = NULL, transport = ? WHERE id = ?", submitted)
@@ -368,7 +396,7 @@ class Outbox:
 
     def suppress(self, message: OutboundMessage, reason: str, now: float | None = None) -> Transition:
         now = time.time() if now is None else now
-        with _tx(self.conn):
+        with _tx(self):
             self.conn.execute(
                 "UPDATE messages SET state = 'suppressed', reason = ?, updated_at = ?, final_at = ?, "
                 "next_attempt_at = NULL WHERE id = ?",
@@ -379,7 +407,7 @@ class Outbox:
     def defer(self, message: OutboundMessage, until: float, reason: str, now: float | None = None) -> None:
         """Put a claimed message back without counting an attempt (quiet hours, rate)."""
         now = time.time() if now is None else now
-        with _tx(self.conn):
+        with _tx(self):
             self.conn.execute(
                 "UPDATE messages SET state = 'queued', reason = ?, updated_at = ?, next_attempt_at = ?, "
                 "attempts = MAX(attempts - 1, 0) WHERE id = ?",
@@ -395,7 +423,7 @@ class Outbox:
         message (hex "22" is decimal 34). `resolve_orphans` tries the looser match later."""
         now = time.time() if now is None else now
         transitions: list[Transition] = []
-        with _tx(self.conn):
+        with _tx(self):
             for report in reports:
                 target = self._match_part(report.message_id, loose=False)
                 if target is None:
@@ -486,7 +514,7 @@ class Outbox:
         What still matches nothing is kept (matched = -1) for support, not retried."""
         now = time.time() if now is None else now
         transitions: list[Transition] = []
-        with _tx(self.conn):
+        with _tx(self):
             orphans = self.conn.execute(
                 "SELECT id, transport_id, state, error FROM orphan_reports WHERE matched = 0 AND received_at <= ?",
                 (received_before,),
@@ -513,7 +541,7 @@ class Outbox:
 
     def optout_add(self, numbers: Iterable[str], source: str, now: float | None = None) -> int:
         now = time.time() if now is None else now
-        with _tx(self.conn):
+        with _tx(self):
             cur = self.conn.executemany(
                 "INSERT OR IGNORE INTO optout (number, source, created_at) VALUES (?, ?, ?)",
                 [(n, source, now) for n in numbers],
@@ -521,7 +549,7 @@ class Outbox:
         return cur.rowcount
 
     def optout_remove(self, numbers: Iterable[str]) -> int:
-        with _tx(self.conn):
+        with _tx(self):
             cur = self.conn.executemany("DELETE FROM optout WHERE number = ?", [(n,) for n in numbers])
         return cur.rowcount
 
@@ -554,7 +582,7 @@ class Outbox:
 
     def dnd_add(self, entries: Iterable[str], source: str, now: float | None = None) -> int:
         now = time.time() if now is None else now
-        with _tx(self.conn):
+        with _tx(self):
             cur = self.conn.executemany(
                 "INSERT OR IGNORE INTO dnd (entry, source, created_at) VALUES (?, ?, ?)",
                 [(e, source, now) for e in entries],
@@ -562,7 +590,7 @@ class Outbox:
         return cur.rowcount
 
     def dnd_remove(self, entries: Iterable[str]) -> int:
-        with _tx(self.conn):
+        with _tx(self):
             cur = self.conn.executemany("DELETE FROM dnd WHERE entry = ?", [(e,) for e in entries])
         return cur.rowcount
 
@@ -642,21 +670,33 @@ class Outbox:
         return [dict(zip(names, row)) for row in cur]
 
 
+def _catch_up(conn: sqlite3.Connection, wal_frames: int) -> None:
+    """Passive passes until one copies little more than arrived while it ran."""
+    for _ in range(5):
+        _, now_frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        arrived, wal_frames = now_frames - wal_frames, now_frames
+        if arrived < 256:
+            return
+
+
 class _tx:
     """BEGIN IMMEDIATE … COMMIT, or ROLLBACK on error (autocommit connection)."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
+    def __init__(self, outbox: Outbox) -> None:
+        self.outbox = outbox
+        self.conn = outbox.conn
 
     def __enter__(self) -> sqlite3.Connection:
         self.conn.execute("BEGIN IMMEDIATE")
         return self.conn
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.conn.execute("COMMIT")
-        else:
+        if exc_type is not None:
             self.conn.execute("ROLLBACK")
+            return
+        self.conn.execute("COMMIT")
+        if self.outbox.wal_restart_wanted:
+            self.outbox.finish_checkpoint()
 
 
 _KINDS = {k.value: k for k in RecipientKind}  # dict lookups: Enum(value) is slow in a hot loop

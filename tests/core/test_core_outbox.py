@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 from datetime import datetime, timezone
 
 import pytest
@@ -17,6 +18,7 @@ from aftercalld.config import load
 from aftercalld.dispatcher import Dispatcher
 from aftercalld.model import CallRecord, DeliveryReport, InboundMessage, MessageState, ReportState, SubmitOutcome
 from aftercalld.pipeline import CallHandler
+from aftercalld import store
 from aftercalld.store import OutcomeRecord, Outbox
 from aftercalld.transport import Transport
 from core_helpers import call, write_config
@@ -196,7 +198,8 @@ KILLER = textwrap.dedent('''
     import os, signal, sys
     from aftercalld.config import load
     from aftercalld.pipeline import CallHandler
-    from aftercalld.store import OutcomeRecord, Outbox
+    from aftercalld import store
+from aftercalld.store import OutcomeRecord, Outbox
     sys.path.insert(0, sys.argv[2])
     from core_helpers import call
     config = load(sys.argv[1])
@@ -270,3 +273,30 @@ async def test_a_call_that_breaks_the_pipeline_is_logged_whole_and_the_rest_go_o
     assert any("call broken from main could not be handled; record for replay" in r.message
                for r in caplog.records)
     assert handler._pending == []
+
+
+def test_the_wal_starts_over_under_sustained_writes(tmp_path, monkeypatch):
+    # Under constant writes the background checkpointer never catches up at the moment a
+    # transaction begins, so SQLite alone would never start the WAL over: it grew to
+    # gigabytes on bench/pipeline.py.
+    monkeypatch.setattr(store, "WAL_RESTART_FRAMES", 256)
+    config = load(write_config(tmp_path))
+    outbox = Outbox.open(config.outbox_path)
+    outbox.checkpoint_in_background(interval=0.005)
+    handler = CallHandler(config, outbox)
+    wal = Path(config.outbox_path + "-wal")
+    limit = 256 * outbox.conn.execute("PRAGMA page_size").fetchone()[0]
+    restarts = largest = size = 0
+    try:
+        for batch in range(2000):
+            handler.handle_many([call(call_id=f"c{batch}.{i}") for i in range(50)])
+            previous, size = size, wal.stat().st_size
+            largest = max(largest, size)
+            # Starting over cuts a WAL that grew past the limit back to it.
+            restarts += size < previous
+            if restarts == 3:
+                break
+    finally:
+        outbox.close()
+    assert restarts == 3, f"the WAL never started over; it grew to {largest:,} bytes"
+    assert largest < 16 * limit
