@@ -9,16 +9,16 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 
+from aftercalld import store
 from aftercalld.config import load
 from aftercalld.dispatcher import Dispatcher
 from aftercalld.model import CallRecord, DeliveryReport, InboundMessage, MessageState, ReportState, SubmitOutcome
 from aftercalld.pipeline import CallHandler
-from aftercalld import store
 from aftercalld.store import OutcomeRecord, Outbox
 from aftercalld.transport import Transport
 from core_helpers import call, write_config
@@ -198,8 +198,7 @@ KILLER = textwrap.dedent('''
     import os, signal, sys
     from aftercalld.config import load
     from aftercalld.pipeline import CallHandler
-    from aftercalld import store
-from aftercalld.store import OutcomeRecord, Outbox
+    from aftercalld.store import OutcomeRecord, Outbox
     sys.path.insert(0, sys.argv[2])
     from core_helpers import call
     config = load(sys.argv[1])
