@@ -67,8 +67,12 @@ class CallRecord:
         """A copy with some text fields changed: `dataclasses.replace` without re-running
         validation, which costs more than the rest of rule matching on the hot path."""
         new = object.__new__(CallRecord)
-        for name in _RECORD_FIELDS:
-            object.__setattr__(new, name, changes[name] if name in changes else getattr(self, name))
+        # The slots' own descriptors: a frozen dataclass's setattr would refuse, and
+        # object.__setattr__ by name costs twice as much.
+        for get, put in _SLOT_ACCESS:
+            put(new, get(self))
+        for name, value in changes.items():
+            _SLOT_SETTERS[name](new, value)
         return new
 
     @property
@@ -161,6 +165,8 @@ class CallRecord:
 
 
 _RECORD_FIELDS = tuple(f.name for f in fields(CallRecord))
+_SLOT_ACCESS = tuple((CallRecord.__dict__[n].__get__, CallRecord.__dict__[n].__set__) for n in _RECORD_FIELDS)
+_SLOT_SETTERS = {n: CallRecord.__dict__[n].__set__ for n in _RECORD_FIELDS}
 _compact_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
