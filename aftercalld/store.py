@@ -279,19 +279,22 @@ class Outbox:
                      *, ttl_seconds: float, now: float | None = None) -> list[list[str] | None]:
         now = time.time() if now is None else now
         results: list[list[str] | None] = []
+        call_rows = []
         rows = []
+        keys = [f"{record.pbx}/{record.call_id}" for record, *_ in batch]
         with _tx(self):
-            for record, rule, decision, messages in batch:
-                call_key = f"{record.pbx}/{record.call_id}"
-                cur = self.conn.execute(
-                    "INSERT OR IGNORE INTO calls (call_key, pbx, call_id, status, direction, caller, rule, "
-                    "decision, record, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (call_key, record.pbx, record.call_id, record.status.value, record.direction.value,
-                     record.customer_number, rule, decision, record.to_json(), now),
-                )
-                if cur.rowcount == 0:
+            # One lookup for the batch, then one executemany per table: a statement per
+            # call cost more than the rules that decided it.
+            seen = self._recorded_calls(keys)
+            for call_key, (record, rule, decision, messages) in zip(keys, batch):
+                if call_key in seen:  # a replayed event, or the same call twice in this batch
                     results.append(None)
                     continue
+                seen.add(call_key)
+                call_rows.append(
+                    (call_key, record.pbx, record.call_id, record.status.value, record.direction.value,
+                     record.customer_number, rule, decision, record.to_json(), now)
+                )
                 results.append([m.key for m in messages if not m.suppressed])
                 for m in messages:
                     state = MessageState.SUPPRESSED if m.suppressed else MessageState.QUEUED
@@ -302,6 +305,11 @@ class Outbox:
                          now + ttl_seconds, now, now, now if m.suppressed else None)
                     )
             self.conn.executemany(
+                "INSERT INTO calls (call_key, pbx, call_id, status, direction, caller, rule, "
+                "decision, record, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                call_rows,
+            )
+            self.conn.executemany(
                 "INSERT OR IGNORE INTO messages (key, call_key, rule, recipient_kind, raw_number, "
                 "destination, sender, text, encoding, segments, options, state, reason, "
                 "next_attempt_at, expires_at, created_at, updated_at, final_at) "
@@ -309,6 +317,14 @@ class Outbox:
                 rows,
             )
         return results
+
+    def _recorded_calls(self, call_keys: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for i in range(0, len(call_keys), 500):
+            chunk = call_keys[i:i + 500]
+            found.update(k for (k,) in self.conn.execute(
+                f"SELECT call_key FROM calls WHERE call_key IN ({','.join('?' * len(chunk))})", chunk))
+        return found
 
     # -- dispatching -------------------------------------------------------------------
 

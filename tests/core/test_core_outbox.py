@@ -78,6 +78,15 @@ def test_same_call_twice_queues_one_message(setup):
     assert len(outbox.calls()) == 1
 
 
+def test_same_call_twice_in_one_write_queues_one_message(setup):
+    config, outbox = setup
+    decisions = CallHandler(config, outbox).handle_many(
+        [call(call_id="a"), call(call_id="twice"), call(call_id="twice", status="connected"), call(call_id="b")])
+    assert [d.duplicate for d in decisions] == [False, False, True, False]
+    assert outbox.counts_by_state() == {"queued": 3}
+    assert [c["call_id"] for c in outbox.calls()].count("twice") == 1
+
+
 def test_the_outbox_keeps_every_field_of_the_call_for_support(setup):
     config, outbox = setup
     full = call(call_id="all-fields", caller_name="Zoë «Ω»", department="support", queue="q1",
