@@ -107,6 +107,8 @@ class Dispatcher:
                 for task in pending:
                     task.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
+                # A send cancelled before it began never reached its own clean-up.
+                self._in_flight.difference_update(pending)
         self._flush()
         await self.transport.close()
 
@@ -168,7 +170,6 @@ class Dispatcher:
                     continue
                 task = asyncio.create_task(self._send(message))
                 self._in_flight.add(task)
-                task.add_done_callback(self._in_flight.discard)
             if claimed and len(claimed) == min(free, self.config.batch_size):
                 await asyncio.sleep(0)  # more may be due: let sends start, then claim again
                 continue
@@ -191,19 +192,23 @@ class Dispatcher:
         if self.metrics:
             self.metrics.in_flight.set(len(self._in_flight))
         try:
-            outcome = await self.transport.send(message)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a transport bug must not lose the message
-            log.exception("transport %s raised on message %d; will retry", self.transport.name, message.id)
-            outcome = SubmitOutcome.transient(f"transport error: {type(exc).__name__}: {exc}")
-        if self.metrics:
-            self.metrics.submit_latency.observe(time.perf_counter() - began)
-            self.metrics.in_flight.set(len(self._in_flight) - 1)
-        self._pending_outcomes.append(self._outcome_record(message, outcome))
-        if outcome.kind is OutcomeKind.SUBMITTED:
-            self.sent_total += 1
-        self._schedule_flush()
+            try:
+                outcome = await self.transport.send(message)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a transport bug must not lose the message
+                log.exception("transport %s raised on message %d; will retry", self.transport.name, message.id)
+                outcome = SubmitOutcome.transient(f"transport error: {type(exc).__name__}: {exc}")
+            if self.metrics:
+                self.metrics.submit_latency.observe(time.perf_counter() - began)
+                self.metrics.in_flight.set(len(self._in_flight) - 1)
+            self._pending_outcomes.append(self._outcome_record(message, outcome))
+            if outcome.kind is OutcomeKind.SUBMITTED:
+                self.sent_total += 1
+            self._schedule_flush()
+        finally:
+            # Here rather than a done-callback: that is one more loop callback per message.
+            self._in_flight.discard(asyncio.current_task())
 
     def _outcome_record(self, message: OutboundMessage, outcome: SubmitOutcome) -> OutcomeRecord:
         name = self.transport.name
