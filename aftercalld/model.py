@@ -214,7 +214,7 @@ class Encoding(enum.StrEnum):
     UCS2 = "ucs2"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per message on the hot path: frozen costs a setattr per field
 class OutboundMessage:
     """A message as a transport sees it: already rendered, encoded and numbered."""
 
