@@ -12,6 +12,8 @@ from datetime import datetime, timezone
 from types import MappingProxyType
 from typing import Any, Mapping
 
+import orjson
+
 
 class Direction(enum.StrEnum):
     INBOUND = "inbound"
@@ -108,7 +110,7 @@ class CallRecord:
         }
 
     def to_json(self) -> str:
-        return _compact_json(self.to_dict())
+        return orjson.dumps(self.to_dict()).decode()
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "CallRecord":
@@ -167,7 +169,6 @@ class CallRecord:
 _RECORD_FIELDS = tuple(f.name for f in fields(CallRecord))
 _SLOT_ACCESS = tuple((CallRecord.__dict__[n].__get__, CallRecord.__dict__[n].__set__) for n in _RECORD_FIELDS)
 _SLOT_SETTERS = {n: CallRecord.__dict__[n].__set__ for n in _RECORD_FIELDS}
-_compact_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def _isoformat(value: datetime | None) -> str | None:
