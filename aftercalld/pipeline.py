@@ -16,7 +16,7 @@ from .store import Outbox
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # built per call on the hot path: frozen costs a setattr per field
 class Decision:
     record: CallRecord
     selection: Selection

@@ -126,7 +126,7 @@ class Rule:
         return frozenset().union(*(spec.template.placeholders for spec in self.recipients))
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # built per call on the hot path: frozen costs a setattr per field
 class Selection:
     rule: Rule | None
     # Why each rule above the chosen one (or every rule, when none fired) was skipped.
