@@ -13,6 +13,7 @@ import itertools
 import logging
 import random
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -93,6 +94,7 @@ async def main(n: int) -> None:
         # the tracker's work, not the pipeline's, and holding 200,000 at once would be the
         # bench's own memory.
         elapsed = 0.0
+        chunk_rates = []
         source = records(n)
         while chunk := list(itertools.islice(source, CHUNK)):
             began = time.perf_counter()
@@ -101,13 +103,20 @@ async def main(n: int) -> None:
                 if i % 200 == 0:
                     await asyncio.sleep(0)  # let the dispatcher run, as a live source would
             await dispatcher.wait_idle()
-            elapsed += time.perf_counter() - began
+            took = time.perf_counter() - began
+            elapsed += took
+            chunk_rates.append(len(chunk) / took)
         await dispatcher.stop()
         counts = outbox.counts_by_state()
         outbox.close()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"records: {n}, messages: {counts}")
     print(f"elapsed: {elapsed:.2f} s, {n / elapsed:,.0f} records/s end to end (rules → outbox → log transport → submitted)")
+    # The first chunk parses most of the 10,000 distinct caller numbers. After that every
+    # chunk is the same work, yet on a shared 2-core VM their speeds differ by up to 1.8x:
+    # the spread says how much of a difference between two runs is the machine.
+    print(f"per {CHUNK:,}-record chunk: slowest {min(chunk_rates):,.0f}, median "
+          f"{statistics.median(chunk_rates):,.0f}, fastest {max(chunk_rates):,.0f} records/s")
     print(f"peak RSS: {peak_mb:.0f} MB")
 
 
