@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", help="the text to send (default: a test text)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the submit result")
 
+    p = add("prune", "Delete calls, their messages and receipts older than a number of days from the outbox.")
+    p.add_argument("--older-than", type=float, metavar="DAYS",
+                   help="days to keep (default: [general] keep_days); the daemon may keep running")
+
     p = add("report", "Messages and per-rule outcomes from the outbox.")
     p.add_argument("--since", help="ISO date/time (PBX time zone unless it has an offset)")
     p.add_argument("--until", help="ISO date/time, exclusive")
@@ -323,6 +327,30 @@ def cmd_send_test(args) -> int:
 
     config = _load(args.config)
     return asyncio.run(send_test(config, args.number, rule_name=args.rule, text=args.text, timeout=args.timeout))
+
+
+def cmd_prune(args) -> int:
+    from .retention import MIN_KEEP_DAYS, prune
+
+    config = _load(args.config)
+    days = args.older_than if args.older_than is not None else config.keep_days
+    if not days:
+        print(f"aftercalld: say how many days to keep: --older-than DAYS, or keep_days in [general] of {config.file}",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    if days < MIN_KEEP_DAYS:
+        print(f"aftercalld: --older-than {days:g} is less than {MIN_KEEP_DAYS} days: delivery receipts can arrive "
+              f"days after the text", file=sys.stderr)
+        return EXIT_CONFIG
+    outbox = _open_outbox(config)
+    try:
+        pruned = asyncio.run(prune(outbox, days))
+    finally:
+        outbox.close()
+    print(f"removed {pruned} older than {days:g} days from {config.outbox_path}")
+    if pruned.kept:
+        print(f"kept {pruned.kept} call(s) older than that with a message still to send")
+    return EXIT_OK
 
 
 def cmd_report(args) -> int:

@@ -17,6 +17,7 @@ from .model import CallStatus, Direction, RecipientKind
 from .pbxconfig import PBX_TYPES, PbxConfig
 from .phone import PhoneRules
 from .policy import PolicyConfig, QuietAction, RulePolicy
+from .retention import MIN_KEEP_DAYS
 from .rules.engine import WEEKDAYS, Conditions, RecipientSpec, Rule, RuleSet, TimeWindow
 from .rules.render import AgentEntry, RenderContext
 from .rules.templates import TemplateError, known_placeholders, parse_template
@@ -55,6 +56,7 @@ class Config:
     timezone: ZoneInfo
     outbox_path: str
     sqlite_synchronous: str
+    keep_days: int  # 0: keep every call
     phone: PhoneRules
     render: RenderContext
     pbxs: tuple[PbxConfig, ...]
@@ -110,6 +112,10 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
     )
     outbox_path = general.str("outbox", "/var/lib/aftercalld/outbox.sqlite3", nonempty=True)
     synchronous = general.str("sqlite_synchronous", "normal", choices=("normal", "full"))
+    keep_days = general.int("keep_days", 0, min=0, max=36500)
+    if 0 < keep_days < MIN_KEEP_DAYS:
+        raise general.error("keep_days", f"{keep_days} is less than {MIN_KEEP_DAYS}: delivery receipts can arrive "
+                                         f"days after the text (0 keeps every call)")
     log_level = general.str("log_level", "info", choices=("debug", "info", "warning", "error"))
     max_value_length = general.int("template_value_max_length", 64, min=1, max=1000)
     general.done()
@@ -138,6 +144,7 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
         timezone=tz,
         outbox_path=outbox_path,
         sqlite_synchronous=synchronous,
+        keep_days=keep_days,
         phone=phone,
         render=RenderContext(phone, constants, agents, max_value_length),
         pbxs=pbxs,

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import gctune, systemd
+from . import gctune, retention, systemd
 from .config import Config, load
 from .configreader import ConfigError
 from .dispatcher import Dispatcher
@@ -62,6 +62,7 @@ class Daemon:
         self.metrics = Metrics()
         self.sources: list[CallSource] = []
         self._source_tasks: list[asyncio.Task] = []
+        self._pruning: asyncio.Task | None = None
         self._stop = asyncio.Event()
         self.started_at = time.time()
 
@@ -85,6 +86,7 @@ class Daemon:
         self.sources = make_sources(self.config)
         for source in self.sources:
             self._source_tasks.append(asyncio.create_task(source.run(self.handler), name=f"source {source.name}"))
+        self._start_pruning()
         log.info("aftercalld running: %d PBX(s), transport %s, %d rule(s), outbox %s, %d message(s) waiting",
                  len(self.sources), self.transport.name, len(self.config.rules.rules), self.config.outbox_path,
                  self.outbox.queue_depth())
@@ -100,14 +102,26 @@ class Daemon:
             log.error("reload refused, keeping the running rules: %s: %s", type(exc).__name__, exc)
             return
         # Connections and the transport stay as they are (changing them needs a restart).
+        keep_days_changed = new.keep_days != self.config.keep_days
         self.config = replace(self.config, rules=new.rules, render=new.render, phone=new.phone,
-                              optout=new.optout, policy=new.policy, dispatch=new.dispatch)
+                              optout=new.optout, policy=new.policy, dispatch=new.dispatch,
+                              keep_days=new.keep_days)
+        if keep_days_changed:
+            self._start_pruning()
         if self.handler:
             self.handler.config = self.config
         if self.dispatcher:
             self.dispatcher.optout = new.optout
             self.dispatcher.policy.config = new.policy
         log.info("reloaded %s: %d rule(s)", self.config_path, len(new.rules.rules))
+
+    def _start_pruning(self) -> None:
+        if self._pruning:
+            self._pruning.cancel()
+            self._pruning = None
+        if self.config.keep_days and self.outbox:
+            self._pruning = asyncio.create_task(retention.prune_periodically(self.outbox, self.config.keep_days),
+                                                name="outbox pruning")
 
     def status(self) -> dict[str, Any]:
         sources = [s.status() for s in self.sources]
@@ -151,9 +165,10 @@ class Daemon:
 
     async def stop(self) -> None:
         """SIGTERM: take no new calls, let in-flight submits finish, unbind, close."""
-        for task in self._source_tasks:
+        tasks = self._source_tasks + ([self._pruning] if self._pruning else [])
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._source_tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self.handler:
             self.handler.flush()
         if self.dispatcher:

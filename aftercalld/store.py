@@ -151,6 +151,18 @@ class Transition:
     submitted_at: float | None = None  # set on delivery-report transitions
 
 
+@dataclass(slots=True)
+class PruneBatch:
+    """What one `Outbox.prune` call deleted, and where the next one starts."""
+
+    after_rowid: int
+    calls: int = 0
+    messages: int = 0
+    receipts: int = 0  # unmatched delivery reports
+    kept: int = 0  # old calls with a message still to send
+    more: bool = False
+
+
 @dataclass(slots=True)  # built per message on the hot path: frozen costs a setattr per field
 class OutcomeRecord:
     message: OutboundMessage
@@ -628,6 +640,46 @@ class Outbox:
             hits.update(n for (n,) in self.conn.execute(
                 f"SELECT entry FROM dnd WHERE entry IN ({','.join('?' * len(chunk))})", chunk))
         return hits
+
+    # -- retention ---------------------------------------------------------------------
+
+    def prune(self, before: float, *, after_rowid: int = 0, limit: int = 500) -> PruneBatch:
+        """Delete up to `limit` calls recorded before `before`, with their messages, parts
+        and receipts, in one short transaction, so that a daemon writing at the same time
+        waits milliseconds at most. A call with a message still queued, retrying or being
+        sent is kept. Call again with the returned `after_rowid` until `more` is false."""
+        batch = PruneBatch(after_rowid=after_rowid)
+        with _tx(self):
+            if after_rowid == 0:
+                batch.receipts = self.conn.execute(
+                    "DELETE FROM orphan_reports WHERE received_at < ?", (before,)).rowcount
+            # Calls are appended in time order, so rowid order is time order: stop at the
+            # first one that is too new rather than scan the rest of the table.
+            rows = self.conn.execute(
+                "SELECT rowid, call_key, created_at FROM calls WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                (after_rowid, limit),
+            ).fetchall()
+            for rowid, call_key, created_at in rows:
+                if created_at >= before:
+                    return batch
+                batch.after_rowid = rowid
+                # Message keys start with the call key: the unique index on key finds them.
+                span = (call_key + "/", call_key + "0")
+                if self.conn.execute(
+                    "SELECT 1 FROM messages WHERE key >= ? AND key < ? "
+                    "AND state IN ('queued', 'retrying', 'sending') LIMIT 1", span,
+                ).fetchone():
+                    batch.kept += 1
+                    continue
+                self.conn.execute(
+                    "DELETE FROM parts WHERE message_id IN (SELECT id FROM messages WHERE key >= ? AND key < ?)",
+                    span)
+                batch.messages += self.conn.execute(
+                    "DELETE FROM messages WHERE key >= ? AND key < ?", span).rowcount
+                self.conn.execute("DELETE FROM calls WHERE rowid = ?", (rowid,))
+                batch.calls += 1
+        batch.more = len(rows) == limit
+        return batch
 
     # -- reading, for reports and support ----------------------------------------------
 

@@ -68,6 +68,7 @@ def test_bad_config_names_file_key_and_reason(tmp_path, toml, key, reason):
     ('default_region = "gb"', "general.default_region", "not in the expected form"),
     ('default_region = "XX"', "general.default_region", "not a region libphonenumber knows"),
     ('outbx = "/tmp/x"', "general.outbx", "unknown key"),
+    ('keep_days = 3', "general.keep_days", "3 is less than 7: delivery receipts can arrive days after the text"),
 ])
 def test_bad_general_section(tmp_path, general, key, reason):
     path = tmp_path / "c.toml"

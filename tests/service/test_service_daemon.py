@@ -334,3 +334,40 @@ async def test_send_test_through_the_smsc_and_the_metrics_endpoint(tmp_path, pee
         assert await daemon.wait() == 0
     finally:
         await daemon.kill()
+
+
+async def test_keep_days_prunes_old_calls_at_start_and_keeps_recent_ones(tmp_path, peers):
+    ami, smsc = peers
+    config = write_config(tmp_path, ami, smsc)
+    seed(config, 3)
+    daemon = await Daemon(config).start()
+    try:
+        await daemon.wait_for_line(" submitted (id ", count=3)
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait() == 0
+    finally:
+        await daemon.kill()
+    month = 30 * 86400
+    with sqlite3.connect(tmp_path / "outbox.sqlite3") as db:  # as if those calls were a month old
+        db.execute("UPDATE calls SET created_at = created_at - ?", (month,))
+        db.execute("UPDATE messages SET created_at = created_at - ?", (month,))
+    config.write_text(config.read_text().replace("[general]\n", "[general]\nkeep_days = 7\n", 1))
+    recent = load(config)
+    outbox = Outbox.open(recent.outbox_path)
+    CallHandler(recent, outbox).handle(CallRecord(
+        call_id="recent.1", pbx="main", direction="inbound", status="missed", caller_number="9876540099",
+        dialled_number="18005550100", start_time=datetime.now(timezone.utc)))
+    outbox.close()
+
+    again = await Daemon(config).start()
+    try:
+        await again.wait_for_line("outbox: removed 3 call(s), 3 message(s) and 0 unmatched receipt(s) older than 7 days")
+        again.signal(signal.SIGTERM)
+        assert await again.wait() == 0
+    finally:
+        await again.kill()
+    with sqlite3.connect(tmp_path / "outbox.sqlite3") as db:
+        assert [r[0] for r in db.execute("SELECT call_id FROM calls")] == ["recent.1"]
+        assert [r[0] for r in db.execute("SELECT call_key FROM messages")] == ["main/recent.1"]
+        assert db.execute("SELECT COUNT(*) FROM parts WHERE message_id NOT IN (SELECT id FROM messages)"
+                          ).fetchone()[0] == 0

@@ -1,0 +1,63 @@
+"""How long the outbox keeps finished calls: `[general] keep_days`, `aftercalld prune`."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from .store import Outbox, PruneBatch
+
+log = logging.getLogger(__name__)
+
+# Delivery receipts arrive within the SMSC's validity period, at most a few days: a call
+# pruned sooner could lose its receipt, and `why` would have nothing to show for it.
+MIN_KEEP_DAYS = 7
+PRUNE_EVERY_SECONDS = 3600.0
+
+
+@dataclass
+class Pruned:
+    calls: int = 0
+    messages: int = 0
+    receipts: int = 0
+    kept: int = 0  # old calls with a message still to send
+
+    def add(self, batch: PruneBatch) -> None:
+        self.calls += batch.calls
+        self.messages += batch.messages
+        self.receipts += batch.receipts
+        self.kept += batch.kept
+
+    def __str__(self) -> str:
+        return f"{self.calls} call(s), {self.messages} message(s) and {self.receipts} unmatched receipt(s)"
+
+
+async def prune(outbox: Outbox, keep_days: float, now: float | None = None) -> Pruned:
+    """Delete what is older than `keep_days`, in short transactions with the event loop
+    free between them (the daemon keeps taking calls)."""
+    before = (time.time() if now is None else now) - keep_days * 86400
+    total = Pruned()
+    batch = outbox.prune(before)
+    total.add(batch)
+    while batch.more:
+        await asyncio.sleep(0)
+        batch = outbox.prune(before, after_rowid=batch.after_rowid)
+        total.add(batch)
+    return total
+
+
+async def prune_periodically(outbox: Outbox, keep_days: float, every: float = PRUNE_EVERY_SECONDS) -> None:
+    """The daemon's housekeeping: at start, then every hour. A failure is logged and
+    tried again at the next round."""
+    while True:
+        try:
+            pruned = await prune(outbox, keep_days)
+            if pruned.calls or pruned.receipts:
+                log.info("outbox: removed %s older than %g days", pruned, keep_days)
+            if pruned.kept:
+                log.info("outbox: kept %d call(s) older than %g days with a message still to send",
+                         pruned.kept, keep_days)
+        except Exception:
+            log.exception("outbox: removing calls older than %g days failed; trying again in %.0fs", keep_days, every)
+        await asyncio.sleep(every)
