@@ -297,7 +297,7 @@ class Outbox:
         with _tx(self):
             # One lookup for the batch, then one executemany per table: a statement per
             # call cost more than the rules that decided it.
-            seen = self._recorded_calls(keys)
+            seen = self._present("calls", "call_key", keys)
             for call_key, (record, rule, decision, messages) in zip(keys, batch):
                 if call_key in seen:  # a replayed event, or the same call twice in this batch
                     results.append(None)
@@ -330,12 +330,15 @@ class Outbox:
             )
         return results
 
-    def _recorded_calls(self, call_keys: Sequence[str]) -> set[str]:
+    def _present(self, table: str, column: str, values: Iterable[str]) -> set[str]:
+        """Which of `values` the table has in `column` (its key): one query per 500, the
+        most bound parameters old SQLite builds allow being 999."""
+        values = list(set(values))
         found: set[str] = set()
-        for i in range(0, len(call_keys), 500):
-            chunk = call_keys[i:i + 500]
-            found.update(k for (k,) in self.conn.execute(
-                f"SELECT call_key FROM calls WHERE call_key IN ({','.join('?' * len(chunk))})", chunk))
+        for i in range(0, len(values), 500):
+            chunk = values[i:i + 500]
+            found.update(v for (v,) in self.conn.execute(
+                f"SELECT {column} FROM {table} WHERE {column} IN ({','.join('?' * len(chunk))})", chunk))
         return found
 
     # -- dispatching -------------------------------------------------------------------
@@ -367,13 +370,7 @@ class Outbox:
 
     def opted_out_among(self, numbers: Iterable[str]) -> set[str]:
         """Which of `numbers` are on the opt-out list: one query for a whole batch."""
-        numbers = list(set(numbers))
-        found: set[str] = set()
-        for i in range(0, len(numbers), 500):
-            chunk = numbers[i:i + 500]
-            found.update(n for (n,) in self.conn.execute(
-                f"SELECT number FROM optout WHERE number IN ({','.join('?' * len(chunk))})", chunk))
-        return found
+        return self._present("optout", "number", numbers)
 
     def next_due(self) -> float | None:
         row = self.conn.execute(
@@ -634,12 +631,7 @@ class Outbox:
             return set()
         prefixes = [e[:-1] for (e,) in self.conn.execute("SELECT entry FROM dnd WHERE entry LIKE '%*'")]
         hits = {n for n in numbers if n.startswith(tuple(prefixes))} if prefixes else set()
-        rest = list(numbers - hits)
-        for i in range(0, len(rest), 500):
-            chunk = rest[i:i + 500]
-            hits.update(n for (n,) in self.conn.execute(
-                f"SELECT entry FROM dnd WHERE entry IN ({','.join('?' * len(chunk))})", chunk))
-        return hits
+        return hits | self._present("dnd", "entry", numbers - hits)
 
     # -- retention ---------------------------------------------------------------------
 
