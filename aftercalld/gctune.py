@@ -2,10 +2,10 @@
 
 The pipeline makes no reference cycles of its own: what it allocates per call (records,
 messages, tasks, rows) is freed by reference counting. CPython's default collector still
-runs a young-generation pass every 700 net allocations of container objects, and every
-tenth of those walks the older generations, which hold the configuration and the phone
-number metadata (tens of thousands of objects that live as long as the process). On the
-pipeline benchmark that was about 8 % of the CPU time per call.
+runs a young-generation pass every 700 net allocations of container objects, and from time
+to time a full pass over the oldest generation, which holds the configuration and the
+phone number metadata (tens of thousands of objects that live as long as the process). On
+the pipeline benchmark that was about 8 % of the CPU time per call.
 """
 from __future__ import annotations
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 
-from .store import Outbox, PruneBatch
+from .store import Outbox, Pruned
 
 log = logging.getLogger(__name__)
 
@@ -16,33 +15,14 @@ MIN_KEEP_DAYS = 7
 PRUNE_EVERY_SECONDS = 3600.0
 
 
-@dataclass
-class Pruned:
-    calls: int = 0
-    messages: int = 0
-    receipts: int = 0
-    kept: int = 0  # old calls with a message still to send
-
-    def add(self, batch: PruneBatch) -> None:
-        self.calls += batch.calls
-        self.messages += batch.messages
-        self.receipts += batch.receipts
-        self.kept += batch.kept
-
-    def __str__(self) -> str:
-        return f"{self.calls} call(s), {self.messages} message(s) and {self.receipts} unmatched receipt(s)"
-
-
 async def prune(outbox: Outbox, keep_days: float, now: float | None = None) -> Pruned:
     """Delete what is older than `keep_days`, in short transactions with the event loop
     free between them (the daemon keeps taking calls)."""
     before = (time.time() if now is None else now) - keep_days * 86400
-    total = Pruned()
-    batch = outbox.prune(before)
-    total.add(batch)
-    while batch.more:
+    total, after_rowid = outbox.prune(before)
+    while after_rowid is not None:
         await asyncio.sleep(0)
-        batch = outbox.prune(before, after_rowid=batch.after_rowid)
+        batch, after_rowid = outbox.prune(before, after_rowid=after_rowid)
         total.add(batch)
     return total
 

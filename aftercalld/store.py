@@ -152,15 +152,22 @@ class Transition:
 
 
 @dataclass(slots=True)
-class PruneBatch:
-    """What one `Outbox.prune` call deleted, and where the next one starts."""
+class Pruned:
+    """What `Outbox.prune` deleted (summed over its batches by `retention.prune`)."""
 
-    after_rowid: int
     calls: int = 0
     messages: int = 0
     receipts: int = 0  # unmatched delivery reports
     kept: int = 0  # old calls with a message still to send
-    more: bool = False
+
+    def add(self, other: "Pruned") -> None:
+        self.calls += other.calls
+        self.messages += other.messages
+        self.receipts += other.receipts
+        self.kept += other.kept
+
+    def __str__(self) -> str:
+        return f"{self.calls} call(s), {self.messages} message(s) and {self.receipts} unmatched receipt(s)"
 
 
 @dataclass(slots=True)  # built per message on the hot path: frozen costs a setattr per field
@@ -635,15 +642,16 @@ class Outbox:
 
     # -- retention ---------------------------------------------------------------------
 
-    def prune(self, before: float, *, after_rowid: int = 0, limit: int = 500) -> PruneBatch:
+    def prune(self, before: float, *, after_rowid: int = 0, limit: int = 500) -> tuple[Pruned, int | None]:
         """Delete up to `limit` calls recorded before `before`, with their messages, parts
         and receipts, in one short transaction, so that a daemon writing at the same time
         waits milliseconds at most. A call with a message still queued, retrying or being
-        sent is kept. Call again with the returned `after_rowid` until `more` is false."""
-        batch = PruneBatch(after_rowid=after_rowid)
+        sent is kept. Returns what went and the `after_rowid` to go on from, or None when
+        nothing older is left."""
+        pruned = Pruned()
         with _tx(self):
             if after_rowid == 0:
-                batch.receipts = self.conn.execute(
+                pruned.receipts = self.conn.execute(
                     "DELETE FROM orphan_reports WHERE received_at < ?", (before,)).rowcount
             # Calls are appended in time order, so rowid order is time order: stop at the
             # first one that is too new rather than scan the rest of the table.
@@ -653,25 +661,24 @@ class Outbox:
             ).fetchall()
             for rowid, call_key, created_at in rows:
                 if created_at >= before:
-                    return batch
-                batch.after_rowid = rowid
+                    return pruned, None
+                after_rowid = rowid
                 # Message keys start with the call key: the unique index on key finds them.
                 span = (call_key + "/", call_key + "0")
                 if self.conn.execute(
                     "SELECT 1 FROM messages WHERE key >= ? AND key < ? "
                     "AND state IN ('queued', 'retrying', 'sending') LIMIT 1", span,
                 ).fetchone():
-                    batch.kept += 1
+                    pruned.kept += 1
                     continue
                 self.conn.execute(
                     "DELETE FROM parts WHERE message_id IN (SELECT id FROM messages WHERE key >= ? AND key < ?)",
                     span)
-                batch.messages += self.conn.execute(
+                pruned.messages += self.conn.execute(
                     "DELETE FROM messages WHERE key >= ? AND key < ?", span).rowcount
                 self.conn.execute("DELETE FROM calls WHERE rowid = ?", (rowid,))
-                batch.calls += 1
-        batch.more = len(rows) == limit
-        return batch
+                pruned.calls += 1
+        return pruned, (after_rowid if len(rows) == limit else None)
 
     # -- reading, for reports and support ----------------------------------------------
 
