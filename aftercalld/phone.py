@@ -99,3 +99,21 @@ def normalise_for_list(raw: str, default_region: str) -> str | None:
     except phonenumbers.NumberParseException:
         return None
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def caller_id_forms(e164: str) -> list[str]:
+    """The ways a PBX may have written this number as a caller id: as E.164, without the
+    +, after 00, as the national number alone, and after the national (trunk) prefix.
+    Calls are stored with the caller id as the PBX gave it, and support staff search by
+    the E.164 number the journal shows for the text."""
+    try:
+        parsed = phonenumbers.parse(e164)
+    except phonenumbers.NumberParseException:
+        return [e164]
+    national = phonenumbers.national_significant_number(parsed)
+    forms = [e164, e164.lstrip("+"), "00" + e164.lstrip("+"), national]
+    region = phonenumbers.region_code_for_number(parsed)
+    metadata = PhoneMetadata.metadata_for_region(region) if region else None
+    if metadata is not None and metadata.national_prefix:
+        forms.append(metadata.national_prefix + national)
+    return list(dict.fromkeys(forms))

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from typing import Any, TextIO
 
 from .config import Config
-from .phone import normalise_for_list
+from .phone import caller_id_forms, normalise_for_list
 from .store import Outbox
 
 COLUMNS = ("id", "call_key", "rule", "recipient_kind", "destination", "state", "reason", "attempts",
@@ -95,7 +95,7 @@ def why(outbox: Outbox, config: Config, what: str, out: TextIO) -> int:
     calls = outbox.calls(call_key=what)
     if not calls:
         number = normalise_for_list(what, config.phone.default_region)
-        calls = outbox.calls(caller=what) + (outbox.calls(caller=number) if number and number != what else [])
+        calls = outbox.calls(callers=[what, *caller_id_forms(number)] if number else [what], texted=number)
     if not calls:
         out.write(f"no call with id or caller {what!r} in {config.outbox_path}\n")
         return 1

@@ -719,15 +719,24 @@ class Outbox:
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row)) for row in cur]
 
-    def calls(self, *, call_key: str | None = None, caller: str | None = None,
+    def calls(self, *, call_key: str | None = None, callers: Sequence[str] = (), texted: str | None = None,
               limit: int = 50) -> list[dict[str, Any]]:
+        """Newest first. `callers`: caller ids as the PBX may have written them; `texted`:
+        calls with a message to this E.164 number (either matches)."""
         where, args = [], []
         if call_key is not None:
             where.append("(call_key = ? OR call_id = ?)")
             args += [call_key, call_key]
-        if caller is not None:
-            where.append("caller = ?")
-            args.append(caller)
+        who = []
+        if callers:
+            who.append(f"caller IN ({','.join('?' * len(callers))})")
+            args += list(callers)
+        if texted:
+            # The destination index finds them; the calls table itself is scanned once.
+            who.append("call_key IN (SELECT call_key FROM messages WHERE destination = ?)")
+            args.append(texted)
+        if who:
+            where.append("(" + " OR ".join(who) + ")")
         sql = ("SELECT * FROM calls" + (" WHERE " + " AND ".join(where) if where else "")
                + f" ORDER BY created_at DESC LIMIT {int(limit)}")
         cur = self.conn.execute(sql, args)
