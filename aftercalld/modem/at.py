@@ -130,8 +130,9 @@ class ATChannel(asyncio.Protocol):
             self._transport.abort()
         try:
             # The port's close runs in a thread; a wedged USB driver must not wedge us.
-            await asyncio.wait_for(self._closed.wait(), 5.0)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(5.0):
+                await self._closed.wait()
+        except TimeoutError:
             log.warning("%s: the serial port did not close within 5 s", self._name)
             self._closed.set()
 
@@ -158,8 +159,9 @@ class ATChannel(asyncio.Protocol):
             try:
                 self._write(command.encode("ascii") + b"\r")
                 try:
-                    await asyncio.wait_for(pending.prompt.wait(), prompt_timeout)
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout(prompt_timeout):
+                        await pending.prompt.wait()
+                except TimeoutError:
                     # ESC abandons the input mode, should the prompt turn up late.
                     self._write(ESC)
                     raise CommandTimeout(command + " (waiting for the > prompt)", prompt_timeout) from None
@@ -186,8 +188,9 @@ class ATChannel(asyncio.Protocol):
         """Write `data`, then wait for the final result of `pending`."""
         try:
             self._write(data)
-            return await asyncio.wait_for(asyncio.shield(pending.future), timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(pending.future)
+        except TimeoutError:
             raise CommandTimeout(shown, timeout, list(pending.lines)) from None
         finally:
             if self._pending is pending:

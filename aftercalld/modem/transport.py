@@ -121,17 +121,18 @@ class ModemTransport(Transport):
         self._supervisor = asyncio.create_task(self._supervise(), name=f"modem-{self.name}")
         s = self.settings
         try:
-            await asyncio.wait_for(self._settled.wait(),
-                                   3 * s.command_timeout + min(s.registration_timeout, 30.0))
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(3 * s.command_timeout + min(s.registration_timeout, 30.0)):
+                await self._settled.wait()
+        except TimeoutError:
             pass  # still trying in the background; send() answers transient meanwhile
 
     async def wait_ready(self, timeout: float | None = None) -> bool:
         """True once the modem can take sends (for the CLI's send-test and for tests)."""
         try:
-            await asyncio.wait_for(self._ready.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._ready.wait()
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
     async def send(self, message: OutboundMessage) -> SubmitOutcome:
@@ -145,13 +146,14 @@ class ModemTransport(Transport):
         try:
             # Let an in-flight send finish: a part half handed to the modem is the worst
             # moment to pull the port. Bounded well inside systemd's TimeoutStopSec.
-            await asyncio.wait_for(self._send_lock.acquire(), min(self.settings.send_timeout, 10.0))
+            async with asyncio.timeout(min(self.settings.send_timeout, 10.0)):
+                await self._send_lock.acquire()
             self._send_lock.release()
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("%s: a send did not finish before close", self.name)
         if self._supervisor is not None:
-            # Repeated: on Python 3.11 a wait_for() whose command answers just as the
-            # cancel arrives swallows the cancel.
+            # Repeated: a cancel that arrives just as an awaited answer does can be
+            # swallowed by library code (Python 3.11's wait_for() did it).
             while not self._supervisor.done():
                 self._supervisor.cancel()
                 await asyncio.wait({self._supervisor}, timeout=0.5)

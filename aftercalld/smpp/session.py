@@ -91,10 +91,9 @@ class Session(asyncio.Protocol):
         """Connect and bind; return the SMSC's system_id. Raises OSError/TimeoutError for
         the connection, BindError for a refused bind."""
         self.peer = f"{host}:{port}"
-        await asyncio.wait_for(
-            self._loop.create_connection(lambda: self, host, port, ssl=tls,
-                                         server_hostname=host if tls else None),
-            connect_timeout)
+        async with asyncio.timeout(connect_timeout):
+            await self._loop.create_connection(lambda: self, host, port, ssl=tls,
+                                               server_hostname=host if tls else None)
         body = pdu.encode_bind(system_id, password, system_type, addr_ton=addr_ton,
                                addr_npi=addr_npi, address_range=address_range)
         log.debug("%s: bind_%s to %s as %s (password %s)", self.label, self.mode, self.peer,
@@ -117,7 +116,8 @@ class Session(asyncio.Protocol):
             return
         self.bound = False
         try:
-            await asyncio.wait_for(self.request(pdu.UNBIND), timeout)
+            async with asyncio.timeout(timeout):
+                await self.request(pdu.UNBIND)
         except (LinkLost, ResponseTimeout, TimeoutError):
             pass
         self.abort("unbound", graceful=True)
@@ -204,7 +204,8 @@ class Session(asyncio.Protocol):
                     continue
                 fut = self.send_request(pdu.ENQUIRE_LINK)
                 try:
-                    await asyncio.wait_for(fut, self.enquire_link_timeout)
+                    async with asyncio.timeout(self.enquire_link_timeout):
+                        await fut
                 except (ResponseTimeout, TimeoutError):
                     log.warning("%s: no enquire_link_resp from %s within %gs; dropping the link "
                                 "to re-bind", self.label, self.peer, self.enquire_link_timeout,

@@ -106,7 +106,8 @@ class SmppTransport(Transport):
         try:
             # Return as soon as one sender is bound; otherwise keep trying in the background
             # (send() answers transient meanwhile) rather than hold up the daemon's start.
-            await asyncio.wait_for(asyncio.shield(first_bind), s.connect_timeout + s.response_timeout)
+            async with asyncio.timeout(s.connect_timeout + s.response_timeout):
+                await asyncio.shield(first_bind)
         except TimeoutError:
             log.warning("%s: no SMSC bind yet; still trying in the background", self.name,
                         extra=fields(transport=self.name))
@@ -118,7 +119,8 @@ class SmppTransport(Transport):
                 waiter.set_result(None)
         if self._idle is not None and self._in_flight:
             try:
-                await asyncio.wait_for(self._idle.wait(), self.settings.drain_timeout)
+                async with asyncio.timeout(self.settings.drain_timeout):
+                    await self._idle.wait()
             except TimeoutError:
                 log.warning("%s: %d sends still in flight after %gs; closing anyway", self.name,
                             self._in_flight, self.settings.drain_timeout)
@@ -216,12 +218,15 @@ class SmppTransport(Transport):
             waiter = loop.create_future()
             self._waiters.append(waiter)
             try:
-                await asyncio.wait_for(waiter, remaining)
-            except TimeoutError:
-                raise _NoSession() from None
-            except asyncio.CancelledError:
+                async with asyncio.timeout(remaining):
+                    await waiter
+            except BaseException as exc:
+                # Handed a free slot just as the time ran out or we were cancelled: we
+                # will not use it, so pass it on.
                 if waiter.done() and not waiter.cancelled():
-                    self._wake()  # we were handed a free slot we will not use: pass it on
+                    self._wake()
+                if isinstance(exc, TimeoutError):
+                    raise _NoSession() from None
                 raise
             slot = self._try_take()
             if slot is not None:
