@@ -439,23 +439,27 @@ class CallTracker:
                 if exten and exten != "s":
                     chan.exten = exten
 
-    def _on_dialbegin(self, ev: dict[str, str], ts: float) -> None:
+    def _dial_legs(self, ev: dict[str, str], ts: float) -> tuple[_Chan, str] | None:
+        """The calling channel and the dialled one's uniqueid of a DialBegin/DialEnd."""
         # Originate's own dial has only Dest* fields: no caller channel, not the PBX's Dial.
         if not ev.get("Uniqueid"):
-            return
+            return None
         chan = self._chan(ev, ts)
         dest = ev.get("DestUniqueid")
         if chan is None or not dest:
-            return
-        chan.call.dials.append(_Dial(chan.uid, dest, ev.get("DialString", "")))
+            return None
+        return chan, dest
+
+    def _on_dialbegin(self, ev: dict[str, str], ts: float) -> None:
+        if legs := self._dial_legs(ev, ts):
+            chan, dest = legs
+            chan.call.dials.append(_Dial(chan.uid, dest, ev.get("DialString", "")))
 
     def _on_dialend(self, ev: dict[str, str], ts: float) -> None:
-        if not ev.get("Uniqueid"):
+        legs = self._dial_legs(ev, ts)
+        if legs is None:
             return
-        chan = self._chan(ev, ts)
-        dest = ev.get("DestUniqueid")
-        if chan is None or not dest:
-            return
+        chan, dest = legs
         for dial in reversed(chan.call.dials):
             if dial.dest == dest and not dial.status:
                 dial.status = ev.get("DialStatus", "") or "UNKNOWN"
