@@ -7,8 +7,8 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from . import __version__
 from .configreader import ConfigError
@@ -216,7 +216,7 @@ def _print_results(results, fmt: str) -> None:
         if r.decision.duplicate:
             print("  already handled: nothing queued")
         elif sel.rule is None:
-            print(f"  no rule matched")
+            print("  no rule matched")
         else:
             print(f"  rule: {sel.rule.name}")
         for m in r.messages:

@@ -7,7 +7,8 @@ so every error a PBX admin sees has the same shape:
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 _MISSING = object()
 
@@ -166,11 +167,11 @@ class Section:
                 raise self.error(f"{name}.{k}", f"must be a string, not {_type_name(v)}")
         return {str(k): str(v) for k, v in value.items()}
 
-    def section(self, name: str, *, required: bool = False) -> "Section":
+    def section(self, name: str, *, required: bool = False) -> Section:
         value = self._get(name, _MISSING if required else {})
         return Section(value, self.key(name), self.file)
 
-    def sections(self, name: str, *, required: bool = False) -> list["Section"]:
+    def sections(self, name: str, *, required: bool = False) -> list[Section]:
         """An array of tables (``[[rules]]``)."""
         value = self._get(name, _MISSING if required else [])
         if not isinstance(value, list):

@@ -10,7 +10,7 @@ import os
 import signal
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -132,8 +132,8 @@ class Daemon:
             self.metrics.transport_up.labels(self.transport.name).set(1 if _is_up(transport) else 0)
         return {
             "pid": os.getpid(),
-            "started": datetime.fromtimestamp(self.started_at, timezone.utc).isoformat(timespec="seconds"),
-            "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "started": datetime.fromtimestamp(self.started_at, UTC).isoformat(timespec="seconds"),
+            "updated": datetime.now(UTC).isoformat(timespec="seconds"),
             "sources": sources,
             "transport": transport,
             "queue_depth": self.outbox.queue_depth() if self.outbox else 0,

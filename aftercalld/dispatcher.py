@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
 import tenacity
-from zoneinfo import ZoneInfo
 
 from .config import DispatchConfig, OptOutConfig
 from .logutil import fields
@@ -28,7 +29,7 @@ from .model import (
 )
 from .phone import normalise_for_list
 from .policy import Policy, PolicyConfig
-from .store import OutcomeRecord, Outbox, Transition
+from .store import Outbox, OutcomeRecord, Transition
 from .transport import Transport
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ class Dispatcher:
                  optout: OptOutConfig | None = None, default_region: str = "US",
                  clock: Callable[[], float] = time.time, policy: Policy | None = None,
                  on_transition: Callable[[Transition], None] | None = None,
-                 metrics: "Metrics | None" = None) -> None:
+                 metrics: Metrics | None = None) -> None:
         self.outbox = outbox
         self.transport = transport
         self.config = config
@@ -158,7 +159,7 @@ class Dispatcher:
                     await asyncio.sleep(1)
                     continue
             now = self.clock()
-            for message, verdict in zip(claimed, self.policy.check(claimed, now)):
+            for message, verdict in zip(claimed, self.policy.check(claimed, now), strict=True):
                 if verdict.defer_until is not None:
                     self.outbox.defer(message, verdict.defer_until, verdict.reason, now)
                     log.info("message %d to %s held: %s", message.id, message.destination, verdict.reason,

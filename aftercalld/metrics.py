@@ -6,7 +6,7 @@ Names follow Prometheus conventions: prefix ``aftercalld_``, base units, counter
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 import orjson
 
@@ -65,7 +66,7 @@ class CallRecord:
             if value is not None and value.tzinfo is None:
                 raise ValueError(f"{name} must be timezone-aware")
 
-    def with_text(self, **changes: str) -> "CallRecord":
+    def with_text(self, **changes: str) -> CallRecord:
         """A copy with some text fields changed: `dataclasses.replace` without re-running
         validation, which costs more than the rest of rule matching on the hot path."""
         new = object.__new__(CallRecord)
@@ -113,7 +114,7 @@ class CallRecord:
         return orjson.dumps(self.to_dict()).decode()
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "CallRecord":
+    def from_dict(cls, data: Mapping[str, Any]) -> CallRecord:
         """Build from JSON-shaped data; raises ValueError naming the bad field."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
@@ -156,7 +157,7 @@ class CallRecord:
         return cls(**kwargs)
 
     @classmethod
-    def from_json(cls, text: str) -> "CallRecord":
+    def from_json(cls, text: str) -> CallRecord:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -232,7 +233,7 @@ class OutboundMessage:
     attempts: int = 0
     # Per-template transport options, e.g. {"tlvs": {"0x1400": "1201159..."}} for India's DLT.
     options: Mapping[str, Any] = field(default_factory=dict)
-    created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 class OutcomeKind(enum.StrEnum):
@@ -249,15 +250,15 @@ class SubmitOutcome:
     retry_after: float | None = None  # seconds; a transport's hint (throttling)
 
     @classmethod
-    def submitted(cls, *message_ids: str) -> "SubmitOutcome":
+    def submitted(cls, *message_ids: str) -> SubmitOutcome:
         return cls(OutcomeKind.SUBMITTED, tuple(message_ids))
 
     @classmethod
-    def transient(cls, reason: str, retry_after: float | None = None) -> "SubmitOutcome":
+    def transient(cls, reason: str, retry_after: float | None = None) -> SubmitOutcome:
         return cls(OutcomeKind.TRANSIENT, reason=reason, retry_after=retry_after)
 
     @classmethod
-    def permanent(cls, reason: str) -> "SubmitOutcome":
+    def permanent(cls, reason: str) -> SubmitOutcome:
         return cls(OutcomeKind.PERMANENT, reason=reason)
 
 
@@ -280,7 +281,7 @@ class DeliveryReport:
     message_id: str  # as the network reported it; the store matches it tolerant of base/zeros/case
     state: ReportState
     error: str = ""  # e.g. "err:001" or a network error code
-    received_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     raw: str = ""  # the receipt text, kept for support
 
 
@@ -291,4 +292,4 @@ class InboundMessage:
     transport: str
     sender: str
     text: str
-    received_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    received_at: datetime = field(default_factory=lambda: datetime.now(UTC))

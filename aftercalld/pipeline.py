@@ -71,7 +71,7 @@ class CallHandler:
         queued_any = False
         out = []
         log_info = log.isEnabledFor(logging.INFO)  # the summary line is built only if logged
-        for decision, queued in zip(decisions, results):
+        for decision, queued in zip(decisions, results, strict=True):
             if queued is None:
                 decision = Decision(decision.record, decision.selection, decision.messages, duplicate=True)
             queued_any = queued_any or bool(queued)

@@ -8,9 +8,9 @@ PBX text them at the owner's expense. Every refusal carries a reason for the out
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from .model import OutboundMessage
@@ -58,7 +58,7 @@ class Policy:
         self._recent: dict[str, float] = {}  # destination -> last send, for this run
 
     def _roll_day(self, now: float) -> None:
-        local = datetime.fromtimestamp(now, timezone.utc).astimezone(self.tz)
+        local = datetime.fromtimestamp(now, UTC).astimezone(self.tz)
         day = local.strftime("%Y-%m-%d")
         if day == self._day:
             return
@@ -97,7 +97,7 @@ class Policy:
             return Verdict(False, "DND list")
         rule = self.config.rules.get(m.rule, RulePolicy())
         if rule.quiet_hours:
-            local = datetime.fromtimestamp(now, timezone.utc).astimezone(self.tz)
+            local = datetime.fromtimestamp(now, UTC).astimezone(self.tz)
             window = next((w for w in rule.quiet_hours if w.contains(local.time())), None)
             if window is not None:
                 if rule.quiet_action is QuietAction.DROP:

@@ -11,9 +11,10 @@ import importlib
 import json
 import logging
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .config import Config
 from .dispatcher import Dispatcher

@@ -4,7 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import statistics
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from .config import Config
@@ -25,7 +25,7 @@ def _parse_time(value: str | None, config: Config) -> float | None:
 
 
 def _iso(ts: float | None, config: Config) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).astimezone(config.timezone).isoformat(timespec="seconds") if ts else ""
+    return datetime.fromtimestamp(ts, UTC).astimezone(config.timezone).isoformat(timespec="seconds") if ts else ""
 
 
 def _row(m: dict[str, Any], config: Config) -> dict[str, Any]:
@@ -115,7 +115,7 @@ def why(outbox: Outbox, config: Config, what: str, out: TextIO) -> int:
 def status(outbox: Outbox, config: Config, fmt: str, out: TextIO) -> int:
     """The outbox's side of `aftercalld status`. Live connection states come from the
     running daemon's STATUS= line (systemctl status) and its metrics endpoint."""
-    now = datetime.now(timezone.utc).astimezone(config.timezone)
+    now = datetime.now(UTC).astimezone(config.timezone)
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
     sent_today, by_rule = outbox.submitted_counts_since(midnight)
     live = _live_status(config)

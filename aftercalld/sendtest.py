@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from .config import Config
 from .daemon import make_transport
-from .model import CallRecord, CallStatus, Direction, DeliveryReport, InboundMessage, OutboundMessage, RecipientKind
+from .model import CallRecord, CallStatus, DeliveryReport, Direction, InboundMessage, OutboundMessage, RecipientKind
 from .rules.encoding import analyse, split_segments
 from .rules.render import render
 
@@ -42,7 +42,7 @@ async def send_test(config: Config, number: str, *, rule_name: str | None, text:
         if rule is None:
             print(f"aftercalld: no rule named {rule_name!r}", file=sys.stderr)
             return 2
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         sample = CallRecord(call_id="send-test", pbx="send-test", direction=Direction.INBOUND,
                             status=CallStatus.MISSED, caller_number=check.e164, caller_name="Test Caller",
                             dialled_number="", start_time=now, end_time=now)

@@ -6,8 +6,9 @@ finished `CallRecord`s.
 from __future__ import annotations
 
 import abc
-from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from .model import CallRecord
 
@@ -18,7 +19,7 @@ def status_time(epoch: float | None) -> str | None:
     """Times in `status()` dicts: ISO 8601 UTC, or None for never."""
     if epoch is None:
         return None
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
 
 
 class CallSource(abc.ABC):

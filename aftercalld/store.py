@@ -15,10 +15,11 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 from . import msgid
 from .model import (
@@ -160,7 +161,7 @@ class Pruned:
     receipts: int = 0  # unmatched delivery reports
     kept: int = 0  # old calls with a message still to send
 
-    def add(self, other: "Pruned") -> None:
+    def add(self, other: Pruned) -> None:
         self.calls += other.calls
         self.messages += other.messages
         self.receipts += other.receipts
@@ -191,7 +192,7 @@ class Outbox:
     # -- lifecycle ---------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | Path, *, synchronous: str = "normal") -> "Outbox":
+    def open(cls, path: str | Path, *, synchronous: str = "normal") -> Outbox:
         path = str(path)
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -305,7 +306,7 @@ class Outbox:
             # One lookup for the batch, then one executemany per table: a statement per
             # call cost more than the rules that decided it.
             seen = self._present("calls", "call_key", keys)
-            for call_key, (record, rule, decision, messages) in zip(keys, batch):
+            for call_key, (record, rule, decision, messages) in zip(keys, batch, strict=True):
                 if call_key in seen:  # a replayed event, or the same call twice in this batch
                     results.append(None)
                     continue
@@ -717,7 +718,7 @@ class Outbox:
         )
         cur = self.conn.execute(sql, args)
         names = [d[0] for d in cur.description]
-        return [dict(zip(names, row)) for row in cur]
+        return [dict(zip(names, row, strict=True)) for row in cur]
 
     def calls(self, *, call_key: str | None = None, callers: Sequence[str] = (), texted: str | None = None,
               limit: int = 50) -> list[dict[str, Any]]:
@@ -741,12 +742,12 @@ class Outbox:
                + f" ORDER BY created_at DESC LIMIT {int(limit)}")
         cur = self.conn.execute(sql, args)
         names = [d[0] for d in cur.description]
-        return [dict(zip(names, row)) for row in cur]
+        return [dict(zip(names, row, strict=True)) for row in cur]
 
     def orphan_reports(self) -> list[dict[str, Any]]:
         cur = self.conn.execute("SELECT * FROM orphan_reports WHERE matched <= 0 ORDER BY id")
         names = [d[0] for d in cur.description]
-        return [dict(zip(names, row)) for row in cur]
+        return [dict(zip(names, row, strict=True)) for row in cur]
 
 
 def _catch_up(conn: sqlite3.Connection, wal_frames: int) -> None:
@@ -798,5 +799,5 @@ def _outbound(row: tuple) -> OutboundMessage:
         segments=segments,
         attempts=attempts,
         options=json.loads(options) if options and options != "{}" else {},
-        created_at=datetime.fromtimestamp(created_at, timezone.utc),
+        created_at=datetime.fromtimestamp(created_at, UTC),
     )

@@ -9,7 +9,7 @@ import asyncio
 import logging
 import os
 import socket
-from typing import Callable
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 

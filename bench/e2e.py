@@ -95,7 +95,9 @@ async def main(calls: int, rate: float) -> None:
             for k in range(calls):
                 uid_prefix = f"{1900000000 + k}.".encode()
                 number = f"98{k:08d}"
-                fresh = lambda b: b.replace(b"1796012888.", uid_prefix).replace(b"9876543210", number.encode())
+                def fresh(b: bytes, uid_prefix: bytes = uid_prefix, number: str = number) -> bytes:
+                    return b.replace(b"1796012888.", uid_prefix).replace(b"9876543210", number.encode())
+
                 await ami.send(fresh(head))
                 await asyncio.sleep(0.01)  # let the daemon take in the call so far
                 sent_at["91" + number] = time.perf_counter()

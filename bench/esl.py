@@ -102,7 +102,7 @@ class Template:
         out = []
         for i, (offset, segs, slots) in enumerate(self.events):
             parts = [segs[0]]
-            for seg, slot in zip(segs[1:], slots):
+            for seg, slot in zip(segs[1:], slots, strict=True):
                 parts.append(fresh[slot])
                 parts.append(seg)
             out.append((offset, b"".join(parts), i == self.final_index))
@@ -264,7 +264,7 @@ def memory(total: int) -> None:
         fresh = [b"%08x-%04x-4000-8000-000000000000" % (i, k) for k in range(n_uuids)]
         for segs, slots in events:
             parts = [segs[0]]
-            for seg, slot in zip(segs[1:], slots):
+            for seg, slot in zip(segs[1:], slots, strict=True):
                 parts.append(fresh[slot])
                 parts.append(seg)
             reported += len(tracker.feed(parse_plain_event(b"".join(parts)), now))

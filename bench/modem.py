@@ -26,10 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "modem"))
 
+from modem_helpers import RecordingEvents, fast_settings, message  # noqa: E402
+
 from aftercalld.model import Encoding  # noqa: E402
 from aftercalld.modem import make_transport, pdu  # noqa: E402
 from aftercalld.rules.encoding import split_segments  # noqa: E402
-from modem_helpers import RecordingEvents, fast_settings, message  # noqa: E402
 
 SIM_MAIN = """
 import asyncio, sys

@@ -29,12 +29,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "modem"))
 
+from modem_helpers import enqueue, fast_settings  # noqa: E402
+from modem_sim import ModemSim  # noqa: E402
+
 from aftercalld.config import DispatchConfig  # noqa: E402
 from aftercalld.dispatcher import Dispatcher  # noqa: E402
 from aftercalld.modem import make_transport  # noqa: E402
 from aftercalld.store import Outbox  # noqa: E402
-from modem_helpers import enqueue, fast_settings  # noqa: E402
-from modem_sim import ModemSim  # noqa: E402
 
 FINAL = {"delivered", "failed", "undeliverable", "expired", "rejected", "suppressed"}
 
@@ -71,8 +72,8 @@ async def reporter(sim: ModemSim, stop: asyncio.Event) -> None:
     seen = 0
     while not stop.is_set():
         try:
-            await sim.wait_for(lambda: len(sim.received) > seen, timeout=0.5)
-        except asyncio.TimeoutError:
+            await sim.wait_for(lambda seen=seen: len(sim.received) > seen, timeout=0.5)
+        except TimeoutError:
             continue
         while seen < len(sim.received):
             if sim.plugged and not sim.silent:

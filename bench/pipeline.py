@@ -14,10 +14,9 @@ import logging
 import random
 import resource
 import statistics
-import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from aftercalld import gctune
@@ -65,7 +64,7 @@ caller = {{ template = "thanks", sender = "ExampleCo" }}
 
 def records(n: int):
     rnd = random.Random(7)
-    start = datetime(2026, 11, 30, 14, 0, tzinfo=timezone.utc)
+    start = datetime(2026, 11, 30, 14, 0, tzinfo=UTC)
     statuses = ("connected", "missed", "voicemail")
     for i in range(n):
         t = start + timedelta(seconds=i * 0.02)

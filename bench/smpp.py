@@ -32,12 +32,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "smpp"))
 
+from smpp_util import enqueue, settings  # noqa: E402
+
 from aftercalld.config import DispatchConfig  # noqa: E402
 from aftercalld.dispatcher import Dispatcher  # noqa: E402
 from aftercalld.model import MessageState  # noqa: E402
 from aftercalld.smpp import make_transport  # noqa: E402
 from aftercalld.store import Outbox  # noqa: E402
-from smpp_util import enqueue, settings  # noqa: E402
 
 
 class Simulator:

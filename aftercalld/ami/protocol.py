@@ -16,7 +16,7 @@ it costs ~100 lines and lets the tracker run synchronously on each parsed messag
 from __future__ import annotations
 
 import itertools
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 TERMINATOR = b"\r\n\r\n"
 # A message larger than this without a terminator is garbage (a real AMI event is < 4 KiB);

@@ -24,8 +24,7 @@ import logging
 import time
 from typing import Any
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never
-from tenacity import wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential_jitter
 
 from ..logutil import fields
 from ..model import CallRecord
@@ -111,7 +110,7 @@ class AmiSource(CallSource):
                 conn = await self._connect_with_backoff()
                 try:
                     await self._session(conn, queue)
-                except (OSError, asyncio.TimeoutError, AmiError, EOFError) as exc:
+                except (TimeoutError, OSError, AmiError, EOFError) as exc:
                     self._change("disconnected", _describe(exc), logging.WARNING,
                                  "AMI %s: connection to %s lost: %s; reconnecting",
                                  self.name, self._where, _describe(exc))

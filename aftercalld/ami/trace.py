@@ -7,8 +7,8 @@ ended by an empty line, byte-exact as Asterisk sent them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from os import PathLike
-from typing import Iterator
 
 from ..model import CallRecord
 from ..pbxconfig import PbxConfig

@@ -32,8 +32,8 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
-from datetime import datetime, timezone, tzinfo
-from typing import Callable
+from collections.abc import Callable
+from datetime import UTC, datetime, tzinfo
 
 from ..logutil import fields
 from ..model import CallRecord, CallStatus, Direction
@@ -74,7 +74,7 @@ class _Chan:
     __slots__ = ("uid", "name", "call", "hung", "context", "exten", "cid_num", "cid_name",
                  "cl_num", "cl_name", "account", "vars", "cause", "up_at", "ran_vm")
 
-    def __init__(self, uid: str, name: str, call: "_Call") -> None:
+    def __init__(self, uid: str, name: str, call: _Call) -> None:
         self.uid = uid
         self.name = name
         self.call = call
@@ -141,7 +141,7 @@ class CallTracker:
         self.pbx = pbx
         self.settings = settings if settings is not None else (
             pbx.settings if isinstance(pbx.settings, AmiSettings) else AmiSettings())
-        self.tz: tzinfo = pbx.timezone or timezone.utc
+        self.tz: tzinfo = pbx.timezone or UTC
         self._calls: dict[str, _Call] = {}
         self._chans: dict[str, _Chan] = {}
         # Bounded FIFO set; OrderedDict pops its oldest entry in O(1), where a plain dict

@@ -17,8 +17,8 @@ import codecs
 import collections
 import json
 import logging
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping
 from urllib.parse import unquote_to_bytes
 
 log = logging.getLogger("aftercalld.esl.protocol")
@@ -289,7 +289,7 @@ class EslConnection:
 
     @classmethod
     async def open(cls, host: str, port: int, on_event: Callable[[Event], None], *,
-                   timeout: float = 5.0) -> "EslConnection":
+                   timeout: float = 5.0) -> EslConnection:
         """Connect and wait for ``auth/request``."""
         # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
         # races with completion, and then shutdown would hang in a live session.

@@ -23,9 +23,9 @@ also for IVR and voicemail, Answer-State is always "hangup" at the end):
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone, tzinfo
-from typing import Iterable
+from datetime import UTC, datetime, tzinfo
 
 from ..logutil import fields
 from ..model import CallRecord, CallStatus, Direction
@@ -160,7 +160,7 @@ class EslTracker:
             settings = pbx.settings if isinstance(pbx.settings, EslSettings) else EslSettings()
         self.pbx = pbx
         self.settings = settings
-        self.tz: tzinfo = pbx.timezone or timezone.utc
+        self.tz: tzinfo = pbx.timezone or UTC
         self._direction_var = f"variable_{settings.direction_variable}" if settings.direction_variable else ""
         self._agent_var = f"variable_{settings.agent_variable}" if settings.agent_variable else ""
         self._department_var = f"variable_{pbx.department_variable}" if pbx.department_variable else ""
@@ -201,7 +201,7 @@ class EslTracker:
         evict calls past the timeout, settle calls that waited for lost legs."""
         self._sweep(now)
         out: list[CallRecord] = []
-        for key, (deadline, call) in list(self._waiting.items()):
+        for deadline, call in list(self._waiting.values()):
             if deadline <= now:
                 out += self._settle(call, now)
         return out

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import serial_asyncio_fast
 
@@ -91,7 +91,7 @@ class ATChannel(asyncio.Protocol):
 
     @classmethod
     async def open(cls, device: str, baud: int, on_urc: Callable[[Urc], None], *,
-                   rtscts: bool = False, name: str = "modem") -> "ATChannel":
+                   rtscts: bool = False, name: str = "modem") -> ATChannel:
         """Open the port. Raises OSError/serial.SerialException if it is not there or not
         ours to open (permissions: the dialout group)."""
         channel = cls(on_urc, name=name)

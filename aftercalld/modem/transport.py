@@ -636,7 +636,7 @@ class ModemTransport(Transport):
             level = logging.DEBUG if exc.info.code == 321 else logging.WARNING
             log.log(level, "%s: cannot read stored message %d: %s", self.name, index, exc.info)
             return
-        for header, body in zip(lines[::2], lines[1::2]):
+        for header, body in zip(lines[::2], lines[1::2], strict=False):
             self._handle_pdu(body, _length(header))
         await self._delete(index)
 
@@ -647,7 +647,7 @@ class ModemTransport(Transport):
         except CommandError as exc:
             log.debug("%s: cannot list stored messages: %s", self.name, exc.info)
             return
-        for header, body in zip(lines[::2], lines[1::2]):
+        for header, body in zip(lines[::2], lines[1::2], strict=False):
             p = _params(header)
             # <index>,<stat>,...: only received texts (0 unread, 1 read) are ours to take;
             # drafts someone stored on the SIM (2, 3) stay where they are.

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+
 import gsm0338  # noqa: F401  (registers the 'gsm03.38' codec)
 
 from ..model import Encoding
@@ -110,7 +111,7 @@ def split_segments(text: str, encoding: Encoding, *, udh_16bit_ref: bool = False
     per_part = part_capacity or (CONCAT_16BIT_REF if udh_16bit_ref else CONCAT_8BIT_REF)[encoding]
     costs = [cost(c) for c in text]
     if encoding is Encoding.GSM7 and not all(costs):
-        bad = next(c for c, n in zip(text, costs) if not n)
+        bad = next(c for c, n in zip(text, costs, strict=True) if not n)
         raise ValueError(f"character {bad!r} is not in GSM 03.38")
     if sum(costs) <= single:
         return [text]

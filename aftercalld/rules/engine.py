@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, time
-from typing import Mapping
+from datetime import time
 from zoneinfo import ZoneInfo
 
 from ..model import CallRecord, CallStatus, Direction, RecipientKind

@@ -2,8 +2,9 @@
 encoding chosen, segments counted, limits enforced."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from ..model import CallRecord, Encoding, RecipientKind

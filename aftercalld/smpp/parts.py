@@ -7,13 +7,12 @@ escape pairs and surrogate pairs, see LIBRARIES.md).
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Mapping
 
 from ..model import Encoding, OutboundMessage
-from ..rules.encoding import (CONCAT_8BIT_REF, GSM_CODEC, SINGLE, encode_gsm7_unpacked, encode_ucs2,
-                              split_segments)
+from ..rules.encoding import CONCAT_8BIT_REF, GSM_CODEC, SINGLE, encode_gsm7_unpacked, encode_ucs2, split_segments
 from . import pdu
 
 CONCAT_METHODS = ("udh8", "udh16", "sar", "payload")

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import socket
 import ssl
-from typing import Callable
+from collections.abc import Callable
 
 from ..logutil import fields, redact
 from . import pdu

@@ -34,7 +34,7 @@ class AmiServer:
 
     # -------------------------------------------------------------- lifecycle
 
-    async def start(self) -> "AmiServer":
+    async def start(self) -> AmiServer:
         self._server = await asyncio.start_server(self._client, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         return self

@@ -11,7 +11,7 @@ class Synth:
         self._chans: dict[str, dict[str, str]] = {}
         self._seq = 0
 
-    def wait(self, seconds: float) -> "Synth":
+    def wait(self, seconds: float) -> Synth:
         self.t += seconds
         return self
 

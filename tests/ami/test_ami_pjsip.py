@@ -5,11 +5,10 @@ from __future__ import annotations
 from zoneinfo import ZoneInfo
 
 import pytest
+from ami_synth import Synth
 
 from aftercalld.ami.tracker import CallTracker
 from aftercalld.pbxconfig import PbxConfig
-
-from ami_synth import Synth
 
 PBX = PbxConfig(name="pbx", type="asterisk", timezone=ZoneInfo("UTC"), variables=("DEPARTMENT",))
 
@@ -61,7 +60,7 @@ def test_queue_rings_three_one_answers():
     s.queue_join(trunk, "support")
     members = [s.channel(f"PJSIP/{ext}", trunk, context="from-internal", exten="s",
                          cid="0612345678", state="Down") for ext in ("201", "202", "203")]
-    for ext, m in zip(("201", "202", "203"), members):
+    for ext, m in zip(("201", "202", "203"), members, strict=True):
         s.dial_begin(trunk, m, ext)
     s.wait(6)
     s.up(members[1])

@@ -4,6 +4,7 @@ from __future__ import annotations
 from zoneinfo import ZoneInfo
 
 import pytest
+from ami_expected import TRACES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -13,8 +14,6 @@ from aftercalld.ami.trace import stream_bytes
 from aftercalld.ami.tracker import CallTracker
 from aftercalld.configreader import ConfigError, Section
 from aftercalld.pbxconfig import PbxConfig
-
-from ami_expected import TRACES
 
 PBX = PbxConfig(name="fuzz", type="asterisk", timezone=ZoneInfo("UTC"), variables=("DEPARTMENT",))
 MIXED = stream_bytes((TRACES / "mixed_concurrent.ami").read_bytes())

@@ -7,14 +7,13 @@ import random
 from zoneinfo import ZoneInfo
 
 import pytest
+from ami_expected import EXPECTED, TRACES, check_record
+from ami_server import AmiServer
 
 from aftercalld.ami import make_source
 from aftercalld.ami.config import AmiSettings
 from aftercalld.ami.trace import stream_bytes
 from aftercalld.pbxconfig import PbxConfig
-
-from ami_expected import EXPECTED, TRACES, check_record
-from ami_server import AmiServer
 
 SECRET = "s3cr3t-Never-Logged"
 
@@ -46,7 +45,7 @@ class Harness:
     async def on_call(self, record) -> None:
         await self.calls.put(record)
 
-    def start(self) -> "Harness":
+    def start(self) -> Harness:
         self.task = asyncio.create_task(self.source.run(self.on_call))
         return self
 
@@ -90,7 +89,7 @@ async def test_utf8_name_split_across_reads_survives(server):
     h = Harness(server).start()
     await server.wait_until(lambda: server.clients == 1)
     data = without_fullybooted(stream("inbound_connected.ami")).replace(
-        "John Caller".encode(), "Zoë Ünal 😀".encode())
+        b"John Caller", "Zoë Ünal 😀".encode())
     await server.send(data, chunk=7)  # many writes; multi-byte characters cut in the middle
     record = await h.next_call()
     assert record.caller_name == "Zoë Ünal 😀"
@@ -105,7 +104,7 @@ async def test_wrong_secret_clear_error_backoff_secret_never_logged(server, capl
     assert len([r for r in refused if r.levelno == logging.ERROR]) == 1, "logged once, not per retry"
     assert "aftercalld" in refused[0].getMessage() and "secret" in refused[0].getMessage()
     times = [t for t, _, _ in server.login_attempts]
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert gaps[3] > gaps[0], f"backoff grows: {gaps}"
     assert h.source.status()["state"] == "login refused"
     # the admin fixes the secret: the next attempt gets in and calls flow

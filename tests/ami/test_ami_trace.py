@@ -7,13 +7,12 @@ from datetime import timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from ami_expected import ACCOUNTCODES, EXPECTED, TRACES, check_record
 
 from aftercalld.ami import iter_trace_calls
 from aftercalld.ami.trace import read_trace
 from aftercalld.ami.tracker import CallTracker
 from aftercalld.pbxconfig import PbxConfig
-
-from ami_expected import ACCOUNTCODES, EXPECTED, TRACES, check_record
 
 PBX = PbxConfig(name="pbx-a", type="asterisk", timezone=ZoneInfo("Europe/Berlin"),
                 variables=("DEPARTMENT", "accountcode"))

@@ -1,7 +1,7 @@
 """Small builders for core tests: configs as TOML text and CallRecords."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from aftercalld.model import CallRecord
@@ -52,7 +52,7 @@ def write_config(tmp_path: Path, rules: str = DEFAULT_RULES, extra: str = "") ->
 
 
 def call(**kw) -> CallRecord:
-    start = kw.pop("start_time", datetime(2026, 11, 30, 10, 0, tzinfo=timezone.utc))
+    start = kw.pop("start_time", datetime(2026, 11, 30, 10, 0, tzinfo=UTC))
     base = dict(
         call_id="c1", pbx="main", direction="inbound", status="missed",
         caller_number="+447400123456", dialled_number="442071234567",

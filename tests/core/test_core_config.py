@@ -5,10 +5,10 @@ import subprocess
 import sys
 
 import pytest
+from core_helpers import DEFAULT_RULES, write_config
 
 from aftercalld.config import load
 from aftercalld.configreader import ConfigError
-from core_helpers import DEFAULT_RULES, write_config
 
 RULE_HEAD = '[[rules]]\nname = "R"\n'
 

@@ -9,19 +9,19 @@ import subprocess
 import sys
 import textwrap
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from core_helpers import call, write_config
 
 from aftercalld import store
 from aftercalld.config import load
 from aftercalld.dispatcher import Dispatcher
 from aftercalld.model import CallRecord, DeliveryReport, InboundMessage, MessageState, ReportState, SubmitOutcome
 from aftercalld.pipeline import CallHandler
-from aftercalld.store import OutcomeRecord, Outbox
+from aftercalld.store import Outbox, OutcomeRecord
 from aftercalld.transport import Transport
-from core_helpers import call, write_config
 
 
 class ScriptedTransport(Transport):
@@ -91,7 +91,7 @@ def test_the_outbox_keeps_every_field_of_the_call_for_support(setup):
     config, outbox = setup
     full = call(call_id="all-fields", caller_name="Zoë «Ω»", department="support", queue="q1",
                 agent_extension="201", agent_name="Alice", agent_number="+447400123201",
-                answer_time=datetime(2026, 11, 30, 10, 0, 4, tzinfo=timezone.utc), ring_seconds=3.5, talk_seconds=0.0, hangup_cause="NO_ANSWER",
+                answer_time=datetime(2026, 11, 30, 10, 0, 4, tzinfo=UTC), ring_seconds=3.5, talk_seconds=0.0, hangup_cause="NO_ANSWER",
                 voicemail_box="100@default", variables={"CRM_ID": "42", "note": "a \"quoted\" {value}"})
     CallHandler(config, outbox).handle(full)
     (stored,) = outbox.calls(call_key="main/all-fields")
@@ -239,13 +239,13 @@ def test_killed_process_loses_nothing_and_restart_sends_each_once(tmp_path):
     _, rest = daemon.communicate(timeout=30)
     lines += rest.splitlines()
     assert daemon.returncode == 0, "".join(lines)
-    assert any("5 message(s) were being sent when the last run stopped" in l for l in lines)
+    assert any("5 message(s) were being sent when the last run stopped" in line for line in lines)
     with sqlite3.connect(tmp_path / "outbox.sqlite3") as db:
         states = dict(db.execute("SELECT state, COUNT(*) FROM messages GROUP BY state"))
         parts = db.execute("SELECT COUNT(*), COUNT(DISTINCT message_id) FROM parts").fetchone()
     assert states == {"submitted": 20}
     assert parts == (20, 20)
-    assert sum("dry run: would send" in l for l in lines) == 20
+    assert sum("dry run: would send" in line for line in lines) == 20
 
 
 async def test_handler_with_metrics_and_quiet_logging(setup, caplog):

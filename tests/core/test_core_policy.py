@@ -1,18 +1,17 @@
 """Policy limits: opt-out, DND, cooldown, daily quotas, quiet hours (defer and drop)."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-import pytest
+from core_helpers import call, write_config
+from test_core_outbox import ScriptedTransport
 
 from aftercalld.config import load
 from aftercalld.dispatcher import Dispatcher
 from aftercalld.pipeline import CallHandler
 from aftercalld.policy import Policy
 from aftercalld.store import Outbox
-from core_helpers import call, write_config
-from test_core_outbox import ScriptedTransport
 
 LONDON = ZoneInfo("Europe/London")
 
@@ -56,7 +55,7 @@ NUMBERS = [f"+4474001234{i:02d}" for i in range(10)]
 
 
 async def test_cooldown_per_recipient_across_rules(tmp_path):
-    clock = Clock(datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc))
+    clock = Clock(datetime(2026, 11, 30, 12, 0, tzinfo=UTC))
     toml = rules(extra="\n[policy]\ncooldown_minutes = 30\n")
     _, rows = await run_calls(tmp_path, toml, [
         call(call_id="a", caller_number=NUMBERS[0]),
@@ -69,7 +68,7 @@ async def test_cooldown_per_recipient_across_rules(tmp_path):
 
 
 async def test_cooldown_expires(tmp_path):
-    clock = Clock(datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc))
+    clock = Clock(datetime(2026, 11, 30, 12, 0, tzinfo=UTC))
     outbox, dispatcher, handler = await started(tmp_path, rules(extra="\n[policy]\ncooldown_minutes = 30\n"), clock)
     handler.handle(call(call_id="a", caller_number=NUMBERS[0]))
     await dispatcher.wait_idle()
@@ -81,7 +80,7 @@ async def test_cooldown_expires(tmp_path):
 
 
 async def test_daily_quotas_global_and_per_rule_reset_at_local_midnight(tmp_path):
-    clock = Clock(datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc))
+    clock = Clock(datetime(2026, 11, 30, 12, 0, tzinfo=UTC))
     toml = rules(extra_rule_keys="daily_quota = 2", extra="\n[policy]\ndaily_quota = 3\n")
     outbox, dispatcher, handler = await started(tmp_path, toml, clock)
     for i in range(3):
@@ -130,7 +129,7 @@ async def test_quiet_hours_drop(tmp_path):
 
 
 async def test_dnd_numbers_and_prefixes(tmp_path):
-    clock = Clock(datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc))
+    clock = Clock(datetime(2026, 11, 30, 12, 0, tzinfo=UTC))
     outbox, dispatcher, handler = await started(tmp_path, rules(), clock)
     outbox.dnd_add([NUMBERS[0], "+44740012345*"], "test")
     for i, number in enumerate([NUMBERS[0], "+447400123456", NUMBERS[2]]):
@@ -148,8 +147,9 @@ def test_dnd_and_optout_cli_import(tmp_path):
     path = write_config(tmp_path)
     listing = tmp_path / "dnd.csv"
     listing.write_text("# operator DND export\n07400 123401,2026-01-01\n+449*\nnot-a-number\n")
-    run = lambda *a: subprocess.run([sys.executable, "-m", "aftercalld.cli", *a, "-c", str(path)],
-                                    capture_output=True, text=True)
+    def run(*a):
+        return subprocess.run([sys.executable, "-m", "aftercalld.cli", *a, "-c", str(path)],
+                              capture_output=True, text=True)
     res = run("dnd", "import", str(listing))
     assert res.returncode == 0, res.stderr
     assert "added 2" in res.stdout and "not-a-number" in res.stderr

@@ -4,14 +4,14 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from core_helpers import call, write_config
 
 from aftercalld import cli
 from aftercalld.config import load
 from aftercalld.model import DeliveryReport, MessageState, ReportState
 from aftercalld.pipeline import CallHandler
 from aftercalld.retention import prune
-from aftercalld.store import OutcomeRecord, Outbox
-from core_helpers import call, write_config
+from aftercalld.store import Outbox, OutcomeRecord
 
 DAY = 86400.0
 NOW = 1_796_000_000.0

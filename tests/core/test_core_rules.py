@@ -1,14 +1,14 @@
 """Rule priority and every condition kind, including time windows across midnight and DST."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
+from core_helpers import call, write_config
 
 from aftercalld.config import load
 from aftercalld.pipeline import CallHandler
-from core_helpers import call, write_config
 
 LONDON = ZoneInfo("Europe/London")
 
@@ -66,7 +66,7 @@ def test_disabled_rules_are_skipped_and_no_match_is_explained(tmp_path):
      dict(variables={"ACCOUNTCODE": "OTHER"})),
     ('pbx = "main"', dict(pbx="main"), dict(pbx="branch")),
     # 2026-11-30 is a Monday
-    ('weekdays = ["mon", "tue"]', dict(), dict(start_time=datetime(2026, 11, 29, 10, tzinfo=timezone.utc))),
+    ('weekdays = ["mon", "tue"]', dict(), dict(start_time=datetime(2026, 11, 29, 10, tzinfo=UTC))),
 ])
 def test_each_condition_kind(tmp_path, when, matching, other):
     rules = rule("R", when)
@@ -77,7 +77,7 @@ def test_each_condition_kind(tmp_path, when, matching, other):
 
 
 def local(y, mo, d, h, mi, tz=LONDON):
-    return datetime(y, mo, d, h, mi, tzinfo=tz).astimezone(timezone.utc)
+    return datetime(y, mo, d, h, mi, tzinfo=tz).astimezone(UTC)
 
 
 def test_hours_window_across_midnight(tmp_path):
@@ -92,25 +92,25 @@ def test_hours_follow_the_pbx_time_zone_across_dst(tmp_path):
     # Office hours 09:00-17:00 London. In summer (BST, UTC+1) 08:30 UTC is 09:30 local;
     # in winter (GMT) 08:30 UTC is 08:30 local, before opening.
     rules = rule("Office", 'hours = "09:00-17:00"') + rule("Closed")
-    summer = datetime(2026, 7, 1, 8, 30, tzinfo=timezone.utc)
-    winter = datetime(2026, 12, 1, 8, 30, tzinfo=timezone.utc)
+    summer = datetime(2026, 7, 1, 8, 30, tzinfo=UTC)
+    winter = datetime(2026, 12, 1, 8, 30, tzinfo=UTC)
     assert fired(tmp_path, rules, call(start_time=summer)) == "Office"
     assert fired(tmp_path, rules, call(start_time=winter)) == "Closed"
     # The night the clocks go back (2026-10-25 02:00 BST -> 01:00 GMT): 01:30 happens twice.
-    first = datetime(2026, 10, 25, 0, 30, tzinfo=timezone.utc)   # 01:30 BST
-    second = datetime(2026, 10, 25, 1, 30, tzinfo=timezone.utc)  # 01:30 GMT
+    first = datetime(2026, 10, 25, 0, 30, tzinfo=UTC)   # 01:30 BST
+    second = datetime(2026, 10, 25, 1, 30, tzinfo=UTC)  # 01:30 GMT
     night = rule("Small hours", 'hours = "01:00-02:00"') + rule("Else")
     assert fired(tmp_path, night, call(start_time=first)) == "Small hours"
     assert fired(tmp_path, night, call(start_time=second)) == "Small hours"
     # Spring forward (2026-03-29 01:00 GMT -> 02:00 BST): 01:00-02:00 local never happens.
-    jump = datetime(2026, 3, 29, 1, 0, tzinfo=timezone.utc)  # 02:00 BST
+    jump = datetime(2026, 3, 29, 1, 0, tzinfo=UTC)  # 02:00 BST
     assert fired(tmp_path, night, call(start_time=jump)) == "Else"
 
 
 def test_weekday_uses_local_date_not_utc(tmp_path):
     # 23:30 UTC on Sunday is already Monday 00:30 in Berlin.
     extra_tz = rule("Monday", 'weekdays = "mon"') + rule("Other")
-    record = call(start_time=datetime(2026, 11, 29, 23, 30, tzinfo=timezone.utc))
+    record = call(start_time=datetime(2026, 11, 29, 23, 30, tzinfo=UTC))
     config_path = write_config(tmp_path, rules=extra_tz)
     text = config_path.read_text().replace('timezone = "Europe/London"', 'timezone = "Europe/Berlin"')
     config_path.write_text(text)
@@ -159,7 +159,6 @@ def test_outbound_caller_recipient_is_the_dialled_customer(tmp_path):
 def test_max_segments_suppresses_overlong_text(tmp_path):
     rules = ('[[rules]]\nname = "Short"\nrecipients = ["caller"]\nmax_segments = 1\n'
              'caller = { text = "Hello {caller_name}", sender = "Acme" }\n')
-    extra = ""
     config_path = write_config(tmp_path, rules=rules)
     text = config_path.read_text().replace('outbox =', 'template_value_max_length = 500\noutbox =')
     config_path.write_text(text)

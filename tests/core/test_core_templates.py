@@ -4,6 +4,7 @@ from __future__ import annotations
 from zoneinfo import ZoneInfo
 
 import pytest
+from core_helpers import call
 
 from aftercalld.model import Encoding
 from aftercalld.rules.encoding import analyse, split_segments
@@ -14,7 +15,6 @@ from aftercalld.rules.templates import (
     parse_template,
     template_values,
 )
-from core_helpers import call
 
 KNOWN = known_placeholders(["ACCOUNTCODE"], {"company": "Acme"})
 

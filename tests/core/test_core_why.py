@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import pytest
+from core_helpers import call, write_config
 
 from aftercalld import cli
 from aftercalld.config import load
 from aftercalld.pipeline import CallHandler
 from aftercalld.store import Outbox
-from core_helpers import call, write_config
 
 
 @pytest.fixture

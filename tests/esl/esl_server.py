@@ -59,7 +59,7 @@ def json_event(event: dict[str, str]) -> bytes:
 
 
 class Session:
-    def __init__(self, server: "EslServer", reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, server: EslServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.server = server
         self.reader = reader
         self.writer = writer
@@ -156,7 +156,7 @@ class EslServer:
         self._server: asyncio.AbstractServer | None = None
         self._new_session = asyncio.Condition()
 
-    async def start(self) -> "EslServer":
+    async def start(self) -> EslServer:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port, reuse_address=True)
         self.port = self._server.sockets[0].getsockname()[1]
         return self

@@ -12,8 +12,13 @@ from hypothesis import strategies as st
 
 from aftercalld.configreader import ConfigError, Section
 from aftercalld.esl.config import EslSettings, parse_settings
-from aftercalld.esl.protocol import (EslConnection, MalformedEvent, parse_header_block, parse_json_event,
-                                     parse_plain_event)
+from aftercalld.esl.protocol import (
+    EslConnection,
+    MalformedEvent,
+    parse_header_block,
+    parse_json_event,
+    parse_plain_event,
+)
 from aftercalld.esl.source import EslSource
 from aftercalld.pbxconfig import default_pbx
 

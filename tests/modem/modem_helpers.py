@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+from collections.abc import AsyncIterator
+from datetime import UTC
 from pathlib import Path
-from typing import AsyncIterator
+
+from modem_sim import ModemSim
 
 from aftercalld.model import DeliveryReport, InboundMessage, OutboundMessage, RecipientKind
 from aftercalld.modem import ModemSettings, ModemTransport, make_transport
 from aftercalld.rules.encoding import analyse
-
-from modem_sim import ModemSim
 
 _ids = itertools.count(1)
 
@@ -60,12 +61,12 @@ async def running(sim: ModemSim, *, wait_ready: bool = True, **overrides) -> Asy
 
 def enqueue(outbox, texts: list[str], destination: str = "+447700900123") -> None:
     """Queue one message per text in the real outbox, as the pipeline does."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from aftercalld.model import CallRecord
     from aftercalld.rules.render import RenderedMessage
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     batch = []
     for text in texts:
         call_id = f"modem-{next(_ids)}"

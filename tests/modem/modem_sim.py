@@ -14,10 +14,10 @@ import os
 import re
 import tty
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 from aftercalld.model import Encoding
 from aftercalld.modem import pdu
@@ -336,7 +336,7 @@ class ModemSim:
                     concat: pdu.Concat | None = None, notify: bool = True) -> int:
         """A text arrives: stored on the SIM, announced with +CMTI."""
         enc = encoding or (Encoding.GSM7 if all(_fits(c) for c in text) else Encoding.UCS2)
-        hex_pdu = pdu.build_deliver(sender, text, enc, datetime.now(timezone.utc), concat=concat)
+        hex_pdu = pdu.build_deliver(sender, text, enc, datetime.now(UTC), concat=concat)
         raw = bytes.fromhex(hex_pdu)
         index = max(self.storage, default=0) + 1
         self.storage[index] = Stored(0, hex_pdu, len(raw) - 1 - raw[0])
@@ -349,7 +349,7 @@ class ModemSim:
         if recipient is None:
             match = [r for r in self.received if r.mr == mr]
             recipient = match[-1].decoded.destination if match else "+15551234567"
-        now = datetime.now(timezone.utc).replace(microsecond=0)
+        now = datetime.now(UTC).replace(microsecond=0)
         hex_pdu, length = pdu.build_status_report(mr, recipient, status, now, now,
                                                   smsc="+15550000000" if self.cds_with_sca else None)
         self._write(f"\r\n+CDS: {length}\r\n{hex_pdu}\r\n".encode())

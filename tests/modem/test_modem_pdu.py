@@ -2,10 +2,11 @@
 encoder read back), then round trips."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aftercalld.model import Encoding, ReportState
 from aftercalld.modem import pdu
@@ -61,7 +62,7 @@ def test_alphanumeric_sender_in_deliver():
 
 
 def test_status_report_with_and_without_smsc_prefix():
-    t = datetime(2026, 11, 30, 8, 0, tzinfo=timezone.utc)
+    t = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
     with_sca, n = pdu.build_status_report(7, "+447700900123", 0x46, t, t)
     without, n2 = pdu.build_status_report(7, "+447700900123", 0x46, t, t, smsc=None)
     assert n == n2
@@ -157,6 +158,6 @@ def test_an_independent_decoder_reads_our_pdus():
         decoded = [easy.read_outgoing_sms(p.hex) for p in parts]
         assert {d["recipient"] for d in decoded} == {"+447700900123"}
         assert "".join(d["content"] for d in decoded) == text
-    when = datetime(2026, 11, 30, 8, 0, 5, tzinfo=timezone.utc)
+    when = datetime(2026, 11, 30, 8, 0, 5, tzinfo=UTC)
     incoming = easy.read_incoming_sms(pdu.build_deliver("+447700900123", "Stop please", Encoding.GSM7, when))
     assert (incoming["sender"], incoming["content"], incoming["date"]) == ("+447700900123", "Stop please", when)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from modem_helpers import enqueue, fast_settings
+from modem_sim import ModemSim
 
 from aftercalld.config import DispatchConfig
 from aftercalld.dispatcher import Dispatcher
 from aftercalld.modem import make_transport
 from aftercalld.store import Outbox
-from modem_helpers import enqueue, fast_settings
-from modem_sim import ModemSim
 
 
 @pytest.fixture

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC
 
 import pytest
-
-from aftercalld.model import Encoding, OutcomeKind, ReportState
 from modem_helpers import message, running
 from modem_sim import ModemSim
+
+from aftercalld.model import Encoding, OutcomeKind, ReportState
 
 
 @pytest.fixture
@@ -104,12 +105,13 @@ async def test_stored_status_report_via_cdsi(sim):
         assert sim.cnmi == "2,1,0,2,0"
         outcome = await modem.send(message("hello"))
         # the modem stores the report and announces it
-        from datetime import datetime, timezone
+        from datetime import datetime
 
-        from aftercalld.modem import pdu
         from modem_sim import Stored
 
-        now = datetime.now(timezone.utc).replace(microsecond=0)
+        from aftercalld.modem import pdu
+
+        now = datetime.now(UTC).replace(microsecond=0)
         hex_pdu, length = pdu.build_status_report(int(outcome.message_ids[0]), "+447700900123", 0, now, now)
         sim.storage[7] = Stored(0, hex_pdu, length)
         sim.emit('+CDSI: "SR",7')
@@ -318,11 +320,11 @@ async def test_status_report_arriving_mid_command(sim):
         sim.cds_with_sca = True
         now_mr = int(first.message_ids[0])
         # a +CDS and its PDU line between the AT+CMGS prompt answer and OK
-        from datetime import datetime, timezone
+        from datetime import datetime
 
         from aftercalld.modem import pdu
 
-        t = datetime.now(timezone.utc).replace(microsecond=0)
+        t = datetime.now(UTC).replace(microsecond=0)
         hex_pdu, length = pdu.build_status_report(now_mr, "+447700900123", 0, t, t)
         sim.urcs_mid_answer = [f"+CDS: {length}\r\n{hex_pdu}"]
         second = await modem.send(message("two"))
@@ -466,12 +468,12 @@ async def test_slow_sim_after_the_pin_gets_no_second_pin(sim):
 
 
 async def test_text_routed_straight_to_us_with_cmt(sim):
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from aftercalld.modem import pdu
 
     async with running(sim) as (modem, events):
-        hex_pdu = pdu.build_deliver("+447700900123", "START", Encoding.GSM7, datetime.now(timezone.utc))
+        hex_pdu = pdu.build_deliver("+447700900123", "START", Encoding.GSM7, datetime.now(UTC))
         raw = bytes.fromhex(hex_pdu)
         sim.emit(f",{len(raw) - 1 - raw[0]}".join(["+CMT: ", ""]) + "\r\n" + hex_pdu)
         reply = await asyncio.wait_for(events.inbound.get(), 5)

@@ -17,7 +17,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -97,7 +97,7 @@ class Daemon:
         self._new_line = asyncio.Event()
         self._reader: asyncio.Task | None = None
 
-    async def start(self) -> "Daemon":
+    async def start(self) -> Daemon:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "aftercalld.cli", "run", "-c", str(self.config),
             stderr=asyncio.subprocess.PIPE, env=self.env)
@@ -224,7 +224,7 @@ def seed(config_path: Path, count: int) -> None:
     config = load(config_path)
     outbox = Outbox.open(config.outbox_path)
     handler = CallHandler(config, outbox)
-    start = datetime(2026, 11, 30, 10, tzinfo=timezone.utc)
+    start = datetime(2026, 11, 30, 10, tzinfo=UTC)
     handler.handle_many([
         CallRecord(call_id=f"seed.{i}", pbx="main", direction="inbound", status="missed",
                    caller_number=f"98765400{i:02d}", dialled_number="18005550100",
@@ -356,7 +356,7 @@ async def test_keep_days_prunes_old_calls_at_start_and_keeps_recent_ones(tmp_pat
     outbox = Outbox.open(recent.outbox_path)
     CallHandler(recent, outbox).handle(CallRecord(
         call_id="recent.1", pbx="main", direction="inbound", status="missed", caller_number="9876540099",
-        dialled_number="18005550100", start_time=datetime.now(timezone.utc)))
+        dialled_number="18005550100", start_time=datetime.now(UTC)))
     outbox.close()
 
     again = await Daemon(config).start()

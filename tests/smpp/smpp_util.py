@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import Callable
+from collections.abc import Callable
+from datetime import UTC
 
 from aftercalld.model import DeliveryReport, Encoding, InboundMessage, OutboundMessage, RecipientKind
 from aftercalld.rules.encoding import choose_encoding, split_segments
@@ -106,12 +107,12 @@ def enqueue(outbox, texts: list[str], destination: str = "+447700900{:03d}", sen
             options: dict | None = None) -> None:
     """Queue one message per text in the real outbox, as the pipeline would (one call each,
     all in one transaction)."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from aftercalld.model import CallRecord
     from aftercalld.rules.render import RenderedMessage
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     batch = []
     for i, text in enumerate(texts):
         call_id = f"bench-{next(_ids)}"

@@ -14,8 +14,8 @@ import argparse
 import asyncio
 import struct
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import gsm0338  # noqa: F401
 
@@ -135,7 +135,7 @@ def reassemble(submits: list[Submit]) -> list[Reassembled]:
 
 
 class _Conn(asyncio.Protocol):
-    def __init__(self, sim: "SmscSim", index: int) -> None:
+    def __init__(self, sim: SmscSim, index: int) -> None:
         self.sim = sim
         self.index = index
         self.buf = bytearray()

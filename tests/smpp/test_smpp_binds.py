@@ -10,11 +10,11 @@ import ssl
 import subprocess
 
 import pytest
+from smpp_util import Events, message, settings
+from smsc_sim import BIND_RX, BIND_TRX, BIND_TX, SmscSim
 
 from aftercalld.model import OutcomeKind
 from aftercalld.smpp import make_transport
-from smpp_util import Events, message, settings
-from smsc_sim import BIND_RX, BIND_TRX, BIND_TX, SmscSim
 
 
 @pytest.fixture
@@ -224,5 +224,5 @@ async def test_wire_trace_at_debug_shows_every_pdu_but_not_the_password(caplog):
     kinds = [line.split()[5] for line in lines]
     assert kinds[:4] == ["bind_transceiver", "bind_transceiver_resp", "submit_sm", "submit_sm_resp"]
     assert "unbind" in kinds and "unbind_resp" in kinds
-    assert "secret".encode().hex() not in caplog.text and "secret" not in caplog.text
+    assert b"secret".hex() not in caplog.text and "secret" not in caplog.text
     assert "system_id=esme password=<set>" in lines[0]

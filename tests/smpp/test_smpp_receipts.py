@@ -7,6 +7,8 @@ import asyncio
 import collections
 
 import pytest
+from smpp_util import Events, enqueue, message, settings
+from smsc_sim import SmscSim
 
 from aftercalld.config import DispatchConfig
 from aftercalld.dispatcher import Dispatcher
@@ -14,8 +16,6 @@ from aftercalld.model import MessageState, OutcomeKind, ReportState
 from aftercalld.smpp import make_transport
 from aftercalld.smpp.receipts import same_message_id
 from aftercalld.store import Outbox
-from smpp_util import Events, enqueue, message, settings
-from smsc_sim import SmscSim
 
 
 async def run(sim: SmscSim, **overrides):
@@ -38,7 +38,7 @@ async def test_receipts_match_submitted_ids(mode, resp_id, receipt_id):
     try:
         outcomes = [await t.send(message(f"hello {i}")) for i in range(5)]
         await events.wait_until(lambda: len(events.reports) == 5)
-        for outcome, report in zip(outcomes, events.reports):
+        for outcome, report in zip(outcomes, events.reports, strict=True):
             assert outcome.kind is OutcomeKind.SUBMITTED
             assert same_message_id(outcome.message_ids[0], report.message_id)
             assert report.state is ReportState.DELIVERED and report.transport == "smpp"
@@ -197,7 +197,7 @@ async def test_no_receipt_overtakes_the_outcome_of_its_send():
             assert len(out.message_ids) == 3
             seen = {r.message_id for r in events.reports}
             assert not seen & set(out.message_ids[:2])  # held until the outcome is out
-            await events.wait_until(lambda: set(out.message_ids) <= {r.message_id for r in events.reports})
+            await events.wait_until(lambda out=out: set(out.message_ids) <= {r.message_id for r in events.reports})
     finally:
         await t.close()
         await sim.stop()

@@ -6,20 +6,20 @@ import logging
 
 import pytest
 import smpplib.command
-from hypothesis import given, settings as hsettings
+from hypothesis import given
+from hypothesis import settings as hsettings
 from hypothesis import strategies as st
+from smpp_util import message
+from smsc_sim import parse_submit, reassemble
 
 from aftercalld.configreader import ConfigError, Section
 from aftercalld.model import Encoding, ReportState
-from aftercalld.smpp import message_id_keys, parse_settings
-from aftercalld.smpp import pdu
+from aftercalld.smpp import message_id_keys, parse_settings, pdu
 from aftercalld.smpp.parts import WireProfile, build_submits, parse_tlv_map, source_ton_npi
 from aftercalld.smpp.receipts import parse_receipt, parse_receipt_text, same_message_id
 from aftercalld.smpp.status import Verdict, classify, describe, status_name
 from aftercalld.smpp.text import decode_short_message
 from aftercalld.smpp.throttle import TokenBucket
-from smpp_util import message
-from smsc_sim import parse_submit, reassemble
 
 # -- codec against smpplib ---------------------------------------------------------------
 

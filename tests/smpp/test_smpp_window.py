@@ -7,11 +7,11 @@ import collections
 import time
 
 import pytest
+from smpp_util import Events, LogWaiter, message, settings
+from smsc_sim import SmscSim, reassemble
 
 from aftercalld.model import OutcomeKind
 from aftercalld.smpp import make_transport
-from smpp_util import Events, LogWaiter, message, settings
-from smsc_sim import SmscSim, reassemble
 
 
 async def send_all(transport, messages):
@@ -46,7 +46,7 @@ async def test_thousand_messages_one_in_seven_throttled_each_submitted_once():
         # the ids handed back are the SMSC's ids for the right parts
         by_id = {s.message_id: s for s in sim.accepted}
         assert len(by_id) == len(sim.accepted)
-        for text, outcome in zip(texts, outcomes):
+        for text, outcome in zip(texts, outcomes, strict=True):
             parts = [by_id[mid] for mid in outcome.message_ids]
             assert b"".join(p.short_message[6:] if p.esm_class & 0x40 else p.short_message
                            for p in parts).decode("gsm03.38") == text

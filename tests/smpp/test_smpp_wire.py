@@ -3,12 +3,12 @@ per-template TLVs, sent through the transport over a real socket."""
 from __future__ import annotations
 
 import pytest
+from smpp_util import Events, message, settings
+from smsc_sim import SmscSim, reassemble
 
 from aftercalld.model import OutcomeKind
 from aftercalld.smpp import make_transport
 from aftercalld.smpp.parts import parse_tlv_map
-from smpp_util import Events, message, settings
-from smsc_sim import SmscSim, reassemble
 
 UCS2_400 = ("Спасибо за звонок! Мы перезвоним вам 😀 в течение часа. " * 8)[:399] + "✓"
 
