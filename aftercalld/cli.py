@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .clock import system_clock
 from .configreader import ConfigError
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
@@ -269,7 +270,7 @@ def _manage_list(args, *, kind: str, normalise, add, remove, listing) -> int:
         print(f"removed {remove(good)} entr(ies)")
     else:
         source = "cli" if args.action == "add" else f"import {args.entries[0]}"
-        changed = add(good, source)
+        changed = add(good, source, system_clock())
         print(f"added {changed} entr(ies) ({len(good) - changed} already listed)")
     return EXIT_FAILURE if bad and not good else EXIT_OK
 
@@ -344,7 +345,7 @@ def cmd_prune(args) -> int:
         return EXIT_CONFIG
     outbox = _open_outbox(config)
     try:
-        pruned = asyncio.run(prune(outbox, days))
+        pruned = asyncio.run(prune(outbox, days, system_clock()))
     finally:
         outbox.close()
     print(f"removed {pruned} older than {days:g} days from {config.outbox_path}")

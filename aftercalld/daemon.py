@@ -8,13 +8,12 @@ import json
 import logging
 import os
 import signal
-import time
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from . import gctune, retention, systemd
+from .clock import Clock, system_clock, utc_now
 from .config import Config, load
 from .configreader import ConfigError
 from .dispatcher import Dispatcher
@@ -38,11 +37,11 @@ def make_transport(config: Config) -> Transport:
     return module.make_transport(config.transport.settings)
 
 
-def make_sources(config: Config) -> list[CallSource]:
+def make_sources(config: Config, clock: Clock) -> list[CallSource]:
     sources = []
     for pbx in config.pbxs:
         module = importlib.import_module("aftercalld.ami" if pbx.type == "asterisk" else "aftercalld.esl")
-        sources.append(module.make_source(pbx))
+        sources.append(module.make_source(pbx, clock=clock))
     return sources
 
 
@@ -52,8 +51,9 @@ def status_path(config: Config) -> Path:
 
 
 class Daemon:
-    def __init__(self, config: Config, config_path: str) -> None:
+    def __init__(self, config: Config, config_path: str, clock: Clock = system_clock) -> None:
         self.config = config
+        self.clock = clock
         self.config_path = config_path
         self.outbox: Outbox | None = None
         self.dispatcher: Dispatcher | None = None
@@ -64,7 +64,7 @@ class Daemon:
         self._source_tasks: list[asyncio.Task] = []
         self._pruning: asyncio.Task | None = None
         self._stop = asyncio.Event()
-        self.started_at = time.time()
+        self.started_at = utc_now(clock)
 
     async def start(self) -> None:
         self.outbox = Outbox.open(self.config.outbox_path, synchronous=self.config.sqlite_synchronous)
@@ -73,8 +73,9 @@ class Daemon:
         self.policy = Policy(self.config.policy, self.outbox, self.config.timezone)
         self.dispatcher = Dispatcher(self.outbox, self.transport, self.config.dispatch, optout=self.config.optout,
                                      default_region=self.config.phone.default_region, policy=self.policy,
-                                     metrics=self.metrics)
-        self.handler = CallHandler(self.config, self.outbox, on_queued=self.dispatcher.wake, metrics=self.metrics)
+                                     metrics=self.metrics, clock=self.clock)
+        self.handler = CallHandler(self.config, self.outbox, on_queued=self.dispatcher.wake, metrics=self.metrics,
+                                   clock=self.clock)
         self.metrics.track_queue_depth(self.outbox.queue_depth)
         if self.config.transport.type != "log":
             # The transport's own gauges (binds and window; modem signal and registration).
@@ -83,7 +84,7 @@ class Daemon:
         if self.config.metrics_listen:
             self.metrics.serve(self.config.metrics_listen)
         await self.dispatcher.start()
-        self.sources = make_sources(self.config)
+        self.sources = make_sources(self.config, self.clock)
         for source in self.sources:
             self._source_tasks.append(asyncio.create_task(source.run(self.handler), name=f"source {source.name}"))
         self._start_pruning()
@@ -120,7 +121,7 @@ class Daemon:
             self._pruning.cancel()
             self._pruning = None
         if self.config.keep_days and self.outbox:
-            self._pruning = asyncio.create_task(retention.prune_periodically(self.outbox, self.config.keep_days),
+            self._pruning = asyncio.create_task(retention.prune_periodically(self.outbox, self.config.keep_days, self.clock),
                                                 name="outbox pruning")
 
     def status(self) -> dict[str, Any]:
@@ -132,8 +133,8 @@ class Daemon:
             self.metrics.transport_up.labels(self.transport.name).set(1 if _is_up(transport) else 0)
         return {
             "pid": os.getpid(),
-            "started": datetime.fromtimestamp(self.started_at, UTC).isoformat(timespec="seconds"),
-            "updated": datetime.now(UTC).isoformat(timespec="seconds"),
+            "started": self.started_at.isoformat(timespec="seconds"),
+            "updated": utc_now(self.clock).isoformat(timespec="seconds"),
             "sources": sources,
             "transport": transport,
             "queue_depth": self.outbox.queue_depth() if self.outbox else 0,

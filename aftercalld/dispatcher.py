@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 
 import tenacity
 
+from .clock import Clock, system_clock
 from .config import DispatchConfig, OptOutConfig
 from .logutil import fields
 from .model import (
@@ -52,7 +53,7 @@ class _Attempt:
 class Dispatcher:
     def __init__(self, outbox: Outbox, transport: Transport, config: DispatchConfig, *,
                  optout: OptOutConfig | None = None, default_region: str = "US",
-                 clock: Callable[[], float] = time.time, policy: Policy | None = None,
+                 clock: Clock = system_clock, policy: Policy | None = None,
                  on_transition: Callable[[Transition], None] | None = None,
                  metrics: Metrics | None = None) -> None:
         self.outbox = outbox
@@ -133,7 +134,7 @@ class Dispatcher:
         word = message.text.strip().split(maxsplit=1)[0].strip(".!,;:").upper() if message.text.strip() else ""
         number = normalise_for_list(message.sender, self.default_region) or message.sender
         if word in self.optout.stop_keywords:
-            self.outbox.optout_add([number], f"reply {word} via {message.transport}")
+            self.outbox.optout_add([number], f"reply {word} via {message.transport}", self.clock())
             log.info("reply %s from %s: added to the opt-out list", word, number,
                      extra=fields(recipient=number, state="optout"))
         elif word in self.optout.start_keywords:

@@ -9,7 +9,7 @@ import enum
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime
+from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
@@ -230,10 +230,10 @@ class OutboundMessage:
     text: str
     encoding: Encoding
     segments: int
+    created_at: datetime  # when the message was queued: its time-to-live counts from here
     attempts: int = 0
     # Per-template transport options, e.g. {"tlvs": {"0x1400": "1201159..."}} for India's DLT.
     options: Mapping[str, Any] = field(default_factory=dict)
-    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 class OutcomeKind(enum.StrEnum):
@@ -281,7 +281,6 @@ class DeliveryReport:
     message_id: str  # as the network reported it; the store matches it tolerant of base/zeros/case
     state: ReportState
     error: str = ""  # e.g. "err:001" or a network error code
-    received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     raw: str = ""  # the receipt text, kept for support
 
 
@@ -292,4 +291,3 @@ class InboundMessage:
     transport: str
     sender: str
     text: str
-    received_at: datetime = field(default_factory=lambda: datetime.now(UTC))

@@ -6,6 +6,7 @@ import logging
 import sqlite3
 from dataclasses import dataclass
 
+from .clock import Clock, system_clock
 from .config import Config
 from .logutil import fields
 from .model import CallRecord
@@ -41,8 +42,10 @@ class Decision:
 
 
 class CallHandler:
-    def __init__(self, config: Config, outbox: Outbox, on_queued=None, metrics=None) -> None:
+    def __init__(self, config: Config, outbox: Outbox, on_queued=None, metrics=None,
+                 clock: Clock = system_clock) -> None:
         self.config = config
+        self.clock = clock
         self.metrics = metrics
         self.outbox = outbox
         self.on_queued = on_queued  # e.g. Dispatcher.wake
@@ -66,7 +69,7 @@ class CallHandler:
         results = self.outbox.record_calls(
             [(d.record, d.selection.rule.name if d.selection.rule else None, d.selection.reason, d.messages)
              for d in decisions],
-            ttl_seconds=self.config.dispatch.ttl_seconds,
+            ttl_seconds=self.config.dispatch.ttl_seconds, now=self.clock(),
         )
         queued_any = False
         out = []

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .clock import Clock, system_clock
 from .config import Config
 from .dispatcher import Dispatcher
 from .logtransport import LogTransport
@@ -117,13 +118,13 @@ def _why_none(selection) -> str:
 
 
 async def replay(records: list[CallRecord] | Iterator[CallRecord], config: Config,
-                 outbox_path: str | None = None) -> list[ReplayResult]:
+                 outbox_path: str | None = None, clock: Clock = system_clock) -> list[ReplayResult]:
     with tempfile.TemporaryDirectory(prefix="aftercalld-replay-") as tmp:
         outbox = Outbox.open(outbox_path or str(Path(tmp) / "outbox.sqlite3"))
         try:
             dispatcher = Dispatcher(outbox, LogTransport(), config.dispatch, optout=config.optout,
-                                    default_region=config.phone.default_region)
-            handler = CallHandler(config, outbox, on_queued=dispatcher.wake)
+                                    default_region=config.phone.default_region, clock=clock)
+            handler = CallHandler(config, outbox, on_queued=dispatcher.wake, clock=clock)
             await dispatcher.start()
             decisions: list[Decision] = []
             for record in records:

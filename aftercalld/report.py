@@ -7,6 +7,7 @@ import statistics
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from .clock import Clock, system_clock, utc_now
 from .config import Config
 from .phone import caller_id_forms, normalise_for_list
 from .store import Outbox
@@ -112,10 +113,10 @@ def why(outbox: Outbox, config: Config, what: str, out: TextIO) -> int:
     return 0
 
 
-def status(outbox: Outbox, config: Config, fmt: str, out: TextIO) -> int:
+def status(outbox: Outbox, config: Config, fmt: str, out: TextIO, clock: Clock = system_clock) -> int:
     """The outbox's side of `aftercalld status`. Live connection states come from the
     running daemon's STATUS= line (systemctl status) and its metrics endpoint."""
-    now = datetime.now(UTC).astimezone(config.timezone)
+    now = utc_now(clock).astimezone(config.timezone)
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
     sent_today, by_rule = outbox.submitted_counts_since(midnight)
     live = _live_status(config)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
+from .clock import Clock
 from .store import Outbox, Pruned
 
 log = logging.getLogger(__name__)
@@ -15,10 +15,10 @@ MIN_KEEP_DAYS = 7
 PRUNE_EVERY_SECONDS = 3600.0
 
 
-async def prune(outbox: Outbox, keep_days: float, now: float | None = None) -> Pruned:
+async def prune(outbox: Outbox, keep_days: float, now: float) -> Pruned:
     """Delete what is older than `keep_days`, in short transactions with the event loop
     free between them (the daemon keeps taking calls)."""
-    before = (time.time() if now is None else now) - keep_days * 86400
+    before = now - keep_days * 86400
     total, after_rowid = outbox.prune(before)
     while after_rowid is not None:
         await asyncio.sleep(0)
@@ -27,12 +27,13 @@ async def prune(outbox: Outbox, keep_days: float, now: float | None = None) -> P
     return total
 
 
-async def prune_periodically(outbox: Outbox, keep_days: float, every: float = PRUNE_EVERY_SECONDS) -> None:
+async def prune_periodically(outbox: Outbox, keep_days: float, clock: Clock,
+                             every: float = PRUNE_EVERY_SECONDS) -> None:
     """The daemon's housekeeping: at start, then every hour. A failure is logged and
     tried again at the next round."""
     while True:
         try:
-            pruned = await prune(outbox, keep_days)
+            pruned = await prune(outbox, keep_days, clock())
             if pruned.calls or pruned.receipts:
                 log.info("outbox: removed %s older than %g days", pruned, keep_days)
             if pruned.kept:

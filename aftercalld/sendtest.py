@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from datetime import UTC, datetime
 
+from .clock import Clock, system_clock, utc_now
 from .config import Config
 from .daemon import make_transport
 from .model import CallRecord, CallStatus, DeliveryReport, Direction, InboundMessage, OutboundMessage, RecipientKind
@@ -30,7 +30,8 @@ class _Printer:
 
 
 async def send_test(config: Config, number: str, *, rule_name: str | None, text: str | None,
-                    timeout: float) -> int:
+                    timeout: float, clock: Clock = system_clock) -> int:
+    now = utc_now(clock)
     check = config.phone.check(number)
     if check.e164 is None:
         print(f"aftercalld: {number}: {check.reason}; not sent", file=sys.stderr)
@@ -42,7 +43,6 @@ async def send_test(config: Config, number: str, *, rule_name: str | None, text:
         if rule is None:
             print(f"aftercalld: no rule named {rule_name!r}", file=sys.stderr)
             return 2
-        now = datetime.now(UTC)
         sample = CallRecord(call_id="send-test", pbx="send-test", direction=Direction.INBOUND,
                             status=CallStatus.MISSED, caller_number=check.e164, caller_name="Test Caller",
                             dialled_number="", start_time=now, end_time=now)
@@ -58,7 +58,8 @@ async def send_test(config: Config, number: str, *, rule_name: str | None, text:
           f"{info.units} units, {len(parts)} part(s)")
     message = OutboundMessage(id=0, key="send-test", call_id="send-test", rule=rule_name or "send-test",
                               recipient_kind=RecipientKind.FIXED, destination=check.e164, sender=sender,
-                              text=text, encoding=info.encoding, segments=len(parts), options=options)
+                              text=text, encoding=info.encoding, segments=len(parts), created_at=now,
+                              options=options)
     transport = make_transport(config)
     printer = _Printer()
     try:

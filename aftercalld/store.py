@@ -14,7 +14,6 @@ import json
 import logging
 import sqlite3
 import threading
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -289,15 +288,14 @@ class Outbox:
 
     def record_call(self, record: CallRecord, rule: str | None, decision: str,
                     messages: Sequence[RenderedMessage], *, ttl_seconds: float,
-                    now: float | None = None) -> list[str] | None:
+                    now: float) -> list[str] | None:
         """Write the call and its messages in one transaction. Returns the keys of the
         messages that are now queued, or None when this call was already recorded (a
         replayed event, a restart): then nothing at all changes."""
         return self.record_calls([(record, rule, decision, messages)], ttl_seconds=ttl_seconds, now=now)[0]
 
     def record_calls(self, batch: Sequence[tuple[CallRecord, str | None, str, Sequence[RenderedMessage]]],
-                     *, ttl_seconds: float, now: float | None = None) -> list[list[str] | None]:
-        now = time.time() if now is None else now
+                     *, ttl_seconds: float, now: float) -> list[list[str] | None]:
         results: list[list[str] | None] = []
         call_rows = []
         rows = []
@@ -351,10 +349,9 @@ class Outbox:
 
     # -- dispatching -------------------------------------------------------------------
 
-    def requeue_interrupted(self, now: float | None = None) -> int:
+    def requeue_interrupted(self, now: float) -> int:
         """Messages a previous process claimed but never recorded an outcome for. They may
         or may not have reached the SMSC; sending again is the lesser evil than losing them."""
-        now = time.time() if now is None else now
         with _tx(self):
             cur = self.conn.execute(
                 "UPDATE messages SET state = 'queued', next_attempt_at = ?, updated_at = ?, "
@@ -363,8 +360,7 @@ class Outbox:
             )
         return cur.rowcount
 
-    def claim_due(self, limit: int, now: float | None = None) -> list[OutboundMessage]:
-        now = time.time() if now is None else now
+    def claim_due(self, limit: int, now: float) -> list[OutboundMessage]:
         with _tx(self):
             rows = self.conn.execute(
                 f"UPDATE messages SET state = 'sending', attempts = attempts + 1, updated_at = ? "
@@ -390,10 +386,9 @@ class Outbox:
         row = self.conn.execute("SELECT expires_at FROM messages WHERE id = ?", (message_id,)).fetchone()
         return row[0] if row else 0.0
 
-    def record_outcomes(self, outcomes: Sequence[OutcomeRecord], now: float | None = None) -> list[Transition]:
+    def record_outcomes(self, outcomes: Sequence[OutcomeRecord], now: float) -> list[Transition]:
         """All outcomes of a batch of submits in one transaction. Receipts that arrived
         before their submit's response was recorded (a real race) are applied here."""
-        now = time.time() if now is None else now
         transitions: list[Transition] = []
         new_keys: list[str] = []
         submitted, parts, retrying, final = [], [], [], []
@@ -427,8 +422,7 @@ class Outbox:
                 transitions.extend(self._apply_orphans(new_keys, now))
         return transitions
 
-    def suppress(self, message: OutboundMessage, reason: str, now: float | None = None) -> Transition:
-        now = time.time() if now is None else now
+    def suppress(self, message: OutboundMessage, reason: str, now: float) -> Transition:
         with _tx(self):
             self.conn.execute(
                 "UPDATE messages SET state = 'suppressed', reason = ?, updated_at = ?, final_at = ?, "
@@ -437,9 +431,8 @@ class Outbox:
             )
         return Transition(message.id, message.call_id, message.rule, message.destination, MessageState.SUPPRESSED, reason)
 
-    def defer(self, message: OutboundMessage, until: float, reason: str, now: float | None = None) -> None:
+    def defer(self, message: OutboundMessage, until: float, reason: str, now: float) -> None:
         """Put a claimed message back without counting an attempt (quiet hours, rate)."""
-        now = time.time() if now is None else now
         with _tx(self):
             self.conn.execute(
                 "UPDATE messages SET state = 'queued', reason = ?, updated_at = ?, next_attempt_at = ?, "
@@ -449,12 +442,11 @@ class Outbox:
 
     # -- delivery reports --------------------------------------------------------------
 
-    def apply_reports(self, reports: Sequence[DeliveryReport], now: float | None = None) -> list[Transition]:
+    def apply_reports(self, reports: Sequence[DeliveryReport], now: float) -> list[Transition]:
         """Match receipts to parts by their exact (normalised) id, settle messages whose
         parts are all final, and keep the rest as orphans: a receipt can arrive before its
         submit response has been recorded, and then a looser match would pick the wrong
         message (hex "22" is decimal 34). `resolve_orphans` tries the looser match later."""
-        now = time.time() if now is None else now
         transitions: list[Transition] = []
         with _tx(self):
             for report in reports:
@@ -544,11 +536,10 @@ class Outbox:
                     transitions.append(transition)
         return transitions
 
-    def resolve_orphans(self, received_before: float, now: float | None = None) -> list[Transition]:
+    def resolve_orphans(self, received_before: float, now: float) -> list[Transition]:
         """Receipts still unmatched after a grace period: their submit was recorded long ago
         if it exists, so now an id in the other base (or with lost leading zeros) is taken.
         What still matches nothing is kept (matched = -1) for support, not retried."""
-        now = time.time() if now is None else now
         transitions: list[Transition] = []
         with _tx(self):
             orphans = self.conn.execute(
@@ -575,8 +566,7 @@ class Outbox:
 
     # -- opt-out -----------------------------------------------------------------------
 
-    def optout_add(self, numbers: Iterable[str], source: str, now: float | None = None) -> int:
-        now = time.time() if now is None else now
+    def optout_add(self, numbers: Iterable[str], source: str, now: float) -> int:
         with _tx(self):
             cur = self.conn.executemany(
                 "INSERT OR IGNORE INTO optout (number, source, created_at) VALUES (?, ?, ?)",
@@ -616,8 +606,7 @@ class Outbox:
                 out[number] = row[0]
         return out
 
-    def dnd_add(self, entries: Iterable[str], source: str, now: float | None = None) -> int:
-        now = time.time() if now is None else now
+    def dnd_add(self, entries: Iterable[str], source: str, now: float) -> int:
         with _tx(self):
             cur = self.conn.executemany(
                 "INSERT OR IGNORE INTO dnd (entry, source, created_at) VALUES (?, ?, ?)",

@@ -2,7 +2,7 @@
 """AMI source + tracker benchmark over a loopback socket.
 
 A test AMI server (tests/ami/ami_server.py) in a separate process -- as Asterisk would be --
-replays shared/traces/asterisk/mixed_concurrent.ami N times with renumbered Uniqueid/Linkedid
+replays tests/data/traces/asterisk/mixed_concurrent.ami N times with renumbered Uniqueid/Linkedid
 values; this process runs the real `AmiSource` (login, framing, tracker) and counts the
 CallRecords it hands on.
 
@@ -46,7 +46,7 @@ from aftercalld.ami.source import AmiSource  # noqa: E402
 from aftercalld.ami.trace import read_trace  # noqa: E402
 from aftercalld.pbxconfig import PbxConfig  # noqa: E402
 
-TRACE = REPO.parent / "shared" / "traces" / "asterisk" / "mixed_concurrent.ami"
+TRACE = REPO / "tests" / "data" / "traces" / "asterisk" / "mixed_concurrent.ami"
 SECRET = "bench"
 ID_RE = re.compile(rb"\b\d{10}\.\d+\b")
 

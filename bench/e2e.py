@@ -26,7 +26,7 @@ sys.path[:0] = [str(REPO / "tests" / "ami"), str(REPO / "tests" / "smpp")]
 from ami_server import AmiServer  # noqa: E402
 from smsc_sim import SmscSim, parse_submit  # noqa: E402
 
-TRACE = REPO.parent / "shared" / "traces" / "asterisk" / "inbound_missed_noanswer.ami"
+TRACE = REPO / "tests" / "data" / "traces" / "asterisk" / "inbound_missed_noanswer.ami"
 SAMPLE = REPO / "aftercalld" / "samples" / "traces" / "mixed_concurrent.ami"
 
 CONFIG = """

@@ -3,7 +3,7 @@
     /work/venv/bin/python bench/esl.py [--quick]
 
 1. Throughput: a separate process plays FreeSWITCH's event socket on 127.0.0.1 and sends
-   recorded calls (the shared traces, every Unique-ID renewed per call) as fast as TCP
+   recorded calls (the traces in tests/data, every Unique-ID renewed per call) as fast as TCP
    takes them; the real EslSource (framing, URL-decoding, tracker) counts finished calls.
    Measured twice: with every event FreeSWITCH emits (`event plain ALL`, the traces' mix)
    and with only the events aftercalld subscribes to.
@@ -38,7 +38,7 @@ from aftercalld.esl.source import EslSource  # noqa: E402
 from aftercalld.esl.tracker import SUBSCRIBE_EVENTS, EslTracker  # noqa: E402
 from aftercalld.pbxconfig import default_pbx  # noqa: E402
 
-TRACES = REPO.parent / "shared" / "traces" / "freeswitch"
+TRACES = REPO / "tests" / "data" / "traces" / "freeswitch"
 TEMPLATES = ["inbound_connected.esl", "inbound_missed_noanswer.esl", "inbound_voicemail.esl",
              "outbound_connected.esl", "ivr_abandon.esl"]
 UUID_RE = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")

@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 import warnings
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,10 +177,12 @@ async def transport_only(port: int, count: int, window: int) -> float:
     transport = make_transport(settings(port, window=window, sessions=1, response_timeout=10.0))
     await transport.start(NoEvents())
     text = "Sorry we missed your call"
+    queued_at = datetime.now(UTC)  # the transport does not read it; only the dispatcher's TTL does
     messages = [OutboundMessage(id=i, key=f"k{i}", call_id=f"c{i}", rule="r",
                                 recipient_kind=RecipientKind.CALLER,
                                 destination=f"+447700900{i % 1000:03d}", sender="ACME", text=text,
-                                encoding=choose_encoding(text), segments=1) for i in range(count)]
+                                encoding=choose_encoding(text), segments=1, created_at=queued_at)
+                for i in range(count)]
     gate = asyncio.Semaphore(transport.max_in_flight)
 
     async def one(m):

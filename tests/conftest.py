@@ -5,16 +5,12 @@ import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-TRACES = SHARED / "traces"
+from testdata import TRACES
 
 
 @pytest.fixture(scope="session")
-def shared_traces() -> Path:
-    if not TRACES.is_dir():
-        pytest.fail(f"shared traces not found at {TRACES} (the repo must sit beside shared/)")
+def traces() -> Path:
+    """The recorded PBX traces inside the checkout (tests/data/traces)."""
     return TRACES
 
 

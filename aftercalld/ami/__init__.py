@@ -8,6 +8,7 @@ Public entry points for the core:
 """
 from __future__ import annotations
 
+from ..clock import Clock, system_clock
 from ..pbxconfig import PbxConfig
 from ..source import CallSource
 from .config import AmiSettings, parse_settings
@@ -17,7 +18,7 @@ from .tracker import CallTracker
 __all__ = ["AmiSettings", "CallTracker", "iter_trace_calls", "make_source", "parse_settings"]
 
 
-def make_source(pbx: PbxConfig) -> CallSource:
+def make_source(pbx: PbxConfig, clock: Clock = system_clock) -> CallSource:
     from .source import AmiSource
 
-    return AmiSource(pbx)
+    return AmiSource(pbx, clock=clock)

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential_jitter
 
+from ..clock import Clock, system_clock
 from ..logutil import fields
 from ..model import CallRecord
 from ..pbxconfig import PbxConfig
@@ -78,8 +78,9 @@ class _Conn:
 
 
 class AmiSource(CallSource):
-    def __init__(self, pbx: PbxConfig, settings: AmiSettings | None = None) -> None:
+    def __init__(self, pbx: PbxConfig, settings: AmiSettings | None = None, clock: Clock = system_clock) -> None:
         super().__init__(pbx.name)
+        self.clock = clock
         if settings is None:
             settings = pbx.settings
         if not isinstance(settings, AmiSettings):
@@ -262,13 +263,13 @@ class AmiSource(CallSource):
     async def _session(self, conn: _Conn, queue: asyncio.Queue[CallRecord]) -> None:
         self.sessions += 1
         self._conn = conn
-        self.connected_since = time.time()
+        self.connected_since = self.clock()
         self._change("connected", "", logging.INFO, "AMI %s: connected to %s as %r",
                      self.name, self._where, self.settings.username)
         pinger = asyncio.create_task(self._pinger(conn), name=f"ami-ping-{self.name}")
         try:
             if conn.backlog:
-                self._handle(conn, conn.backlog, queue, time.time())
+                self._handle(conn, conn.backlog, queue, self.clock())
                 conn.backlog = []
             reader = conn.reader
             while True:
@@ -277,7 +278,7 @@ class AmiSource(CallSource):
                     if pinger.done() and not pinger.cancelled() and pinger.exception():
                         raise pinger.exception()  # type: ignore[misc]
                     raise EOFError("closed by Asterisk")
-                self.last_data_at = time.time()
+                self.last_data_at = self.clock()
                 self._handle(conn, conn.parser.feed(data), queue, self.last_data_at)
         finally:
             pinger.cancel()
@@ -314,7 +315,7 @@ class AmiSource(CallSource):
         s = self.settings
         while True:
             await asyncio.sleep(s.ping_interval)
-            self.tracker.expire(time.time())  # evict stale calls even when the PBX is idle
+            self.tracker.expire(self.clock())  # evict stale calls even when the PBX is idle
             fut = conn.send({"Action": "Ping"})
             try:
                 async with asyncio.timeout(s.ping_timeout):

@@ -104,13 +104,14 @@ class _Dial:
 
 
 class _Call:
-    __slots__ = ("linkedid", "start", "end", "channels", "by_name", "live", "partial", "gap",
+    __slots__ = ("linkedid", "start", "seen", "end", "channels", "by_name", "live", "partial", "gap",
                  "main", "dials", "bridges", "talk_start", "talk_total", "talk_peer",
                  "answer_at", "vm_box", "vm_failed", "queue", "member_name", "cdr_billsec")
 
-    def __init__(self, linkedid: str, start: float, partial: bool) -> None:
+    def __init__(self, linkedid: str, start: float, partial: bool, seen: float) -> None:
         self.linkedid = linkedid
-        self.start = start
+        self.start = start  # the PBX's clock (the event's Timestamp): what the record says
+        self.seen = seen  # our clock when the first event arrived: what eviction counts from
         self.end = start
         self.channels: dict[str, _Chan] = {}
         self.by_name: dict[str, _Chan] = {}
@@ -149,6 +150,7 @@ class CallTracker:
         self._finished: OrderedDict[str, None] = OrderedDict()
         self._timeout = float(pbx.call_timeout_seconds)
         self._next_expiry = 0.0
+        self._arrival = 0.0  # our clock at the event being fed
         dept = pbx.department_variable
         self._dept_var = dept.lstrip("_") if dept else ""
         wanted = {v.lstrip("_") for v in pbx.variables}
@@ -199,6 +201,7 @@ class CallTracker:
         self.stats["events"] += 1
         handler = self._handlers.get(event.get("Event"))  # type: ignore[arg-type]
         ts = now if isinstance(now, float) else now.timestamp()
+        self._arrival = ts
         if ts >= self._next_expiry:
             self._next_expiry = ts + 1.0
             self.expire(ts)
@@ -219,12 +222,14 @@ class CallTracker:
 
     def expire(self, now: datetime | float) -> int:
         """Drop calls that started more than ``call_timeout_seconds`` ago (their end never
-        arrived). Calls are kept in start order, so this only looks at the oldest."""
+        arrived). Counted on our clock, not the PBX's: a PBX whose clock is off, or a
+        recorded trace replayed later, must not age calls. Calls are kept in arrival order,
+        so this only looks at the oldest."""
         cutoff = (now if isinstance(now, float) else now.timestamp()) - self._timeout
         evicted = 0
         while self._calls:
             lid, call = next(iter(self._calls.items()))
-            if call.start > cutoff:
+            if call.seen > cutoff:
                 break
             self._forget(call)
             evicted += 1
@@ -284,7 +289,7 @@ class CallTracker:
             return None
         call = self._calls.get(lid)
         if call is None:
-            call = _Call(lid, ts, partial=True)
+            call = _Call(lid, ts, partial=True, seen=self._arrival)
             self._calls[lid] = call
         return self._add_chan(call, uid, ev.get(name_key, ""))
 
@@ -311,7 +316,7 @@ class CallTracker:
             self._calls.pop(old.linkedid, None)
         new = self._calls.get(lid)
         if new is None:
-            new = _Call(lid, ts, partial=True)
+            new = _Call(lid, ts, partial=True, seen=self._arrival)
             self._calls[lid] = new
         chan.call = new
         new.channels[chan.uid] = chan
@@ -351,7 +356,7 @@ class CallTracker:
             call = self._calls.get(lid)
             if call is None:
                 # We saw this call begin only if its first channel is the Linkedid one.
-                call = _Call(lid, ts, partial=(uid != lid))
+                call = _Call(lid, ts, partial=(uid != lid), seen=self._arrival)
                 self._calls[lid] = call
             chan = self._add_chan(call, uid, ev.get("Channel", ""))
         elif chan.call.linkedid != lid:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential, wait_random
 
+from ..clock import Clock, system_clock
 from ..logutil import fields
 from ..model import CallRecord
 from ..pbxconfig import PbxConfig
@@ -26,8 +26,9 @@ log = logging.getLogger("aftercalld.esl.source")
 
 
 class EslSource(CallSource):
-    def __init__(self, pbx: PbxConfig, settings: EslSettings | None = None) -> None:
+    def __init__(self, pbx: PbxConfig, settings: EslSettings | None = None, clock: Clock = system_clock) -> None:
         super().__init__(pbx.name)
+        self.clock = clock
         self.pbx = pbx
         self.settings = settings or (pbx.settings if isinstance(pbx.settings, EslSettings) else EslSettings())
         self.tracker = EslTracker(pbx, self.settings)
@@ -66,7 +67,7 @@ class EslSource(CallSource):
             age = asyncio.get_running_loop().time() - self._last_rx
         except RuntimeError:
             return None
-        return status_time(time.time() - age)
+        return status_time(self.clock() - age)
 
     async def run(self, on_call: CallSink) -> None:
         s = self.settings
@@ -124,7 +125,7 @@ class EslSource(CallSource):
             self.connects += 1
             self.tracker.connection_gap()
             self._state = "connected"
-            self._connected_since = time.time()
+            self._connected_since = self.clock()
             self._last_rx = asyncio.get_running_loop().time()
             log.info("ESL %s: connected to %s%s", self.name, s.describe(),
                      f" (was: {self._problem})" if self._problem else "", extra=fields(pbx=self.name))

@@ -1,10 +1,8 @@
-"""What the shared Asterisk traces' README says each recorded call was (the truth the
+"""What the recorded Asterisk traces' README says each recorded call was (the truth the
 tracker is tested against), plus where the traces live."""
 from __future__ import annotations
 
-from pathlib import Path
-
-TRACES = Path(__file__).resolve().parents[2].parent / "shared" / "traces" / "asterisk"
+from testdata import ASTERISK_TRACES as TRACES  # noqa: F401  (re-exported for the AMI tests)
 
 # One dict per call: every field the README states. talk = billsec (integer seconds).
 INBOUND_CONNECTED = dict(status="connected", direction="inbound", caller_number="9876543210",

@@ -1,4 +1,4 @@
-"""The shared Asterisk traces, replayed from disk through the tracker, give exactly the calls
+"""The recorded Asterisk traces, replayed from disk through the tracker, give exactly the calls
 their README lists, with every listed field."""
 from __future__ import annotations
 

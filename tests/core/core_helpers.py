@@ -51,6 +51,10 @@ def write_config(tmp_path: Path, rules: str = DEFAULT_RULES, extra: str = "") ->
     return path
 
 
+# The date the core tests live on: every clock they hand the code reads from here.
+NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+
+
 def call(**kw) -> CallRecord:
     start = kw.pop("start_time", datetime(2026, 11, 30, 10, 0, tzinfo=UTC))
     base = dict(

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from core_helpers import call, write_config
+from core_helpers import NOW, call, write_config
 
 from aftercalld import store
 from aftercalld.config import load
@@ -171,17 +171,18 @@ def test_a_receipt_racing_its_submit_is_not_matched_to_another_message_by_base(s
     """Hex "22" is decimal 34: a receipt for id "34" that arrives before message B's submit
     response is recorded must wait for B, not settle message A (SMPP review finding)."""
     config, outbox = setup
-    handler = CallHandler(config, outbox)
+    now = NOW.timestamp()
+    handler = CallHandler(config, outbox, clock=lambda: now)
     handler.handle(call(call_id="A"))
     handler.handle(call(call_id="B", caller_number="+447400123457"))
-    a, b = outbox.claim_due(10)
-    outbox.record_outcomes([OutcomeRecord(a, MessageState.SUBMITTED, transport_ids=("22",))])
-    outbox.apply_reports([DeliveryReport("smpp", "34", ReportState.UNDELIVERABLE, "err:001")])
-    outbox.record_outcomes([OutcomeRecord(b, MessageState.SUBMITTED, transport_ids=("34",))])
-    outbox.apply_reports([DeliveryReport("smpp", "22", ReportState.DELIVERED)])
+    a, b = outbox.claim_due(10, now)
+    outbox.record_outcomes([OutcomeRecord(a, MessageState.SUBMITTED, transport_ids=("22",))], now)
+    outbox.apply_reports([DeliveryReport("smpp", "34", ReportState.UNDELIVERABLE, "err:001")], now)
+    outbox.record_outcomes([OutcomeRecord(b, MessageState.SUBMITTED, transport_ids=("34",))], now)
+    outbox.apply_reports([DeliveryReport("smpp", "22", ReportState.DELIVERED)], now)
     states = {m["call_key"]: m["state"] for m in outbox.messages()}
     assert states == {"main/A": "delivered", "main/B": "undeliverable"}
-    assert outbox.resolve_orphans(received_before=time.time() + 1) == []
+    assert outbox.resolve_orphans(received_before=now + 1, now=now) == []
 
 
 async def test_stop_reply_opts_out_and_dispatcher_honours_it(setup):
@@ -204,7 +205,7 @@ async def test_stop_reply_opts_out_and_dispatcher_honours_it(setup):
 
 
 KILLER = textwrap.dedent('''
-    import os, signal, sys
+    import os, signal, sys, time
     from aftercalld.config import load
     from aftercalld.pipeline import CallHandler
     from aftercalld.store import OutcomeRecord, Outbox
@@ -215,7 +216,7 @@ KILLER = textwrap.dedent('''
     handler = CallHandler(config, outbox)
     for i in range(20):
         handler.handle(call(call_id=f"k{i}", caller_number=f"+4474001234{i:02d}"))
-    outbox.claim_due(5)   # five are "on the wire" when the process dies
+    outbox.claim_due(5, time.time())   # five are "on the wire" when the process dies
     os.kill(os.getpid(), signal.SIGKILL)
 ''')
 

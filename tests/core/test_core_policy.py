@@ -37,7 +37,7 @@ async def started(tmp_path, rules_toml, clock):
     outbox = Outbox.open(config.outbox_path)
     dispatcher = Dispatcher(outbox, ScriptedTransport([]), config.dispatch, clock=clock,
                             policy=Policy(config.policy, outbox, LONDON))
-    handler = CallHandler(config, outbox, on_queued=dispatcher.wake)
+    handler = CallHandler(config, outbox, on_queued=dispatcher.wake, clock=clock)
     await dispatcher.start()
     return outbox, dispatcher, handler
 
@@ -131,7 +131,7 @@ async def test_quiet_hours_drop(tmp_path):
 async def test_dnd_numbers_and_prefixes(tmp_path):
     clock = Clock(datetime(2026, 11, 30, 12, 0, tzinfo=UTC))
     outbox, dispatcher, handler = await started(tmp_path, rules(), clock)
-    outbox.dnd_add([NUMBERS[0], "+44740012345*"], "test")
+    outbox.dnd_add([NUMBERS[0], "+44740012345*"], "test", clock())
     for i, number in enumerate([NUMBERS[0], "+447400123456", NUMBERS[2]]):
         handler.handle(call(call_id=f"d{i}", caller_number=number))
     await dispatcher.wait_idle()

@@ -1,5 +1,5 @@
 """Events of production-shaped FreeSWITCH calls (a SIP trunk leg and an agent leg, no
-loopback), with the headers FreeSWITCH 1.10 puts on them. The shared traces cover the
+loopback), with the headers FreeSWITCH 1.10 puts on them. The recorded traces cover the
 loopback topology; these cover the two-leg one and outcomes the traces lack (busy, caller
 hang-up while ringing, unallocated number)."""
 from __future__ import annotations

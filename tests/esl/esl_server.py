@@ -15,8 +15,10 @@ import re
 from pathlib import Path
 from urllib.parse import quote
 
+from testdata import FREESWITCH_TRACES
+
 DISCONNECT_BODY = b"Disconnected, goodbye.\nSee you at ClueCon! http://www.cluecon.com/\n"
-TRACES = Path(__file__).resolve().parents[2].parent / "shared" / "traces" / "freeswitch"
+TRACES = FREESWITCH_TRACES
 
 _RECORD = re.compile(rb"^#@ \S+ \S+ seq=\d+ len=(\d+)")
 

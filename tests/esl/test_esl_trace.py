@@ -5,12 +5,13 @@ import logging
 from pathlib import Path
 
 import pytest
+from testdata import FREESWITCH_TRACES
 
 from aftercalld.esl import iter_trace_calls, iter_trace_events
 from aftercalld.model import CallStatus, Direction
 from aftercalld.pbxconfig import default_pbx
 
-TRACES = Path(__file__).resolve().parents[2].parent / "shared" / "traces" / "freeswitch"
+TRACES = FREESWITCH_TRACES
 
 # From traces/freeswitch/README.md: call leg Unique-ID, direction, caller, dialled, agent,
 # department, status, talk time (approx.), voicemail box.

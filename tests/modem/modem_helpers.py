@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import itertools
 from collections.abc import AsyncIterator
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 
 from modem_sim import ModemSim
@@ -42,7 +42,8 @@ def message(text: str, destination: str = "+447700900123") -> OutboundMessage:
     n = next(_ids)
     return OutboundMessage(id=n, key=f"call{n}:rule:caller", call_id=f"call{n}", rule="missed",
                            recipient_kind=RecipientKind.CALLER, destination=destination,
-                           sender="ACME", text=text, encoding=info.encoding, segments=info.segments)
+                           sender="ACME", text=text, encoding=info.encoding, segments=info.segments,
+                           created_at=datetime(2026, 1, 1, tzinfo=UTC))
 
 
 @contextlib.asynccontextmanager
@@ -78,4 +79,4 @@ def enqueue(outbox, texts: list[str], destination: str = "+447700900123") -> Non
             raw_number=destination, destination=destination, sender="ACME", text=text,
             encoding=info.encoding, segments=info.segments)
         batch.append((record, "missed", "rule missed matched", [rendered]))
-    outbox.record_calls(batch, ttl_seconds=3600)
+    outbox.record_calls(batch, ttl_seconds=3600, now=now.timestamp())

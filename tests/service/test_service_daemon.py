@@ -81,8 +81,8 @@ caller = {{ text = "Thanks for calling, {{agent_name|our team}} was glad to help
 """
 
 
-def trace_bytes(name: str, shared: Path) -> bytes:
-    raw = (shared / "asterisk" / name).read_bytes()
+def trace_bytes(name: str, traces: Path) -> bytes:
+    raw = (traces / "asterisk" / name).read_bytes()
     return b"\r\n".join(line for line in raw.split(b"\r\n") if not line.startswith(b"#"))
 
 
@@ -162,7 +162,7 @@ def texts(smsc: SmscSim) -> list[tuple[str, str]]:
     return [(s.destination, decode(s.short_message, s.data_coding)) for s in smsc.accepted]
 
 
-async def test_ready_watchdog_calls_to_texts_and_sighup(tmp_path, peers, shared_traces):
+async def test_ready_watchdog_calls_to_texts_and_sighup(tmp_path, peers, traces):
     ami, smsc = peers
     config = write_config(tmp_path, ami, smsc)
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -189,7 +189,7 @@ async def test_ready_watchdog_calls_to_texts_and_sighup(tmp_path, peers, shared_
         await ami.wait_until(lambda: ami.ok_logins >= 1)
         await smsc.wait_until(lambda: len(smsc.bound()) >= 2)
 
-        await ami.send(trace_bytes("inbound_missed_noanswer.ami", shared_traces))
+        await ami.send(trace_bytes("inbound_missed_noanswer.ami", traces))
         await smsc.wait_until(lambda: len(smsc.accepted) >= 1)
         assert texts(smsc) == [("919876543210", "Sorry we missed you. Reply STOP to opt out.")]
 
@@ -197,7 +197,7 @@ async def test_ready_watchdog_calls_to_texts_and_sighup(tmp_path, peers, shared_
         write_config(tmp_path, ami, smsc, text="New wording after reload.")
         daemon.signal(signal.SIGHUP)
         await daemon.wait_for_line("reloaded")
-        await ami.send(trace_bytes("inbound_voicemail.ami", shared_traces))
+        await ami.send(trace_bytes("inbound_voicemail.ami", traces))
         await smsc.wait_until(lambda: len(smsc.accepted) >= 2)
         assert texts(smsc)[1] == ("919876543210", "New wording after reload.")
 
@@ -206,7 +206,7 @@ async def test_ready_watchdog_calls_to_texts_and_sighup(tmp_path, peers, shared_
         daemon.signal(signal.SIGHUP)
         await daemon.wait_for_line("reload refused")
         assert 'rules[0].recipients: unknown value "agnet"' in daemon.log
-        await ami.send(trace_bytes("ivr_abandon.ami", shared_traces))
+        await ami.send(trace_bytes("ivr_abandon.ami", traces))
         await smsc.wait_until(lambda: len(smsc.accepted) >= 3)
         assert texts(smsc)[2] == ("919876543210", "New wording after reload.")
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Callable
-from datetime import UTC
+from datetime import UTC, datetime
 
 from aftercalld.model import DeliveryReport, Encoding, InboundMessage, OutboundMessage, RecipientKind
 from aftercalld.rules.encoding import choose_encoding, split_segments
 from aftercalld.smpp.config import SmppSettings
+
+# Transports never read when a message was queued (only the dispatcher's time-to-live does).
+QUEUED_AT = datetime(2026, 1, 1, tzinfo=UTC)
 
 _ids = itertools.count(1)
 
@@ -38,7 +41,7 @@ def message(text: str = "Thanks for calling ACME", destination: str = "+44770090
     return OutboundMessage(
         id=n, key=f"call{n}:rule:caller", call_id=f"call{n}", rule="rule",
         recipient_kind=RecipientKind.CALLER, destination=destination, sender=sender,
-        text=text, encoding=encoding, segments=len(split_segments(text, encoding)), **kw)
+        text=text, encoding=encoding, segments=len(split_segments(text, encoding)), created_at=QUEUED_AT, **kw)
 
 
 class Events:
@@ -125,4 +128,4 @@ def enqueue(outbox, texts: list[str], destination: str = "+447700900{:03d}", sen
             raw_number=dest, destination=dest, sender=sender, text=text, encoding=encoding,
             segments=len(split_segments(text, encoding)), options=options or {})
         batch.append((record, "missed", "rule missed matched", [rendered]))
-    outbox.record_calls(batch, ttl_seconds=3600)
+    outbox.record_calls(batch, ttl_seconds=3600, now=now.timestamp())
