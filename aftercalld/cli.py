@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
@@ -97,9 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_CONFIG
     _setup_logging(args.verbose, args.command)
-    handler = globals()[f"cmd_{args.command.replace('-', '_')}"]
     try:
-        return handler(args)
+        return COMMANDS[args.command](args)
     except ConfigError as exc:
         print(f"aftercalld: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -364,6 +363,23 @@ def cmd_why(args) -> int:
     from .report import why
 
     return _on_outbox(args, lambda outbox, config: why(outbox, config, args.what, sys.stdout))
+
+
+# Each subcommand of build_parser() and the function that runs it.
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "check-config": cmd_check_config,
+    "test-rule": cmd_test_rule,
+    "replay": cmd_replay,
+    "demo": cmd_demo,
+    "run": cmd_run,
+    "optout": cmd_optout,
+    "dnd": cmd_dnd,
+    "status": cmd_status,
+    "send-test": cmd_send_test,
+    "prune": cmd_prune,
+    "report": cmd_report,
+    "why": cmd_why,
+}
 
 
 if __name__ == "__main__":

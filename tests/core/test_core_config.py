@@ -117,3 +117,15 @@ def test_rule_on_a_variable_no_pbx_collects(tmp_path):
         load(write_config(tmp_path, rules=rules))
     assert info.value.key == "rules[0].when.variables.DEPT"
     assert "never known" in info.value.reason
+
+
+def test_every_subcommand_has_a_handler_and_python_m_works():
+    import subprocess
+    import sys
+
+    from aftercalld.cli import COMMANDS, build_parser
+
+    subparsers = next(a for a in build_parser()._actions if a.dest == "command")
+    assert set(subparsers.choices) == set(COMMANDS)
+    res = subprocess.run([sys.executable, "-m", "aftercalld", "--version"], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.startswith("aftercalld "), res.stderr
