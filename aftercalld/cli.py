@@ -87,6 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("why", "Explain what happened after a call: by call id or caller number.")
     p.add_argument("what", help="a call id (e.g. 1796012880.0) or the caller's number")
+
+    p = add("files", "List, print or install what the package ships: the example config and the systemd files.",
+            config=False)
+    p.add_argument("names", nargs="*", metavar="NAME",
+                   help="print this file (e.g. aftercalld.example.toml, aftercalld.service); with --install: these")
+    p.add_argument("--install", action="store_true",
+                   help="copy the files to their places (default: config, unit, sysusers, tmpfiles); "
+                        "an existing config is never replaced")
+    p.add_argument("--root", default="/", help="install under this directory instead of / (for packagers)")
+    p.add_argument("--force", action="store_true", help="with --install: replace existing unit files")
     return parser
 
 
@@ -359,6 +369,31 @@ def cmd_report(args) -> int:
     return _on_outbox(args, lambda outbox, config: report(outbox, config, args, sys.stdout))
 
 
+def cmd_files(args) -> int:
+    from .files import SHIPPED, find, install, read_text
+
+    if args.install:
+        try:
+            lines = install(args.names, Path(args.root), force=args.force)
+        except (LookupError, OSError) as exc:
+            print(f"aftercalld: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        print("\n".join(lines))
+        return EXIT_OK
+    if not args.names:
+        width = max(len(s.name) for s in SHIPPED)
+        for s in SHIPPED:
+            print(f"{s.name:<{width}}  {s.destination or '(example)':<52}  {s.about}")
+        return EXIT_OK
+    for name in args.names:
+        shipped = find(name)
+        if shipped is None:
+            print(f"aftercalld: no shipped file named {name!r}; `aftercalld files` lists them", file=sys.stderr)
+            return EXIT_CONFIG
+        sys.stdout.write(read_text(shipped))
+    return EXIT_OK
+
+
 def cmd_why(args) -> int:
     from .report import why
 
@@ -379,6 +414,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "prune": cmd_prune,
     "report": cmd_report,
     "why": cmd_why,
+    "files": cmd_files,
 }
 
 

@@ -187,7 +187,7 @@ class Section:
         unknown = [k for k in self.data if k not in self._read]
         if unknown:
             name = unknown[0]
-            raise self.error(name, "unknown key (check the spelling; config/aftercalld.example.toml lists every key)")
+            raise self.error(name, "unknown key (check the spelling; `aftercalld files aftercalld.example.toml` lists every key)")
 
     def _bounds(self, name: str, value: float, lo: float | None, hi: float | None) -> None:
         if lo is not None and value < lo:

@@ -13,3 +13,6 @@ TRACES = DATA / "traces"
 ASTERISK_TRACES = TRACES / "asterisk"
 FREESWITCH_TRACES = TRACES / "freeswitch"
 ASTERISK_ACTIONS = TRACES / "asterisk-actions"
+
+# What the package ships for installs (example config, systemd units): aftercalld/data/.
+SHIPPED = Path(__file__).resolve().parents[1] / "aftercalld" / "data"

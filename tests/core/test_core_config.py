@@ -6,6 +6,7 @@ import sys
 
 import pytest
 from core_helpers import DEFAULT_RULES, write_config
+from testdata import SHIPPED
 
 from aftercalld.config import load
 from aftercalld.configreader import ConfigError
@@ -102,9 +103,8 @@ def test_check_config_cli_exit_codes(tmp_path):
 
 
 def test_example_config_is_valid():
-    from pathlib import Path
 
-    example = Path(__file__).resolve().parents[2] / "config" / "aftercalld.example.toml"
+    example = SHIPPED / "aftercalld.example.toml"
     config = load(example)
     assert config.rules.rules
 

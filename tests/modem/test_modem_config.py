@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+from testdata import SHIPPED
 
 from aftercalld.configreader import ConfigError, Section
 from aftercalld.modem import parse_settings
@@ -70,9 +71,8 @@ def test_error_meanings(line, permanent, text):
 
 def test_example_fragment_parses():
     import tomllib
-    from pathlib import Path
 
-    example = Path(__file__).resolve().parents[2] / "config" / "examples" / "modem.toml"
+    example = SHIPPED / "examples" / "modem.toml"
     data = tomllib.loads(example.read_text())["transport"]
     sec = Section(data, "transport", str(example))
     assert sec.str("type") == "modem"

@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from testdata import SHIPPED
 
-UNIT = Path(__file__).resolve().parents[2] / "systemd" / "aftercalld.service"
+UNIT = SHIPPED / "systemd" / "aftercalld.service"
 
 needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
                                    reason="systemd-analyze not installed (.ci/run installs it)")

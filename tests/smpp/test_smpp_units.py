@@ -11,6 +11,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from smpp_util import message
 from smsc_sim import parse_submit, reassemble
+from testdata import SHIPPED
 
 from aftercalld.configreader import ConfigError, Section
 from aftercalld.model import Encoding, ReportState
@@ -404,9 +405,8 @@ def test_frame_buffer_never_crashes_on_chunks(chunks):
 
 def test_example_config_fragment_parses():
     import tomllib
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[2] / "config" / "examples" / "smpp.toml"
+    path = SHIPPED / "examples" / "smpp.toml"
     data = tomllib.loads(path.read_text())
     section = Section(data["transport"], "transport", str(path))
     assert section.str("type") == "smpp"
@@ -418,15 +418,13 @@ def test_whole_config_with_the_smpp_fragment_loads_and_builds_the_transport():
     """The core's loader hands [transport] to our parse_settings; the daemon's factory
     builds our transport from it."""
     import tomllib
-    from pathlib import Path
 
     from aftercalld import config as core_config
     from aftercalld.daemon import make_transport as daemon_make_transport
     from aftercalld.smpp.transport import SmppTransport
 
-    repo = Path(__file__).resolve().parents[2]
-    data = tomllib.loads((repo / "config" / "aftercalld.example.toml").read_text())
-    data["transport"] = tomllib.loads((repo / "config" / "examples" / "smpp.toml").read_text())["transport"]
+    data = tomllib.loads((SHIPPED / "aftercalld.example.toml").read_text())
+    data["transport"] = tomllib.loads((SHIPPED / "examples" / "smpp.toml").read_text())["transport"]
     cfg = core_config.parse(data, "example+smpp")
     transport = daemon_make_transport(cfg)
     assert isinstance(transport, SmppTransport)
