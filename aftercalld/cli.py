@@ -186,11 +186,12 @@ def cmd_replay(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from .model import CallRecord
     from .replay import read_calls, replay_sync
 
     config = _demo_config()
     traces = sorted(p for p in (SAMPLES / "traces").iterdir() if p.suffix in (".ami", ".esl", ".jsonl"))
-    records = []
+    records: list[CallRecord] = []
     for trace in traces:
         try:
             records.extend(read_calls(trace, config))
@@ -269,7 +270,8 @@ def _manage_list(args, *, kind: str, normalise, add, remove, listing) -> int:
         for entry, source, _ in listing():
             print(f"{entry}\t{source}")
         return EXIT_OK
-    good, bad = [], []
+    good: list[str] = []
+    bad: list[str] = []
     for raw in _read_entries(args.entries, args.action):
         entry = normalise(raw)
         (good if entry else bad).append(entry or raw)

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 from zoneinfo import ZoneInfo
 
 import tenacity
@@ -219,11 +219,15 @@ class Dispatcher:
         if outcome.kind is OutcomeKind.PERMANENT:
             return OutcomeRecord(message, MessageState.FAILED, outcome.reason, transport=name)
         now = self.clock()
-        delay = outcome.retry_after if outcome.retry_after is not None else self._backoff(_Attempt(message.attempts))
+        if outcome.retry_after is not None:
+            delay = outcome.retry_after
+        else:  # tenacity's wait strategies read only attempt_number from the retry state
+            delay = self._backoff(cast("tenacity.RetryCallState", _Attempt(message.attempts)))
         next_at = now + delay
         expires_at = message.created_at.timestamp() + self.config.ttl_seconds
         if next_at > expires_at:
-            reason = f"gave up after {message.attempts} attempt(s), time-to-live {self.config.ttl_seconds:g}s: {outcome.reason}"
+            reason = (f"gave up after {message.attempts} attempt(s), time-to-live {self.config.ttl_seconds:g}s: "
+                      f"{outcome.reason}")
             return OutcomeRecord(message, MessageState.FAILED, reason, transport=name)
         return OutcomeRecord(message, MessageState.RETRYING, outcome.reason, next_attempt_at=next_at, transport=name)
 

@@ -50,7 +50,8 @@ DEFAULT_INSTALL = ("aftercalld.example.toml", "systemd/aftercalld.service", "sys
 
 
 def find(name: str) -> Shipped | None:
-    return next((s for s in SHIPPED if s.name == name or Path(s.name).name == name), None)
+    """By its name, or the end of it: `aftercalld.service`, `aftercalld.service.d/modem.conf`."""
+    return next((s for s in SHIPPED if s.name == name or s.name.endswith("/" + name)), None)
 
 
 def data(shipped: Shipped) -> Traversable:
