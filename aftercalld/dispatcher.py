@@ -268,12 +268,14 @@ class Dispatcher:
     def _emit(self, transitions: list[Transition]) -> None:
         log_info = log.isEnabledFor(logging.INFO)
         for t in transitions:
-            if log_info or t.state is not MessageState.SUBMITTED:
-                _log_transition(t)
+            # Count before logging: whoever reads the log line and then scrapes the metrics
+            # (support staff, the tests) must find the change counted.
             if self.metrics:
                 self.metrics.messages.labels(t.state.value).inc()
                 if t.submitted_at and t.state.final and t.state is not MessageState.FAILED:
                     self.metrics.delivery_latency.observe(max(0.0, self.clock() - t.submitted_at))
+            if log_info or t.state is not MessageState.SUBMITTED:
+                _log_transition(t)
             if self.on_transition:
                 self.on_transition(t)
 
