@@ -3,16 +3,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from . import __version__
 from .clock import system_clock
 from .configreader import ConfigError
+from .ownership import OwnershipError
+from .store import Outbox, StoreError
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
@@ -29,17 +32,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="After-call SMS for Asterisk and FreeSWITCH: classify finished calls, pick a rule, send a text.",
     )
     parser.add_argument("--version", action="version", version=f"aftercalld {__version__}")
+    # -c and -v go before or after the command: `aftercalld -c f.toml status` and
+    # `aftercalld status -c f.toml` both work. The subcommands' copies default to SUPPRESS
+    # so that they do not overwrite a value given before the command.
+    config_help = "config file (default: $AFTERCALLD_CONFIG or /etc/aftercalld/aftercalld.toml)"
+    parser.add_argument("-c", "--config", default=None, help=config_help)
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def add(name: str, help_: str, *, config: bool = True) -> argparse.ArgumentParser:
+    def add(name: str, help_: str, *, config_help: str = config_help) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
-        if config:
-            p.add_argument("-c", "--config", default=_default_config(),
-                           help="config file (default: $AFTERCALLD_CONFIG or /etc/aftercalld/aftercalld.toml)")
-        p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+        p.add_argument("-c", "--config", default=argparse.SUPPRESS, help=config_help)
+        p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                       help="more log output (-vv: debug)")
         return p
 
-    p = add("check-config", "Validate the config file and exit (0 ok, 2 error).", config=False)
+    p = add("check-config", "Validate the config file and exit (0 ok, 2 error).")
     p.add_argument("file", nargs="?", default=None, help="config file (default: as for --config)")
 
     p = add("test-rule", "Show which rule a call would fire and the messages it would render.")
@@ -52,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="json: one object per finished call (for jq)")
     p.add_argument("--outbox", help="keep the replay's outbox in this SQLite file (default: a temporary one)")
 
-    p = add("demo", "Replay the bundled sample calls through the example rules into the log transport.", config=False)
+    p = add("demo", "Replay the bundled sample calls through the example rules into the log transport.",
+            config_help="try your own config's rules on the sample calls (default: the bundled demo rules)")
     p.add_argument("--format", choices=("text", "json"), default="text")
 
     p = add("run", "Run the daemon: connect to the PBXs, queue and send texts.")
@@ -89,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", help="a call id (e.g. 1796012880.0) or the caller's number")
 
     p = add("files", "List, print or install what the package ships: the example config and the systemd files.",
-            config=False)
+            config_help="not used (accepted like every command's)")
     p.add_argument("names", nargs="*", metavar="NAME",
                    help="print this file (e.g. aftercalld.example.toml, aftercalld.service); with --install: these")
     p.add_argument("--install", action="store_true",
@@ -106,12 +115,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return EXIT_CONFIG
+    args.config_given = args.config is not None
+    if args.config is None:
+        args.config = _default_config()
     _setup_logging(args.verbose, args.command)
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:
         print(f"aftercalld: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except (StoreError, OwnershipError) as exc:
+        print(f"aftercalld: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -134,7 +149,7 @@ def _load(path: str):
 
 
 def cmd_check_config(args) -> int:
-    path = args.file or _default_config()
+    path = args.file or args.config
     config = _load(path)
     print(f"{path}: ok ({len(config.pbxs)} PBX(s), transport {config.transport.type}, "
           f"{len(config.rules.rules)} rule(s))")
@@ -174,7 +189,8 @@ def cmd_test_rule(args) -> int:
 def cmd_replay(args) -> int:
     from .replay import TraceError, read_calls, replay_sync
 
-    config = _load(args.config) if args.config and Path(args.config).exists() else _demo_config()
+    # Without -c, a machine with no config yet still replays, with the demo rules.
+    config = _load(args.config) if args.config_given or Path(args.config).exists() else _demo_config()
     try:
         records = [r for trace in args.trace for r in read_calls(trace, config, args.pbx)]
     except TraceError as exc:
@@ -189,7 +205,7 @@ def cmd_demo(args) -> int:
     from .model import CallRecord
     from .replay import read_calls, replay_sync
 
-    config = _demo_config()
+    config = _load(args.config) if args.config_given else _demo_config()
     traces = sorted(p for p in (SAMPLES / "traces").iterdir() if p.suffix in (".ami", ".esl", ".jsonl"))
     records: list[CallRecord] = []
     for trace in traces:
@@ -200,7 +216,7 @@ def cmd_demo(args) -> int:
     results = replay_sync(records, config)
     if args.format == "text":
         print(f"aftercalld demo: {len(traces)} recorded trace(s) from {SAMPLES / 'traces'}, "
-              f"rules from {SAMPLES / 'demo.toml'}, transport: log (nothing is sent)\n")
+              f"rules from {config.file}, transport: log (nothing is sent)\n")
     _print_results(results, args.format)
     return EXIT_OK
 
@@ -240,17 +256,30 @@ def _print_results(results, fmt: str) -> None:
 
 def cmd_run(args) -> int:
     from .daemon import run
+    from .ownership import refuse_daemon_as_root
 
     config = _load(args.config)
+    refuse_daemon_as_root(config.outbox_path)
     if not args.verbose:
         logging.getLogger().setLevel(config.log_level.upper())
     return asyncio.run(run(config, args.config))
 
 
-def _open_outbox(config):
+@contextlib.contextmanager
+def _open_outbox(config, *, write: bool) -> Iterator[Outbox]:
+    """The configured outbox, read-only unless `write`; files created as root go back to
+    the state directory's owner (see ownership.py)."""
+    from .ownership import give_back
     from .store import Outbox
 
-    return Outbox.open(config.outbox_path, synchronous=config.sqlite_synchronous)
+    outbox = Outbox.open(config.outbox_path, synchronous=config.sqlite_synchronous) if write \
+        else Outbox.open_readonly(config.outbox_path)
+    try:
+        give_back(config.outbox_path)  # at once: the daemon may want them while we work
+        yield outbox
+    finally:
+        outbox.close()
+        give_back(config.outbox_path)
 
 
 def _read_entries(entries: list[str], action: str) -> list[str]:
@@ -270,6 +299,10 @@ def _manage_list(args, *, kind: str, normalise, add, remove, listing) -> int:
         for entry, source, _ in listing():
             print(f"{entry}\t{source}")
         return EXIT_OK
+    if not args.entries:
+        print(f"aftercalld: {args.action} what? Give one or more {kind}s"
+              + (" or one file" if args.action == "import" else ""), file=sys.stderr)
+        return EXIT_CONFIG
     good: list[str] = []
     bad: list[str] = []
     for raw in _read_entries(args.entries, args.action):
@@ -278,7 +311,11 @@ def _manage_list(args, *, kind: str, normalise, add, remove, listing) -> int:
     for b in bad:
         print(f"aftercalld: not a {kind}, skipped: {b!r}", file=sys.stderr)
     if args.action == "remove":
-        print(f"removed {remove(good)} entr(ies)")
+        removed = remove(good)
+        print(f"removed {len(removed)} entr(ies)")
+        not_listed = [g for g in dict.fromkeys(good) if g not in removed]
+        if not_listed:
+            print(f"not listed, nothing to remove: {', '.join(not_listed)}")
     else:
         source = "cli" if args.action == "add" else f"import {args.entries[0]}"
         changed = add(good, source, system_clock())
@@ -290,13 +327,10 @@ def cmd_optout(args) -> int:
     from .phone import normalise_for_list
 
     config = _load(args.config)
-    outbox = _open_outbox(config)
-    try:
+    with _open_outbox(config, write=args.action != "list") as outbox:
         return _manage_list(args, kind="phone number",
                             normalise=lambda raw: normalise_for_list(raw, config.phone.default_region),
                             add=outbox.optout_add, remove=outbox.optout_remove, listing=outbox.optout_list)
-    finally:
-        outbox.close()
 
 
 def cmd_dnd(args) -> int:
@@ -307,25 +341,21 @@ def cmd_dnd(args) -> int:
     def normalise(raw: str) -> str | None:
         if raw.endswith("*"):  # a prefix: digits, kept as written after the +
             digits = raw[:-1].replace(" ", "").lstrip("+")
-            return f"+{digits}*" if digits.isdigit() else None
+            return f"+{digits}*" if digits.isascii() and digits.isdigit() else None
+        if "*" in raw:  # '+1415555*0' is neither a number nor a prefix
+            return None
         return normalise_for_list(raw, config.phone.default_region)
 
-    outbox = _open_outbox(config)
-    try:
+    with _open_outbox(config, write=args.action != "list") as outbox:
         return _manage_list(args, kind="number or prefix", normalise=normalise,
                             add=outbox.dnd_add, remove=outbox.dnd_remove, listing=outbox.dnd_list)
-    finally:
-        outbox.close()
 
 
 def _on_outbox(args, view) -> int:
     """Run a read-only view (`report`, `why`, `status`) on the configured outbox."""
     config = _load(args.config)
-    outbox = _open_outbox(config)
-    try:
+    with _open_outbox(config, write=False) as outbox:
         return view(outbox, config)
-    finally:
-        outbox.close()
 
 
 def cmd_status(args) -> int:
@@ -346,7 +376,7 @@ def cmd_prune(args) -> int:
 
     config = _load(args.config)
     days = args.older_than if args.older_than is not None else config.keep_days
-    if not days:
+    if args.older_than is None and not days:
         print(f"aftercalld: say how many days to keep: --older-than DAYS, or keep_days in [general] of {config.file}",
               file=sys.stderr)
         return EXIT_CONFIG
@@ -354,11 +384,8 @@ def cmd_prune(args) -> int:
         print(f"aftercalld: --older-than {days:g} is less than {MIN_KEEP_DAYS} days: delivery receipts can arrive "
               f"days after the text", file=sys.stderr)
         return EXIT_CONFIG
-    outbox = _open_outbox(config)
-    try:
+    with _open_outbox(config, write=True) as outbox:
         pruned = asyncio.run(prune(outbox, days, system_clock()))
-    finally:
-        outbox.close()
     print(f"removed {pruned} older than {days:g} days from {config.outbox_path}")
     if pruned.kept:
         print(f"kept {pruned.kept} call(s) older than that with a message still to send")

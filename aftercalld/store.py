@@ -137,6 +137,10 @@ class StoreError(Exception):
     pass
 
 
+class NoOutboxError(StoreError):
+    """A read-only command found no outbox: the daemon has not run yet."""
+
+
 @dataclass(slots=True)  # built per message on the hot path: frozen costs a setattr per field
 class Transition:
     """One message's state change, for logging and metrics."""
@@ -216,6 +220,26 @@ class Outbox:
             )
         except sqlite3.Error as exc:
             raise StoreError(f"{path}: cannot open the outbox: {exc}") from None
+        return cls(conn, path)
+
+    @classmethod
+    def open_readonly(cls, path: str | Path) -> Outbox:
+        """For commands that only look (status, report, why): never creates the outbox, its
+        directory or its schema, and refuses every write."""
+        path = str(path)
+        if not Path(path).is_file():
+            raise NoOutboxError(f"{path}: no outbox yet (the daemon creates it when it first starts)")
+        try:
+            conn = sqlite3.connect(f"{Path(path).absolute().as_uri()}?mode=ro", uri=True,
+                                   isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout=5000")
+            version = cls._schema_version(conn)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{path}: cannot read the outbox: {exc}") from None
+        if version > SCHEMA_VERSION:
+            conn.close()
+            raise StoreError(f"{path}: outbox schema version {version} is newer than this aftercalld "
+                             f"understands ({SCHEMA_VERSION}); upgrade aftercalld")
         return cls(conn, path)
 
     @staticmethod
@@ -574,10 +598,17 @@ class Outbox:
             )
         return cur.rowcount
 
-    def optout_remove(self, numbers: Iterable[str]) -> int:
+    def optout_remove(self, numbers: Iterable[str]) -> list[str]:
+        """Returns the numbers that were listed (and are no more)."""
+        return self._remove("optout", "number", numbers)
+
+    def _remove(self, table: str, column: str, entries: Iterable[str]) -> list[str]:
+        removed = []
         with _tx(self):
-            cur = self.conn.executemany("DELETE FROM optout WHERE number = ?", [(n,) for n in numbers])
-        return cur.rowcount
+            for entry in dict.fromkeys(entries):
+                if self.conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (entry,)).rowcount:
+                    removed.append(entry)
+        return removed
 
     def is_opted_out(self, number: str) -> bool:
         return self.conn.execute("SELECT 1 FROM optout WHERE number = ?", (number,)).fetchone() is not None
@@ -614,10 +645,9 @@ class Outbox:
             )
         return cur.rowcount
 
-    def dnd_remove(self, entries: Iterable[str]) -> int:
-        with _tx(self):
-            cur = self.conn.executemany("DELETE FROM dnd WHERE entry = ?", [(e,) for e in entries])
-        return cur.rowcount
+    def dnd_remove(self, entries: Iterable[str]) -> list[str]:
+        """Returns the entries that were listed (and are no more)."""
+        return self._remove("dnd", "entry", entries)
 
     def dnd_list(self) -> list[tuple[str, str, float]]:
         return self.conn.execute("SELECT entry, source, created_at FROM dnd ORDER BY entry").fetchall()

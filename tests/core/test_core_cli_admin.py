@@ -1,0 +1,81 @@
+"""What a new admin trips on at the command line: config flags, read-only commands, the
+outbox's owner, list edits. Each test runs the real `aftercalld` command."""
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from core_helpers import write_config
+
+
+def aftercalld(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "aftercalld", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def outbox_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("outbox.sqlite3*"))
+
+
+def test_config_flag_before_or_after_the_command(tmp_path):
+    path = str(write_config(tmp_path))
+    for args in (["-c", path, "check-config"], ["check-config", "-c", path], ["check-config", path],
+                 ["-c", path, "optout", "list"], ["optout", "list", "-c", path]):
+        res = aftercalld(*args)
+        assert "unrecognized arguments" not in res.stderr and "invalid choice" not in res.stderr, (args, res.stderr)
+    assert aftercalld("check-config", "-c", path).stdout.startswith(f"{path}: ok")
+
+
+def test_demo_takes_a_config_to_try_your_own_rules_on_the_samples(tmp_path):
+    path = write_config(tmp_path)
+    res = aftercalld("demo", "-c", str(path))
+    assert res.returncode == 0, res.stderr
+    assert f"rules from {path}" in res.stdout
+    assert "rule: Missed" in res.stdout  # the rule of this config, not of the bundled demo
+
+
+@pytest.mark.parametrize("command", [["status"], ["report"], ["why", "+447400123456"], ["optout", "list"],
+                                     ["dnd", "list"]])
+def test_read_only_commands_never_create_the_outbox(tmp_path, command):
+    path = write_config(tmp_path)
+    res = aftercalld(*command, "-c", str(path))
+    assert res.returncode == 1
+    assert "no outbox yet (the daemon creates it when it first starts)" in res.stderr
+    assert outbox_files(tmp_path) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, as the admin who types sudo")
+def test_root_leaves_the_outbox_to_the_owner_of_the_state_directory(tmp_path):
+    nobody = pwd.getpwnam("nobody")
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, nobody.pw_uid, nobody.pw_gid)
+    path = write_config(tmp_path)
+    path.write_text(path.read_text().replace(str(tmp_path / "outbox.sqlite3"), str(state / "outbox.sqlite3")))
+    added = aftercalld("optout", "add", "07400123456", "-c", str(path))
+    assert added.returncode == 0, added.stderr
+    looked = aftercalld("status", "-c", str(path))
+    assert looked.returncode == 0, looked.stderr
+    files = outbox_files(state)
+    assert files and all(f.stat().st_uid == nobody.pw_uid for f in files), [(f, f.stat().st_uid) for f in files]
+    run = aftercalld("run", "-c", str(path))
+    assert run.returncode == 1
+    assert f"{state} belongs to nobody: run the daemon as nobody" in run.stderr
+
+
+def test_list_edits_say_what_they_did(tmp_path):
+    path = str(write_config(tmp_path))
+    empty = aftercalld("optout", "add", "-c", path)
+    assert empty.returncode == 2 and "add what? Give one or more phone numbers" in empty.stderr
+    assert aftercalld("optout", "add", "07400123456", "-c", path).returncode == 0
+    removed = aftercalld("optout", "remove", "07400123456", "07400123999", "-c", path)
+    assert "removed 1 entr(ies)" in removed.stdout
+    assert "not listed, nothing to remove: +447400123999" in removed.stdout
+    star = aftercalld("dnd", "add", "+1415555*0", "-c", path)
+    assert star.returncode == 1 and "not a number or prefix, skipped: '+1415555*0'" in star.stderr
+    assert aftercalld("dnd", "list", "-c", path).stdout == ""
+    zero = aftercalld("prune", "--older-than", "0", "-c", path)
+    assert zero.returncode == 2 and "--older-than 0 is less than 7 days" in zero.stderr
