@@ -19,7 +19,7 @@ from .pbxconfig import PBX_TYPES, PbxConfig
 from .phone import PhoneRules
 from .policy import PolicyConfig, QuietAction, RulePolicy
 from .retention import MIN_KEEP_DAYS
-from .rules.engine import WEEKDAYS, Conditions, RecipientSpec, Rule, RuleSet, TimeWindow
+from .rules.engine import Conditions, RecipientSpec, Rule, RuleSet, TimeWindow
 from .rules.render import AgentEntry, RenderContext
 from .rules.templates import TemplateError, known_placeholders, parse_template
 
@@ -373,11 +373,11 @@ def _conditions(sec: Section, pbx_names: set[str]) -> Conditions:
     pattern = sec.regex("caller", None)
     caller_pattern = re.compile(pattern) if pattern is not None else None
     weekdays: set[int] = set()
-    for day in sec.str_list("weekdays", []):
-        key = day.strip().lower()[:3]
-        if key not in WEEKDAYS:
-            raise sec.error("weekdays", f'unknown value "{day}" (expected mon, tue, wed, thu, fri, sat, sun)')
-        weekdays.add(WEEKDAYS.index(key))
+    for item in sec.str_list("weekdays", []):
+        try:
+            weekdays |= parse_weekdays(item)
+        except ValueError as exc:
+            raise sec.error("weekdays", str(exc)) from None
     hours = tuple(_window(sec, w) for w in sec.str_list("hours", []))
     cond = Conditions(
         directions=directions,
@@ -402,6 +402,31 @@ def _conditions(sec: Section, pbx_names: set[str]) -> Conditions:
             raise sec.error(key, f"is below the matching _min ({hi:g} < {lo:g})")
     sec.done()
     return cond
+
+
+_DAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+def _weekday(name: str) -> int:
+    """'mon', 'tues', 'Wednesday': any start of a day's English name of 3 letters or more."""
+    key = name.strip().lower()
+    for i, full in enumerate(_DAY_NAMES):
+        if len(key) >= 3 and full.startswith(key):
+            return i
+    raise ValueError(f'unknown day "{name}" (expected mon … sun or monday … sunday, '
+                     f'ranges such as "mon-fri", lists such as "sat, sun")')
+
+
+def parse_weekdays(text: str) -> set[int]:
+    """One weekdays entry: a day, a range ("mon-fri", "Friday-Monday" wraps over the
+    weekend) or a comma-separated list of those. 0 is Monday."""
+    days: set[int] = set()
+    for part in text.split(","):
+        first, sep, last = part.partition("-")
+        start = _weekday(first)
+        end = _weekday(last) if sep else start
+        days.update((start + i) % 7 for i in range((end - start) % 7 + 1))
+    return days
 
 
 def _window(sec: Section, text: str, key: str = "hours") -> TimeWindow:

@@ -79,3 +79,21 @@ def test_list_edits_say_what_they_did(tmp_path):
     assert aftercalld("dnd", "list", "-c", path).stdout == ""
     zero = aftercalld("prune", "--older-than", "0", "-c", path)
     assert zero.returncode == 2 and "--older-than 0 is less than 7 days" in zero.stderr
+
+
+def test_weekday_ranges_and_full_names_mean_what_they_say(tmp_path):
+    rules = ('[[rules]]\nname = "Weekdays"\nrecipients = ["caller"]\nwhen = {{ weekdays = {days} }}\n'
+             'caller = {{ template = "missed", sender = "Acme" }}\n')
+    for days in ('"mon-fri"', '["Monday-Friday"]', '["mon", "tue", "wed", "thu", "fri"]'):
+        path = write_config(tmp_path, rules=rules.format(days=days))
+        saturday = tmp_path / "sat.json"
+        friday = tmp_path / "fri.json"
+        for file, date in ((saturday, "2026-11-28"), (friday, "2026-11-27")):
+            file.write_text(f'{{"call_id": "w", "pbx": "main", "direction": "inbound", "status": "missed", '
+                            f'"caller_number": "07400123456", "start_time": "{date}T12:00:00+00:00", '
+                            f'"end_time": "{date}T12:01:00+00:00"}}')
+        assert "rule 'Weekdays' fires" in aftercalld("test-rule", "--call", str(friday), "-c", str(path)).stdout
+        assert "no rule fires" in aftercalld("test-rule", "--call", str(saturday), "-c", str(path)).stdout, days
+    bad = write_config(tmp_path, rules=rules.format(days='"mon-fry"'))
+    res = aftercalld("check-config", str(bad))
+    assert res.returncode == 2 and 'rules[0].when.weekdays: unknown day "fry"' in res.stderr

@@ -32,7 +32,7 @@ BAD = [
     (RULE_HEAD + 'recipients = ["caller"]\nwhen = { hours = "25:00-26:00" }\ncaller = { template = "missed", sender = "Acme" }\n',
      "rules[0].when.hours", "hours 00-23"),
     (RULE_HEAD + 'recipients = ["caller"]\nwhen = { weekdays = ["funday"] }\ncaller = { template = "missed", sender = "Acme" }\n',
-     "rules[0].when.weekdays", 'unknown value "funday"'),
+     "rules[0].when.weekdays", 'unknown day "funday"'),
     (RULE_HEAD + 'recipients = ["caller"]\nwhen = { caller = "(unclosed" }\ncaller = { template = "missed", sender = "Acme" }\n',
      "rules[0].when.caller", "not a valid regular expression"),
     (RULE_HEAD + 'recipients = ["caller"]\ncaller = { template = "missed", sender = "ThisIsFarTooLong" }\n',
