@@ -9,10 +9,11 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from . import __version__
-from .clock import system_clock
+from .clock import system_clock, utc_now
 from .configreader import ConfigError
 from .ownership import OwnershipError
 from .store import Outbox, StoreError
@@ -36,13 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     # `aftercalld status -c f.toml` both work. The subcommands' copies default to SUPPRESS
     # so that they do not overwrite a value given before the command.
     config_help = "config file (default: $AFTERCALLD_CONFIG or /etc/aftercalld/aftercalld.toml)"
-    parser.add_argument("-c", "--config", default=None, help=config_help)
+    parser.add_argument("-c", "--config", default=None, metavar="FILE", help=config_help)
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name: str, help_: str, *, config_help: str = config_help) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
-        p.add_argument("-c", "--config", default=argparse.SUPPRESS, help=config_help)
+        p.add_argument("-c", "--config", default=argparse.SUPPRESS, metavar="FILE", help=config_help)
         p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
                        help="more log output (-vv: debug)")
         return p
@@ -106,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "an existing config is never replaced")
     p.add_argument("--root", default="/", help="install under this directory instead of / (for packagers)")
     p.add_argument("--force", action="store_true", help="with --install: replace existing unit files")
+
+    add("man", "Print the man page (roff), e.g. aftercalld man > /usr/local/share/man/man1/aftercalld.1",
+        config_help="not used (accepted like every command's)")
+    p = add("completion", "Print shell completion, e.g. aftercalld completion bash > "
+                          "/etc/bash_completion.d/aftercalld", config_help="not used (accepted like every command's)")
+    p.add_argument("shell", choices=("bash", "zsh"))
     return parser
 
 
@@ -423,6 +430,23 @@ def cmd_files(args) -> int:
     return EXIT_OK
 
 
+def cmd_man(args) -> int:
+    from .clidocs import man_page
+
+    # Reproducible builds set SOURCE_DATE_EPOCH; the page's date is otherwise today's.
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    today = (datetime.fromtimestamp(int(epoch), UTC) if epoch and epoch.isdigit() else utc_now(system_clock)).date()
+    sys.stdout.write(man_page(build_parser(), today))
+    return EXIT_OK
+
+
+def cmd_completion(args) -> int:
+    from .clidocs import bash_completion, zsh_completion
+
+    sys.stdout.write((bash_completion if args.shell == "bash" else zsh_completion)(build_parser()))
+    return EXIT_OK
+
+
 def cmd_why(args) -> int:
     from .report import why
 
@@ -444,6 +468,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "report": cmd_report,
     "why": cmd_why,
     "files": cmd_files,
+    "man": cmd_man,
+    "completion": cmd_completion,
 }
 
 
