@@ -47,6 +47,10 @@ def _option_line(action: argparse.Action) -> str:
     return f"{names} \\fI{_roff(str(metavar))}\\fR"
 
 
+def _name(action: argparse.Action) -> str:
+    return action.metavar if isinstance(action.metavar, str) else action.dest
+
+
 def _help(action: argparse.Action) -> str:
     text = action.help if action.help and action.help != argparse.SUPPRESS else ""
     if action.choices and not action.option_strings:
@@ -75,11 +79,11 @@ def man_page(parser: argparse.ArgumentParser, today: date) -> str:
         out += [".TP", _option_line(action), _help(action)]
     out.append(".SH COMMANDS")
     for name, sub in _subcommands(parser).items():
-        usage = " ".join(f"\\fI{_roff(a.metavar or a.dest)}\\fR" + ("..." if a.nargs in ("*", "+") else "")
+        usage = " ".join(f"\\fI{_roff(_name(a))}\\fR" + ("..." if a.nargs in ("*", "+") else "")
                          for a in _positionals(sub))
         out += [".SS " + f"\\fB{_roff(name)}\\fR {usage}".rstrip(), _roff(sub.description or "")]
         for action in _positionals(sub):
-            out += [".TP", f"\\fI{_roff(action.metavar or action.dest)}\\fR", _help(action)]
+            out += [".TP", f"\\fI{_roff(_name(action))}\\fR", _help(action)]
         for action in _options(sub):
             if action.dest in ("config", "verbose"):
                 continue  # the global options, described once above
