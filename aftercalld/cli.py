@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rule", help="render this rule's caller template for a sample call (default: a fixed test text)")
     p.add_argument("--text", help="the text to send (default: a test text)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the submit result")
+    p.add_argument("--sender", help="the sender id to send from (default: the rule's, or 'aftercalld')")
+    p.add_argument("--force", action="store_true",
+                   help="send even to a number on the opt-out or do-not-disturb list")
 
     p = add("prune", "Delete calls, their messages and receipts older than a number of days from the outbox.")
     p.add_argument("--older-than", type=float, metavar="DAYS",
@@ -375,7 +378,8 @@ def cmd_send_test(args) -> int:
     from .sendtest import send_test
 
     config = _load(args.config)
-    return asyncio.run(send_test(config, args.number, rule_name=args.rule, text=args.text, timeout=args.timeout))
+    return asyncio.run(send_test(config, args.number, rule_name=args.rule, text=args.text, timeout=args.timeout,
+                                 sender=args.sender, force=args.force))
 
 
 def cmd_prune(args) -> int:

@@ -30,6 +30,13 @@ _SENDER_ALNUM = re.compile(r"[A-Za-z0-9 ._&-]{1,11}")
 _SENDER_NUMBER = re.compile(r"\+?[0-9]{1,15}")
 
 
+def sender_problem(sender: str) -> str | None:
+    """Why a sender id cannot be used, or None when it can."""
+    if _SENDER_NUMBER.fullmatch(sender) or _SENDER_ALNUM.fullmatch(sender):
+        return None
+    return f'"{sender}" is neither a phone number nor an alphanumeric sender id of at most 11 characters'
+
+
 @dataclass(frozen=True)
 class TransportConfig:
     type: str

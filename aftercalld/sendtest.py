@@ -6,11 +6,12 @@ import asyncio
 import sys
 
 from .clock import Clock, system_clock, utc_now
-from .config import Config
+from .config import Config, sender_problem
 from .daemon import make_transport
 from .model import CallRecord, CallStatus, DeliveryReport, Direction, InboundMessage, OutboundMessage, RecipientKind
 from .rules.encoding import analyse, split_segments
 from .rules.render import render
+from .store import NoOutboxError, Outbox
 
 DEFAULT_TEXT = "aftercalld test message. If you can read this, texts reach this phone."
 
@@ -29,13 +30,42 @@ class _Printer:
         print(f"reply from {message.sender} ({len(message.text)} characters)")
 
 
+def _held_back(config: Config, e164: str) -> str | None:
+    """Why the daemon would never text this number (opt-out or DND list), or None. A
+    machine with no outbox yet has no lists."""
+    try:
+        outbox = Outbox.open_readonly(config.outbox_path)
+    except NoOutboxError:
+        return None
+    try:
+        if outbox.is_opted_out(e164):
+            return "is on the opt-out list"
+        if outbox.dnd_matches([e164]):
+            return "is on the do-not-disturb list"
+        return None
+    finally:
+        outbox.close()
+
+
 async def send_test(config: Config, number: str, *, rule_name: str | None, text: str | None,
-                    timeout: float, clock: Clock = system_clock) -> int:
+                    timeout: float, sender: str | None = None, force: bool = False,
+                    clock: Clock = system_clock) -> int:
     now = utc_now(clock)
     check = config.phone.check(number)
     if check.e164 is None:
         print(f"aftercalld: {number}: {check.reason}; not sent", file=sys.stderr)
         return 2
+    if sender is not None and (problem := sender_problem(sender)):
+        print(f"aftercalld: --sender {problem}", file=sys.stderr)
+        return 2
+    held_back = _held_back(config, check.e164)
+    if held_back and not force:
+        print(f"aftercalld: {check.e164} {held_back}: the daemon would never text it; not sent "
+              f"(--force sends anyway)", file=sys.stderr)
+        return 1
+    if held_back:
+        print(f"warning: {check.e164} {held_back}; sending anyway (--force)", file=sys.stderr)
+    chosen_sender = sender
     sender = "aftercalld"
     options: dict = {}
     if rule_name:
@@ -51,6 +81,7 @@ async def send_test(config: Config, number: str, *, rule_name: str | None, text:
             print(f"aftercalld: rule {rule_name!r} has no caller recipient", file=sys.stderr)
             return 2
         text, sender, options = rendered[0].text, rendered[0].sender, dict(rendered[0].options)
+    sender = chosen_sender or sender
     text = text or DEFAULT_TEXT
     info = analyse(text)
     parts = split_segments(text, info.encoding)

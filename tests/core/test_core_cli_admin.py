@@ -97,3 +97,19 @@ def test_weekday_ranges_and_full_names_mean_what_they_say(tmp_path):
     bad = write_config(tmp_path, rules=rules.format(days='"mon-fry"'))
     res = aftercalld("check-config", str(bad))
     assert res.returncode == 2 and 'rules[0].when.weekdays: unknown day "fry"' in res.stderr
+
+
+def test_send_test_takes_a_sender_and_will_not_text_an_opted_out_number_unasked(tmp_path):
+    path = str(write_config(tmp_path))
+    sent = aftercalld("send-test", "07400123456", "--sender", "Acme Ltd", "-c", path)
+    assert sent.returncode == 0, sent.stderr
+    assert "to +447400123456 from Acme Ltd via log" in sent.stdout
+    bad = aftercalld("send-test", "07400123456", "--sender", "way too long sender", "-c", path)
+    assert bad.returncode == 2 and "--sender \"way too long sender\" is neither" in bad.stderr
+    assert aftercalld("optout", "add", "07400123456", "-c", path).returncode == 0
+    refused = aftercalld("send-test", "07400123456", "-c", path)
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert "+447400123456 is on the opt-out list: the daemon would never text it; not sent" in refused.stderr
+    forced = aftercalld("send-test", "07400123456", "--force", "-c", path)
+    assert forced.returncode == 0 and "submitted" in forced.stdout
+    assert "warning: +447400123456 is on the opt-out list; sending anyway" in forced.stderr
