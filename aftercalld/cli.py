@@ -168,7 +168,7 @@ def cmd_check_config(args) -> int:
 
 def cmd_test_rule(args) -> int:
     from .model import CallRecord
-    from .pipeline import CallHandler
+    from .replay import replay_sync
 
     config = _load(args.config)
     try:
@@ -179,21 +179,35 @@ def cmd_test_rule(args) -> int:
     except ValueError as exc:
         print(f"aftercalld: {args.call}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    decision = CallHandler(config, outbox=None).decide(record, explain=True)  # type: ignore[arg-type]
-    sel = decision.selection
+    # The whole pipeline, as for replay: rules, then the daemon's policy (opt-out and DND
+    # lists, quiet hours, quotas) at the time the call ended, into a throwaway outbox.
+    (result,) = replay_sync([record], config)
+    sel = result.decision.selection
     for name, why in sel.skipped:
         print(f"  skipped {name!r}: {why}")
     if sel.rule is None:
         print(f"no rule fires: {sel.reason}")
         return EXIT_OK
     print(f"rule {sel.rule.name!r} fires")
-    for m in decision.messages:
-        status = f"SUPPRESSED ({m.suppressed})" if m.suppressed else "would be queued"
-        print(f"\n  to {m.kind} {m.destination or m.raw_number or '(none)'} from {m.sender}: {status}")
-        print(f"  encoding {m.encoding.value}, {m.segments} segment(s), {len(m.text)} characters")
-        for line in m.text.splitlines() or [""]:
+    for m in result.messages:
+        print(f"\n  to {m['recipient_kind']} {m['destination'] or m['raw_number'] or '(none)'} from {m['sender']}: "
+              f"{_would(m)}")
+        print(f"  encoding {m['encoding']}, {m['segments']} segment(s), {len(m['text'])} characters")
+        for line in m["text"].splitlines() or [""]:
             print(f"  | {line}")
     return EXIT_OK
+
+
+def _would(message: dict) -> str:
+    """What the daemon would do with a message, from its state after a replay."""
+    state, reason = message["state"], message["reason"]
+    if state == "submitted":
+        return "would be sent"
+    if state == "suppressed":
+        return f"SUPPRESSED ({reason})"
+    if state == "queued" and reason:
+        return f"HELD BACK ({reason}): would be sent when that ends"
+    return f"would end {state}" + (f" ({reason})" if reason else "")
 
 
 def cmd_replay(args) -> int:

@@ -7,6 +7,7 @@ throwaway outbox and the `log` transport, so a replay never texts anybody.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import logging
@@ -23,8 +24,9 @@ from .logtransport import LogTransport
 from .model import CallRecord
 from .pbxconfig import PbxConfig, default_pbx
 from .pipeline import CallHandler, Decision
+from .policy import Policy
 from .rules.render import call_key
-from .store import Outbox
+from .store import Outbox, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -117,21 +119,77 @@ def _why_none(selection) -> str:
     return "no rule matched: " + "; ".join(f"{name}: {why}" for name, why in selection.skipped)
 
 
+class CallTime:
+    """The replay's clock: when the call being replayed ended. Quiet hours, quotas, cooldowns
+    and time-to-live are then judged as the daemon would have judged them at that moment,
+    whatever the day the replay runs. Before the first call, and for a call with no times,
+    the fallback clock."""
+
+    def __init__(self, fallback: Clock) -> None:
+        self.fallback = fallback
+        self.now: float | None = None
+
+    def __call__(self) -> float:
+        return self.now if self.now is not None else self.fallback()
+
+    def at(self, record: CallRecord) -> None:
+        when = record.end_time or record.start_time
+        self.now = when.timestamp() if when is not None else self.fallback()
+
+
+def copy_lists(config: Config, into: Outbox, now: float) -> int:
+    """The daemon's opt-out and DND lists, read from its outbox without changing it, so a
+    replay holds back what the daemon would. No outbox yet: no lists."""
+    try:
+        real = Outbox.open_readonly(config.outbox_path)
+    except StoreError:
+        return 0
+    try:
+        optout = [number for number, _, _ in real.optout_list()]
+        dnd = [entry for entry, _, _ in real.dnd_list()]
+    finally:
+        real.close()
+    into.optout_add(optout, "copied from the daemon's outbox", now)
+    into.dnd_add(dnd, "copied from the daemon's outbox", now)
+    return len(optout) + len(dnd)
+
+
+@contextlib.contextmanager
+def _results_printed_not_logged() -> Iterator[None]:
+    """The replay prints every message's outcome; the dispatcher's own warnings about them
+    (a suppression, a hold) would say it twice on stderr. -v still shows them."""
+    dispatcher_log = logging.getLogger("aftercalld.dispatcher")
+    if dispatcher_log.getEffectiveLevel() < logging.WARNING:
+        yield
+        return
+    before = dispatcher_log.level
+    dispatcher_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        dispatcher_log.setLevel(before)
+
+
 async def replay(records: list[CallRecord] | Iterator[CallRecord], config: Config,
                  outbox_path: str | None = None, clock: Clock = system_clock) -> list[ReplayResult]:
-    with tempfile.TemporaryDirectory(prefix="aftercalld-replay-") as tmp:
+    """Each call through rules, outbox, policy and dispatch in turn, at the time it ended."""
+    with tempfile.TemporaryDirectory(prefix="aftercalld-replay-") as tmp, _results_printed_not_logged():
         outbox = Outbox.open(outbox_path or str(Path(tmp) / "outbox.sqlite3"))
         try:
+            call_time = CallTime(clock)
+            copy_lists(config, outbox, clock())
+            policy = Policy(config.policy, outbox, config.timezone)
             dispatcher = Dispatcher(outbox, LogTransport(), config.dispatch, optout=config.optout,
-                                    default_region=config.phone.default_region, clock=clock)
-            handler = CallHandler(config, outbox, on_queued=dispatcher.wake, clock=clock)
+                                    default_region=config.phone.default_region, policy=policy, clock=call_time)
+            handler = CallHandler(config, outbox, on_queued=dispatcher.wake, clock=call_time)
             await dispatcher.start()
             decisions: list[Decision] = []
             for record in records:
+                call_time.at(record)
                 handler_decision = handler.decide(record, explain=True)
                 stored = handler.handle(record)
                 decisions.append(Decision(stored.record, handler_decision.selection, stored.messages, stored.duplicate))
-            await dispatcher.wait_idle()
+                await dispatcher.wait_idle()
             await dispatcher.stop()
             return [
                 ReplayResult(d, outbox.messages(call_key=call_key(d.record))) for d in decisions

@@ -2,10 +2,12 @@
 outbox's owner, list edits. Each test runs the real `aftercalld` command."""
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import subprocess
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -113,3 +115,41 @@ def test_send_test_takes_a_sender_and_will_not_text_an_opted_out_number_unasked(
     forced = aftercalld("send-test", "07400123456", "--force", "-c", path)
     assert forced.returncode == 0 and "submitted" in forced.stdout
     assert "warning: +447400123456 is on the opt-out list; sending anyway" in forced.stderr
+
+
+def _calls_file(tmp_path: Path, *calls: tuple[str, str, str]) -> Path:
+    """(call id, caller, end time) as CallRecord JSON lines; each call lasted a minute."""
+    path = tmp_path / "calls.jsonl"
+    lines = []
+    for call_id, caller, end in calls:
+        start = (datetime.fromisoformat(end) - timedelta(minutes=1)).isoformat()
+        lines.append(json.dumps({"call_id": call_id, "pbx": "main", "direction": "inbound", "status": "missed",
+                                 "caller_number": caller, "start_time": start, "end_time": end}) + "\n")
+    path.write_text("".join(lines))
+    return path
+
+
+def test_replay_and_test_rule_hold_back_what_the_daemon_would(tmp_path):
+    rules = ('[[rules]]\nname = "Missed"\nrecipients = ["caller"]\nwhen = { status = "missed" }\n'
+             'quiet_hours = ["22:00-07:00"]\ncaller = { template = "missed", sender = "Acme" }\n')
+    path = str(write_config(tmp_path, rules=rules))
+    assert aftercalld("dnd", "add", "07400123401", "-c", path).returncode == 0
+    assert aftercalld("optout", "add", "07400123402", "-c", path).returncode == 0
+    calls = _calls_file(tmp_path, ("day-dnd", "07400123401", "2026-11-27T12:00:00+00:00"),
+                        ("day-stop", "07400123402", "2026-11-27T12:00:00+00:00"),
+                        ("day-ok", "07400123403", "2026-11-27T12:00:00+00:00"),
+                        ("night", "07400123404", "2026-11-27T23:30:00+00:00"))
+    replayed = aftercalld("replay", str(calls), "-c", path)
+    assert replayed.returncode == 0, replayed.stderr
+    out = replayed.stdout
+    assert "+447400123401: suppressed (DND list)" in out
+    assert "+447400123402: suppressed (opt-out)" in out
+    assert "+447400123403: submitted" in out
+    assert "+447400123404: queued (quiet hours 22:00-07:00)" in out
+    assert replayed.stderr == ""  # the outcomes are printed once, not logged again
+    night = tmp_path / "night.json"
+    night.write_text(calls.read_text().splitlines()[3])
+    held = aftercalld("test-rule", "--call", str(night), "-c", path)
+    assert "HELD BACK (quiet hours 22:00-07:00): would be sent when that ends" in held.stdout
+    # The daemon's lists were only read.
+    assert aftercalld("dnd", "list", "-c", path).stdout.startswith("+447400123401\tcli")
