@@ -57,13 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("replay", "Feed a recorded trace through the whole pipeline, sending nothing.")
     p.add_argument("trace", nargs="+", help=".ami (Asterisk), .esl (FreeSWITCH) or .json/.jsonl (CallRecords)")
     p.add_argument("--pbx", help="which [[pbx]] of the config the trace came from (its time zone and variables)")
-    p.add_argument("--format", choices=("text", "json"), default="text",
-                   help="json: one object per finished call (for jq)")
+    p.add_argument("--format", choices=("text", "json", "jsonl"), default="text",
+                   help="json: one array of the finished calls; jsonl: one object per line (for jq); "
+                        "both can be replayed again")
     p.add_argument("--outbox", help="keep the replay's outbox in this SQLite file (default: a temporary one)")
 
     p = add("demo", "Replay the bundled sample calls through the example rules into the log transport.",
             config_help="try your own config's rules on the sample calls (default: the bundled demo rules)")
-    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--format", choices=("text", "json", "jsonl"), default="text")
 
     p = add("run", "Run the daemon: connect to the PBXs, queue and send texts.")
 
@@ -167,12 +168,11 @@ def cmd_check_config(args) -> int:
 
 
 def cmd_test_rule(args) -> int:
-    from .model import CallRecord
-    from .replay import replay_sync
+    from .replay import call_from_json, replay_sync
 
     config = _load(args.config)
     try:
-        record = CallRecord.from_json(Path(args.call).read_text(encoding="utf-8"))
+        record = call_from_json(Path(args.call).read_text(encoding="utf-8"))
     except OSError as exc:
         print(f"aftercalld: {args.call}: {exc.strerror}", file=sys.stderr)
         return EXIT_CONFIG
@@ -253,6 +253,9 @@ def _demo_config():
 
 def _print_results(results, fmt: str) -> None:
     if fmt == "json":
+        print(json.dumps([r.to_json() for r in results], ensure_ascii=False, indent=1))
+        return
+    if fmt == "jsonl":
         for r in results:
             print(json.dumps(r.to_json(), ensure_ascii=False))
         return

@@ -75,14 +75,46 @@ def _read_json_calls(path: Path) -> Iterator[CallRecord]:
             items = json.loads(text)
         except json.JSONDecodeError as exc:
             raise TraceError(f"{path}: not JSON: {exc.msg} at line {exc.lineno}") from None
-        lines = [(i + 1, json.dumps(item)) for i, item in enumerate(items)]
+        if not isinstance(items, list):
+            raise TraceError(f"{path}: a JSON array of calls was expected")
+        numbered = list(enumerate(items, start=1))
     else:
-        lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
-    for number, line in lines:
+        numbered = []
+        for n, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                numbered.append((n, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                log.warning("%s:%d: skipped: not JSON: %s", path, n, exc.msg)
+    for number, item in numbered:
+        # replay's own --format json/jsonl output carries the call under "call".
+        if isinstance(item, dict) and isinstance(item.get("call"), dict):
+            item = item["call"]
         try:
-            yield CallRecord.from_json(line)
+            if not isinstance(item, dict):
+                raise ValueError("a call is a JSON object")
+            yield CallRecord.from_dict(item)
         except ValueError as exc:
             log.warning("%s:%d: skipped: %s", path, number, exc)
+
+
+def call_from_json(text: str) -> CallRecord:
+    """One call for test-rule: a CallRecord object, or one call of replay's own output
+    (an object with the record under "call", or an array holding one such object)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    if isinstance(data, list):
+        if len(data) != 1:
+            raise ValueError(f"an array of {len(data)} calls; test-rule takes one (replay takes many)")
+        data = data[0]
+    if isinstance(data, dict) and isinstance(data.get("call"), dict):
+        data = data["call"]
+    if not isinstance(data, dict):
+        raise ValueError("expected a JSON object")
+    return CallRecord.from_dict(data)
 
 
 @dataclass

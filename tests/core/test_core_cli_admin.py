@@ -153,3 +153,22 @@ def test_replay_and_test_rule_hold_back_what_the_daemon_would(tmp_path):
     assert "HELD BACK (quiet hours 22:00-07:00): would be sent when that ends" in held.stdout
     # The daemon's lists were only read.
     assert aftercalld("dnd", "list", "-c", path).stdout.startswith("+447400123401\tcli")
+
+
+def test_replay_json_is_one_document_and_its_output_replays_again(tmp_path):
+    path = str(write_config(tmp_path))
+    calls = _calls_file(tmp_path, ("a", "07400123403", "2026-11-27T12:00:00+00:00"),
+                        ("b", "07400123404", "2026-11-27T12:05:00+00:00"))
+    as_json = aftercalld("replay", str(calls), "--format", "json", "-c", path)
+    document = json.loads(as_json.stdout)  # one document: json.tool and jq read it whole
+    assert [item["call"]["call_id"] for item in document] == ["a", "b"]
+    (tmp_path / "out.json").write_text(as_json.stdout)
+    as_jsonl = aftercalld("replay", str(tmp_path / "out.json"), "--format", "jsonl", "-c", path)
+    assert [json.loads(line)["call"]["call_id"] for line in as_jsonl.stdout.splitlines()] == ["a", "b"]
+    assert as_jsonl.stderr == ""  # nothing skipped as an unknown field
+    (tmp_path / "out.jsonl").write_text(as_jsonl.stdout)
+    again = aftercalld("replay", str(tmp_path / "out.jsonl"), "--format", "jsonl", "-c", path)
+    assert again.stdout == as_jsonl.stdout
+    (tmp_path / "one.json").write_text(json.dumps(document[:1]))
+    one = aftercalld("test-rule", "--call", str(tmp_path / "one.json"), "-c", path)
+    assert one.returncode == 0 and "rule 'Missed' fires" in one.stdout, one.stderr
