@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 ORPHAN_GRACE_SECONDS = 2.0
 
 
+# A reply is taken to answer the last text sent to its number within this window.
+REPLY_WINDOW_SECONDS = 7 * 86400
+
+
 @dataclass
 class _Attempt:
     """What tenacity's wait strategies read from a retry state."""
@@ -133,17 +137,27 @@ class Dispatcher:
     def inbound_message(self, message: InboundMessage) -> None:
         word = message.text.strip().split(maxsplit=1)[0].strip(".!,;:").upper() if message.text.strip() else ""
         number = normalise_for_list(message.sender, self.default_region) or message.sender
+        keyword = word if word in self.optout.stop_keywords | self.optout.start_keywords else ""
+        now = self.clock()
+        try:
+            _, call_key = self.outbox.record_reply(number, message.text, message.transport, keyword, now,
+                                                   REPLY_WINDOW_SECONDS)
+        except Exception:
+            log.exception("cannot store the reply from %s", number, extra=fields(recipient=number))
+            call_key = None
+        about = f" to the text about call {call_key}" if call_key else ""
         if word in self.optout.stop_keywords:
-            self.outbox.optout_add([number], f"reply {word} via {message.transport}", self.clock())
-            log.info("reply %s from %s: added to the opt-out list", word, number,
-                     extra=fields(recipient=number, state="optout"))
+            self.outbox.optout_add([number], f"reply {word} via {message.transport}", now)
+            log.info("reply %s from %s%s: added to the opt-out list", word, number, about,
+                     extra=fields(recipient=number, state="optout", call_id=call_key or ""))
         elif word in self.optout.start_keywords:
             self.outbox.optout_remove([number])
-            log.info("reply %s from %s: removed from the opt-out list", word, number,
-                     extra=fields(recipient=number, state="optin"))
+            log.info("reply %s from %s%s: removed from the opt-out list", word, number, about,
+                     extra=fields(recipient=number, state="optin", call_id=call_key or ""))
         else:
-            log.info("reply from %s (no keyword; %d characters) ignored", number, len(message.text),
-                     extra=fields(recipient=number))
+            # The words are the customer's: stored for `why`, never logged at info level.
+            log.info("reply from %s%s stored (%d characters); `aftercalld why %s` shows it", number, about,
+                     len(message.text), number, extra=fields(recipient=number, call_id=call_key or ""))
             log.debug("reply from %s: %r", number, message.text)
 
     # -- the loop ----------------------------------------------------------------------

@@ -94,10 +94,12 @@ def _pct(value: float | None) -> str:
 
 def why(outbox: Outbox, config: Config, what: str, out: TextIO) -> int:
     calls = outbox.calls(call_key=what)
+    replies: list[dict[str, Any]] = []
     if not calls:
         number = normalise_for_list(what, config.phone.default_region)
         calls = outbox.calls(callers=[what, *caller_id_forms(number)] if number else [what], texted=number)
-    if not calls:
+        replies = outbox.replies(numbers={what, number} - {None})
+    if not calls and not replies:
         out.write(f"no call with id or caller {what!r} in {config.outbox_path}\n")
         return 1
     for call in calls:
@@ -110,6 +112,11 @@ def why(outbox: Outbox, config: Config, what: str, out: TextIO) -> int:
             out.write(f"  {r['recipient_kind']} {r['destination']}: {r['state']}"
                       + (f" ({r['reason']})" if r["reason"] else "")
                       + (f", ids {r['transport_ids']}" if r["transport_ids"] else "") + "\n")
+    for reply in replies:
+        about = f" to the text about call {reply['call_key']}" if reply["call_key"] else ""
+        acted = f" ({reply['keyword']})" if reply["keyword"] else ""
+        out.write(f"reply from {reply['number']} at {_iso(reply['received_at'], config)}{about}{acted}: "
+                  f"{reply['text']!r}\n")
     return 0
 
 

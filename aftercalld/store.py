@@ -114,6 +114,17 @@ CREATE TABLE IF NOT EXISTS optout (
     source     TEXT NOT NULL,
     created_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS replies (        -- every text a customer sent back
+    id          INTEGER PRIMARY KEY,
+    number      TEXT NOT NULL,              -- E.164 when it could be normalised, else as received
+    text        TEXT NOT NULL,
+    transport   TEXT NOT NULL,
+    keyword     TEXT NOT NULL DEFAULT '',   -- STOP/START word acted on, '' for a plain reply
+    message_id  INTEGER,                    -- the last text sent to that number within the window
+    call_key    TEXT,                       -- and the call it was about
+    received_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS replies_number ON replies (number, received_at);
 """
 
 _REPORT_TO_STATE = {
@@ -660,6 +671,40 @@ class Outbox:
         hits = {n for n in numbers if n.startswith(tuple(prefixes))} if prefixes else set()
         return hits | self._present("dnd", "entry", numbers - hits)
 
+    # -- replies -----------------------------------------------------------------------
+
+    def record_reply(self, number: str, text: str, transport: str, keyword: str, now: float,
+                     window_seconds: float) -> tuple[int, str | None]:
+        """Store a reply with the message it most likely answers: the last text handed to
+        a transport for that number within the window. Returns (reply id, its call key)."""
+        answered = self.conn.execute(
+            "SELECT id, call_key FROM messages WHERE destination = ? AND submitted_at >= ? "
+            "ORDER BY submitted_at DESC LIMIT 1", (number, now - window_seconds)).fetchone()
+        message_id, call_key = answered if answered else (None, None)
+        with _tx(self):
+            cur = self.conn.execute(
+                "INSERT INTO replies (number, text, transport, keyword, message_id, call_key, received_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)", (number, text, transport, keyword, message_id, call_key, now))
+        return int(cur.lastrowid or 0), call_key
+
+    def replies(self, *, numbers: Iterable[str] = (), since: float | None = None,
+                until: float | None = None) -> list[dict[str, Any]]:
+        """Replies, oldest first: from these numbers (any form stored), or in a time span."""
+        sql, args = "SELECT * FROM replies WHERE 1=1", []
+        wanted = list(numbers)
+        if wanted:
+            sql += f" AND number IN ({', '.join('?' * len(wanted))})"
+            args += wanted
+        if since is not None:
+            sql += " AND received_at >= ?"
+            args.append(since)
+        if until is not None:
+            sql += " AND received_at < ?"
+            args.append(until)
+        cur = self.conn.execute(sql + " ORDER BY received_at, id", args)
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur]
+
     # -- retention ---------------------------------------------------------------------
 
     def prune(self, before: float, *, after_rowid: int = 0, limit: int = 500) -> tuple[Pruned, int | None]:
@@ -673,6 +718,7 @@ class Outbox:
             if after_rowid == 0:
                 pruned.receipts = self.conn.execute(
                     "DELETE FROM orphan_reports WHERE received_at < ?", (before,)).rowcount
+                self.conn.execute("DELETE FROM replies WHERE received_at < ?", (before,))
             # Calls are appended in time order, so rowid order is time order: stop at the
             # first one that is too new rather than scan the rest of the table.
             rows = self.conn.execute(

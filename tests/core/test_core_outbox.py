@@ -309,3 +309,32 @@ def test_the_wal_starts_over_under_sustained_writes(tmp_path, monkeypatch):
         outbox.close()
     assert restarts == 3, f"the WAL never started over; it grew to {largest:,} bytes"
     assert largest < 16 * limit
+
+
+async def test_every_reply_is_stored_with_the_text_it_answers_and_why_shows_it(setup):
+    from io import StringIO
+
+    from aftercalld.report import why
+
+    config, outbox = setup
+    transport = ScriptedTransport([])
+    dispatcher = Dispatcher(outbox, transport, config.dispatch, optout=config.optout, default_region="GB")
+    handler = CallHandler(config, outbox, on_queued=dispatcher.wake)
+    await dispatcher.start()
+    handler.handle(call(call_id="answered"))
+    await dispatcher.wait_idle()
+    dispatcher.inbound_message(InboundMessage("scripted", "07400123456", "Please call me after 5"))
+    dispatcher.inbound_message(InboundMessage("scripted", "+447400123999", "who is this?"))  # never texted
+    dispatcher.inbound_message(InboundMessage("scripted", "+447400123456", "STOP"))
+    await dispatcher.stop()
+    first, stranger, stop = outbox.replies()
+    assert (first["number"], first["text"], first["call_key"], first["keyword"]) == (
+        "+447400123456", "Please call me after 5", "main/answered", "")
+    assert first["message_id"] == outbox.messages()[0]["id"]
+    assert (stranger["call_key"], stranger["message_id"]) == (None, None)
+    assert stop["keyword"] == "STOP"
+    shown = StringIO()
+    assert why(outbox, config, "07400 123456", shown) == 0
+    assert "reply from +447400123456" in shown.getvalue()
+    assert "to the text about call main/answered: 'Please call me after 5'" in shown.getvalue()
+    assert "(STOP): 'STOP'" in shown.getvalue()
