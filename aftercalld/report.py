@@ -98,7 +98,7 @@ def why(outbox: Outbox, config: Config, what: str, out: TextIO) -> int:
     if not calls:
         number = normalise_for_list(what, config.phone.default_region)
         calls = outbox.calls(callers=[what, *caller_id_forms(number)] if number else [what], texted=number)
-        replies = outbox.replies(numbers={what, number} - {None})
+        replies = outbox.replies(numbers=[what] + ([number] if number and number != what else []))
     if not calls and not replies:
         out.write(f"no call with id or caller {what!r} in {config.outbox_path}\n")
         return 1
