@@ -79,6 +79,8 @@ class Dispatcher:
         self._pending_outcomes: list[OutcomeRecord] = []
         self._pending_reports: list[DeliveryReport] = []
         self._flush_scheduled = False
+        self._timers: set[asyncio.TimerHandle] = set()  # flushes to come; cancelled by stop()
+        self._closed = False  # stop() is done: the outbox may be closed from here on
         self._idle = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task | None = None
@@ -117,6 +119,14 @@ class Dispatcher:
                 self._in_flight.difference_update(pending)
         self._flush()
         await self.transport.close()
+        # What the transport handed over while closing is written now. Receipts that wait
+        # for their grace stay in the outbox's orphan table for the next start; no timer
+        # may fire later, on an outbox the daemon is about to close.
+        self._flush()
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        self._closed = True
 
     async def wait_idle(self) -> None:
         """Until nothing is due now and nothing is in flight (tests, benchmarks, drain)."""
@@ -246,13 +256,23 @@ class Dispatcher:
         return OutcomeRecord(message, MessageState.RETRYING, outcome.reason, next_attempt_at=next_at, transport=name)
 
     def _schedule_flush(self) -> None:
-        if not self._flush_scheduled:
+        if not self._flush_scheduled and not self._closed:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush_later(self, delay: float) -> None:
+        def fire() -> None:
+            self._timers.discard(handle)
+            self._schedule_flush()
+
+        handle = asyncio.get_running_loop().call_later(delay, fire)
+        self._timers.add(handle)
 
     def _flush(self) -> None:
         """One transaction for every outcome and report that arrived since the last flush."""
         self._flush_scheduled = False
+        if self._closed:
+            return
         outcomes, self._pending_outcomes = self._pending_outcomes, []
         reports, self._pending_reports = self._pending_reports, []
         try:
@@ -263,7 +283,7 @@ class Dispatcher:
                 transitions += self.outbox.apply_reports(reports, self.clock())
                 # Receipts that matched nothing exactly get a looser match once their
                 # submit responses have surely been recorded.
-                asyncio.get_running_loop().call_later(self.orphan_grace + 0.05, self._schedule_flush)
+                self._flush_later(self.orphan_grace + 0.05)
             settle_before = self.clock() - self.orphan_grace
             if self.outbox.has_pending_orphans(settle_before):
                 transitions += self.outbox.resolve_orphans(settle_before, self.clock())
@@ -273,7 +293,7 @@ class Dispatcher:
                           len(outcomes), len(reports))
             self._pending_outcomes[:0] = outcomes
             self._pending_reports[:0] = reports
-            asyncio.get_running_loop().call_later(1.0, self._schedule_flush)
+            self._flush_later(1.0)
             return
         self._emit(transitions)
         if outcomes:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sqlite3
@@ -338,3 +339,19 @@ async def test_every_reply_is_stored_with_the_text_it_answers_and_why_shows_it(s
     assert "reply from +447400123456" in shown.getvalue()
     assert "to the text about call main/answered: 'Please call me after 5'" in shown.getvalue()
     assert "(STOP): 'STOP'" in shown.getvalue()
+
+
+async def test_no_flush_runs_after_stop_on_a_closed_outbox(setup, caplog):
+    """SIGTERM shortly after receipts: the receipts' grace timer fired after outbox.close()
+    and logged 'Cannot operate on a closed database' with a traceback."""
+    config, outbox = setup
+    dispatcher = Dispatcher(outbox, ScriptedTransport([]), config.dispatch)
+    dispatcher.orphan_grace = 0.05
+    await dispatcher.start()
+    dispatcher.delivery_report(DeliveryReport("scripted", "no-such-id", ReportState.DELIVERED))
+    await asyncio.sleep(0)  # the flush that schedules the grace timer
+    await dispatcher.stop()
+    outbox.close()
+    # Every timer the dispatcher had set would have fired by now.
+    await asyncio.sleep(0.05 + 0.05 + 0.1)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
