@@ -214,3 +214,34 @@ async def test_receipts_of_a_long_message_that_failed_half_way_are_not_held_fore
     finally:
         await t.close()
         await sim.stop()
+
+
+async def test_a_long_message_takes_its_worst_receipt_whatever_the_order(tmp_path):
+    # Every ordered pair of final receipts for the two parts: part 1's receipt arrives
+    # first. The worst one decides (rejected > undeliverable > expired > delivered).
+    worst_first = [("REJECTD", "rejected"), ("UNDELIV", "undeliverable"), ("EXPIRED", "expired"),
+                   ("DELIVRD", "delivered")]
+    pairs = [(a, b) for a in worst_first for b in worst_first]
+    sim = SmscSim(receipts="text",
+                  receipt_stat=lambda s: (pairs[int(s.destination[-3:])][s.short_message[5] - 1][0], "000"))
+    finals = []
+    all_settled = asyncio.get_running_loop().create_future()
+
+    def on_transition(t):
+        if t.state.final:
+            finals.append(t)
+            if len(finals) == len(pairs) and not all_settled.done():
+                all_settled.set_result(None)
+
+    outbox, dispatcher = await dispatch_all(sim, tmp_path, ["two parts " * 20] * len(pairs), on_transition)
+    try:
+        await asyncio.wait_for(all_settled, 10)
+        got = {r["destination"]: r["state"] for r in outbox.messages()}
+        for i, (a, b) in enumerate(pairs):
+            expected = min(a, b, key=worst_first.index)[1]
+            assert got[f"+447700900{i:03d}"] == expected, (a, b)
+        assert len(finals) == len(pairs)  # each message settles once
+    finally:
+        await dispatcher.stop()
+        outbox.close()
+        await sim.stop()
