@@ -177,11 +177,9 @@ def build_submits(message: OutboundMessage, profile: WireProfile, ref: int,
         pieces = _split(message.text, encoding, udh_16bit_ref=(method == "udh16"))
 
     head = _address_head(message.sender, message.destination, profile)
+    tlvs: Mapping[int, bytes] = profile.tlvs or {}
     if extra_tlvs:
-        tlvs = dict(profile.tlvs or {})
-        tlvs.update(extra_tlvs)
-    else:
-        tlvs = profile.tlvs or {}
+        tlvs = {**tlvs, **extra_tlvs}
     tlv_bytes = b"".join(pdu.tlv(tag, value) for tag, value in tlvs.items()) if tlvs else b""
     registered = profile.registered_delivery
     total = len(pieces)

@@ -24,12 +24,17 @@ from . import pdu
 from .config import SmppSettings
 from .parts import build_submits, parse_tlv_map
 from .receipts import parse_receipt, receipt_id_as_submitted
-from .session import BindError, LinkLost, ResponseTimeout, Session
+from .session import BindError, LinkLost, NotSent, ResponseTimeout, Session
 from .status import ESME_RINVBNDSTS, ESME_ROK, ESME_RX_T_APPN, Verdict, classify, describe, status_name
 from .text import decode_short_message
 from .throttle import TokenBucket
 
 log = logging.getLogger(__name__)
+
+# A submit that was written but never answered (its link dropped first) may have been taken
+# by the SMSC. A part is sent again after such a submit at most this many times in all, so
+# the recipient gets it at most twice; then the message fails rather than risk a third.
+MAX_UNANSWERED = 2
 
 
 class _NoSession(Exception):
@@ -77,10 +82,11 @@ class SmppTransport(Transport):
         self._events: TransportEvents | None = None
         self._closing = False
         self._in_flight = 0
-        self._idle: asyncio.Event | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._ref = itertools.count(random.randrange(0x10000))
         self._tls = self._tls_context() if settings.tls else None
-        self.counters = collections.Counter()
+        self.counters: collections.Counter[str] = collections.Counter()
         # Parts submitted by a send() that has not returned yet: exact id → receipts held
         # back until the dispatcher has the outcome (see _hand_over_report).
         self._unreported: dict[str, list[DeliveryReport]] = {}
@@ -96,8 +102,6 @@ class SmppTransport(Transport):
 
     async def start(self, events: TransportEvents) -> None:
         self._events = events
-        self._idle = asyncio.Event()
-        self._idle.set()
         first_bind = asyncio.get_running_loop().create_future()
         for slot in self._slots:
             slot.task = asyncio.create_task(self._supervise(slot, first_bind),
@@ -117,7 +121,7 @@ class SmppTransport(Transport):
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_result(None)
-        if self._idle is not None and self._in_flight:
+        if self._in_flight:
             try:
                 async with asyncio.timeout(self.settings.drain_timeout):
                     await self._idle.wait()
@@ -290,7 +294,7 @@ class SmppTransport(Transport):
         part = f"part {index}/{total}" if total > 1 else ""
         reason = ""
         retry_after = None
-        attempts = throttles = 0
+        attempts = throttles = unanswered = 0
         while attempts < s.part_attempts and throttles < 10 * s.part_attempts:
             slot = self._try_take()
             try:
@@ -301,14 +305,42 @@ class SmppTransport(Transport):
                 retry_after = s.reconnect_min * 2
                 break
             session = slot.session
+            assert session is not None  # _take only hands out slots of bound sessions
             try:
                 wait = max(slot.bucket.reserve(), self._account.reserve())
                 if wait > 0:
                     await asyncio.sleep(wait)
-                command_id, status, resp = await session.send_request(pdu.SUBMIT_SM, body)
-            except (LinkLost, ResponseTimeout) as exc:
+                fut = session.send_request(pdu.SUBMIT_SM, body, hold=True)
+                try:
+                    command_id, status, resp = await fut
+                except ResponseTimeout as exc:
+                    # Still outstanding, still holding its window slot: wait for the answer
+                    # (the session drops the link if it never comes).
+                    self.counters["response_timeouts"] += 1
+                    assert exc.late is not None
+                    command_id, status, resp = await exc.late
+                    self.counters["late_responses"] += 1
+                    log.info("%s: %s %s answered after %gs+ by %s", self.name, message.key, part,
+                             s.response_timeout, session.peer,
+                             extra=fields(call_id=message.call_id, recipient=message.destination))
+            except NotSent as exc:
                 attempts += 1
                 reason = f"{exc} ({session.peer})"
+                continue
+            except LinkLost as exc:
+                attempts += 1
+                unanswered += 1
+                reason = f"{exc} ({session.peer})"
+                if unanswered >= MAX_UNANSWERED:
+                    self.counters["unanswered_given_up"] += 1
+                    log.warning("%s: %s %s to %s: %d submits never answered (%s); not sending it "
+                                "again: the SMSC may have taken them", self.name, message.key, part,
+                                message.destination, unanswered, reason,
+                                extra=fields(call_id=message.call_id, recipient=message.destination))
+                    of_part = f" of {part}" if part else ""
+                    return SubmitOutcome.permanent(
+                        f"{unanswered} submits{of_part} never answered ({exc}); not sent again: "
+                        f"the SMSC may have taken them")
                 self.counters["link_retries"] += 1
                 continue
             finally:
@@ -414,6 +446,8 @@ class SmppTransport(Transport):
 
     def _emit_reports(self, reports: list[DeliveryReport]) -> None:
         events = self._events
+        if events is None:
+            return
         for report in reports:
             try:
                 events.delivery_report(report)
