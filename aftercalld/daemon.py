@@ -83,10 +83,12 @@ class Daemon:
             transport_metrics.register_metrics(self.metrics.registry, self.transport)
         if self.config.metrics_listen:
             self.metrics.serve(self.config.metrics_listen)
-        await self.dispatcher.start()
+        # Sources first: a transport that is slow to come up must not hold back the PBX
+        # connections (calls ending meanwhile would be missed); texts wait in the outbox.
         self.sources = make_sources(self.config, self.clock)
         for source in self.sources:
             self._source_tasks.append(asyncio.create_task(source.run(self.handler), name=f"source {source.name}"))
+        await self.dispatcher.start()
         self._start_pruning()
         log.info("aftercalld running: %d PBX(s), transport %s, %d rule(s), outbox %s, %d message(s) waiting",
                  len(self.sources), self.transport.name, len(self.config.rules.rules), self.config.outbox_path,

@@ -176,6 +176,7 @@ async def transport_only(port: int, count: int, window: int) -> float:
 
     transport = make_transport(settings(port, window=window, sessions=1, response_timeout=10.0))
     await transport.start(NoEvents())
+    await transport.until_bound(10.0)
     text = "Sorry we missed your call"
     queued_at = datetime.now(UTC)  # the transport does not read it; only the dispatcher's TTL does
     messages = [OutboundMessage(id=i, key=f"k{i}", call_id=f"c{i}", rule="r",

@@ -79,6 +79,7 @@ class SmppTransport(Transport):
         self._senders = [s for s in self._slots if s.mode != "receiver"]
         self._rr = 0
         self._waiters: collections.deque[asyncio.Future] = collections.deque()
+        self._bind_watchers: list[asyncio.Future] = []
         self._events: TransportEvents | None = None
         self._closing = False
         self._in_flight = 0
@@ -101,20 +102,29 @@ class SmppTransport(Transport):
         return ctx
 
     async def start(self, events: TransportEvents) -> None:
+        """Binds in the background and returns at once: waiting here for an SMSC that is
+        down held back the PBX connections, and calls ending meanwhile were never seen.
+        Until a session is bound, send() waits up to response_timeout for one, then
+        answers transient and the text waits in the outbox."""
         self._events = events
-        first_bind = asyncio.get_running_loop().create_future()
         for slot in self._slots:
-            slot.task = asyncio.create_task(self._supervise(slot, first_bind),
-                                            name=f"{self.name}:{slot.label}")
-        s = self.settings
+            slot.task = asyncio.create_task(self._supervise(slot), name=f"{self.name}:{slot.label}")
+
+    def all_bound(self) -> bool:
+        return all(slot.session is not None and slot.session.bound for slot in self._slots)
+
+    async def until_bound(self, timeout: float) -> bool:
+        """Wait (up to `timeout`) until every configured session is bound; False if not
+        (send-test, and tests that need the binds up before they start)."""
         try:
-            # Return as soon as one sender is bound; otherwise keep trying in the background
-            # (send() answers transient meanwhile) rather than hold up the daemon's start.
-            async with asyncio.timeout(s.connect_timeout + s.response_timeout):
-                await asyncio.shield(first_bind)
+            async with asyncio.timeout(timeout):
+                while not self.all_bound():
+                    watcher = asyncio.get_running_loop().create_future()
+                    self._bind_watchers.append(watcher)
+                    await watcher
         except TimeoutError:
-            log.warning("%s: no SMSC bind yet; still trying in the background", self.name,
-                        extra=fields(transport=self.name))
+            return False
+        return True
 
     async def close(self) -> None:
         self._closing = True
@@ -135,7 +145,7 @@ class SmppTransport(Transport):
         await asyncio.gather(*(s.session.unbind() for s in self._slots if s.session),
                              return_exceptions=True)
 
-    async def _supervise(self, slot: _Slot, first_bind: asyncio.Future) -> None:
+    async def _supervise(self, slot: _Slot) -> None:
         s = self.settings
         failures = 0
         try:
@@ -177,9 +187,11 @@ class SmppTransport(Transport):
                     log.info("%s %s: bound to %s (SMSC system_id %s)", self.name, slot.label,
                              where, smsc_id or "-", extra=fields(transport=self.name, smsc=where))
                     if slot.mode != "receiver":
-                        if not first_bind.done():
-                            first_bind.set_result(None)
                         self._wake(all_=True)
+                    watchers, self._bind_watchers = self._bind_watchers, []
+                    for watcher in watchers:
+                        if not watcher.done():
+                            watcher.set_result(None)
                     reason = await session.closed
                     slot.session = None
                     if not self._closing:

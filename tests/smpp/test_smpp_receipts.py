@@ -7,7 +7,7 @@ import asyncio
 import collections
 
 import pytest
-from smpp_util import Events, enqueue, message, settings
+from smpp_util import Events, enqueue, message, settings, start_bound
 from smsc_sim import SmscSim
 
 from aftercalld.config import DispatchConfig
@@ -22,7 +22,7 @@ async def run(sim: SmscSim, **overrides):
     await sim.start()
     events = Events()
     t = make_transport(settings(sim.port, **overrides))
-    await t.start(events)
+    await start_bound(t, events)
     return t, events
 
 
@@ -113,7 +113,7 @@ async def test_events_failure_asks_the_smsc_to_redeliver():
     sim = SmscSim()
     await sim.start()
     t = make_transport(settings(sim.port))
-    await t.start(Broken())
+    await start_bound(t, Broken())
     try:
         assert await sim.send_mo("447700900123", "STOP") == 0x64  # ESME_RX_T_APPN
     finally:
@@ -133,6 +133,7 @@ async def dispatch_all(sim: SmscSim, tmp_path, texts, on_transition=None, **over
                                                               retry_max_seconds=0.2),
                             on_transition=on_transition)
     await dispatcher.start()
+    assert await transport.until_bound(10)
     return outbox, dispatcher
 
 

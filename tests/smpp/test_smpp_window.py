@@ -7,7 +7,7 @@ import collections
 import time
 
 import pytest
-from smpp_util import Events, message, settings
+from smpp_util import Events, message, settings, start_bound
 from smsc_sim import SmscSim, reassemble
 
 from aftercalld.model import OutcomeKind
@@ -28,7 +28,7 @@ async def send_all(transport, messages):
 async def with_transport(sim: SmscSim, **overrides):
     await sim.start()
     t = make_transport(settings(sim.port, **overrides))
-    await t.start(Events())
+    await start_bound(t, Events())
     return t
 
 

@@ -3,7 +3,7 @@ per-template TLVs, sent through the transport over a real socket."""
 from __future__ import annotations
 
 import pytest
-from smpp_util import Events, message, settings
+from smpp_util import Events, message, settings, start_bound
 from smsc_sim import SmscSim, reassemble
 
 from aftercalld.model import OutcomeKind
@@ -16,7 +16,7 @@ UCS2_400 = ("Спасибо за звонок! Мы перезвоним вам 
 async def transport_for(sim: SmscSim, **overrides):
     await sim.start()
     t = make_transport(settings(sim.port, **overrides))
-    await t.start(Events())
+    await start_bound(t, Events())
     return t
 
 
