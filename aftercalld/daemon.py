@@ -106,7 +106,9 @@ class Daemon:
             return
         # Connections and the transport stay as they are (changing them needs a restart).
         keep_days_changed = new.keep_days != self.config.keep_days
-        self.config = replace(self.config, rules=new.rules, render=new.render, phone=new.phone,
+        # The transport's segmenting stays too: segments are counted as the running transport sends.
+        render = replace(new.render, segmenting=self.config.render.segmenting)
+        self.config = replace(self.config, rules=new.rules, render=render, phone=new.phone,
                               optout=new.optout, policy=new.policy, dispatch=new.dispatch,
                               keep_days=new.keep_days)
         if keep_days_changed:
