@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from ..model import Encoding, OutboundMessage
-from ..rules.encoding import GSM_CODEC, SegmentingProfile, encode_gsm7_unpacked, encode_ucs2, segment
+from ..rules.encoding import GSM_CODEC, SINGLE, SegmentingProfile, encode_gsm7_unpacked, encode_ucs2, segment
 from . import pdu
 
 CONCAT_METHODS = ("udh8", "udh16", "sar", "payload")
@@ -153,10 +153,17 @@ def build_submits(message: OutboundMessage, profile: WireProfile, ref: int,
     reference (only its low 8 bits are used with udh8). Raises ValueError for a message
     that cannot be sent as it is (a permanent failure)."""
     method = profile.concatenation
-    # Decided again from the text rather than taken from the outbox: the same function and
-    # settings give the same answer, and after a config change the wire must follow it.
-    segmented = segment(message.text, segmenting_profile(profile.gsm_data_coding, method, profile.octet_limits))
-    encoding, pieces = segmented.encoding, segmented.pieces
+    text = message.text
+    pieces: tuple[str, ...]
+    if profile.gsm_data_coding == DC_GSM and len(text) * 2 <= SINGLE[message.encoding]:
+        # The hot path: most texts are short, and with GSM 7-bit the encoding the outbox
+        # has (from `segment`) depends on the text alone.
+        encoding, pieces = message.encoding, (text,)
+    else:
+        # Decided again from the text: with an 8-bit alphabet the encoding depends on the
+        # settings too, and after a config change the wire must follow them.
+        segmented = segment(text, segmenting_profile(profile.gsm_data_coding, method, profile.octet_limits))
+        encoding, pieces = segmented.encoding, segmented.pieces
 
     head = _address_head(message.sender, message.destination, profile)
     tlvs: Mapping[int, bytes] = profile.tlvs or {}

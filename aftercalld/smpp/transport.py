@@ -332,8 +332,8 @@ class SmppTransport(Transport):
                     assert exc.late is not None
                     command_id, status, resp = await exc.late
                     self.counters["late_responses"] += 1
-                    log.info("%s: %s %s answered after %gs+ by %s", self.name, message.key, part,
-                             s.response_timeout, session.peer,
+                    log.info("%s: %s%s answered after %gs+ by %s", self.name, message.key,
+                             f" {part}" if part else "", s.response_timeout, session.peer,
                              extra=fields(call_id=message.call_id, recipient=message.destination))
             except NotSent as exc:
                 attempts += 1
