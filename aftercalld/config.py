@@ -19,6 +19,7 @@ from .pbxconfig import PBX_TYPES, PbxConfig
 from .phone import PhoneRules
 from .policy import PolicyConfig, QuietAction, RulePolicy
 from .retention import MIN_KEEP_DAYS
+from .rules.encoding import DEFAULT_PROFILE, SegmentingProfile
 from .rules.engine import Conditions, RecipientSpec, Rule, RuleSet, TimeWindow
 from .rules.render import AgentEntry, RenderContext
 from .rules.templates import TemplateError, known_placeholders, parse_template
@@ -41,6 +42,12 @@ def sender_problem(sender: str) -> str | None:
 class TransportConfig:
     type: str
     settings: Any = None  # the transport package's own settings object
+
+    @property
+    def segmenting(self) -> SegmentingProfile:
+        """How this transport encodes and splits texts (SMPP settings say; a modem and the
+        log transport send GSM 7-bit with an 8-bit-reference UDH)."""
+        return getattr(self.settings, "segmenting", DEFAULT_PROFILE)
 
 
 @dataclass(frozen=True)
@@ -154,7 +161,7 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
         sqlite_synchronous=synchronous,
         keep_days=keep_days,
         phone=phone,
-        render=RenderContext(phone, constants, agents, max_value_length),
+        render=RenderContext(phone, constants, agents, max_value_length, transport.segmenting),
         pbxs=pbxs,
         transport=transport,
         dispatch=dispatch,

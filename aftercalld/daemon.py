@@ -83,10 +83,12 @@ class Daemon:
             transport_metrics.register_metrics(self.metrics.registry, self.transport)
         if self.config.metrics_listen:
             self.metrics.serve(self.config.metrics_listen)
-        await self.dispatcher.start()
+        # Sources first: a transport that is slow to come up must not hold back the PBX
+        # connections (calls ending meanwhile would be missed); texts wait in the outbox.
         self.sources = make_sources(self.config, self.clock)
         for source in self.sources:
             self._source_tasks.append(asyncio.create_task(source.run(self.handler), name=f"source {source.name}"))
+        await self.dispatcher.start()
         self._start_pruning()
         log.info("aftercalld running: %d PBX(s), transport %s, %d rule(s), outbox %s, %d message(s) waiting",
                  len(self.sources), self.transport.name, len(self.config.rules.rules), self.config.outbox_path,
@@ -104,7 +106,9 @@ class Daemon:
             return
         # Connections and the transport stay as they are (changing them needs a restart).
         keep_days_changed = new.keep_days != self.config.keep_days
-        self.config = replace(self.config, rules=new.rules, render=new.render, phone=new.phone,
+        # The transport's segmenting stays too: segments are counted as the running transport sends.
+        render = replace(new.render, segmenting=self.config.render.segmenting)
+        self.config = replace(self.config, rules=new.rules, render=render, phone=new.phone,
                               optout=new.optout, policy=new.policy, dispatch=new.dispatch,
                               keep_days=new.keep_days)
         if keep_days_changed:

@@ -9,7 +9,7 @@ from .clock import Clock, system_clock, utc_now
 from .config import Config, sender_problem
 from .daemon import make_transport
 from .model import CallRecord, CallStatus, DeliveryReport, Direction, InboundMessage, OutboundMessage, RecipientKind
-from .rules.encoding import analyse, split_segments
+from .rules.encoding import segment
 from .rules.render import render
 from .store import NoOutboxError, Outbox
 
@@ -83,19 +83,21 @@ async def send_test(config: Config, number: str, *, rule_name: str | None, text:
         text, sender, options = rendered[0].text, rendered[0].sender, dict(rendered[0].options)
     sender = chosen_sender or sender
     text = text or DEFAULT_TEXT
-    info = analyse(text)
-    parts = split_segments(text, info.encoding)
+    info = segment(text, config.render.segmenting)
     print(f"to {check.e164} from {sender} via {config.transport.type}: {info.encoding.value}, "
-          f"{info.units} units, {len(parts)} part(s)")
+          f"{info.units} units, {info.segments} part(s)")
     message = OutboundMessage(id=0, key="send-test", call_id="send-test", rule=rule_name or "send-test",
                               recipient_kind=RecipientKind.FIXED, destination=check.e164, sender=sender,
-                              text=text, encoding=info.encoding, segments=len(parts), created_at=now,
+                              text=text, encoding=info.encoding, segments=info.segments, created_at=now,
                               options=options)
     transport = make_transport(config)
     printer = _Printer()
     try:
         async with asyncio.timeout(timeout):
             await transport.start(printer)
+            until_bound = getattr(transport, "until_bound", None)  # SMPP binds in the background
+            if until_bound is not None:
+                await until_bound(timeout)
         async with asyncio.timeout(timeout):
             outcome = await transport.send(message)
     except TimeoutError:

@@ -526,21 +526,15 @@ class Outbox:
             "SELECT state, call_key, rule, destination, submitted_at FROM messages WHERE id = ?", (message_id,)
         ).fetchone()
         if row is None or row[0] != MessageState.SUBMITTED.value:
-            # Already settled (a duplicate receipt, or another part failed first): the part
-            # is recorded, the message stays as it is.
+            return None  # already settled: a duplicate receipt; the part is recorded
+        parts = self.conn.execute("SELECT state, error FROM parts WHERE message_id = ?", (message_id,)).fetchall()
+        finals = [(_REPORT_TO_STATE[s], s, e) for s, e in parts if s in _REPORT_TO_STATE]
+        if not parts or len(finals) < len(parts):
+            # More parts to hear about. Settling on the first failure would make the
+            # result depend on the order receipts arrive in: the worst one must win.
             return None
-        part_states = [
-            _REPORT_TO_STATE.get(s)
-            for (s,) in self.conn.execute("SELECT state FROM parts WHERE message_id = ?", (message_id,))
-        ]
-        failures = [s for s in part_states if s is not None and s is not MessageState.DELIVERED]
-        if failures:
-            settled = min(failures, key=_SEVERITY.index)
-        elif len(part_states) >= 1 and all(s is MessageState.DELIVERED for s in part_states):
-            settled = MessageState.DELIVERED
-        else:
-            return None  # more parts to hear about
-        reason = "" if settled is MessageState.DELIVERED else (error or state.value)
+        settled, worst_state, worst_error = min(finals, key=lambda f: _SEVERITY.index(f[0]))
+        reason = "" if settled is MessageState.DELIVERED else (worst_error or worst_state)
         self.conn.execute(
             "UPDATE messages SET state = ?, reason = ?, updated_at = ?, final_at = ? WHERE id = ?",
             (settled.value, reason, now, now, message_id),

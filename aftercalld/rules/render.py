@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 from ..model import CallRecord, Encoding, RecipientKind
 from ..phone import PhoneRules
-from .encoding import analyse
+from .encoding import DEFAULT_PROFILE, SegmentingProfile, segment
 from .engine import RecipientSpec, Rule
 from .templates import template_values
 
@@ -45,6 +45,8 @@ class RenderContext:
     constants: Mapping[str, str]
     agents: Mapping[str, AgentEntry]  # extension -> directory entry
     max_value_length: int = 64
+    # The transport's encoding and concatenation: segments counted here are parts on its wire.
+    segmenting: SegmentingProfile = DEFAULT_PROFILE
 
 
 def call_key(record: CallRecord) -> str:
@@ -89,7 +91,7 @@ def _numbers(spec: RecipientSpec, record: CallRecord) -> tuple[str, ...]:
 def _render_one(rule: Rule, spec: RecipientSpec, raw: str, record: CallRecord,
                 values: Mapping[str, str], ctx: RenderContext) -> RenderedMessage:
     text = spec.template.render(values)
-    analysed = analyse(text)
+    analysed = segment(text, ctx.segmenting)
     suppressed = ""
     destination: str | None = None
     if spec.kind is RecipientKind.AGENT and not raw:

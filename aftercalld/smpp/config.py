@@ -5,7 +5,8 @@ import logging
 from dataclasses import dataclass, field
 
 from ..configreader import Section
-from .parts import CONCAT_METHODS, WireProfile, parse_tlv_map
+from ..rules.encoding import SegmentingProfile
+from .parts import CONCAT_METHODS, WireProfile, parse_tlv_map, segmenting_profile
 
 log = logging.getLogger(__name__)
 
@@ -15,6 +16,11 @@ BIND_MODES = ("transceiver", "transmitter_receiver", "transmitter")
 # "hex_dec" = hex in submit_sm_resp, decimal in receipts; "dec_hex" the other way round.
 # Set it for SMSCs that mix bases: "12" is both a decimal id and another message's hex id.
 MSG_ID_TYPES = ("same", "hex_dec", "dec_hex")
+# How long a data_coding 1 (IA5) or 3 (Latin-1) text may be: "spec" counts octets against
+# the 140 of a message's user data (134/133 per UDH part), safe with any SMSC;
+# "transcoding_smsc" counts GSM septets (160, 153/152 per part) for an SMSC that converts
+# such texts to GSM 7-bit before they reach the network.
+OCTET_LIMITS = ("spec", "transcoding_smsc")
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,7 @@ class SmppSettings:
     drain_timeout: float = 10.0
     gsm_data_coding: int = 0
     concatenation: str = "udh8"
+    octet_limits: str = "spec"
     source_ton: int | None = None
     source_npi: int | None = None
     dest_ton: int = 1
@@ -67,7 +74,13 @@ class SmppSettings:
             registered_delivery=1 if self.registered_delivery else 0,
             service_type=self.service_type,
             tlvs=dict(self.tlvs),
+            octet_limits=self.octet_limits == "spec",
         )
+
+    @property
+    def segmenting(self) -> SegmentingProfile:
+        """How rendering must count segments so that they are what goes on the wire."""
+        return segmenting_profile(self.gsm_data_coding, self.concatenation, self.octet_limits == "spec")
 
 
 def _parse_host(section: Section, item: str, default_port: int) -> tuple[str, int]:
@@ -145,6 +158,7 @@ def parse_settings(section: Section) -> SmppSettings:
         drain_timeout=section.float("drain_timeout", 10.0, min=0.0, max=600.0),
         gsm_data_coding=section.int("gsm_data_coding", 0, min=0, max=3),
         concatenation=section.str("concatenation", "udh8", choices=CONCAT_METHODS),
+        octet_limits=section.str("octet_limits", "spec", choices=OCTET_LIMITS),
         source_ton=ton_npi["source_ton"],
         source_npi=ton_npi["source_npi"],
         dest_ton=section.int("dest_ton", 1, min=0, max=255),

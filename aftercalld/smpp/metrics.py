@@ -15,7 +15,12 @@ _COUNTERS = (
     ("transient_errors", "aftercalld_smpp_transient_errors", "submit_sm answered with a transient error"),
     ("permanent_errors", "aftercalld_smpp_permanent_errors", "submit_sm rejected for good"),
     ("link_retries", "aftercalld_smpp_link_retries",
-     "Parts sent again after a lost link or a response timeout"),
+     "Parts sent again after their link was lost before the SMSC answered"),
+    ("response_timeouts", "aftercalld_smpp_response_timeouts",
+     "submit_sm not answered within response_timeout (still awaited, not sent again)"),
+    ("late_responses", "aftercalld_smpp_late_responses", "submit_sm answered after response_timeout"),
+    ("unanswered_given_up", "aftercalld_smpp_unanswered_given_up",
+     "Messages failed because a part was sent twice without an answer"),
     ("receipts", "aftercalld_smpp_receipts", "Delivery receipts received"),
     ("replies", "aftercalld_smpp_replies", "Mobile-originated replies received"),
 )
@@ -53,4 +58,4 @@ class SmppCollector:
 
 
 def register_metrics(registry: CollectorRegistry, transport: SmppTransport) -> None:
-    registry.register(SmppCollector(transport))  # type: ignore[arg-type]
+    registry.register(SmppCollector(transport))

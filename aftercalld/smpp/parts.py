@@ -1,18 +1,19 @@
 """One OutboundMessage → the submit_sm bodies that carry it: data_coding, concatenation
 (UDH with an 8- or 16-bit reference, SAR TLVs, or message_payload), TON/NPI and TLVs.
 
-Segmentation is `rules.encoding.split_segments`, never smpplib's `make_parts` (which cuts
-escape pairs and surrogate pairs, see LIBRARIES.md).
+Encoding and segmentation are `rules.encoding.segment` with the profile these settings
+give (`segmenting_profile`), the same call rendering counts segments with; never
+smpplib's `make_parts` (which cuts escape pairs and surrogate pairs, see LIBRARIES.md).
 """
 from __future__ import annotations
 
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from ..model import Encoding, OutboundMessage
-from ..rules.encoding import CONCAT_8BIT_REF, GSM_CODEC, SINGLE, encode_gsm7_unpacked, encode_ucs2, split_segments
+from ..rules.encoding import GSM_CODEC, SINGLE, SegmentingProfile, encode_gsm7_unpacked, encode_ucs2, segment
 from . import pdu
 
 CONCAT_METHODS = ("udh8", "udh16", "sar", "payload")
@@ -34,7 +35,16 @@ class WireProfile:
     dest_npi: int = 1
     registered_delivery: int = 1
     service_type: str = ""
-    tlvs: Mapping[int, bytes] = ()  # type: ignore[assignment]
+    tlvs: Mapping[int, bytes] = field(default_factory=dict)
+    octet_limits: bool = True  # False: the SMSC transcodes data_coding 1/3 to GSM 7-bit
+
+
+_ALPHABETS = {DC_GSM: "gsm7", DC_IA5: "ascii", DC_LATIN1: "latin1"}
+
+
+@lru_cache(maxsize=64)
+def segmenting_profile(gsm_data_coding: int, concatenation: str, octet_limits: bool) -> SegmentingProfile:
+    return SegmentingProfile(_ALPHABETS[gsm_data_coding], concatenation, octet_limits)
 
 
 def parse_tlv_tag(tag: str | int) -> int:
@@ -126,40 +136,15 @@ def encode_gsm7_fast(text: str) -> bytes:
     return text.translate(_GSM_TABLE).encode("latin-1")
 
 
-def _split(text: str, encoding: Encoding, **kw) -> list[str]:
-    # Most texts are short: at most 2 septets (GSM) or 2 units (UCS-2) per character, so
-    # half the single-message capacity always fits without counting.
-    if len(text) * 2 <= SINGLE[encoding]:
-        return [text]
-    return split_segments(text, encoding, **kw)
-
-
 def _encode_text(text: str, encoding: Encoding, gsm_dc: int) -> tuple[int, bytes]:
     if encoding is Encoding.UCS2:
         return DC_UCS2, encode_ucs2(text)
+    # segment() chose GSM7 only for a text that fits the configured alphabet.
     if gsm_dc == DC_LATIN1:
-        try:
-            return DC_LATIN1, text.encode("latin-1")
-        except UnicodeEncodeError:
-            # € and the Greek capitals are GSM but not Latin-1: such a text goes as UCS-2.
-            return DC_UCS2, encode_ucs2(text)
+        return DC_LATIN1, text.encode("latin-1")
     if gsm_dc == DC_IA5:
-        try:
-            return DC_IA5, text.encode("ascii")
-        except UnicodeEncodeError:
-            return DC_UCS2, encode_ucs2(text)
+        return DC_IA5, text.encode("ascii")
     return gsm_dc, encode_gsm7_fast(text)
-
-
-def _effective_encoding(text: str, encoding: Encoding, gsm_dc: int) -> Encoding:
-    """Latin-1/IA5 binds send GSM texts with characters outside those sets as UCS-2, and
-    then the segment capacity is UCS-2's."""
-    if encoding is Encoding.GSM7 and gsm_dc in (DC_LATIN1, DC_IA5):
-        try:
-            text.encode("latin-1" if gsm_dc == DC_LATIN1 else "ascii")
-        except UnicodeEncodeError:
-            return Encoding.UCS2
-    return encoding
 
 
 def build_submits(message: OutboundMessage, profile: WireProfile, ref: int,
@@ -167,21 +152,23 @@ def build_submits(message: OutboundMessage, profile: WireProfile, ref: int,
     """submit_sm bodies for every part of `message`, in order. `ref` is the concatenation
     reference (only its low 8 bits are used with udh8). Raises ValueError for a message
     that cannot be sent as it is (a permanent failure)."""
-    encoding = _effective_encoding(message.text, message.encoding, profile.gsm_data_coding)
     method = profile.concatenation
-    if method == "payload":
-        pieces = [message.text]
-    elif method == "sar":
-        pieces = _split(message.text, encoding, part_capacity=CONCAT_8BIT_REF[encoding])
+    text = message.text
+    pieces: tuple[str, ...]
+    if profile.gsm_data_coding == DC_GSM and len(text) * 2 <= SINGLE[message.encoding]:
+        # The hot path: most texts are short, and with GSM 7-bit the encoding the outbox
+        # has (from `segment`) depends on the text alone.
+        encoding, pieces = message.encoding, (text,)
     else:
-        pieces = _split(message.text, encoding, udh_16bit_ref=(method == "udh16"))
+        # Decided again from the text: with an 8-bit alphabet the encoding depends on the
+        # settings too, and after a config change the wire must follow them.
+        segmented = segment(text, segmenting_profile(profile.gsm_data_coding, method, profile.octet_limits))
+        encoding, pieces = segmented.encoding, segmented.pieces
 
     head = _address_head(message.sender, message.destination, profile)
+    tlvs: Mapping[int, bytes] = profile.tlvs or {}
     if extra_tlvs:
-        tlvs = dict(profile.tlvs or {})
-        tlvs.update(extra_tlvs)
-    else:
-        tlvs = profile.tlvs or {}
+        tlvs = {**tlvs, **extra_tlvs}
     tlv_bytes = b"".join(pdu.tlv(tag, value) for tag, value in tlvs.items()) if tlvs else b""
     registered = profile.registered_delivery
     total = len(pieces)

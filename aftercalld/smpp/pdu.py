@@ -198,7 +198,7 @@ def _read_addresses(body: bytes) -> tuple[str, int, int, str, int, int, str, int
 
 def parse_deliver_sm(body: bytes) -> ShortMessage:
     try:
-        *addresses, pos = _read_addresses(body)
+        service_type, src_ton, src_npi, source, dst_ton, dst_npi, destination, pos = _read_addresses(body)
         esm_class = body[pos]
         pos += 3  # esm_class, protocol_id, priority_flag
         _, pos = _read_cstr(body, pos)  # schedule_delivery_time
@@ -212,17 +212,19 @@ def parse_deliver_sm(body: bytes) -> ShortMessage:
         pos += sm_length
     except IndexError:
         raise PduError("deliver_sm body truncated") from None
-    return ShortMessage(DELIVER_SM, *addresses, esm_class, data_coding, short_message, parse_tlvs(body, pos))
+    return ShortMessage(DELIVER_SM, service_type, src_ton, src_npi, source, dst_ton, dst_npi, destination,
+                        esm_class, data_coding, short_message, parse_tlvs(body, pos))
 
 
 def parse_data_sm(body: bytes) -> ShortMessage:
     try:
-        *addresses, pos = _read_addresses(body)
+        service_type, src_ton, src_npi, source, dst_ton, dst_npi, destination, pos = _read_addresses(body)
         esm_class, _registered, data_coding = body[pos], body[pos + 1], body[pos + 2]
         pos += 3
     except IndexError:
         raise PduError("data_sm body truncated") from None
-    return ShortMessage(DATA_SM, *addresses, esm_class, data_coding, b"", parse_tlvs(body, pos))
+    return ShortMessage(DATA_SM, service_type, src_ton, src_npi, source, dst_ton, dst_npi, destination,
+                        esm_class, data_coding, b"", parse_tlvs(body, pos))
 
 
 class FrameBuffer:

@@ -39,11 +39,31 @@ _BIND_REQUESTS = frozenset(BIND_COMMANDS.values())
 
 
 class LinkLost(Exception):
-    """The connection went away (or was dropped by us) with this request outstanding."""
+    """The connection went away (or was dropped by us) with this request outstanding: the
+    SMSC may or may not have acted on it."""
+
+
+class NotSent(LinkLost):
+    """The request was never written (the link was closing or being unbound): it is safe
+    to send it elsewhere."""
 
 
 class ResponseTimeout(Exception):
-    pass
+    """No response within response_timeout. For a request sent with `hold=True`, `late`
+    resolves to the response when it does come, or fails with LinkLost when the link
+    ends (the session drops a link whose answer is overdue by far, see _overdue)."""
+
+    def __init__(self, message: str, late: asyncio.Future | None = None) -> None:
+        super().__init__(message)
+        self.late = late
+
+
+# A held request unanswered this many response_timeouts after it was sent means the
+# SMSC lost it (TCP did not): the link is dropped and re-bound.
+OVERDUE_LIMIT = 4
+# After an unbind from the SMSC, how long outstanding requests may take to be answered
+# before we answer the unbind and close (at most; response_timeout if that is shorter).
+UNBIND_GRACE = 2.0
 
 
 class BindError(Exception):
@@ -77,10 +97,14 @@ class Session(asyncio.Protocol):
         self._last_rx = 0.0
         self._trace = wire_log.isEnabledFor(logging.DEBUG)  # checked once: the hot path
         self._seq = 0
-        self._pending: dict[int, tuple[asyncio.Future, asyncio.TimerHandle]] = {}
+        # sequence → (future, its timer, hold: keep waiting past response_timeout)
+        self._pending: dict[int, tuple[asyncio.Future, asyncio.TimerHandle | None, bool]] = {}
         self._loop = asyncio.get_running_loop()
         self.closed: asyncio.Future[str] = self._loop.create_future()
         self._keepalive: asyncio.Task | None = None
+        self._probe: asyncio.Task | None = None
+        self._unbinding: asyncio.Task | None = None
+        self._drained: asyncio.Future | None = None
         self._closing_reason = ""
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -134,18 +158,20 @@ class Session(asyncio.Protocol):
 
     # -- requests --------------------------------------------------------------------------
 
-    def send_request(self, command_id: int, body: bytes = b"") -> asyncio.Future:
-        """Write one request; the future resolves to its Response, or fails with LinkLost /
-        ResponseTimeout. Not a coroutine: callers on the hot path avoid a task per PDU."""
+    def send_request(self, command_id: int, body: bytes = b"", *, hold: bool = False) -> asyncio.Future:
+        """Write one request; the future resolves to its Response, or fails with LinkLost
+        (NotSent if it was never written) / ResponseTimeout. With `hold`, a timed-out
+        request stays outstanding (see ResponseTimeout.late). Not a coroutine: callers on
+        the hot path avoid a task per PDU."""
         fut = self._loop.create_future()
         transport = self._transport
-        if transport is None or transport.is_closing():
-            fut.set_exception(LinkLost(self._closing_reason or "not connected"))
+        if transport is None or transport.is_closing() or self._unbinding is not None:
+            fut.set_exception(NotSent(self._closing_reason or "not connected"))
             return fut
         self._seq = self._seq % 0x7FFFFFFF + 1
         seq = self._seq
         timer = self._loop.call_later(self.response_timeout, self._expire, seq)
-        self._pending[seq] = (fut, timer)
+        self._pending[seq] = (fut, timer, hold)
         self._write(pdu.HEADER.pack(pdu.HEADER_LEN + len(body), command_id, 0, seq) + body)
         return fut
 
@@ -180,9 +206,50 @@ class Session(asyncio.Protocol):
         return await self.send_request(command_id, body)
 
     def _expire(self, seq: int) -> None:
-        entry = self._pending.pop(seq, None)
-        if entry and not entry[0].done():
-            entry[0].set_exception(ResponseTimeout(f"no response within {self.response_timeout:g}s"))
+        entry = self._pending.get(seq)
+        if entry is None:
+            return
+        fut, _, hold = entry
+        message = f"no response within {self.response_timeout:g}s"
+        if not hold or fut.done():  # (done: its sender gave up waiting, e.g. cancelled)
+            del self._pending[seq]
+            if not fut.done():
+                fut.set_exception(ResponseTimeout(message))
+            return
+        # A slow SMSC is not a lost submit: sending it again would only double it. Keep
+        # it outstanding (and its window slot taken) and check the link is alive.
+        late = self._loop.create_future()
+        limit = self.response_timeout * (OVERDUE_LIMIT - 1)
+        self._pending[seq] = (late, self._loop.call_later(limit, self._overdue, seq), False)
+        fut.set_exception(ResponseTimeout(message, late))
+        self.probe()
+
+    def _overdue(self, seq: int) -> None:
+        if seq in self._pending:
+            log.warning("%s: no response to sequence %d from %s within %gs although the link is up; "
+                        "dropping the link to re-bind", self.label, seq, self.peer,
+                        self.response_timeout * OVERDUE_LIMIT, extra=fields(smsc=self.peer))
+            self.abort("a response overdue")
+
+    def probe(self) -> None:
+        """Check now that the SMSC answers (enquire_link), dropping the link if not."""
+        if self.bound and (self._probe is None or self._probe.done()):
+            self._probe = self._loop.create_task(self._check_link())
+
+    async def _check_link(self) -> bool:
+        fut = self.send_request(pdu.ENQUIRE_LINK)
+        try:
+            async with asyncio.timeout(self.enquire_link_timeout):
+                await fut
+        except (ResponseTimeout, TimeoutError):
+            log.warning("%s: no enquire_link_resp from %s within %gs; dropping the link "
+                        "to re-bind", self.label, self.peer, self.enquire_link_timeout,
+                        extra=fields(smsc=self.peer))
+            self.abort("enquire_link not answered")
+            return False
+        except LinkLost:
+            return False
+        return True
 
     @property
     def outstanding(self) -> int:
@@ -202,17 +269,7 @@ class Session(asyncio.Protocol):
                     # The SMSC spoke recently: the link is alive, and under load an
                     # enquire_link queued behind a full window could time out spuriously.
                     continue
-                fut = self.send_request(pdu.ENQUIRE_LINK)
-                try:
-                    async with asyncio.timeout(self.enquire_link_timeout):
-                        await fut
-                except (ResponseTimeout, TimeoutError):
-                    log.warning("%s: no enquire_link_resp from %s within %gs; dropping the link "
-                                "to re-bind", self.label, self.peer, self.enquire_link_timeout,
-                                extra=fields(smsc=self.peer))
-                    self.abort("enquire_link not answered")
-                    return
-                except LinkLost:
+                if not await self._check_link():
                     return
         except asyncio.CancelledError:
             pass
@@ -234,12 +291,14 @@ class Session(asyncio.Protocol):
         reason = self._closing_reason or (f"connection lost: {exc}" if exc else "closed by the SMSC")
         self._closing_reason = reason
         pending, self._pending = self._pending, {}
-        for fut, timer in pending.values():
-            timer.cancel()
+        for fut, timer, _ in pending.values():
+            if timer is not None:
+                timer.cancel()
             if not fut.done():
                 fut.set_exception(LinkLost(reason))
-        if self._keepalive is not None:
-            self._keepalive.cancel()
+        for task in (self._keepalive, self._probe, self._unbinding):
+            if task is not None:
+                task.cancel()
         if not self.closed.done():
             self.closed.set_result(reason)
 
@@ -261,10 +320,13 @@ class Session(asyncio.Protocol):
                 if entry is None:
                     self._late_response(command_id, status, seq, body)
                     continue
-                fut, timer = entry
-                timer.cancel()
+                fut, timer, _ = entry
+                if timer is not None:
+                    timer.cancel()
                 if not fut.done():
                     fut.set_result((command_id, status, body))
+                if self._drained is not None and not pending and not self._drained.done():
+                    self._drained.set_result(None)
             else:
                 self._handle_request(command_id, seq, body)
 
@@ -273,13 +335,31 @@ class Session(asyncio.Protocol):
             log.warning("%s: generic_nack %s for sequence %d from %s", self.label,
                         describe(status), seq, self.peer, extra=fields(smsc=self.peer))
         elif command_id == pdu.SUBMIT_SM | pdu.RESP:
-            # The part was retried after the timeout: the SMSC may now send it twice.
-            log.warning("%s: late submit_sm_resp (sequence %d, %s, message_id %s) after the "
-                        "response timeout; the part was already retried", self.label, seq,
-                        describe(status), pdu.parse_message_id(body) or "-",
+            # We never stop waiting for a submit while its link is up, so the SMSC answers
+            # a sequence number we did not send.
+            log.warning("%s: submit_sm_resp for unknown sequence %d (%s, message_id %s) from %s",
+                        self.label, seq, describe(status), pdu.parse_message_id(body) or "-", self.peer,
                         extra=fields(smsc=self.peer, msg_id=pdu.parse_message_id(body)))
         else:
             log.debug("%s: unmatched %s sequence %d", self.label, pdu.command_name(command_id), seq)
+
+    async def _answer_unbind(self, seq: int) -> None:
+        """Answering at once would close the link under a window of submits the SMSC has
+        taken but not answered yet: each would be sent again on the next bind. Wait a
+        little for their responses first."""
+        outstanding = len(self._pending)
+        log.warning("%s: the SMSC %s unbound the session (%d request(s) outstanding); re-binding",
+                    self.label, self.peer, outstanding, extra=fields(smsc=self.peer))
+        if outstanding:
+            self._drained = self._loop.create_future()
+            try:
+                async with asyncio.timeout(min(UNBIND_GRACE, self.response_timeout)):
+                    await self._drained
+            except TimeoutError:
+                log.warning("%s: %d request(s) still unanswered; answering the unbind anyway",
+                            self.label, len(self._pending), extra=fields(smsc=self.peer))
+        self.reply(pdu.UNBIND | pdu.RESP, ESME_ROK, seq)
+        self.abort("unbound by the SMSC", graceful=True)
 
     def _handle_request(self, command_id: int, seq: int, body: bytes) -> None:
         if command_id == pdu.DELIVER_SM or command_id == pdu.DATA_SM:
@@ -300,10 +380,9 @@ class Session(asyncio.Protocol):
         elif command_id == pdu.ENQUIRE_LINK:
             self.reply(pdu.ENQUIRE_LINK | pdu.RESP, ESME_ROK, seq)
         elif command_id == pdu.UNBIND:
-            log.warning("%s: the SMSC %s unbound the session; re-binding", self.label, self.peer,
-                        extra=fields(smsc=self.peer))
-            self.reply(pdu.UNBIND | pdu.RESP, ESME_ROK, seq)
-            self.abort("unbound by the SMSC", graceful=True)
+            if self._unbinding is None:
+                self.bound = False  # no new submits from here on
+                self._unbinding = self._loop.create_task(self._answer_unbind(seq))
         elif command_id in (pdu.ALERT_NOTIFICATION, pdu.OUTBIND):
             log.debug("%s: ignoring %s", self.label, pdu.command_name(command_id))
         else:

@@ -24,12 +24,17 @@ from . import pdu
 from .config import SmppSettings
 from .parts import build_submits, parse_tlv_map
 from .receipts import parse_receipt, receipt_id_as_submitted
-from .session import BindError, LinkLost, ResponseTimeout, Session
+from .session import BindError, LinkLost, NotSent, ResponseTimeout, Session
 from .status import ESME_RINVBNDSTS, ESME_ROK, ESME_RX_T_APPN, Verdict, classify, describe, status_name
 from .text import decode_short_message
 from .throttle import TokenBucket
 
 log = logging.getLogger(__name__)
+
+# A submit that was written but never answered (its link dropped first) may have been taken
+# by the SMSC. A part is sent again after such a submit at most this many times in all, so
+# the recipient gets it at most twice; then the message fails rather than risk a third.
+MAX_UNANSWERED = 2
 
 
 class _NoSession(Exception):
@@ -74,13 +79,15 @@ class SmppTransport(Transport):
         self._senders = [s for s in self._slots if s.mode != "receiver"]
         self._rr = 0
         self._waiters: collections.deque[asyncio.Future] = collections.deque()
+        self._bind_watchers: list[asyncio.Future] = []
         self._events: TransportEvents | None = None
         self._closing = False
         self._in_flight = 0
-        self._idle: asyncio.Event | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._ref = itertools.count(random.randrange(0x10000))
         self._tls = self._tls_context() if settings.tls else None
-        self.counters = collections.Counter()
+        self.counters: collections.Counter[str] = collections.Counter()
         # Parts submitted by a send() that has not returned yet: exact id → receipts held
         # back until the dispatcher has the outcome (see _hand_over_report).
         self._unreported: dict[str, list[DeliveryReport]] = {}
@@ -95,29 +102,36 @@ class SmppTransport(Transport):
         return ctx
 
     async def start(self, events: TransportEvents) -> None:
+        """Binds in the background and returns at once: waiting here for an SMSC that is
+        down held back the PBX connections, and calls ending meanwhile were never seen.
+        Until a session is bound, send() waits up to response_timeout for one, then
+        answers transient and the text waits in the outbox."""
         self._events = events
-        self._idle = asyncio.Event()
-        self._idle.set()
-        first_bind = asyncio.get_running_loop().create_future()
         for slot in self._slots:
-            slot.task = asyncio.create_task(self._supervise(slot, first_bind),
-                                            name=f"{self.name}:{slot.label}")
-        s = self.settings
+            slot.task = asyncio.create_task(self._supervise(slot), name=f"{self.name}:{slot.label}")
+
+    def all_bound(self) -> bool:
+        return all(slot.session is not None and slot.session.bound for slot in self._slots)
+
+    async def until_bound(self, timeout: float) -> bool:
+        """Wait (up to `timeout`) until every configured session is bound; False if not
+        (send-test, and tests that need the binds up before they start)."""
         try:
-            # Return as soon as one sender is bound; otherwise keep trying in the background
-            # (send() answers transient meanwhile) rather than hold up the daemon's start.
-            async with asyncio.timeout(s.connect_timeout + s.response_timeout):
-                await asyncio.shield(first_bind)
+            async with asyncio.timeout(timeout):
+                while not self.all_bound():
+                    watcher = asyncio.get_running_loop().create_future()
+                    self._bind_watchers.append(watcher)
+                    await watcher
         except TimeoutError:
-            log.warning("%s: no SMSC bind yet; still trying in the background", self.name,
-                        extra=fields(transport=self.name))
+            return False
+        return True
 
     async def close(self) -> None:
         self._closing = True
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_result(None)
-        if self._idle is not None and self._in_flight:
+        if self._in_flight:
             try:
                 async with asyncio.timeout(self.settings.drain_timeout):
                     await self._idle.wait()
@@ -131,7 +145,7 @@ class SmppTransport(Transport):
         await asyncio.gather(*(s.session.unbind() for s in self._slots if s.session),
                              return_exceptions=True)
 
-    async def _supervise(self, slot: _Slot, first_bind: asyncio.Future) -> None:
+    async def _supervise(self, slot: _Slot) -> None:
         s = self.settings
         failures = 0
         try:
@@ -173,9 +187,11 @@ class SmppTransport(Transport):
                     log.info("%s %s: bound to %s (SMSC system_id %s)", self.name, slot.label,
                              where, smsc_id or "-", extra=fields(transport=self.name, smsc=where))
                     if slot.mode != "receiver":
-                        if not first_bind.done():
-                            first_bind.set_result(None)
                         self._wake(all_=True)
+                    watchers, self._bind_watchers = self._bind_watchers, []
+                    for watcher in watchers:
+                        if not watcher.done():
+                            watcher.set_result(None)
                     reason = await session.closed
                     slot.session = None
                     if not self._closing:
@@ -290,7 +306,7 @@ class SmppTransport(Transport):
         part = f"part {index}/{total}" if total > 1 else ""
         reason = ""
         retry_after = None
-        attempts = throttles = 0
+        attempts = throttles = unanswered = 0
         while attempts < s.part_attempts and throttles < 10 * s.part_attempts:
             slot = self._try_take()
             try:
@@ -301,14 +317,42 @@ class SmppTransport(Transport):
                 retry_after = s.reconnect_min * 2
                 break
             session = slot.session
+            assert session is not None  # _take only hands out slots of bound sessions
             try:
                 wait = max(slot.bucket.reserve(), self._account.reserve())
                 if wait > 0:
                     await asyncio.sleep(wait)
-                command_id, status, resp = await session.send_request(pdu.SUBMIT_SM, body)
-            except (LinkLost, ResponseTimeout) as exc:
+                fut = session.send_request(pdu.SUBMIT_SM, body, hold=True)
+                try:
+                    command_id, status, resp = await fut
+                except ResponseTimeout as exc:
+                    # Still outstanding, still holding its window slot: wait for the answer
+                    # (the session drops the link if it never comes).
+                    self.counters["response_timeouts"] += 1
+                    assert exc.late is not None
+                    command_id, status, resp = await exc.late
+                    self.counters["late_responses"] += 1
+                    log.info("%s: %s%s answered after %gs+ by %s", self.name, message.key,
+                             f" {part}" if part else "", s.response_timeout, session.peer,
+                             extra=fields(call_id=message.call_id, recipient=message.destination))
+            except NotSent as exc:
                 attempts += 1
                 reason = f"{exc} ({session.peer})"
+                continue
+            except LinkLost as exc:
+                attempts += 1
+                unanswered += 1
+                reason = f"{exc} ({session.peer})"
+                if unanswered >= MAX_UNANSWERED:
+                    self.counters["unanswered_given_up"] += 1
+                    log.warning("%s: %s %s to %s: %d submits never answered (%s); not sending it "
+                                "again: the SMSC may have taken them", self.name, message.key, part,
+                                message.destination, unanswered, reason,
+                                extra=fields(call_id=message.call_id, recipient=message.destination))
+                    of_part = f" of {part}" if part else ""
+                    return SubmitOutcome.permanent(
+                        f"{unanswered} submits{of_part} never answered ({exc}); not sent again: "
+                        f"the SMSC may have taken them")
                 self.counters["link_retries"] += 1
                 continue
             finally:
@@ -414,6 +458,8 @@ class SmppTransport(Transport):
 
     def _emit_reports(self, reports: list[DeliveryReport]) -> None:
         events = self._events
+        if events is None:
+            return
         for report in reports:
             try:
                 events.delivery_report(report)

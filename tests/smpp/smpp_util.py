@@ -44,6 +44,12 @@ def message(text: str = "Thanks for calling ACME", destination: str = "+44770090
         text=text, encoding=encoding, segments=len(split_segments(text, encoding)), created_at=QUEUED_AT, **kw)
 
 
+async def start_bound(transport, events=None, timeout: float = 10.0) -> None:
+    """Start the transport (it binds in the background) and wait until every session is up."""
+    await transport.start(events if events is not None else Events())
+    assert await transport.until_bound(timeout), transport.status()
+
+
 class Events:
     """A TransportEvents that records what arrives and lets a test await a condition."""
 

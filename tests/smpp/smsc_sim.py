@@ -216,6 +216,8 @@ class SmscSim:
                  receipt_stat: Callable[[Submit], tuple[str, str]] = lambda s: ("DELIVRD", "000"),
                  receipt_before_resp: bool = False,
                  answer_enquire_link: bool = True,
+                 silent_destinations: set[str] | None = None,  # taken, never answered
+                 keep_unanswered: bool = False,  # a submit taken before its link closed counts
                  fast: bool = False) -> None:
         self.system_id = system_id
         self.password = password
@@ -232,6 +234,8 @@ class SmscSim:
         self.receipt_stat = receipt_stat
         self.receipt_before_resp = receipt_before_resp
         self.answer_enquire_link = answer_enquire_link
+        self.silent_destinations = silent_destinations or set()
+        self.keep_unanswered = keep_unanswered
         self.fast = fast
         self.connections: list[_Conn] = []
         self.accepted: list[Submit] = []
@@ -427,6 +431,8 @@ class SmscSim:
                            + struct.pack(">HH", 0x001E, len(mid) + 1) + mid + b"\x00"
                            + struct.pack(">HHB", 0x0427, 1, 2))
             return
+        if self._watchers:
+            self._changed()  # e.g. a test waiting for a full window
         if n in self.fail_nth:
             self._reply_later(conn, SUBMIT | RESP, self.fail_nth[n], seq, b"", None)
             return
@@ -436,6 +442,14 @@ class SmscSim:
             return
         sub = parse_submit(body, conn.index)
         failure = self.fail_destinations.get(sub.destination)
+        if sub.destination in self.silent_destinations:
+            # Taken (the handset will get it) but the answer is lost inside the SMSC.
+            self._number += 1
+            sub.number = self._number
+            self.accepted.append(sub)
+            self.accepted_count += 1
+            self._changed()
+            return
         if sub.destination in self.nack_destinations:
             self._reply_later(conn, GENERIC_NACK, failure or 0x02, seq, b"", None)
             return
@@ -452,7 +466,13 @@ class SmscSim:
         def go() -> None:
             conn.inflight -= 1
             if conn.closed:
-                return  # the link went down first: this one was never answered
+                # The link went down first: this one was never answered. A real SMSC
+                # may have delivered it all the same.
+                if sub is not None and self.keep_unanswered:
+                    self.accepted.append(sub)
+                    self.accepted_count += 1
+                    self._changed()
+                return
             if sub is not None and self.receipts and sub.registered_delivery & 1 and self.receipt_before_resp:
                 self._send_receipt(sub)
                 self.receipts_sent_before_resp += 1

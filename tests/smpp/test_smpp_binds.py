@@ -10,7 +10,7 @@ import ssl
 import subprocess
 
 import pytest
-from smpp_util import Events, message, settings
+from smpp_util import Events, message, settings, start_bound
 from smsc_sim import BIND_RX, BIND_TRX, BIND_TX, SmscSim
 
 from aftercalld.model import OutcomeKind
@@ -34,7 +34,7 @@ def closed_port() -> int:
 
 async def test_transceiver_bind_carries_credentials(sim):
     t = make_transport(settings(sim.port, system_type="VMA"))
-    await t.start(Events())
+    await start_bound(t, Events())
     try:
         [bind] = sim.binds
         assert bind["command"] == BIND_TRX
@@ -49,7 +49,7 @@ async def test_transceiver_bind_carries_credentials(sim):
 async def test_transmitter_and_receiver_sessions(sim):
     events = Events()
     t = make_transport(settings(sim.port, bind_mode="transmitter_receiver", sessions=2, window=4))
-    await t.start(events)
+    await start_bound(t, events)
     try:
         await sim.wait_until(lambda: len(sim.bound()) == 4)
         assert sorted(b["command"] for b in sim.binds) == [BIND_RX, BIND_RX, BIND_TX, BIND_TX]
@@ -70,7 +70,7 @@ async def test_refused_binds_are_named_retried_and_password_never_logged(caplog)
     await sim.start()
     t = make_transport(settings(sim.port))
     try:
-        await t.start(Events())
+        await start_bound(t, Events())
         assert t.status()["bound"] == 1
         assert len(sim.binds) == 4
         for name in ("ESME_RINVPASWD", "ESME_RBINDFAIL", "ESME_RALYBND"):
@@ -85,7 +85,7 @@ async def test_refused_binds_are_named_retried_and_password_never_logged(caplog)
 async def test_failover_to_the_next_host(sim):
     dead = closed_port()
     t = make_transport(settings([dead, sim.port]))
-    await t.start(Events())
+    await start_bound(t, Events())
     try:
         assert t.status()["sessions"][0]["smsc"] == f"127.0.0.1:{sim.port}"
         assert (await t.send(message())).kind is OutcomeKind.SUBMITTED
@@ -98,7 +98,7 @@ async def test_failover_when_the_primary_refuses_the_bind(sim):
     await primary.start()
     t = make_transport(settings([primary.port, sim.port]))
     try:
-        await t.start(Events())
+        await start_bound(t, Events())
         assert len(primary.binds) == 1 and len(sim.binds) == 1
         assert t.status()["sessions"][0]["smsc"].endswith(f":{sim.port}")
     finally:
@@ -108,7 +108,7 @@ async def test_failover_when_the_primary_refuses_the_bind(sim):
 
 async def test_enquire_link_at_interval_and_rebind_when_unanswered(sim):
     t = make_transport(settings(sim.port, enquire_link_interval=0.05, enquire_link_timeout=0.5))
-    await t.start(Events())
+    await start_bound(t, Events())
     try:
         await sim.wait_until(lambda: sim.enquire_links >= 3)
         assert len(sim.binds) == 1  # answered: the link stays
@@ -124,7 +124,7 @@ async def test_enquire_link_at_interval_and_rebind_when_unanswered(sim):
 
 async def test_smsc_unbind_is_answered_and_the_session_rebinds(sim):
     t = make_transport(settings(sim.port))
-    await t.start(Events())
+    await start_bound(t, Events())
     try:
         conn = sim.bound()[0]
         await sim.unbind_all()  # resolves only when our unbind_resp arrives
@@ -137,7 +137,7 @@ async def test_smsc_unbind_is_answered_and_the_session_rebinds(sim):
 
 async def test_close_unbinds_every_session(sim):
     t = make_transport(settings(sim.port, sessions=3))
-    await t.start(Events())
+    await start_bound(t, Events())
     await sim.wait_until(lambda: len(sim.bound()) == 3)
     await t.close()
     assert sim.unbinds == 3
@@ -171,7 +171,7 @@ async def test_tls_bind(tmp_path):
     await sim.start(ssl=server_ctx)
     t = make_transport(settings(sim.port, tls=True, tls_ca_file=str(cert)))
     try:
-        await t.start(Events())
+        await start_bound(t, Events())
         assert t.status()["bound"] == 1
         assert (await t.send(message())).kind is OutcomeKind.SUBMITTED
     finally:
@@ -183,7 +183,7 @@ async def test_close_lets_in_flight_submits_finish_first():
     sim = SmscSim(response_delay=0.1)
     await sim.start()
     t = make_transport(settings(sim.port, window=10))
-    await t.start(Events())
+    await start_bound(t, Events())
     try:
         sends = [asyncio.ensure_future(t.send(message(f"drain {i}"))) for i in range(5)]
         await sim.wait_until(lambda: sim.submits_seen == 5)
@@ -200,7 +200,7 @@ async def test_unanswered_bind_times_out_and_is_retried():
     await sim.start()
     t = make_transport(settings(sim.port, response_timeout=0.2))
     try:
-        await t.start(Events())
+        await start_bound(t, Events())
         assert t.status()["bound"] == 1
         assert len(sim.binds) >= 2  # (more only if a loaded machine is slower than 0.2 s)
         await sim.wait_until(lambda: sim.connections[0].closed)  # we hung up on the silent one
@@ -215,7 +215,7 @@ async def test_wire_trace_at_debug_shows_every_pdu_but_not_the_password(caplog):
     await sim.start()
     t = make_transport(settings(sim.port))
     try:
-        await t.start(Events())
+        await start_bound(t, Events())
         await t.send(message())
     finally:
         await t.close()

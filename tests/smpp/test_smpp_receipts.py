@@ -7,7 +7,7 @@ import asyncio
 import collections
 
 import pytest
-from smpp_util import Events, enqueue, message, settings
+from smpp_util import Events, enqueue, message, settings, start_bound
 from smsc_sim import SmscSim
 
 from aftercalld.config import DispatchConfig
@@ -22,7 +22,7 @@ async def run(sim: SmscSim, **overrides):
     await sim.start()
     events = Events()
     t = make_transport(settings(sim.port, **overrides))
-    await t.start(events)
+    await start_bound(t, events)
     return t, events
 
 
@@ -113,7 +113,7 @@ async def test_events_failure_asks_the_smsc_to_redeliver():
     sim = SmscSim()
     await sim.start()
     t = make_transport(settings(sim.port))
-    await t.start(Broken())
+    await start_bound(t, Broken())
     try:
         assert await sim.send_mo("447700900123", "STOP") == 0x64  # ESME_RX_T_APPN
     finally:
@@ -133,6 +133,7 @@ async def dispatch_all(sim: SmscSim, tmp_path, texts, on_transition=None, **over
                                                               retry_max_seconds=0.2),
                             on_transition=on_transition)
     await dispatcher.start()
+    assert await transport.until_bound(10)
     return outbox, dispatcher
 
 
@@ -213,4 +214,35 @@ async def test_receipts_of_a_long_message_that_failed_half_way_are_not_held_fore
         await events.wait_until(lambda: len(events.reports) == 2)
     finally:
         await t.close()
+        await sim.stop()
+
+
+async def test_a_long_message_takes_its_worst_receipt_whatever_the_order(tmp_path):
+    # Every ordered pair of final receipts for the two parts: part 1's receipt arrives
+    # first. The worst one decides (rejected > undeliverable > expired > delivered).
+    worst_first = [("REJECTD", "rejected"), ("UNDELIV", "undeliverable"), ("EXPIRED", "expired"),
+                   ("DELIVRD", "delivered")]
+    pairs = [(a, b) for a in worst_first for b in worst_first]
+    sim = SmscSim(receipts="text",
+                  receipt_stat=lambda s: (pairs[int(s.destination[-3:])][s.short_message[5] - 1][0], "000"))
+    finals = []
+    all_settled = asyncio.get_running_loop().create_future()
+
+    def on_transition(t):
+        if t.state.final:
+            finals.append(t)
+            if len(finals) == len(pairs) and not all_settled.done():
+                all_settled.set_result(None)
+
+    outbox, dispatcher = await dispatch_all(sim, tmp_path, ["two parts " * 20] * len(pairs), on_transition)
+    try:
+        await asyncio.wait_for(all_settled, 10)
+        got = {r["destination"]: r["state"] for r in outbox.messages()}
+        for i, (a, b) in enumerate(pairs):
+            expected = min(a, b, key=worst_first.index)[1]
+            assert got[f"+447700900{i:03d}"] == expected, (a, b)
+        assert len(finals) == len(pairs)  # each message settles once
+    finally:
+        await dispatcher.stop()
+        outbox.close()
         await sim.stop()

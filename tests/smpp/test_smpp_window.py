@@ -7,7 +7,7 @@ import collections
 import time
 
 import pytest
-from smpp_util import Events, LogWaiter, message, settings
+from smpp_util import Events, message, settings, start_bound
 from smsc_sim import SmscSim, reassemble
 
 from aftercalld.model import OutcomeKind
@@ -28,7 +28,7 @@ async def send_all(transport, messages):
 async def with_transport(sim: SmscSim, **overrides):
     await sim.start()
     t = make_transport(settings(sim.port, **overrides))
-    await t.start(Events())
+    await start_bound(t, Events())
     return t
 
 
@@ -114,15 +114,70 @@ async def test_rate_limits(limits):
         await sim.stop()
 
 
-async def test_response_timeout_is_transient_and_late_responses_are_logged():
+def copies(sim: SmscSim) -> collections.Counter:
+    """How many times the SMSC took each part: (destination, part number) → submits."""
+    return collections.Counter(
+        (s.destination, s.short_message[5] if s.esm_class & 0x40 else 1) for s in sim.accepted)
+
+
+async def test_a_slow_smsc_is_waited_for_not_flooded_with_copies():
+    # The SMSC answers after 2.5 × response_timeout: each submit is still taken once, its
+    # late ESME_ROK settles the part, and the window is never exceeded.
     sim = SmscSim(response_delay=0.5)
-    t = await with_transport(sim, response_timeout=0.1, part_attempts=2)
+    t = await with_transport(sim, response_timeout=0.2, window=10)
     try:
-        late = LogWaiter("late submit_sm_resp")
-        out = await t.send(message())
-        assert out.kind is OutcomeKind.TRANSIENT
-        assert "no response within 0.1s" in out.reason
-        assert "message_id 1" in await late.wait()
+        texts = [f"slow {i} " + ("and long " * 20 if i % 2 else "") for i in range(20)]
+        outcomes = await send_all(t, [message(x, destination=f"+447700900{i:03d}")
+                                      for i, x in enumerate(texts)])
+        assert [o.kind for o in outcomes] == [OutcomeKind.SUBMITTED] * 20
+        assert sum(len(o.message_ids) for o in outcomes) == 30
+        assert set(copies(sim).values()) == {1}
+        assert sim.accepted_count == 30
+        # the ids handed back are those the SMSC gave in its late answers
+        assert {m for o in outcomes for m in o.message_ids} == {s.message_id for s in sim.accepted}
+        assert sim.max_inflight <= 10
+        assert len(sim.binds) == 1
+        status = t.status()
+        assert status["late_responses"] == status["response_timeouts"] == 30
+    finally:
+        await t.close()
+        await sim.stop()
+
+
+async def test_a_submit_never_answered_reaches_the_smsc_at_most_twice():
+    # The SMSC takes every submit to one number and never answers: the link is dropped
+    # after OVERDUE_LIMIT × response_timeout, the part goes once more on the next bind,
+    # and then the message fails instead of being sent a third time.
+    sim = SmscSim(silent_destinations={"447700900999"})
+    t = await with_transport(sim, response_timeout=0.1, part_attempts=5)
+    try:
+        out = await t.send(message("lost answers", destination="+447700900999"))
+        assert out.kind is OutcomeKind.PERMANENT
+        assert out.reason.startswith("2 submits never answered") and "may have taken them" in out.reason
+        assert copies(sim) == {("447700900999", 1): 2}
+        assert t.status()["unanswered_given_up"] == 1
+        # the link is re-bound and works for everyone else
+        assert (await t.send(message())).kind is OutcomeKind.SUBMITTED
+    finally:
+        await t.close()
+        await sim.stop()
+
+
+async def test_smsc_unbind_with_a_full_window_waits_for_the_answers():
+    # The SMSC unbinds while it holds a full window of submits it has taken. Answering the
+    # unbind at once closes the link before their responses: each would be sent again.
+    sim = SmscSim(response_delay=0.3, keep_unanswered=True)
+    t = await with_transport(sim, window=10)
+    try:
+        texts = [f"unbind {i}" for i in range(30)]
+        sending = asyncio.ensure_future(send_all(t, [message(x, destination=f"+447700900{i:03d}")
+                                                     for i, x in enumerate(texts)]))
+        await sim.wait_until(lambda: sim.bound() and sim.bound()[0].inflight == 10)
+        await sim.unbind_all()  # returns with our unbind_resp
+        outcomes = await sending
+        assert all(o.kind is OutcomeKind.SUBMITTED for o in outcomes)
+        assert len(sim.binds) == 2
+        assert copies(sim) == {(f"447700900{i:03d}", 1): 1 for i in range(30)}
     finally:
         await t.close()
         await sim.stop()

@@ -3,7 +3,7 @@ per-template TLVs, sent through the transport over a real socket."""
 from __future__ import annotations
 
 import pytest
-from smpp_util import Events, message, settings
+from smpp_util import Events, message, settings, start_bound
 from smsc_sim import SmscSim, reassemble
 
 from aftercalld.model import OutcomeKind
@@ -16,7 +16,7 @@ UCS2_400 = ("Спасибо за звонок! Мы перезвоним вам 
 async def transport_for(sim: SmscSim, **overrides):
     await sim.start()
     t = make_transport(settings(sim.port, **overrides))
-    await t.start(Events())
+    await start_bound(t, Events())
     return t
 
 
@@ -95,3 +95,81 @@ async def test_dlt_tlvs_from_config_and_template_reach_every_part():
     finally:
         await t.close()
         await sim.stop()
+
+
+# -- segments counted when a call is rendered are the parts on the wire -------------------------
+
+GSM_306 = ("Sorry we missed your call. " * 12)[:306]
+UCS2_134 = ("Спасибо за звонок " * 8)[:134]
+EURO_306 = ("Price 5€, call back. " * 15)[:306]
+GREEK_150 = ("ΔΦΓΛΩ are GSM, not Latin-1. " * 6)[:150]
+LATIN1_150 = ("Café à Genève, déjà vu. " * 7)[:150]  # GSM 03.38 and Latin-1 alike
+
+
+async def render_and_send(tmp_path, sim: SmscSim, text: str, max_segments: int = 5, **transport):
+    """A call through the real config loader, rule, render and outbox, then the dispatcher
+    and the SMPP transport to the simulator: (the outbox's row, the submits on the wire)."""
+    from aftercalld import config as core_config
+    from aftercalld.dispatcher import Dispatcher
+    from aftercalld.model import CallRecord
+    from aftercalld.pipeline import CallHandler
+    from aftercalld.store import Outbox
+
+    await sim.start()
+    cfg = core_config.parse({
+        "general": {"timezone": "UTC", "default_region": "GB", "outbox": str(tmp_path / "o.sqlite3")},
+        "transport": {"type": "smpp", "hosts": [f"127.0.0.1:{sim.port}"], "system_id": "esme",
+                      "password": "secret", "reconnect_min": 0.05, "reconnect_max": 0.2, **transport},
+        "templates": {"t": {"text": text}},
+        "rules": [{"name": "all", "recipients": ["caller"], "max_segments": max_segments,
+                   "caller": {"template": "t", "sender": "ACME"}}],
+    }, "test")
+    outbox = Outbox.open(cfg.outbox_path)
+    CallHandler(cfg, outbox).handle(CallRecord(call_id="c1", pbx="pbx", direction="inbound", status="missed",
+                                               caller_number="+447400123456"))
+    [row] = outbox.messages()
+    if row["state"] == "queued":
+        transport = make_transport(cfg.transport.settings)
+        dispatcher = Dispatcher(outbox, transport, cfg.dispatch)
+        await dispatcher.start()
+        try:
+            await dispatcher.wait_idle()
+        finally:
+            await dispatcher.stop()
+        [row] = outbox.messages()
+    outbox.close()
+    await sim.stop()
+    return row, sim.accepted
+
+
+@pytest.mark.parametrize("text,transport,segments,encoding", [
+    (GSM_306, {"concatenation": "udh16"}, 3, "gsm7"),  # 152 + 152 + 2
+    (UCS2_134, {"concatenation": "udh16"}, 3, "ucs2"),  # 66 + 66 + 2
+    (GSM_306, {"concatenation": "sar"}, 2, "gsm7"),
+    (EURO_306, {"gsm_data_coding": 3}, 5, "ucs2"),  # € is not Latin-1
+    (GREEK_150, {"gsm_data_coding": 3}, 3, "ucs2"),
+    (LATIN1_150, {"gsm_data_coding": 3}, 2, "gsm7"),  # 140 octets of user data at most
+    (LATIN1_150, {"gsm_data_coding": 3, "octet_limits": "transcoding_smsc"}, 1, "gsm7"),
+    (LATIN1_150, {"gsm_data_coding": 1}, 2, "gsm7"),  # IA5: é is not ASCII, so UCS-2…
+])
+async def test_segments_in_the_outbox_are_the_parts_on_the_wire(tmp_path, text, transport, segments, encoding):
+    if transport.get("gsm_data_coding") == 1:
+        encoding = "ucs2"  # …with 150 UCS-2 units: 3 parts
+        segments = 3
+    row, submits = await render_and_send(tmp_path, SmscSim(), text, **transport)
+    assert row["state"] == "submitted", row["reason"]
+    assert (row["segments"], row["encoding"]) == (segments, encoding)
+    assert len(submits) == segments
+    if transport.get("octet_limits") != "transcoding_smsc":
+        # Octets (data_coding 1, 3, 8) must fit the 140 of a message's user data; GSM septets
+        # travel one per octet and the SMSC packs 160 of them into 140.
+        assert all(len(s.short_message) <= 140 for s in submits if s.data_coding != 0)
+    else:
+        assert [len(s.short_message) for s in submits] == [150]
+    assert [r.text for r in reassemble(submits)] == [text]
+
+
+async def test_max_segments_counts_the_parts_the_wire_would_carry(tmp_path):
+    row, submits = await render_and_send(tmp_path, SmscSim(), GSM_306, max_segments=2, concatenation="udh16")
+    assert row["state"] == "suppressed" and "too long: 3 segments, rule allows 2" in row["reason"]
+    assert submits == []
