@@ -7,7 +7,9 @@ the same record on Asterisk and on FreeSWITCH. Definitions (the README states th
 
 * **talk time**: how long the customer's channel (the call leg) was bridged with another
   party that is a person (not a voicemail leg), summed over every bridge of the call (a
-  transfer gives one stretch per agent); in whole seconds, rounded down like CDR billsec.
+  transfer gives one stretch per agent); to the millisecond, like ring time (templates
+  show whole seconds). Not CDR billsec: that counts from an answer, which an IVR, a queue
+  or voicemail gives long before anyone talks.
   From the PBX's own timestamps: BridgeEnter/BridgeLeave on Asterisk, CHANNEL_BRIDGE/
   CHANNEL_UNBRIDGE on FreeSWITCH (or a leg's hangup when it ends the bridge).
 * **ring time**: from the call leg's start until a person answered (the first bridge);
@@ -22,7 +24,6 @@ the same record on Asterisk and on FreeSWITCH. Definitions (the README states th
 """
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -114,10 +115,7 @@ def status(facts: CallFacts) -> CallStatus:
 
 
 def talk_seconds(talks: Iterable[Talk]) -> float:
-    """Whole seconds bridged, rounded down like billsec; the sum is taken before rounding so
-    a transfer does not lose up to a second per stretch."""
-    total = sum(t.seconds for t in talks)
-    return float(math.floor(total + 1e-6))
+    return round(sum(t.seconds for t in talks), 3)
 
 
 def ring_seconds(facts: CallFacts) -> float:

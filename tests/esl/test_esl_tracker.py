@@ -209,15 +209,19 @@ def _as_hangup_during_greeting(events: list[dict[str, str]], last_arg: str) -> l
     return out
 
 
-def test_reaching_voicemail_counts_even_without_a_message(tracker: EslTracker) -> None:
-    # As on Asterisk: the caller reached the mailbox (hung up during the greeting).
+def test_hangup_during_the_greeting_is_missed_with_voicemail_reached(tracker: EslTracker) -> None:
+    # As on Asterisk: voicemail only when a message was left; reaching the mailbox (the
+    # caller hung up during the greeting) is missed, with voicemail_reached for the rules.
     _, events = inbound_call("voicemail")
     (r,) = feed_all(tracker, _as_hangup_during_greeting(events, "default pbx.example 1001"))
-    assert r.status is CallStatus.VOICEMAIL and r.voicemail_box == "1001@pbx.example"
+    assert r.status is CallStatus.MISSED and r.voicemail_reached and r.voicemail_box == "1001@pbx.example"
+    _, events = inbound_call("voicemail")
+    (r,) = feed_all(tracker, events)
+    assert r.status is CallStatus.VOICEMAIL and r.voicemail_reached
     # Someone listening to their own mailbox is not a voicemail call.
     _, events = inbound_call("voicemail")
     (r,) = feed_all(tracker, _as_hangup_during_greeting(events, "check default pbx.example"))
-    assert r.status is CallStatus.MISSED and r.voicemail_box == ""
+    assert r.status is CallStatus.MISSED and r.voicemail_box == "" and not r.voicemail_reached
 
 
 def test_joined_mid_call_still_reports_from_hangup_complete(tracker: EslTracker) -> None:
