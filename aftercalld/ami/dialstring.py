@@ -72,11 +72,11 @@ def extension_from_dialstring(dialstring: str, tech: str = "") -> str:
 
 
 def extension(channel: str, dialstring: str = "", is_extension=None) -> str:
-    """The agent's extension of a dialled or bridged channel: the channel's own name first;
-    the dial string when the name carries none or (trunk channels) not one that looks like
-    an extension while the dial string's does."""
+    """The agent's extension of a dialled or bridged channel: the channel's own name first,
+    when it looks like an extension; else what the dial string dialled (a trunk channel is
+    named after the trunk, the number it dialled is in the dial string)."""
     own = extension_from_channel(channel)
+    if own and (is_extension is None or is_extension(own)):
+        return own
     dialled = extension_from_dialstring(dialstring, _tech(channel)[0]) if dialstring else ""
-    if is_extension is not None and own and not is_extension(own) and dialled and is_extension(dialled):
-        return dialled
-    return own or dialled
+    return dialled or own
