@@ -150,6 +150,21 @@ def test_state_is_bounded(caplog: pytest.LogCaptureFixture) -> None:
     assert tracker.stats["evicted"] == 150
 
 
+def test_cap_evictions_are_counted_and_logged_as_a_rate_limited_summary(caplog: pytest.LogCaptureFixture) -> None:
+    # Issue 13.3: one WARNING per eviction made ~460k lines in 30 s under a flood.
+    tracker = EslTracker(default_pbx("freeswitch"), max_calls=100)
+    with caplog.at_level(logging.WARNING, logger="aftercalld.esl"):
+        for i in range(5000):
+            tracker.feed({"Event-Name": "CHANNEL_CREATE", "Unique-ID": f"flood-{i}", "Core-UUID": "c",
+                          "Event-Date-Timestamp": str(T0 + i)}, 100.0 + i * 1e-4)
+        during = [r.getMessage() for r in caplog.records]
+        tracker.tick(100.0 + 11)
+    lines = [r.getMessage() for r in caplog.records]
+    assert tracker.active_calls() == 100 and tracker.stats["overflow"] == 4900
+    assert len(during) == 1 and len(lines) == 2, lines
+    assert lines[0].startswith("1 call(s) in progress dropped") and lines[1].startswith("4899 call(s)")
+
+
 def test_restarted_freeswitch_drops_its_calls(tracker: EslTracker) -> None:
     _, events = inbound_call("connected", core="old")
     feed_all(tracker, events[:3])
