@@ -26,17 +26,15 @@ How a call is read (Asterisk semantics, not the test simulation's):
 from __future__ import annotations
 
 import logging
-import math
-from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime, tzinfo
 
 from ..classify import build_record
-from ..evictions import OverflowLog
 from ..logutil import fields
 from ..model import CallRecord
 from ..pbxconfig import PbxConfig
-from .calls import Call, Chan, Dial
+from .book import CallBook
+from .calls import Chan, Dial
 from .config import AmiSettings
 
 log = logging.getLogger("aftercalld.ami.tracker")
@@ -49,6 +47,19 @@ _SOFTHANGUP_SHUTDOWN = "4"
 # event's arrival time stands in for it. 32503680000 = year 3000.
 _SANE_TIMESTAMPS = (0.0, 32_503_680_000.0)
 DEFAULT_MAX_CALLS = 20_000
+# Events read, each by its _on_<name in lower case> method (the queue ones share two).
+_HANDLED = ("Newchannel", "Hangup", "SoftHangupRequest", "VarSet", "Newexten", "NewCallerid", "NewConnectedLine",
+            "NewAccountCode", "Newstate", "DialBegin", "DialEnd", "BridgeEnter", "BridgeLeave", "MessageWaiting")
+
+
+def _pbx_time(stamp: str) -> float | None:
+    """A Timestamp header's value, None when it is not a sane Unix time (inf, nan, 1e308)."""
+    try:
+        value = float(stamp)
+    except ValueError:
+        return None
+    low, high = _SANE_TIMESTAMPS
+    return value if low < value < high else None  # also None for nan
 
 
 def _clean(value: str | None) -> str:
@@ -69,44 +80,21 @@ class CallTracker:
         self.settings = settings if settings is not None else (
             pbx.settings if isinstance(pbx.settings, AmiSettings) else AmiSettings())
         self.tz: tzinfo = pbx.timezone or UTC
-        self._calls: dict[str, Call] = {}
-        self._chans: dict[str, Chan] = {}
-        # Bounded FIFO set; OrderedDict pops its oldest entry in O(1), where a plain dict
-        # would rescan the deleted slots at its front on every eviction.
-        self._finished: OrderedDict[str, None] = OrderedDict()
-        self._timeout = float(pbx.call_timeout_seconds)
-        self._max_calls = max_calls
-        self._overflow = OverflowLog(log, pbx.name, max_calls)
+        self.stats = {"events": 0, "calls": 0, "dropped_calls": 0, "evicted": 0, "overflow": 0,
+                      "errors": 0, "bad_timestamps": 0}
+        self.book = CallBook(pbx.name, timeout=float(pbx.call_timeout_seconds), max_calls=max_calls,
+                             remember_finished=self.settings.remember_finished, stats=self.stats)
         self._next_expiry = 0.0
-        self._arrival = 0.0  # our clock at the event being fed
         dept = pbx.department_variable
         self._dept_var = dept.lstrip("_") if dept else ""
         wanted = frozenset(v.lstrip("_") for v in pbx.variables)
         self._wanted_vars = wanted
         self._vars_of_interest = frozenset(wanted | {self._dept_var, "VMSTATUS"} - {""})
         self._account_var = next((v for v in pbx.variables if v.lower() == "accountcode"), "")
-        self.stats = {"events": 0, "calls": 0, "dropped_calls": 0, "evicted": 0, "overflow": 0,
-                      "errors": 0, "bad_timestamps": 0}
         self._handlers: dict[str, Callable[[dict, float], list[CallRecord] | None]] = {
-            "Newchannel": self._on_newchannel,
-            "Hangup": self._on_hangup,
-            "SoftHangupRequest": self._on_softhangup,
-            "VarSet": self._on_varset,
-            "Newexten": self._on_newexten,
-            "NewCallerid": self._on_newcallerid,
-            "NewConnectedLine": self._on_newconnectedline,
-            "NewAccountCode": self._on_newaccountcode,
-            "Newstate": self._on_newstate,
-            "DialBegin": self._on_dialbegin,
-            "DialEnd": self._on_dialend,
-            "BridgeEnter": self._on_bridgeenter,
-            "BridgeLeave": self._on_bridgeleave,
-            "MessageWaiting": self._on_messagewaiting,
-            "QueueCallerJoin": self._on_queue,
-            "QueueCallerAbandon": self._on_queue,
-            "AgentCalled": self._on_agent,
-            "AgentConnect": self._on_agent,
-        }
+            name: getattr(self, f"_on_{name.lower()}") for name in _HANDLED}
+        self._handlers.update(QueueCallerJoin=self._on_queue, QueueCallerAbandon=self._on_queue,
+                              AgentCalled=self._on_agent, AgentConnect=self._on_agent)
 
     # ------------------------------------------------------------------ public API
 
@@ -122,7 +110,7 @@ class CallTracker:
 
     @property
     def active_calls(self) -> int:
-        return len(self._calls)
+        return len(self.book.calls)
 
     def feed(self, event: dict[str, str], now: datetime | float) -> list[CallRecord]:
         """Process one AMI event received at ``now`` (its ``Timestamp`` header wins when
@@ -130,15 +118,19 @@ class CallTracker:
         self.stats["events"] += 1
         handler = self._handlers.get(event.get("Event"))  # type: ignore[arg-type]
         ts = now if isinstance(now, float) else now.timestamp()
-        self._arrival = ts
+        self.book.arrival = ts
         if ts >= self._next_expiry:
             self._next_expiry = ts + 1.0
-            self.expire(ts)
+            self.book.expire(ts)
         if handler is None:
             return []
         stamp = event.get("Timestamp")
         if stamp:
-            ts = self._pbx_time(stamp, ts)
+            pbx_ts = _pbx_time(stamp)
+            if pbx_ts is None:
+                self.stats["bad_timestamps"] += 1
+            else:
+                ts = pbx_ts
         try:
             return handler(event, ts) or []
         except Exception:  # belt and braces: one odd event must not stop the source
@@ -146,130 +138,23 @@ class CallTracker:
             log.debug("AMI event skipped: %s", event.get("Event"), exc_info=True)
             return []
 
-    def _pbx_time(self, stamp: str, arrival: float) -> float:
-        try:
-            value = float(stamp)
-        except ValueError:
-            value = math.nan
-        low, high = _SANE_TIMESTAMPS
-        if low < value < high:  # also False for nan
-            return value
-        self.stats["bad_timestamps"] += 1
-        return arrival
-
     def expire(self, now: datetime | float) -> int:
-        """Drop calls that started more than ``call_timeout_seconds`` ago (their end never
-        arrived). Counted on our clock, not the PBX's: a PBX whose clock is off, or a
-        recorded trace replayed later, must not age calls. Calls are kept in arrival order,
-        so this only looks at the oldest."""
-        now = now if isinstance(now, float) else now.timestamp()
-        self._overflow.flush(now)
-        cutoff = now - self._timeout
-        evicted = 0
-        while self._calls:
-            lid, call = next(iter(self._calls.items()))
-            if call.seen > cutoff:
-                break
-            self._forget(call)
-            evicted += 1
-            self.stats["evicted"] += 1
-            log.warning("AMI call %s dropped: no end seen within %.0f s (channels still up: %d)",
-                        lid, self._timeout, call.live,
-                        extra=fields(call_id=lid, pbx=self.pbx.name))
-        return evicted
+        """Drop calls that started more than ``call_timeout_seconds`` ago (on our clock)."""
+        return self.book.expire(now if isinstance(now, float) else now.timestamp())
 
     def connection_lost(self) -> None:
         """Events are lost while the link is down: mark live calls so they are not
         classified on half the story."""
-        for call in self._calls.values():
+        for call in self.book.calls.values():
             call.gap = True
 
     def drop_all(self, reason: str) -> int:
         """Forget every live call (the PBX restarted: their ends will never come)."""
-        calls = list(self._calls.values())
-        for call in calls:
-            self._forget(call)
-            self.stats["dropped_calls"] += 1
-            log.warning("AMI call %s dropped: %s", call.linkedid, reason,
-                        extra=fields(call_id=call.linkedid, pbx=self.pbx.name))
-        return len(calls)
+        return self.book.drop_all(reason)
 
     def flush(self, reason: str = "end of input") -> int:
         """At end of a trace: calls that never ended are reported, not emitted."""
         return self.drop_all(f"never ended ({reason})")
-
-    # ------------------------------------------------------------------ bookkeeping
-
-    def _new_call(self, lid: str, ts: float, partial: bool) -> Call:
-        if len(self._calls) >= self._max_calls:
-            oldest = next(iter(self._calls.values()))
-            self._forget(oldest)
-            self.stats["evicted"] += 1
-            self.stats["overflow"] += 1
-            self._overflow.dropped(self._arrival)
-        call = Call(lid, ts, partial=partial, seen=self._arrival)
-        self._calls[lid] = call
-        return call
-
-    def _forget(self, call: Call) -> None:
-        self._calls.pop(call.linkedid, None)
-        chans = self._chans
-        for uid, chan in call.channels.items():
-            if chans.get(uid) is chan:
-                del chans[uid]
-        finished = self._finished
-        finished[call.linkedid] = None
-        if len(finished) > self.settings.remember_finished:
-            finished.popitem(last=False)
-        call.release()
-
-    def _chan(self, ev: dict[str, str], ts: float) -> Chan | None:
-        """The channel an event is about, creating the call/channel for events of a call
-        we joined mid-way. None for events of finished calls or without ids."""
-        uid = ev.get("Uniqueid")
-        if not uid:
-            return None
-        lid = ev.get("Linkedid")
-        chan = self._chans.get(uid)
-        if chan is not None:
-            if lid and lid != chan.call.linkedid:
-                return self._migrate(chan, lid, ts)
-            return chan
-        if not lid or lid in self._finished:
-            return None
-        call = self._calls.get(lid) or self._new_call(lid, ts, partial=True)
-        return self._add_chan(call, uid, ev.get("Channel", ""))
-
-    def _add_chan(self, call: Call, uid: str, name: str) -> Chan:
-        chan = Chan(uid, name, call)
-        call.channels[uid] = chan
-        if name:
-            call.by_name[name] = chan
-        call.live += 1
-        self._chans[uid] = chan
-        return chan
-
-    def _migrate(self, chan: Chan, lid: str, ts: float) -> Chan | None:
-        """Bridging two calls moves a channel to the older Linkedid (pickup, transfer)."""
-        if lid in self._finished:
-            return None
-        old = chan.call
-        old.leave_all_bridges(chan.uid, ts)
-        del old.channels[chan.uid]
-        old.by_name.pop(chan.name, None)
-        if not chan.hung:
-            old.live -= 1
-        if not old.channels:
-            # Nothing of the old call is left: it was only a step of this one.
-            self._calls.pop(old.linkedid, None)
-        new = self._calls.get(lid) or self._new_call(lid, ts, partial=True)
-        chan.call = new
-        new.channels[chan.uid] = chan
-        if chan.name:
-            new.by_name[chan.name] = chan
-        if not chan.hung:
-            new.live += 1
-        return chan
 
     # ------------------------------------------------------------------ handlers
 
@@ -278,18 +163,12 @@ class CallTracker:
         lid = ev.get("Linkedid")
         # Asterisk >= 12 always sends all three; without them it is not a channel we can
         # follow (a truncated or garbled block).
-        if not uid or not lid or not ev.get("Channel") or lid in self._finished:
+        if not uid or not lid or not ev.get("Channel") or lid in self.book.finished:
             log.debug("AMI Newchannel without Uniqueid/Linkedid/Channel skipped")
             return
-        chan = self._chans.get(uid)
+        chan = self.book.open_chan(uid, lid, ev["Channel"], ts)
         if chan is None:
-            # We saw this call begin only if its first channel is the Linkedid one.
-            call = self._calls.get(lid) or self._new_call(lid, ts, partial=(uid != lid))
-            chan = self._add_chan(call, uid, ev.get("Channel", ""))
-        elif chan.call.linkedid != lid:
-            chan = self._migrate(chan, lid, ts)
-            if chan is None:
-                return
+            return
         chan.context = ev.get("Context", "")
         chan.exten = ev.get("Exten", "")
         chan.cid_num = _clean(ev.get("CallerIDNum"))
@@ -299,7 +178,7 @@ class CallTracker:
             chan.up_at = ts
 
     def _on_newcallerid(self, ev: dict[str, str], ts: float) -> None:
-        chan = self._chan(ev, ts)
+        chan = self.book.chan(ev, ts)
         if chan is not None:
             num = _clean(ev.get("CallerIDNum"))
             if num:
@@ -307,20 +186,20 @@ class CallTracker:
                 chan.cid_name = _clean(ev.get("CallerIDName"))
 
     def _on_newconnectedline(self, ev: dict[str, str], ts: float) -> None:
-        chan = self._chan(ev, ts)
+        chan = self.book.chan(ev, ts)
         if chan is not None:
             chan.cl_num = _clean(ev.get("ConnectedLineNum"))
             chan.cl_name = _clean(ev.get("ConnectedLineName"))
 
     def _on_newaccountcode(self, ev: dict[str, str], ts: float) -> None:
-        chan = self._chan(ev, ts)
+        chan = self.book.chan(ev, ts)
         if chan is not None:
             chan.account = ev.get("AccountCode", "")
 
     def _on_newstate(self, ev: dict[str, str], ts: float) -> None:
         if ev.get("ChannelStateDesc") != "Up":
             return
-        chan = self._chan(ev, ts)
+        chan = self.book.chan(ev, ts)
         if chan is not None and not chan.up_at:
             chan.up_at = ts
 
@@ -332,7 +211,7 @@ class CallTracker:
             var = var.lstrip("_")
         if var not in self._vars_of_interest:
             return
-        chan = self._chan(ev, ts)
+        chan = self.book.chan(ev, ts)
         if chan is None:
             return
         value = ev.get("Value", "")
@@ -347,7 +226,7 @@ class CallTracker:
     def _on_newexten(self, ev: dict[str, str], ts: float) -> None:
         app = ev.get("Application")
         if app == "VoiceMail":
-            chan = self._chan(ev, ts)
+            chan = self.book.chan(ev, ts)
             if chan is not None:
                 chan.ran_vm = True
                 call = chan.call
@@ -358,14 +237,14 @@ class CallTracker:
                         box += "@default"
                     call.vm_box = box
         elif app == "Queue":
-            chan = self._chan(ev, ts)
+            chan = self.book.chan(ev, ts)
             if chan is not None and not chan.call.queue:
                 chan.call.queue = ev.get("AppData", "").split(",", 1)[0].strip()
         else:
             # The number a call leg started with may only show up once it runs dialplan
             # (an Originate'd phone channel starts in exten "s" or none).
             uid = ev.get("Uniqueid")
-            chan = self._chans.get(uid) if uid else None
+            chan = self.book.chans.get(uid) if uid else None
             if chan is not None and chan.exten in ("", "s"):
                 exten = ev.get("Exten", "")
                 if exten and exten != "s":
@@ -376,7 +255,7 @@ class CallTracker:
         # Originate's own dial has only Dest* fields: no caller channel, not the PBX's Dial.
         if not ev.get("Uniqueid"):
             return None
-        chan = self._chan(ev, ts)
+        chan = self.book.chan(ev, ts)
         dest = ev.get("DestUniqueid")
         if chan is None or not dest:
             return None
@@ -399,26 +278,26 @@ class CallTracker:
                 break
 
     def _on_bridgeenter(self, ev: dict[str, str], ts: float) -> None:
-        chan = self._chan(ev, ts)
+        chan = self.book.chan(ev, ts)
         bid = ev.get("BridgeUniqueid")
         if chan is not None and bid:
             chan.call.bridge_enter(chan.uid, bid, ts)
 
     def _on_bridgeleave(self, ev: dict[str, str], ts: float) -> None:
-        chan = self._chan(ev, ts)
+        chan = self.book.chan(ev, ts)
         bid = ev.get("BridgeUniqueid")
         if chan is not None and bid:
             chan.call.bridge_leave(chan.uid, bid, ts)
 
     def _on_messagewaiting(self, ev: dict[str, str], ts: float) -> None:
-        chan = self._chan(ev, ts)
+        chan = self.book.chan(ev, ts)
         box = ev.get("Mailbox", "")
         if chan is not None and box:
             chan.call.vm_box = box
             chan.call.vm_waiting = True
 
     def _on_queue(self, ev: dict[str, str], ts: float) -> None:
-        chan = self._chan(ev, ts)
+        chan = self.book.chan(ev, ts)
         queue = ev.get("Queue", "")
         if chan is not None and queue and not chan.call.queue:
             chan.call.queue = queue
@@ -426,7 +305,7 @@ class CallTracker:
     def _on_agent(self, ev: dict[str, str], ts: float) -> None:
         """AgentCalled/AgentConnect: the queue, and the member's name for its channel."""
         self._on_queue(ev, ts)
-        chan = self._chans.get(ev.get("Uniqueid", ""))
+        chan = self.book.chans.get(ev.get("Uniqueid", ""))
         member, name = ev.get("DestUniqueid"), _clean(ev.get("MemberName"))
         if chan is not None and member and name:
             call = chan.call
@@ -434,21 +313,21 @@ class CallTracker:
                 call.member_names = {}
             call.member_names[member] = name
 
-    def _on_softhangup(self, ev: dict[str, str], ts: float) -> None:
+    def _on_softhanguprequest(self, ev: dict[str, str], ts: float) -> None:
         if ev.get("Cause") == _SOFTHANGUP_SHUTDOWN:
-            chan = self._chan(ev, ts)
+            chan = self.book.chan(ev, ts)
             if chan is not None:
                 chan.call.shutdown = True
 
     def _on_hangup(self, ev: dict[str, str], ts: float) -> list[CallRecord] | None:
         uid = ev.get("Uniqueid")
-        chan = self._chans.get(uid) if uid else None
+        chan = self.book.chans.get(uid) if uid else None
         if chan is None:
-            chan = self._chan(ev, ts)
+            chan = self.book.chan(ev, ts)
             if chan is None:
                 return None
         elif ev.get("Linkedid") and ev["Linkedid"] != chan.call.linkedid:
-            chan = self._migrate(chan, ev["Linkedid"], ts)
+            chan = self.book.migrate(chan, ev["Linkedid"], ts)
             if chan is None:
                 return None
         if chan.hung:
@@ -470,12 +349,7 @@ class CallTracker:
         if call.live > 0:
             return None
         if call.partial or call.gap:
-            self._forget(call)
-            self.stats["dropped_calls"] += 1
-            why = ("it began before the AMI connection" if call.partial
-                   else "AMI events were lost while disconnected")
-            log.warning("AMI call %s ended but is not classified: %s", call.linkedid, why,
-                        extra=fields(call_id=call.linkedid, pbx=self.pbx.name))
+            self.book.drop_unclassified(call)
             return None
         try:
             facts = call.facts(self.pbx.name, self.settings.is_extension, self._dept_var,
@@ -487,6 +361,6 @@ class CallTracker:
                         exc_info=True, extra=fields(call_id=call.linkedid, pbx=self.pbx.name))
             return None
         finally:
-            self._forget(call)
+            self.book.forget(call)
         self.stats["calls"] += 1
         return [record]

@@ -86,6 +86,26 @@ class Leg:
         return us(fin.get("Caller-Channel-Hangup-Time")) or us(fin.get("variable_end_uepoch"))
 
 
+def on_bridge_event(legs: dict[str, Leg], leg: Leg, name: str, ev: dict[str, str]) -> None:
+    """CHANNEL_BRIDGE / CHANNEL_UNBRIDGE: both legs open or close a stretch with each other."""
+    when = us(ev.get("Event-Date-Timestamp"))
+    other_uuid = ev.get("Other-Leg-Unique-ID", "")
+    other = legs.get(other_uuid)
+    if name == "CHANNEL_UNBRIDGE":
+        leg.unbridge(when)
+        if other is not None:
+            other.unbridge(when)
+        return
+    leg.bridged_us = leg.bridged_us or when
+    leg.bridged_to = leg.bridged_to or other_uuid
+    if other_uuid:
+        leg.bridge(other_uuid, when)
+    if other is not None:
+        other.bridged_us = other.bridged_us or when
+        other.bridged_to = other.bridged_to or leg.uuid
+        other.bridge(leg.uuid, when)
+
+
 def call_leg(legs: Iterable[Leg], direction_var: str) -> Leg:
     ordered = sorted(legs, key=lambda leg: leg.seq)
     if direction_var:

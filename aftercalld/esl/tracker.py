@@ -24,7 +24,7 @@ from ..logutil import fields
 from ..model import CallRecord
 from ..pbxconfig import PbxConfig
 from .config import EslSettings
-from .legs import FactsReader, Leg, call_leg, originated_legs, us
+from .legs import FactsReader, Leg, call_leg, on_bridge_event, originated_legs, us
 
 log = logging.getLogger("aftercalld.esl.tracker")
 
@@ -237,24 +237,8 @@ class EslTracker:
             leg.parent = parent
         if name == "CHANNEL_ANSWER":
             leg.answered_us = leg.answered_us or us(ev.get("Event-Date-Timestamp"))
-        elif name == "CHANNEL_BRIDGE":
-            when = us(ev.get("Event-Date-Timestamp"))
-            other_uuid = ev.get("Other-Leg-Unique-ID", "")
-            leg.bridged_us = leg.bridged_us or when
-            leg.bridged_to = leg.bridged_to or other_uuid
-            other_leg = call.legs.get(other_uuid)
-            if other_uuid:
-                leg.bridge(other_uuid, when)
-            if other_leg is not None:
-                other_leg.bridged_us = other_leg.bridged_us or when
-                other_leg.bridged_to = other_leg.bridged_to or uuid
-                other_leg.bridge(uuid, when)
-        elif name == "CHANNEL_UNBRIDGE":
-            when = us(ev.get("Event-Date-Timestamp"))
-            leg.unbridge(when)
-            other_leg = call.legs.get(ev.get("Other-Leg-Unique-ID", ""))
-            if other_leg is not None:
-                other_leg.unbridge(when)
+        elif name == "CHANNEL_BRIDGE" or name == "CHANNEL_UNBRIDGE":
+            on_bridge_event(call.legs, leg, name, ev)
         elif name == "CHANNEL_HANGUP_COMPLETE":
             if leg.final is None:
                 leg.final = ev

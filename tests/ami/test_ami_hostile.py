@@ -28,7 +28,7 @@ def test_endless_newchannel_without_hangup_is_capped_and_logged_as_a_summary(cap
     with caplog.at_level(logging.WARNING, logger="aftercalld.ami"):
         for n in range(20_000):
             tracker.feed(newchannel(n), 5000.0 + n * 1e-4)  # 20,000 calls in 2 s
-        assert tracker.active_calls == 1000 and len(tracker._chans) == 1000
+        assert tracker.active_calls == 1000 and len(tracker.book.chans) == 1000
         assert tracker.stats["overflow"] == 19_000
         during = [r for r in caplog.records if r.levelno >= logging.WARNING]
         tracker.expire(5000.0 + 11)  # after the summary interval: the rest is summed up
