@@ -126,8 +126,8 @@ def voicemail(leg: Leg) -> tuple[str, bool, bool]:
     running at hangup (``voicemail check ...`` is someone reading their mailbox: neither)."""
     fin = leg.final or {}
     account = fin.get("variable_voicemail_account", "")
-    domain = fin.get("variable_voicemail_domain", "")
-    box = f"{account}@{domain}" if account and domain else account
+    domain = fin.get("variable_voicemail_domain", "") if account else ""
+    box = f"{account}@{domain}" if domain else account
     left = bool(leg.vm_box) or bool(fin.get("variable_voicemail_message_len"))
     reached = left or bool(account)
     if fin.get("variable_last_app") == "voicemail":
@@ -197,19 +197,18 @@ class FactsReader:
 
         start_us = main.created_us or us(fin.get("variable_start_uepoch"))
         main_end = main.hangup_us() or us(fin.get("Event-Date-Timestamp"))
-        end_us = max([main_end] + [leg.hangup_us() for leg in children])
+        child_ends = [t for t in (leg.hangup_us() for leg in children) if t]
+        end_us = max([main_end, *child_ends])
         talks = self._talks(main, fin, legs_by_uuid, vm, bridged, main_end)
 
         rung = [_agent_of(leg, fin) for leg in children]
-        child_ends = [t for t in (leg.hangup_us() for leg in children) if t]
         answered = us(fin.get("variable_answer_uepoch")) or us(fin.get("Caller-Channel-Answered-Time")) \
             or main.answered_us
         ring_end = max(child_ends) if child_ends else answered
 
         direction = DIRECTIONS.get(fin.get(self.direction_var, "").strip().lower()) if self.direction_var else None
         cause = fin.get("Hangup-Cause") or fin.get("variable_hangup_cause", "")
-        interrupted = cause in SHUTDOWN_CAUSES or any(
-            (leg.final or {}).get("Hangup-Cause") == "SYSTEM_SHUTDOWN" for leg in others)
+        interrupted = cause in SHUTDOWN_CAUSES  # a shutdown hangs every leg up, the call leg too
         agent = first_var(by_main_first, self.agent_var).split("@", 1)[0] if self.agent_var else ""
         queue = next((fin[h] for h in _QUEUE_VARIABLES if fin.get(h)), "")
         variables = {name: value for name, header in self.wanted_vars if (value := first_var(by_main_first, header))}
