@@ -48,6 +48,15 @@ class DirectionSettings:
         return bool(number) and self._ext_re.fullmatch(number) is not None  # type: ignore[attr-defined]
 
 
+def parse_direction_keys(section, default_contexts: tuple[str, ...]) -> dict[str, object]:
+    """``inbound_contexts`` and ``extension_pattern`` of a ``[[pbx]]`` table (a
+    `configreader.Section`), read the same way for every PBX type."""
+    return {
+        "inbound_contexts": tuple(section.str_list("inbound_contexts", list(default_contexts))),
+        "extension_pattern": section.regex("extension_pattern", r"\d{2,6}"),
+    }
+
+
 @dataclass(slots=True)
 class Talk:
     """One stretch of the customer's channel bridged with a person (Unix seconds)."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..classify import DirectionSettings
+from ..classify import DirectionSettings, parse_direction_keys
 from ..configreader import Section
 
 DEFAULT_INBOUND_CONTEXTS = ("from-trunk", "from-pstn", "from-external", "from-did-direct")
@@ -41,8 +41,7 @@ def parse_settings(section: Section) -> AmiSettings:
     ping_interval = section.float("ping_interval", 10.0, min=0.1, max=3600)
     ping_timeout = section.float("ping_timeout", 5.0, min=0.1, max=600)
     reconnect_min, reconnect_max = section.backoff(0.5, 30.0)
-    inbound_contexts = tuple(section.str_list("inbound_contexts", list(DEFAULT_INBOUND_CONTEXTS)))
-    extension_pattern = section.regex("extension_pattern", r"\d{2,6}")
+    direction_keys = parse_direction_keys(section, DEFAULT_INBOUND_CONTEXTS)
     remember_finished = section.int("remember_finished", 20000, min=100, max=10_000_000)
     section.done()
     return AmiSettings(
@@ -55,7 +54,6 @@ def parse_settings(section: Section) -> AmiSettings:
         ping_timeout=ping_timeout,
         reconnect_min=reconnect_min,
         reconnect_max=reconnect_max,
-        inbound_contexts=inbound_contexts,
-        extension_pattern=extension_pattern,
+        **direction_keys,  # type: ignore[arg-type]
         remember_finished=remember_finished,
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..classify import DirectionSettings
+from ..classify import DirectionSettings, parse_direction_keys
 from ..configreader import Section
 from ..logutil import redact
 
@@ -68,8 +68,7 @@ def parse_settings(section: Section) -> EslSettings:
         raise section.error("heartbeat_timeout",
                             "must be 0 (off) or more than FreeSWITCH's 20 s HEARTBEAT interval")
     direction_variable = section.str("direction_variable", "call_direction", pattern=r"[A-Za-z0-9_]*")
-    inbound_contexts = tuple(section.str_list("inbound_contexts", list(DEFAULT_INBOUND_CONTEXTS)))
-    extension_pattern = section.regex("extension_pattern", r"\d{2,6}")
+    direction_keys = parse_direction_keys(section, DEFAULT_INBOUND_CONTEXTS)
     agent_variable = section.str("agent_variable", "", pattern=r"[A-Za-z0-9_]*")
     section.done()
     return EslSettings(
@@ -83,7 +82,6 @@ def parse_settings(section: Section) -> EslSettings:
         reconnect_max=reconnect_max,
         heartbeat_timeout=heartbeat,
         direction_variable=direction_variable,
-        inbound_contexts=inbound_contexts,
-        extension_pattern=extension_pattern,
+        **direction_keys,  # type: ignore[arg-type]
         agent_variable=agent_variable,
     )
