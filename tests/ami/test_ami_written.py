@@ -89,3 +89,19 @@ def _call_leg(events, linkedid):
         return next(ev["Uniqueid"] for ev in events
                     if ev.get("Event") == "Newchannel" and ev.get("Channel") == name[:-1] + "2")
     return linkedid
+
+
+def test_the_readme_eventfilter_lets_through_every_event_the_tracker_reads():
+    """The manager.conf in the README is what sites copy: an event missing from its filter
+    (SoftHangupRequest: shutdowns would be texted) silently breaks classification."""
+    import re
+    from pathlib import Path
+
+    from aftercalld.ami.tracker import CallTracker
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (names,) = re.findall(r"^eventfilter = Event: \(([^)]*)\)", readme, re.M)
+    filtered = set(names.split("|"))
+    # Newexten and VarSet come through the Application: and Variable: lines instead.
+    assert CallTracker(PBX).wanted_events - {"Newexten", "VarSet"} <= filtered
+    assert "SoftHangupRequest" in filtered
