@@ -41,7 +41,8 @@ log = logging.getLogger("aftercalld.ami.tracker")
 
 _UNKNOWN = ("", "<unknown>", "<Unknown>")
 # SoftHangupRequest's Cause is Asterisk's soft-hangup reason, not a Q.850 cause:
-# AST_SOFTHANGUP_SHUTDOWN (`core stop/restart now|gracefully|when convenient`).
+# AST_SOFTHANGUP_SHUTDOWN, which `core stop now` and `core restart now` send to every channel
+# (the graceful forms wait for the calls to end instead).
 _SOFTHANGUP_SHUTDOWN = "4"
 # A Timestamp header outside this range (or not a number) is not the PBX's clock: the
 # event's arrival time stands in for it. 32503680000 = year 3000.
@@ -129,6 +130,7 @@ class CallTracker:
             pbx_ts = _pbx_time(stamp)
             if pbx_ts is None:
                 self.stats["bad_timestamps"] += 1
+                log.debug("AMI Timestamp %r is not a time; the arrival time stands in", stamp[:40])
             else:
                 ts = pbx_ts
         try:
