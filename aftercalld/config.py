@@ -410,6 +410,7 @@ def _conditions(sec: Section, pbx_names: set[str]) -> Conditions:
         hours=hours,
         variables=sec.str_map("variables", {}),
         pbxs=pbxs,
+        voicemail_reached=sec.bool("voicemail_reached", None),
     )
     for lo, hi, key in ((cond.talk_min, cond.talk_max, "talk_seconds_max"), (cond.ring_min, cond.ring_max, "ring_seconds_max")):
         if lo is not None and hi is not None and hi < lo:

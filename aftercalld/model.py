@@ -26,6 +26,9 @@ class CallStatus(enum.StrEnum):
     CONNECTED = "connected"
     MISSED = "missed"
     VOICEMAIL = "voicemail"
+    # Cut off by the PBX itself shutting down or restarting: nobody chose to end it, so no
+    # rule matches it unless the rule asks for this status by name.
+    INTERRUPTED = "interrupted"
 
 
 def _frozen_mapping(value: Mapping[str, str] | None) -> Mapping[str, str]:
@@ -52,15 +55,20 @@ class CallRecord:
     answer_time: datetime | None = None
     end_time: datetime | None = None
     ring_seconds: float = 0.0
-    talk_seconds: float = 0.0  # billsec: answered-by-a-person time
+    talk_seconds: float = 0.0  # whole seconds the customer's channel was bridged with someone
     hangup_cause: str = ""
-    voicemail_box: str = ""
+    voicemail_box: str = ""  # set when a message was left (status voicemail)
     variables: Mapping[str, str] = field(default_factory=dict)
+    # New fields go last with defaults: records stored by older versions still load.
+    voicemail_reached: bool = False  # the voicemail application answered, message left or not
+    agents: tuple[str, ...] = ()  # every extension the customer talked to, in order
+
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "direction", Direction(self.direction))
         object.__setattr__(self, "status", CallStatus(self.status))
         object.__setattr__(self, "variables", _frozen_mapping(self.variables))
+        object.__setattr__(self, "agents", tuple(self.agents))
         for name in ("start_time", "answer_time", "end_time"):
             value = getattr(self, name)
             if value is not None and value.tzinfo is None:
@@ -108,6 +116,8 @@ class CallRecord:
             "hangup_cause": self.hangup_cause,
             "voicemail_box": self.voicemail_box,
             "variables": dict(self.variables),
+            "voicemail_reached": self.voicemail_reached,
+            "agents": list(self.agents),
         }
 
     def to_json(self) -> str:
@@ -141,6 +151,14 @@ class CallRecord:
                 if not isinstance(value, Mapping):
                     raise ValueError("variables: must be an object of name → value")
                 kwargs[name] = {str(k): str(v) for k, v in value.items()}
+            elif name == "voicemail_reached":
+                if not isinstance(value, bool):
+                    raise ValueError(f"voicemail_reached: must be true or false, not {value!r}")
+                kwargs[name] = value
+            elif name == "agents":
+                if not isinstance(value, list | tuple) or not all(isinstance(a, str) for a in value):
+                    raise ValueError("agents: must be a list of extensions")
+                kwargs[name] = tuple(value)
             else:
                 kwargs[name] = "" if value is None else str(value)
         for required in ("call_id", "pbx", "direction", "status"):

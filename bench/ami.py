@@ -52,10 +52,10 @@ ID_RE = re.compile(rb"\b\d{10}\.\d+\b")
 
 # The eventfilter documented in README ("Asterisk (AMI)"), applied as Asterisk would (by event name and
 # VarSet variable name).
-KEEP_EVENTS = {b"Newchannel", b"Hangup", b"NewCallerid", b"NewConnectedLine", b"NewAccountCode",
-               b"Newstate", b"DialBegin", b"DialEnd", b"BridgeEnter", b"BridgeLeave",
+KEEP_EVENTS = {b"Newchannel", b"Hangup", b"SoftHangupRequest", b"NewCallerid", b"NewConnectedLine",
+               b"NewAccountCode", b"Newstate", b"DialBegin", b"DialEnd", b"BridgeEnter", b"BridgeLeave",
                b"MessageWaiting", b"QueueCallerJoin", b"QueueCallerAbandon", b"AgentCalled",
-               b"AgentConnect", b"Cdr", b"FullyBooted", b"Newexten", b"VarSet"}
+               b"AgentConnect", b"FullyBooted", b"Newexten", b"VarSet"}
 KEEP_APPS = {b"VoiceMail", b"Queue", b"Dial"}
 KEEP_VARS = {b"DEPARTMENT", b"VMSTATUS"}
 

@@ -1,16 +1,16 @@
 """AMI-specific keys of a ``[[pbx]]`` table with ``type = "asterisk"``."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
+from ..classify import DirectionSettings, parse_direction_keys
 from ..configreader import Section
 
 DEFAULT_INBOUND_CONTEXTS = ("from-trunk", "from-pstn", "from-external", "from-did-direct")
 
 
 @dataclass(frozen=True)
-class AmiSettings:
+class AmiSettings(DirectionSettings):
     host: str = "127.0.0.1"
     port: int = 5038
     username: str = "aftercalld"
@@ -22,18 +22,10 @@ class AmiSettings:
     # Reconnect backoff (capped exponential with jitter), seconds.
     reconnect_min: float = 0.5
     reconnect_max: float = 30.0
-    # Direction: a call whose leg starts in one of these contexts is inbound.
+    # Asterisk's carrier contexts (FreePBX's among them); extension_pattern: DirectionSettings.
     inbound_contexts: tuple[str, ...] = DEFAULT_INBOUND_CONTEXTS
-    # What an internal extension looks like (caller of outbound/internal calls).
-    extension_pattern: str = r"\d{2,6}"
     # Finished call ids remembered to drop duplicated events (e.g. after a reconnect).
     remember_finished: int = 20000
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_ext_re", re.compile(self.extension_pattern))
-
-    def is_extension(self, number: str) -> bool:
-        return bool(number) and self._ext_re.fullmatch(number) is not None  # type: ignore[attr-defined]
 
 
 def parse_settings(section: Section) -> AmiSettings:
@@ -49,8 +41,7 @@ def parse_settings(section: Section) -> AmiSettings:
     ping_interval = section.float("ping_interval", 10.0, min=0.1, max=3600)
     ping_timeout = section.float("ping_timeout", 5.0, min=0.1, max=600)
     reconnect_min, reconnect_max = section.backoff(0.5, 30.0)
-    inbound_contexts = tuple(section.str_list("inbound_contexts", list(DEFAULT_INBOUND_CONTEXTS)))
-    extension_pattern = section.regex("extension_pattern", r"\d{2,6}")
+    direction_keys = parse_direction_keys(section, DEFAULT_INBOUND_CONTEXTS)
     remember_finished = section.int("remember_finished", 20000, min=100, max=10_000_000)
     section.done()
     return AmiSettings(
@@ -63,7 +54,6 @@ def parse_settings(section: Section) -> AmiSettings:
         ping_timeout=ping_timeout,
         reconnect_min=reconnect_min,
         reconnect_max=reconnect_max,
-        inbound_contexts=inbound_contexts,
-        extension_pattern=extension_pattern,
+        **direction_keys,  # type: ignore[arg-type]
         remember_finished=remember_finished,
     )

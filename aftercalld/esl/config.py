@@ -5,9 +5,9 @@ reconnect_min/max, inbound_contexts, extension_pattern), so one config reads ali
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
+from ..classify import DirectionSettings, parse_direction_keys
 from ..configreader import Section
 from ..logutil import redact
 
@@ -17,7 +17,7 @@ DEFAULT_INBOUND_CONTEXTS = ("public",)
 
 
 @dataclass(frozen=True)
-class EslSettings:
+class EslSettings(DirectionSettings):
     host: str = "127.0.0.1"
     port: int = 8021
     password: str = field(default=DEFAULT_PASSWORD, repr=False)  # never printed, not even by repr()
@@ -35,17 +35,10 @@ class EslSettings:
     # Channel variable the dialplan sets to inbound/outbound/local on the call leg
     # (FusionPBX: call_direction). When absent: inbound_contexts and extension_pattern decide.
     direction_variable: str = "call_direction"
-    inbound_contexts: tuple[str, ...] = DEFAULT_INBOUND_CONTEXTS
-    extension_pattern: str = r"\d{2,6}"
+    inbound_contexts: tuple[str, ...] = DEFAULT_INBOUND_CONTEXTS  # extension_pattern: DirectionSettings
     # Optional channel variable naming the agent's extension (e.g. cc_agent); empty: the
     # extension the call leg rang (inbound) or the caller (outbound).
     agent_variable: str = ""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_ext_re", re.compile(self.extension_pattern))
-
-    def is_extension(self, number: str) -> bool:
-        return bool(number) and self._ext_re.fullmatch(number) is not None  # type: ignore[attr-defined]
 
     def describe(self) -> str:
         """For logs: everything but the password."""
@@ -75,8 +68,7 @@ def parse_settings(section: Section) -> EslSettings:
         raise section.error("heartbeat_timeout",
                             "must be 0 (off) or more than FreeSWITCH's 20 s HEARTBEAT interval")
     direction_variable = section.str("direction_variable", "call_direction", pattern=r"[A-Za-z0-9_]*")
-    inbound_contexts = tuple(section.str_list("inbound_contexts", list(DEFAULT_INBOUND_CONTEXTS)))
-    extension_pattern = section.regex("extension_pattern", r"\d{2,6}")
+    direction_keys = parse_direction_keys(section, DEFAULT_INBOUND_CONTEXTS)
     agent_variable = section.str("agent_variable", "", pattern=r"[A-Za-z0-9_]*")
     section.done()
     return EslSettings(
@@ -90,7 +82,6 @@ def parse_settings(section: Section) -> EslSettings:
         reconnect_max=reconnect_max,
         heartbeat_timeout=heartbeat,
         direction_variable=direction_variable,
-        inbound_contexts=inbound_contexts,
-        extension_pattern=extension_pattern,
+        **direction_keys,  # type: ignore[arg-type]
         agent_variable=agent_variable,
     )

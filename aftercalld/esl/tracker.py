@@ -9,28 +9,22 @@ member's channel in ``variable_cc_member_session_uuid``. The call is over when e
 channel has sent CHANNEL_HANGUP_COMPLETE; the record is built then, with no grace period
 (that event carries every variable we need, and nothing later changes the outcome).
 
-The *call leg* (what a PBX admin calls "the call") is the channel that ran the routing
-dialplan: the one carrying the configured direction variable (FusionPBX's ``call_direction``),
-else the first inbound channel that no other channel originated, else the first channel.
-
-Classification, from FreeSWITCH's semantics rather than from counters that lie (billsec > 0
-also for IVR and voicemail, Answer-State is always "hangup" at the end):
-  voicemail  mod_voicemail saved a message for this call (``vm::maintenance`` leave-message
-             whose VM-UUID is one of our channels, or ``voicemail_message_len`` on a leg);
-  connected  the call leg was bridged (``bridge_uepoch`` / Bridged-Time / CHANNEL_BRIDGE);
-  missed     everything else: no answer, busy, caller gave up while ringing or in the IVR.
+The call leg, and how its legs become facts, is in `legs.py`; what the call *was* is
+decided in `aftercalld.classify`, the same rules as for Asterisk.
 """
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, tzinfo
 
+from ..classify import build_record
+from ..evictions import OverflowLog
 from ..logutil import fields
-from ..model import CallRecord, CallStatus, Direction
+from ..model import CallRecord
 from ..pbxconfig import PbxConfig
 from .config import EslSettings
+from .legs import FactsReader, Leg, call_leg, on_bridge_event, originated_legs, us
 
 log = logging.getLogger("aftercalld.esl.tracker")
 
@@ -38,12 +32,12 @@ log = logging.getLogger("aftercalld.esl.tracker")
 # link it needs is on CREATE/ORIGINATE (B-leg to A-leg), BRIDGE and HANGUP_COMPLETE.
 CHANNEL_EVENTS = frozenset({
     "CHANNEL_CREATE", "CHANNEL_UUID", "CHANNEL_ORIGINATE", "CHANNEL_ANSWER", "CHANNEL_BRIDGE",
-    "CHANNEL_HANGUP_COMPLETE",
+    "CHANNEL_UNBRIDGE", "CHANNEL_HANGUP_COMPLETE",
 })
 # What a live connection subscribes to (the README lists the same). CHANNEL_UUID is needed
 # because originate renames a channel; HEARTBEAT lets the source notice a dead connection.
 SUBSCRIBE_EVENTS = (
-    "CHANNEL_CREATE CHANNEL_UUID CHANNEL_ORIGINATE CHANNEL_ANSWER CHANNEL_BRIDGE "
+    "CHANNEL_CREATE CHANNEL_UUID CHANNEL_ORIGINATE CHANNEL_ANSWER CHANNEL_BRIDGE CHANNEL_UNBRIDGE "
     "CHANNEL_HANGUP_COMPLETE HEARTBEAT CUSTOM vm::maintenance"
 )
 
@@ -63,66 +57,19 @@ _EVENT_LINKS = {
     "CHANNEL_CREATE": _CREATE_LINKS,
     "CHANNEL_ORIGINATE": _CREATE_LINKS,
     "CHANNEL_BRIDGE": ("Other-Leg-Unique-ID", "variable_bridge_uuid"),
+    "CHANNEL_UNBRIDGE": ("Other-Leg-Unique-ID",),
     "CHANNEL_ANSWER": (),  # what it carries was on the channel's CREATE already
 }
 _PARENT_HEADERS = ("variable_originator", "variable_originating_leg_uuid")
 # A channel's first event when we see it from its start (CHANNEL_UUID: originate renames it).
 _FIRST_EVENTS = frozenset({"CHANNEL_CREATE", "CHANNEL_UUID"})
-# FreeSWITCH's stand-in names for a leg it originated; they say nothing about the person.
-_PLACEHOLDER_NAMES = frozenset({"", "Outbound Call", "Unknown", "unknown", "UNKNOWN"})
-_QUEUE_VARIABLES = ("variable_cc_queue", "variable_fifo_name")
-
-_DIRECTIONS = {
-    "inbound": Direction.INBOUND, "in": Direction.INBOUND,
-    "outbound": Direction.OUTBOUND, "out": Direction.OUTBOUND,
-    "local": Direction.INTERNAL, "internal": Direction.INTERNAL,
-}
-
-
-def _us(value: str | None) -> int:
-    """A FreeSWITCH microsecond timestamp; 0 when absent or malformed."""
-    if not value:
-        return 0
-    try:
-        return int(value)
-    except ValueError:
-        return 0
-
-
-def _time(us: int, tz: tzinfo) -> datetime | None:
-    return datetime.fromtimestamp(us / 1_000_000, tz) if us > 0 else None
-
-
-class _Leg:
-    __slots__ = ("uuid", "seq", "created_us", "direction", "context", "dest", "cid_num", "cid_name",
-                 "parent", "answered_us", "bridged_us", "bridged_to", "final", "vm_box")
-
-    def __init__(self, uuid: str, seq: int, event: dict[str, str]) -> None:
-        self.uuid = uuid
-        self.seq = seq
-        # The first event's caller profile is the one the call arrived with: later ones are
-        # rewritten by transfers (an IVR's transfer changes Caller-Destination-Number).
-        self.created_us = _us(event.get("Caller-Channel-Created-Time")) or _us(event.get("Event-Date-Timestamp"))
-        self.direction = event.get("Call-Direction", "")
-        self.context = event.get("Caller-Context", "")
-        self.dest = event.get("Caller-Destination-Number", "")
-        self.cid_num = event.get("Caller-Caller-ID-Number", "")
-        self.cid_name = event.get("Caller-Caller-ID-Name", "")
-        self.parent = ""
-        self.answered_us = 0
-        self.bridged_us = 0
-        self.bridged_to = ""
-        self.final: dict[str, str] | None = None  # its CHANNEL_HANGUP_COMPLETE
-        self.vm_box = ""
-
-
 class _Call:
     __slots__ = ("key", "uuids", "legs", "open", "started", "core", "partial")
 
     def __init__(self, key: int, now: float, core: str) -> None:
         self.key = key
         self.uuids: set[str] = set()  # every Unique-ID seen or named for this call
-        self.legs: dict[str, _Leg] = {}
+        self.legs: dict[str, Leg] = {}
         self.open = 0  # legs seen whose CHANNEL_HANGUP_COMPLETE has not arrived
         self.started = now
         self.core = core
@@ -162,11 +109,14 @@ class EslTracker:
         self.settings = settings
         self.tz: tzinfo = pbx.timezone or UTC
         self._direction_var = f"variable_{settings.direction_variable}" if settings.direction_variable else ""
-        self._agent_var = f"variable_{settings.agent_variable}" if settings.agent_variable else ""
-        self._department_var = f"variable_{pbx.department_variable}" if pbx.department_variable else ""
-        self._wanted_vars = tuple((name, f"variable_{name}") for name in pbx.variables)
+        self._reader = FactsReader(
+            pbx.name, self._direction_var,
+            agent_var=f"variable_{settings.agent_variable}" if settings.agent_variable else "",
+            department_var=f"variable_{pbx.department_variable}" if pbx.department_variable else "",
+            wanted_vars=tuple((name, f"variable_{name}") for name in pbx.variables))
         self._timeout = pbx.call_timeout_seconds
         self._max_calls = max_calls
+        self._overflow = OverflowLog(log, pbx.name, max_calls)
         self._by_uuid: dict[str, _Call] = {}
         self._calls: dict[int, _Call] = {}  # insertion order = age, so eviction pops the front
         self._done: dict[str, float] = {}  # uuid -> forget-after (insertion ordered)
@@ -174,7 +124,7 @@ class EslTracker:
         self._seq = 0
         self._next_key = 0
         self._next_sweep = 0.0
-        self.stats = {"events": 0, "calls": 0, "evicted": 0, "malformed": 0, "late": 0}
+        self.stats = {"events": 0, "calls": 0, "evicted": 0, "overflow": 0, "malformed": 0, "late": 0}
 
     # ------------------------------------------------------------------ public API
 
@@ -261,7 +211,7 @@ class EslTracker:
         if link_headers is _LINK_HEADERS:
             legs_var = ev.get("variable_originated_legs")
             if legs_var:
-                links.extend(u for u in _originated_legs(legs_var) if u != uuid)
+                links.extend(u for u in originated_legs(legs_var) if u != uuid)
         call = self._by_uuid.get(uuid)
         if call is None:
             # A B-leg names its A-leg on its first event: join that call rather than start
@@ -276,7 +226,7 @@ class EslTracker:
         leg = call.legs.get(uuid)
         if leg is None:
             self._seq += 1
-            leg = _Leg(uuid, self._seq, ev)
+            leg = Leg(uuid, self._seq, ev)
             call.legs[uuid] = leg
             call.open += 1
             if name not in _FIRST_EVENTS:
@@ -286,16 +236,9 @@ class EslTracker:
         if parent and not leg.parent:
             leg.parent = parent
         if name == "CHANNEL_ANSWER":
-            leg.answered_us = leg.answered_us or _us(ev.get("Event-Date-Timestamp"))
-        elif name == "CHANNEL_BRIDGE":
-            when = _us(ev.get("Event-Date-Timestamp"))
-            other_uuid = ev.get("Other-Leg-Unique-ID", "")
-            leg.bridged_us = leg.bridged_us or when
-            leg.bridged_to = leg.bridged_to or other_uuid
-            other_leg = call.legs.get(other_uuid)
-            if other_leg is not None:
-                other_leg.bridged_us = other_leg.bridged_us or when
-                other_leg.bridged_to = other_leg.bridged_to or uuid
+            leg.answered_us = leg.answered_us or us(ev.get("Event-Date-Timestamp"))
+        elif name == "CHANNEL_BRIDGE" or name == "CHANNEL_UNBRIDGE":
+            on_bridge_event(call.legs, leg, name, ev)
         elif name == "CHANNEL_HANGUP_COMPLETE":
             if leg.final is None:
                 leg.final = ev
@@ -304,7 +247,7 @@ class EslTracker:
                 leg.final = ev  # a repeat (replayed stream): keep the newest, count once
             if call.open == 0 and len(call.legs) == len(call.uuids):
                 return self._finish(call, now)
-            if call.open == 0 or (call.partial and self._call_leg(list(call.legs.values())).final is not None):
+            if call.open == 0 or (call.partial and call_leg(call.legs.values(), self._direction_var).final is not None):
                 # Some legs were never seen (or never seen to end): they ended while we were
                 # not listening, or (joined mid-call) are still up and will show. Only such
                 # calls wait, so normal calls keep their latency.
@@ -329,7 +272,9 @@ class EslTracker:
     def _new_call(self, now: float, core: str) -> _Call:
         if len(self._calls) >= self._max_calls:
             oldest = next(iter(self._calls.values()))
-            self._evict(oldest, f"more than {self._max_calls} calls in progress", now)
+            self.stats["overflow"] += 1
+            self._evict(oldest, f"more than {self._max_calls} calls in progress", now, quiet=True)
+            self._overflow.dropped(now)
         self._next_key += 1
         call = _Call(self._next_key, now, core)
         self._calls[call.key] = call
@@ -381,7 +326,7 @@ class EslTracker:
     def _settle(self, call: _Call, now: float) -> list[CallRecord]:
         """A call that lost legs in a gap: the call leg's own HANGUP_COMPLETE carries what
         classification needs, but only if we have the call leg itself."""
-        main = self._call_leg(list(call.legs.values()))
+        main = call_leg(call.legs.values(), self._direction_var)
         if main.final is None and call.open:
             self._waiting.pop(call.key, None)  # the call leg showed up after all; its end decides
             return []
@@ -409,27 +354,28 @@ class EslTracker:
                 break
             del done[uuid]
         self.expire(now)
+        self._overflow.flush(now)
 
-    def _evict(self, call: _Call, reason: str, now: float) -> Evicted:
+    def _evict(self, call: _Call, reason: str, now: float, quiet: bool = False) -> Evicted:
+        """Drop a call without a record; logged here unless the caller summarises (quiet)."""
         self.stats["evicted"] += 1
-        main = self._call_leg(list(call.legs.values())) if call.legs else None
+        main = call_leg(call.legs.values(), self._direction_var) if call.legs else None
         ident = main.uuid if main else next(iter(call.uuids), "?")
-        log.warning("ESL tracker: call %s dropped without a record: %s (%d channel(s) seen, %d still up)",
-                    ident, reason, len(call.legs), call.open,
-                    extra=fields(pbx=self.pbx.name, call_id=ident))
+        if not quiet:
+            log.warning("ESL tracker: call %s dropped without a record: %s (%d channel(s) seen, %d still up)",
+                        ident, reason, len(call.legs), call.open,
+                        extra=fields(pbx=self.pbx.name, call_id=ident))
         self._forget(call, now)
         return Evicted(tuple(sorted(call.uuids)), len(call.legs), reason)
 
     def _finish(self, call: _Call, now: float) -> list[CallRecord]:
         self._forget(call, now)
         try:
-            record = self._build(call)
+            record = build_record(self._reader.facts(call.legs), self.settings, self.tz)
         except Exception:
             self.stats["malformed"] += 1
             log.exception("ESL tracker: could not build a record for call with channels %s",
                           ", ".join(sorted(call.legs)), extra=fields(pbx=self.pbx.name))
-            return []
-        if record is None:
             return []
         self.stats["calls"] += 1
         log.info("call %s finished: %s %s, caller %s, dialled %s, agent %s, talk %.1fs, cause %s",
@@ -438,194 +384,3 @@ class EslTracker:
                  record.hangup_cause or "-",
                  extra=fields(pbx=record.pbx, call_id=record.call_id, status=record.status.value))
         return [record]
-
-    # ------------------------------------------------------------------ building the record
-
-    def _call_leg(self, legs: list[_Leg]) -> _Leg:
-        legs = sorted(legs, key=lambda leg: leg.seq)
-        if self._direction_var:
-            for leg in legs:
-                if leg.final is not None and leg.final.get(self._direction_var):
-                    return leg
-        for leg in legs:
-            if leg.direction == "inbound" and not leg.parent:
-                return leg
-        return legs[0]
-
-    def _direction(self, main: _Leg, fin: dict[str, str]) -> Direction:
-        value = fin.get(self._direction_var, "").strip().lower() if self._direction_var else ""
-        direction = _DIRECTIONS.get(value)
-        if direction is not None:
-            return direction
-        # No dialplan hint: the same rules as the AMI tracker. Carrier calls land in an
-        # inbound context ("public" in FreeSWITCH's stock config); a call placed by an
-        # extension is outbound unless it dialled another extension.
-        settings = self.settings
-        if main.context in settings.inbound_contexts:
-            return Direction.INBOUND
-        if settings.is_extension(main.cid_num):
-            return Direction.INTERNAL if settings.is_extension(main.dest) else Direction.OUTBOUND
-        if main.direction == "outbound":
-            return Direction.OUTBOUND  # an A-leg FreeSWITCH itself originated (click-to-call)
-        return Direction.INBOUND
-
-    def _var(self, legs: Iterable[_Leg], header: str) -> str:
-        for leg in legs:
-            if leg.final is not None:
-                value = leg.final.get(header)
-                if value:
-                    return value
-        return ""
-
-    def _build(self, call: _Call) -> CallRecord | None:
-        legs = sorted(call.legs.values(), key=lambda leg: leg.seq)
-        main = self._call_leg(legs)
-        fin = main.final or {}
-        others = [leg for leg in legs if leg is not main]
-        by_main_first = [main, *others]
-
-        direction = self._direction(main, fin)
-        # Legs FreeSWITCH dialled for the call leg (agents, carrier) and the one it talked to.
-        children = [leg for leg in others if leg.parent == main.uuid]
-        bridged_uuid = (fin.get("variable_last_bridge_to") or fin.get("variable_bridge_uuid")
-                        or main.bridged_to)
-        bridged = call.legs.get(bridged_uuid) if bridged_uuid else None
-        if bridged is not None and bridged not in children:
-            children.append(bridged)
-
-        bridge_us = (_us(fin.get("variable_bridge_uepoch")) or _us(fin.get("Caller-Channel-Bridged-Time"))
-                     or main.bridged_us)
-        # The call leg and what it dialled; the loopback twins a simulation adds are skipped.
-        vm_boxes = {leg.uuid: _voicemail_box(leg) for leg in (main, *children)}
-        vm_box = next((box for box in vm_boxes.values() if box), "") or \
-            next((leg.vm_box for leg in others if leg.vm_box), "")
-        # Connected means a person: a bridge to a leg that ran voicemail is not one.
-        bridged_person = (bridge_us > 0 or bridged is not None) and not (bridged and vm_boxes.get(bridged.uuid))
-        if bridged_person:
-            status = CallStatus.CONNECTED
-        elif vm_box:
-            status = CallStatus.VOICEMAIL
-        else:
-            status = CallStatus.MISSED
-
-        start_us = main.created_us or _us(fin.get("variable_start_uepoch"))
-        main_end = _us(fin.get("Caller-Channel-Hangup-Time")) or _us(fin.get("variable_end_uepoch")) \
-            or _us(fin.get("Event-Date-Timestamp"))
-        end_us = main_end
-        for leg in children:
-            f = leg.final or {}
-            end_us = max(end_us, _us(f.get("Caller-Channel-Hangup-Time")) or _us(f.get("variable_end_uepoch")))
-
-        answer_time = None
-        talk = 0.0
-        if status is CallStatus.CONNECTED and bridge_us > 0:
-            answer_time = _time(bridge_us, self.tz)
-            # Whole billsec of the agent/carrier leg, as FreeSWITCH's CDR (and the AMI
-            # tracker's Cdr billsec) count it, so one call gives one number on either PBX.
-            billsec = (bridged.final or {}).get("variable_billsec", "") if bridged is not None else ""
-            if billsec.isdigit():
-                talk = float(billsec)
-            else:
-                talk_end = main_end
-                if bridged is not None and bridged.final is not None:
-                    b_end = _us(bridged.final.get("Caller-Channel-Hangup-Time"))
-                    if b_end:
-                        talk_end = min(talk_end, b_end) if talk_end else b_end
-                talk = float(max(0, talk_end - bridge_us) // 1_000_000)
-        # Ringing ends when a person answers; otherwise when the last dialled phone stopped
-        # ringing, or when FreeSWITCH itself answered (IVR) if it never dialled anyone.
-        if status is CallStatus.CONNECTED and bridge_us:
-            ring_end = bridge_us
-        else:
-            child_ends = [_us((leg.final or {}).get("Caller-Channel-Hangup-Time")) for leg in children]
-            child_ends = [t for t in child_ends if t]
-            main_answer = _us(fin.get("variable_answer_uepoch")) or _us(fin.get("Caller-Channel-Answered-Time")) \
-                or main.answered_us
-            ring_end = max(child_ends) if child_ends else (main_answer or main_end)
-        ring = max(0.0, (ring_end - start_us) / 1_000_000) if start_us and ring_end else 0.0
-
-        if direction is Direction.OUTBOUND:
-            agent_ext, agent_name = main.cid_num, main.cid_name
-        else:
-            # Whoever the call leg was bridged with, else the first phone it rang.
-            agent_leg = bridged if bridged is not None else (children[0] if children else None)
-            agent_ext, agent_name = "", ""
-            if agent_leg is not None:
-                agent_ext = agent_leg.dest.split("@", 1)[0]
-                if fin.get("Caller-Callee-ID-Number") == agent_ext:
-                    callee = fin.get("Caller-Callee-ID-Name", "")
-                else:
-                    callee = (agent_leg.final or {}).get("Caller-Callee-ID-Name", "")
-                if callee not in _PLACEHOLDER_NAMES and callee != agent_ext:
-                    agent_name = callee
-        if self._agent_var:
-            agent_ext = self._var(by_main_first, self._agent_var).split("@", 1)[0] or agent_ext
-
-        department = self._var(by_main_first, self._department_var) if self._department_var else ""
-        queue = ""
-        for header in _QUEUE_VARIABLES:  # set on the caller's channel, i.e. the call leg
-            queue = fin.get(header, "")
-            if queue:
-                break
-        variables = {}
-        for name, header in self._wanted_vars:
-            value = self._var(by_main_first, header)
-            if value:
-                variables[name] = value
-
-        return CallRecord(
-            call_id=main.uuid,
-            pbx=self.pbx.name,
-            direction=direction,
-            status=status,
-            caller_number=main.cid_num or fin.get("Caller-Caller-ID-Number", ""),
-            caller_name=main.cid_name or fin.get("Caller-Caller-ID-Name", ""),
-            dialled_number=main.dest or fin.get("Caller-Destination-Number", ""),
-            agent_extension=agent_ext,
-            agent_name=agent_name,
-            department=department,
-            queue=queue,
-            start_time=_time(start_us, self.tz),
-            answer_time=answer_time,
-            end_time=_time(end_us, self.tz),
-            ring_seconds=round(ring, 3),
-            talk_seconds=talk,
-            hangup_cause=fin.get("Hangup-Cause") or fin.get("variable_hangup_cause", ""),
-            voicemail_box=vm_box,
-            variables=variables,
-        )
-
-
-def _voicemail_box(leg: _Leg) -> str:
-    """The mailbox if this leg reached mod_voicemail to leave a message, else "".
-
-    Reaching voicemail counts, as in the AMI tracker, not only a saved message: the caller
-    was not served either way. Evidence: the vm::maintenance leave-message event, the
-    variables mod_voicemail sets when it saves, or the voicemail app still running at
-    hangup (``last_app``; ``voicemail check ...`` is someone reading their mailbox)."""
-    if leg.vm_box:
-        return leg.vm_box
-    fin = leg.final
-    if fin is None:
-        return ""
-    account = fin.get("variable_voicemail_account", "")
-    domain = fin.get("variable_voicemail_domain", "")
-    if fin.get("variable_voicemail_message_len") or account:
-        return f"{account}@{domain}" if account and domain else account or "voicemail"
-    if fin.get("variable_last_app") == "voicemail":
-        args = fin.get("variable_last_arg", "").split()
-        if args and args[0] == "check":
-            return ""
-        # voicemail <profile> <domain> <id>
-        return f"{args[2]}@{args[1]}" if len(args) >= 3 else "voicemail"
-    return ""
-
-
-def _originated_legs(value: str) -> list[str]:
-    """``variable_originated_legs``: ``uuid;name;number`` items, as an ``ARRAY::a|:b`` when
-    the call leg dialled more than once."""
-    if value.startswith("ARRAY::"):
-        items = value[7:].split("|:")
-    else:
-        items = [value]
-    return [item.split(";", 1)[0] for item in items if item]

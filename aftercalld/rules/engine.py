@@ -53,6 +53,7 @@ class Conditions:
     hours: tuple[TimeWindow, ...] = ()
     variables: Mapping[str, str] = field(default_factory=dict)
     pbxs: frozenset[str] = frozenset()
+    voicemail_reached: bool | None = None  # None: either
 
     def mismatch(self, record: CallRecord, tz: ZoneInfo, explain: bool = True) -> str | None:
         """None if the call matches, else the first reason it does not (only worded when
@@ -63,6 +64,14 @@ class Conditions:
             return NO_MATCH if not explain else f"direction is {record.direction}, rule wants {_list(self.directions)}"
         if self.statuses and record.status not in self.statuses:
             return NO_MATCH if not explain else f"status is {record.status}, rule wants {_list(self.statuses)}"
+        if record.status is CallStatus.INTERRUPTED and not self.statuses:
+            # Cut off by the PBX's shutdown: nobody chose to end the call, so a rule that does
+            # not name this status (e.g. "sorry we missed you") must not text it.
+            return NO_MATCH if not explain else "status is interrupted (the PBX shut down), rule does not ask for it"
+        if self.voicemail_reached is not None and record.voicemail_reached is not self.voicemail_reached:
+            return NO_MATCH if not explain else (
+                f"voicemail {'was' if record.voicemail_reached else 'was not'} reached, "
+                f"rule wants voicemail_reached = {str(self.voicemail_reached).lower()}")
         if self.departments and record.department.casefold() not in self.departments:
             return NO_MATCH if not explain else f"department is {record.department or '(none)'!r}, rule wants {_list(self.departments)}"
         if self.queues and record.queue not in self.queues:
@@ -70,8 +79,8 @@ class Conditions:
         if self.dids_exact or self.did_prefixes:
             did = _digits(record.dialled_number)
             if did not in self.dids_exact and not did.startswith(self.did_prefixes):
-                wanted = sorted(self.dids_exact) + [p + "*" for p in self.did_prefixes]
-                return NO_MATCH if not explain else f"DID is {record.dialled_number or '(none)'!r}, rule wants {', '.join(wanted)}"
+                dids = sorted(self.dids_exact) + [p + "*" for p in self.did_prefixes]
+                return NO_MATCH if not explain else f"DID is {record.dialled_number or '(none)'!r}, rule wants {', '.join(dids)}"
         if self.agents and record.agent_extension not in self.agents:
             return NO_MATCH if not explain else f"agent is {record.agent_extension or '(none)'!r}, rule wants {_list(self.agents)}"
         if self.caller_pattern is not None and not self.caller_pattern.search(record.caller_number):
@@ -90,11 +99,11 @@ class Conditions:
                 return NO_MATCH if not explain else "the call has no start time for the weekday/hours condition"
             local = moment.astimezone(tz)
             if self.weekdays and local.weekday() not in self.weekdays:
-                wanted = ", ".join(WEEKDAYS[d] for d in sorted(self.weekdays))
-                return NO_MATCH if not explain else f"weekday is {WEEKDAYS[local.weekday()]} ({tz.key}), rule wants {wanted}"
+                days = ", ".join(WEEKDAYS[d] for d in sorted(self.weekdays))
+                return NO_MATCH if not explain else f"weekday is {WEEKDAYS[local.weekday()]} ({tz.key}), rule wants {days}"
             if self.hours and not any(w.contains(local.time()) for w in self.hours):
-                wanted = ", ".join(str(w) for w in self.hours)
-                return NO_MATCH if not explain else f"local time {local:%H:%M} ({tz.key}) is outside {wanted}"
+                windows = ", ".join(str(w) for w in self.hours)
+                return NO_MATCH if not explain else f"local time {local:%H:%M} ({tz.key}) is outside {windows}"
         for name, wanted in self.variables.items():
             actual = record.variables.get(name)
             if actual != wanted:
@@ -131,13 +140,17 @@ class Selection:
     rule: Rule | None
     # Why each rule above the chosen one (or every rule, when none fired) was skipped.
     skipped: tuple[tuple[str, str], ...] = ()
+    interrupted: bool = False  # the call was cut off by the PBX's shutdown
 
     @property
     def reason(self) -> str:
+        """Stored with the call: what `why` shows."""
         if self.rule is not None:
             return f"rule {self.rule.name!r} matched"
         if not self.skipped:
             return "no rules configured"
+        if self.interrupted:
+            return 'no rule matched: the PBX shut down during the call (only rules with status "interrupted" match it)'
         return "no rule matched"
 
 
@@ -159,7 +172,7 @@ class RuleSet:
                 skipped.append((rule.name, why))
         if not explain:
             skipped = [(r.name, "") for r in self.rules]
-        return Selection(None, tuple(skipped))
+        return Selection(None, tuple(skipped), record.status is CallStatus.INTERRUPTED)
 
 
 def _list(values) -> str:

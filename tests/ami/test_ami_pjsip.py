@@ -49,7 +49,8 @@ def test_inbound_answered_by_agent():
     assert (r.status, r.direction, r.caller_number, r.dialled_number) == \
         ("connected", "inbound", "0612345678", "0201234567")
     assert (r.agent_extension, r.agent_name, r.department) == ("201", "Alice", "support")
-    assert r.talk_seconds == 62.0 and r.ring_seconds == pytest.approx(4.0, abs=0.01)
+    # bridged time, to the millisecond (not billsec's whole seconds)
+    assert r.talk_seconds == pytest.approx(62.7, abs=0.01) and r.ring_seconds == pytest.approx(4.0, abs=0.01)
     assert r.call_id == trunk and r.hangup_cause == "NORMAL_CLEARING"
 
 
@@ -132,7 +133,8 @@ def test_voicemail_after_no_answer_and_failed_voicemail():
         s.hangup(trunk)
         (r,) = run(s)
         assert r.status == expected
-        assert r.voicemail_box == ("201@default" if expected == "voicemail" else "")
+        # FAILED (hung up during the greeting): missed, but the mailbox was reached
+        assert r.voicemail_reached and r.voicemail_box == "201@default"
         assert r.talk_seconds == 0.0 and r.ring_seconds == pytest.approx(15.0, abs=0.01)
 
 
@@ -167,7 +169,8 @@ def test_internal_and_outbound_from_a_phone():
     (r,) = run(s)
     assert (r.direction, r.status, r.caller_number, r.dialled_number) == \
         ("outbound", "connected", "201", "0049301234567")
-    assert (r.agent_extension, r.agent_name, r.talk_seconds) == ("201", "Alice", 7.0)
+    assert (r.agent_extension, r.agent_name) == ("201", "Alice")
+    assert r.talk_seconds == pytest.approx(7.5, abs=0.01)
 
 
 def test_pickup_moves_the_picking_phone_into_the_call():
@@ -187,7 +190,8 @@ def test_pickup_moves_the_picking_phone_into_the_call():
     s.unbridge("b5", picker, trunk)
     s.hangup(trunk)
     (r,) = run(s)  # one call, not two
-    assert (r.call_id, r.status, r.agent_extension, r.talk_seconds) == (trunk, "connected", "203", 20.0)
+    assert (r.call_id, r.status, r.agent_extension) == (trunk, "connected", "203")
+    assert r.talk_seconds == pytest.approx(20.0, abs=0.01)
 
 
 def test_out_of_order_and_duplicate_hangups():

@@ -19,7 +19,21 @@ SECRET = "s3cr3t-Never-Logged"
 
 
 def stream(name: str) -> bytes:
-    return stream_bytes((TRACES / name).read_bytes())
+    """The trace's byte stream as an Asterisk with ``timestampevents = yes`` sends it: each
+    event carries its ``Timestamp`` (the recorded receive time) after ``Privilege``. A test
+    server sends a trace in milliseconds; talk and ring times must still come out as
+    recorded, from the PBX's clock rather than the arrival times."""
+    raw = (TRACES / name).read_bytes()
+    out: list[bytes] = []
+    ts = b""
+    for line in raw.split(b"\r\n"):
+        if line.startswith(b"# ts="):
+            ts = line[5:].split(None, 1)[0]
+        elif line.startswith(b"Privilege: ") and ts:
+            out += [line, b"Timestamp: " + ts]
+            continue
+        out.append(line)
+    return stream_bytes(b"\r\n".join(out))
 
 
 def without_fullybooted(data: bytes) -> bytes:

@@ -121,5 +121,5 @@ def test_state_stays_bounded_over_many_calls():
             ev = {key: (f"{k}-{v}" if key in id_keys else v) for key, v in ev.items()}
             emitted += len(tracker.feed(ev, ts + k))
     assert emitted == 200
-    assert tracker.active_calls == 0 and not tracker._chans
-    assert len(tracker._finished) == 100
+    assert tracker.active_calls == 0 and not tracker.book.chans
+    assert len(tracker.book.finished) == 100

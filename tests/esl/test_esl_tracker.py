@@ -150,6 +150,21 @@ def test_state_is_bounded(caplog: pytest.LogCaptureFixture) -> None:
     assert tracker.stats["evicted"] == 150
 
 
+def test_cap_evictions_are_counted_and_logged_as_a_rate_limited_summary(caplog: pytest.LogCaptureFixture) -> None:
+    # Issue 13.3: one WARNING per eviction made ~460k lines in 30 s under a flood.
+    tracker = EslTracker(default_pbx("freeswitch"), max_calls=100)
+    with caplog.at_level(logging.WARNING, logger="aftercalld.esl"):
+        for i in range(5000):
+            tracker.feed({"Event-Name": "CHANNEL_CREATE", "Unique-ID": f"flood-{i}", "Core-UUID": "c",
+                          "Event-Date-Timestamp": str(T0 + i)}, 100.0 + i * 1e-4)
+        during = [r.getMessage() for r in caplog.records]
+        tracker.tick(100.0 + 11)
+    lines = [r.getMessage() for r in caplog.records]
+    assert tracker.active_calls() == 100 and tracker.stats["overflow"] == 4900
+    assert len(during) == 1 and len(lines) == 2, lines
+    assert lines[0].startswith("1 call(s) in progress dropped") and lines[1].startswith("4899 call(s)")
+
+
 def test_restarted_freeswitch_drops_its_calls(tracker: EslTracker) -> None:
     _, events = inbound_call("connected", core="old")
     feed_all(tracker, events[:3])
@@ -209,15 +224,19 @@ def _as_hangup_during_greeting(events: list[dict[str, str]], last_arg: str) -> l
     return out
 
 
-def test_reaching_voicemail_counts_even_without_a_message(tracker: EslTracker) -> None:
-    # As on Asterisk: the caller reached the mailbox (hung up during the greeting).
+def test_hangup_during_the_greeting_is_missed_with_voicemail_reached(tracker: EslTracker) -> None:
+    # As on Asterisk: voicemail only when a message was left; reaching the mailbox (the
+    # caller hung up during the greeting) is missed, with voicemail_reached for the rules.
     _, events = inbound_call("voicemail")
     (r,) = feed_all(tracker, _as_hangup_during_greeting(events, "default pbx.example 1001"))
-    assert r.status is CallStatus.VOICEMAIL and r.voicemail_box == "1001@pbx.example"
+    assert r.status is CallStatus.MISSED and r.voicemail_reached and r.voicemail_box == "1001@pbx.example"
+    _, events = inbound_call("voicemail")
+    (r,) = feed_all(tracker, events)
+    assert r.status is CallStatus.VOICEMAIL and r.voicemail_reached
     # Someone listening to their own mailbox is not a voicemail call.
     _, events = inbound_call("voicemail")
     (r,) = feed_all(tracker, _as_hangup_during_greeting(events, "check default pbx.example"))
-    assert r.status is CallStatus.MISSED and r.voicemail_box == ""
+    assert r.status is CallStatus.MISSED and r.voicemail_box == "" and not r.voicemail_reached
 
 
 def test_joined_mid_call_still_reports_from_hangup_complete(tracker: EslTracker) -> None:
