@@ -29,7 +29,10 @@ class Decision:
         """The one line support staff read: what was decided and why."""
         r = self.record
         who = r.customer_number or "(no number)"
-        head = f"{r.status} {r.direction} call {'from' if r.direction != 'outbound' else 'to'} {who}"
+        # The call id leads: support staff copy it into `why` and `journalctl CALL_ID=`, and
+        # a plain-text log (no journal fields) has nothing else to find the call by.
+        head = (f"call {r.call_id} [{r.pbx}]: {r.status} {r.direction} call "
+                f"{'from' if r.direction != 'outbound' else 'to'} {who}")
         if self.duplicate:
             return f"{head}: already handled (replayed event), nothing queued"
         if self.selection.rule is None:

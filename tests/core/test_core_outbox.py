@@ -355,3 +355,13 @@ async def test_no_flush_runs_after_stop_on_a_closed_outbox(setup, caplog):
     # Every timer the dispatcher had set would have fired by now.
     await asyncio.sleep(0.05 + 0.05 + 0.1)
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_the_decision_line_names_the_call_for_plain_text_logs(setup, caplog):
+    """Asterisk calls never showed their call id in a plain log line (only in journal
+    fields), so support staff reading a log file could not find them with `why`."""
+    config, outbox = setup
+    caplog.set_level(logging.INFO, logger="aftercalld.pipeline")
+    CallHandler(config, outbox).handle(call(call_id="1796012880.0"))
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "aftercalld.pipeline"]
+    assert line.startswith("call 1796012880.0 [main]: missed inbound call from +447400123456 → rule 'Missed'")
