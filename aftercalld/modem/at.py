@@ -281,6 +281,11 @@ class ATChannel(asyncio.Protocol):
             log.exception("%s: handling unsolicited line %r failed", self._name, urc.line)
 
 
+def params(line: str) -> list[str]:
+    """The comma-separated parameters after a result line's ``+XYZ:``."""
+    return [p.strip() for p in line.split(":", 1)[1].split(",")] if ":" in line else []
+
+
 def open_error_hint(exc: BaseException) -> str:
     """A PBX admin's next step for a port that will not open."""
     text = str(exc)
@@ -293,4 +298,4 @@ def open_error_hint(exc: BaseException) -> str:
     return text
 
 
-__all__ = ["ATChannel", "Urc", "open_error_hint"]
+__all__ = ["ATChannel", "Urc", "open_error_hint", "params"]
