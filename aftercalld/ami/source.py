@@ -228,9 +228,7 @@ class AmiSource(CallSource):
         conn = _Conn(reader, writer, parser)
         try:
             async with asyncio.timeout(s.connect_timeout):
-                banner = await reader.readline()
-                if not banner:
-                    raise EOFError("closed before the banner")
+                banner = await _read_banner(reader)
                 if not banner.startswith(b"Asterisk Call Manager"):
                     raise AmiError(f"not an AMI server (banner {banner[:40]!r})")
                 login_id = next_action_id("login")
@@ -323,6 +321,20 @@ class AmiSource(CallSource):
             except TimeoutError:
                 conn.close()
                 raise AmiError(f"no answer to Ping within {s.ping_timeout:g} s (dead link)") from None
+
+
+async def _read_banner(reader: asyncio.StreamReader) -> bytes:
+    """The greeting line. A peer that sends no line end within the read limit is not AMI
+    (readline() would raise a ValueError there, which is no connection failure)."""
+    try:
+        return await reader.readuntil(b"\n")
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial:
+            raise EOFError("closed before the banner") from None
+        raise AmiError(f"not an AMI server (closed after {len(exc.partial)} bytes without a line end: "
+                       f"{exc.partial[:40]!r})") from None
+    except asyncio.LimitOverrunError as exc:
+        raise AmiError(f"not an AMI server (no banner: {exc.consumed} bytes without a line end)") from None
 
 
 def _describe(exc: BaseException | None) -> str:
