@@ -18,14 +18,14 @@ from ..logutil import fields
 from ..model import DeliveryReport, InboundMessage
 from ..transport import TransportEvents
 from . import pdu
-from .at import Urc, params
+from .at import Urc, number, params
 from .errors import CommandError
 
 log = logging.getLogger(__name__)
 
 INBOUND_PARTS_KEPT = 100
 
-_INDEX_URC = re.compile(r'^\+(CMTI|CDSI):\s*"?([A-Z]*)"?\s*,\s*(\d+)', re.IGNORECASE)
+_INDEX_URC = re.compile(r'^\+(CMTI|CDSI):\s*"?([A-Z]*)"?\s*,\s*(\d+)', re.IGNORECASE | re.ASCII)
 
 # The link's AT command function: command, then ATChannel.command's keywords.
 Command = Callable[..., Awaitable[list[str]]]
@@ -52,7 +52,12 @@ class ModemInbox:
         line = urc.line
         m = _INDEX_URC.match(line)
         if m:
-            self.announced.put_nowait((m.group(1).upper(), m.group(2).upper(), int(m.group(3))))
+            index = number(m.group(3))
+            if index is None:
+                log.warning("%s: ignoring +%s with an impossible index (%d digits)", self.name,
+                            m.group(1).upper(), len(m.group(3)), extra=fields(transport=self.name))
+            else:
+                self.announced.put_nowait((m.group(1).upper(), m.group(2).upper(), index))
             return True
         if line.upper().startswith(("+CDS:", "+CMT:")):
             self._handle_pdu(urc.pdu, _length(line))
@@ -88,9 +93,10 @@ class ModemInbox:
             p = params(header)
             # <index>,<stat>,...: only received texts (0 unread, 1 read) are ours to take;
             # drafts someone stored on the SIM (2, 3) stay where they are.
-            if len(p) >= 2 and p[0].isdigit() and p[1] in ("0", "1"):
+            index = number(p[0]) if p else None
+            if index is not None and len(p) >= 2 and p[1] in ("0", "1"):
                 self._handle_pdu(body, _length(header))
-                await self._delete(cmd, int(p[0]))
+                await self._delete(cmd, index)
 
     async def _delete(self, cmd: Command, index: int) -> None:
         try:
@@ -153,7 +159,7 @@ class ModemInbox:
 def _length(header: str) -> int | None:
     """The TPDU length: the last field of +CMGR/+CMGL/+CMT/+CDS headers."""
     p = params(header)
-    return int(p[-1]) if p and p[-1].isdigit() else None
+    return number(p[-1], max_digits=3) if p else None
 
 
 __all__ = ["ModemInbox"]

@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 from ..logutil import fields
-from .at import ATChannel, Urc, open_error_hint, params
+from .at import ATChannel, Urc, number, open_error_hint, params
 from .config import ModemSettings
 from .errors import CommandError, CommandTimeout, ModemError, PortClosed
 from .inbox import ModemInbox
@@ -51,16 +51,16 @@ def registration_text(stat: int | None) -> str:
 def _reg_from_query(line: str) -> int | None:
     """``+CREG: <n>,<stat>[,...]`` (the answer to AT+CREG?) → stat."""
     p = params(line)
-    if len(p) >= 2 and p[0].isdigit() and p[1].isdigit():
-        return int(p[1])
+    if len(p) >= 2 and number(p[0]) is not None:
+        return number(p[1])
     return None
 
 
 def _reg_from_urc(line: str) -> int | None:
     """``+CREG: <stat>[,"<lac>","<ci>"[,<AcT>]]`` (unsolicited) → stat."""
     p = params(line)
-    if p and p[0].isdigit() and (len(p) == 1 or p[1].startswith('"')):
-        return int(p[0])
+    if p and (len(p) == 1 or p[1].startswith('"')):
+        return number(p[0])
     return None
 
 
@@ -373,9 +373,9 @@ class ModemLink:
     async def _read_signal(self) -> None:
         lines = await self.cmd("AT+CSQ", prefix="+CSQ:")
         p = params(lines[0]) if lines else []
-        if p and p[0].isdigit():
-            rssi = int(p[0])
-            self.rssi = None if rssi == 99 else rssi
+        rssi = number(p[0]) if p else None
+        # 0-31, 99 unknown (27.007 8.5); anything else is not a signal level.
+        self.rssi = rssi if rssi is not None and rssi <= 31 else None
 
     async def _serve(self) -> None:
         """Until the port goes away or the modem stops answering: let the inbox read what

@@ -18,7 +18,7 @@ from ..model import OutboundMessage, SubmitOutcome
 from ..rules.encoding import split_segments
 from ..transport import Transport, TransportEvents
 from . import pdu
-from .at import params
+from .at import number, params
 from .config import ModemSettings
 from .errors import CommandError, CommandTimeout, PortClosed
 from .inbox import ModemInbox
@@ -222,9 +222,10 @@ class ModemTransport(Transport):
             self._next_send_at = asyncio.get_running_loop().time() + s.send_interval
         for line in lines:
             p = params(line)
-            if p and p[0].isdigit():
+            reference = number(p[0], max_digits=3) if p else None
+            if reference is not None and reference <= 255:  # TP-MR is one octet
                 self.parts_sent += 1
-                return p[0]
+                return str(reference)
         # OK without a reference: sent, but no report can ever be matched to it.
         log.warning("%s: AT+CMGS answered OK without +CMGS: <mr>; delivery report cannot be matched",
                     self.name, extra=log_fields)
