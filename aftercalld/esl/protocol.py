@@ -17,6 +17,7 @@ import codecs
 import collections
 import json
 import logging
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
@@ -27,6 +28,11 @@ log = logging.getLogger("aftercalld.esl.protocol")
 # length means a corrupt stream, and trusting it would swallow everything that follows.
 MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_HEADER_BYTES = 64 * 1024
+
+# FreeSWITCH's JSON events are flat (a few arrays of strings at most). Deeper nesting is
+# junk, and deep enough it makes json.loads raise RecursionError.
+MAX_JSON_DEPTH = 32
+EXCERPT_BYTES = 80  # of a bad event, in its log line (escaped)
 
 Event = Mapping[str, str]  # a dict (json) or a PlainEvent
 
@@ -239,22 +245,65 @@ def parse_plain_event(body: bytes) -> PlainEvent:
     return event
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def clean_text(value: str) -> str:
+    """A string from the wire, safe to encode: JSON's ``\\ud800`` escapes (and raw
+    surrogate bytes, which json.loads lets through) give unpaired surrogates, on which
+    every later UTF-8 encode fails — SQLite, a log handler, the SMS itself. Replaced by
+    U+FFFD here at the edge. (A valid pair is one character by now.)"""
+    if value.isascii():
+        return value
+    return _SURROGATE.sub("\ufffd", value)
+
+
+def too_deep(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether JSON text nests deeper than `limit`, found without recursion: keep only the
+    brackets outside strings and peel innermost pairs, at least one level a round."""
+    if body.count(b"{") + body.count(b"[") <= limit:
+        return False
+    skeleton = _JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
+    for _ in range(limit):
+        peeled = skeleton.replace(b"{}", b"").replace(b"[]", b"")
+        if not peeled:
+            return False
+        if peeled == skeleton:
+            return False  # unbalanced: json.loads says what is wrong
+        skeleton = peeled
+    return True
+
+
+def _scalar(value: object) -> str | None:
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, (bool, int, float)):
+        return str(value)
+    return None
+
+
 def parse_json_event(body: bytes) -> Event:
+    if too_deep(body):
+        raise MalformedEvent(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedEvent(f"not JSON: {exc}") from None
+    except RecursionError:  # too_deep() should have caught it; never let it kill the reader
+        raise MalformedEvent("JSON nested too deep") from None
     if not isinstance(data, dict):
         raise MalformedEvent("JSON event is not an object")
-    event: Event = {}
+    event: dict[str, str] = {}
     for name, value in data.items():
-        if isinstance(value, str):
-            event[name] = value
-        elif isinstance(value, list):
+        if isinstance(value, list):
             # FreeSWITCH turns a repeated header into an array; the first is what plain shows first.
-            event[name] = str(value[0]) if value else ""
-        elif value is not None:
-            event[name] = str(value)
+            text = _scalar(value[0]) if value else ""
+        else:
+            text = _scalar(value)
+        if text is not None:
+            event[clean_text(name)] = text
     if "Event-Name" not in event:
         raise MalformedEvent("no Event-Name")
     return event
@@ -307,7 +356,8 @@ class EslConnection:
                 await asyncio.shield(conn._auth_request)
         except TimeoutError:
             await conn.close()
-            raise ProtocolError(f"no auth/request from {host}:{port} within {timeout:g}s (not an event socket?)") from None
+            raise ProtocolError(
+                f"no auth/request from {host}:{port} within {timeout:g}s (not an event socket?)") from None
         except BaseException:
             await conn.close()
             raise
@@ -420,7 +470,9 @@ class EslConnection:
             event = parser(body)
         except MalformedEvent as exc:
             self.events_malformed += 1
-            log.warning("ESL: malformed event skipped: %s", exc)
+            # repr(): escaped, so that what a peer sent cannot forge or colour a log line.
+            log.warning("ESL: malformed event skipped: %s (%d bytes, starting %r)", str(exc)[:200],
+                        len(body), body[:EXCERPT_BYTES])
             return
         self.events_received += 1
         self._on_event(event)
