@@ -2,6 +2,7 @@
 surrogates in caller names (issue 13 item 5) and JSON nested thousands deep (item 8)."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
@@ -85,3 +86,41 @@ def test_nesting_is_measured_outside_strings_only():
 def test_nested_values_under_the_limit_are_not_turned_into_text():
     event = parse_json_event(b'{"Event-Name":"X","a":[[1,2]],"b":{"c":"d"},"c":[true],"d":5}')
     assert event == {"Event-Name": "X", "c": "True", "d": "5"}
+
+
+# --- reconnects (issue 13 item 15, issue 12) ---------------------------------------------
+
+async def test_junk_after_the_subscription_backs_off_instead_of_a_reconnect_storm(server, caplog):
+    caplog.set_level(logging.DEBUG)
+    source, sink = make(server, reconnect_min=0.05, reconnect_max=0.4), Collector()
+    task = await run_source(source, sink)
+    loop = asyncio.get_running_loop()
+    times = []
+    for n in range(6):
+        session = await server.session(n)
+        times.append(loop.time())
+        # A 4 GB length field: the stream cannot be in step any more.
+        await session.send(b"Content-Length: 4000000000\nContent-Type: text/event-plain\n\n")
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert gaps[0] >= 0.02 and gaps[3] >= 0.1 and gaps[3] > gaps[0], gaps
+    lost = [r.getMessage() for r in caplog.records if "connection lost" in r.getMessage()
+            and r.levelno >= logging.WARNING]
+    assert 1 <= len(lost) <= 2, lost  # the first loss, then the streak: not one per retry
+    assert "Content-Length 4000000000 out of range" in lost[0]
+    connected = [r for r in caplog.records if "connected to" in r.getMessage() and r.levelno >= logging.INFO]
+    assert len(connected) == 1
+    await stop(task)
+
+
+async def test_the_first_reconnect_after_a_healthy_session_is_immediate(server):
+    """Issue 12: after a link loss the ESL source slept reconnect_min (0.5 s by default)
+    before reconnecting, while FreeSWITCH went on with its calls."""
+    source, sink = make(server, reconnect_min=1.0, reconnect_max=1.0), Collector()
+    task = await run_source(source, sink)
+    session = await server.session(0)
+    await asyncio.sleep(1.05)  # the session's age is what is under test: healthy after 1 s
+    await session.disconnect()
+    dropped = asyncio.get_running_loop().time()
+    await server.session(1)
+    assert asyncio.get_running_loop().time() - dropped < 0.5  # not reconnect_min (1 s)
+    await stop(task)
