@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, cast
 
 from ..backoff import Backoff
 from ..clock import Clock, system_clock
@@ -23,7 +23,7 @@ from ..model import CallRecord
 from ..pbxconfig import PbxConfig
 from ..source import CallSink, CallSource, status_time
 from .config import DEFAULT_PASSWORD, EslSettings
-from .protocol import AccessDenied, AuthError, ConnectionLost, EslConnection, EslError, ProtocolError
+from .protocol import AccessDenied, AuthError, ConnectionLost, EslConnection, EslError, Event, ProtocolError
 from .tracker import SUBSCRIBE_EVENTS, EslTracker
 
 log = logging.getLogger("aftercalld.esl.source")
@@ -185,7 +185,7 @@ class EslSource(CallSource):
                 if limit and now - self._last_rx >= limit:
                     return ConnectionLost(f"nothing received for {limit:g}s (not even HEARTBEAT)")
 
-    def _on_event(self, event: dict[str, str]) -> None:
+    def _on_event(self, event: Event) -> None:
         # Runs in the reader task for every event: keep it cheap and never raise.
         self.events += 1
         loop = asyncio.get_running_loop()
@@ -198,7 +198,8 @@ class EslSource(CallSource):
                             extra=fields(pbx=self.name))
                 self.tracker.drop_core(core, now)
             self._core_uuid = core
-        for record in self.tracker.feed(event, now):
+        # A plain event is a read-only mapping, not a dict; the tracker only reads it.
+        for record in self.tracker.feed(cast(dict[str, str], event), now):
             assert self._records is not None
             self._records.put_nowait(record)
 
