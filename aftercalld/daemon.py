@@ -3,6 +3,7 @@ live under systemd (READY, STATUS, WATCHDOG, SIGHUP reload, SIGTERM drain)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import json
 import logging
@@ -23,6 +24,7 @@ from .pipeline import CallHandler
 from .policy import Policy
 from .source import CallSource
 from .store import Outbox, StoreError
+from .supervisor import Supervisor
 from .transport import Transport
 
 log = logging.getLogger(__name__)
@@ -61,8 +63,7 @@ class Daemon:
         self.transport: Transport | None = None
         self.metrics = Metrics()
         self.sources: list[CallSource] = []
-        self._source_tasks: list[asyncio.Task] = []
-        self._pruning: asyncio.Task | None = None
+        self.supervisor = Supervisor()
         self._stop = asyncio.Event()
         self.started_at = utc_now(clock)
 
@@ -87,8 +88,9 @@ class Daemon:
         # connections (calls ending meanwhile would be missed); texts wait in the outbox.
         self.sources = make_sources(self.config, self.clock)
         for source in self.sources:
-            self._source_tasks.append(asyncio.create_task(source.run(self.handler), name=f"source {source.name}"))
+            self.supervisor.start(f"source {source.name}", functools.partial(source.run, self.handler))
         await self.dispatcher.start()
+        self._supervise_parts()
         self._start_pruning()
         log.info("aftercalld running: %d PBX(s), transport %s, %d rule(s), outbox %s, %d message(s) waiting",
                  len(self.sources), self.transport.name, len(self.config.rules.rules), self.config.outbox_path,
@@ -120,13 +122,33 @@ class Daemon:
             self.dispatcher.policy.config = new.policy
         log.info("reloaded %s: %d rule(s)", self.config_path, len(new.rules.rules))
 
+    def _supervise_parts(self) -> None:
+        """What other modules started for the daemon's life: adopted or watched, so that
+        its death is logged and the watchdog learns of it."""
+        dispatcher, transport, outbox = self.dispatcher, self.transport, self.outbox
+        if dispatcher is not None and dispatcher._task is not None:
+            def restart_dispatcher() -> asyncio.Task:
+                assert dispatcher is not None
+                dispatcher._task = asyncio.create_task(dispatcher._run(), name="dispatcher")
+                return dispatcher._task
+
+            self.supervisor.adopt("the dispatcher", dispatcher._task, restart_dispatcher)
+        for name, task in _transport_tasks(transport):
+            self.supervisor.adopt(name, task)
+        checkpointer = getattr(outbox, "_checkpointer", None)
+        if checkpointer is not None:
+            thread = checkpointer[1]
+            self.supervisor.watch("the outbox checkpointer thread", thread.is_alive)
+        metrics_thread = self.metrics.server_thread
+        if metrics_thread is not None:
+            self.supervisor.watch("the metrics server thread", metrics_thread.is_alive)
+
     def _start_pruning(self) -> None:
-        if self._pruning:
-            self._pruning.cancel()
-            self._pruning = None
+        self.supervisor.cancel("outbox pruning")
         if self.config.keep_days and self.outbox:
-            self._pruning = asyncio.create_task(retention.prune_periodically(self.outbox, self.config.keep_days, self.clock),
-                                                name="outbox pruning")
+            outbox, keep_days, clock = self.outbox, self.config.keep_days, self.clock
+            self.supervisor.start("outbox pruning",
+                                  lambda: retention.prune_periodically(outbox, keep_days, clock))
 
     def status(self) -> dict[str, Any]:
         sources = [s.status() for s in self.sources]
@@ -135,6 +157,9 @@ class Daemon:
             self.metrics.source_up.labels(s.get("name", "?")).set(1 if _is_up(s) else 0)
         if self.transport:
             self.metrics.transport_up.labels(self.transport.name).set(1 if _is_up(transport) else 0)
+        restarts = self.supervisor.status()
+        for task, count in restarts.items():
+            self.metrics.task_restarts.labels(task).set(count)
         return {
             "pid": os.getpid(),
             "started": self.started_at.isoformat(timespec="seconds"),
@@ -143,6 +168,7 @@ class Daemon:
             "transport": transport,
             "queue_depth": self.outbox.queue_depth() if self.outbox else 0,
             "submitted_since_start": self.dispatcher.sent_total if self.dispatcher else 0,
+            "task_restarts": restarts,
         }
 
     def status_line(self) -> str:
@@ -170,10 +196,7 @@ class Daemon:
 
     async def stop(self) -> None:
         """SIGTERM: take no new calls, let in-flight submits finish, unbind, close."""
-        tasks = self._source_tasks + ([self._pruning] if self._pruning else [])
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.supervisor.stop()
         if self.handler:
             self.handler.flush()
         if self.dispatcher:
@@ -185,6 +208,19 @@ class Daemon:
             status_path(self.config).unlink()
         except OSError:
             pass
+
+
+def _transport_tasks(transport: Transport | None) -> list[tuple[str, asyncio.Task]]:
+    """The tasks a transport keeps running for its whole life (its links to the SMSC or
+    the modem). They catch their own errors; one that ends anyway is a bug."""
+    tasks: list[tuple[str, asyncio.Task]] = []
+    link = getattr(transport, "link", None)
+    if link is not None and getattr(link, "task", None) is not None:
+        tasks.append((f"transport {transport.name} (modem link)", link.task))  # type: ignore[union-attr]
+    for slot in getattr(transport, "_slots", ()):
+        if getattr(slot, "task", None) is not None:
+            tasks.append((f"transport {transport.name} {slot.label}", slot.task))  # type: ignore[union-attr]
+    return tasks
 
 
 def _is_up(status: dict[str, Any]) -> bool:
@@ -207,7 +243,8 @@ async def run(config: Config, config_path: str) -> int:
     gctune.tune_for_daemon()
     notifier = systemd.Notifier()
     notifier.ready(daemon.status_line())
-    keep_alive = asyncio.create_task(systemd.keep_alive(notifier, daemon.status_line, STATUS_EVERY_SECONDS))
+    keep_alive = asyncio.create_task(systemd.keep_alive(notifier, daemon.status_line, STATUS_EVERY_SECONDS,
+                                                        healthy=daemon.supervisor.healthy))
     await daemon.wait()
     log.info("SIGTERM: draining (up to %gs for in-flight submits)", config.dispatch.drain_timeout_seconds)
     notifier.stopping()

@@ -6,6 +6,7 @@ Names follow Prometheus conventions: prefix ``aftercalld_``, base units, counter
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -33,11 +34,14 @@ class Metrics:
         self.queue_depth = Gauge("aftercalld_queue_depth", "Messages queued, retrying or being sent", registry=r)
         self.transport_up = Gauge("aftercalld_transport_up", "1 when the transport can send", ["transport"], registry=r)
         self.source_up = Gauge("aftercalld_source_up", "1 when the PBX connection is up", ["pbx"], registry=r)
+        self.task_restarts = Gauge("aftercalld_task_restarts", "Times a supervised task was restarted after "
+                                   "an unexpected exit", ["task"], registry=r)
+        self.server_thread: threading.Thread | None = None
 
     def track_queue_depth(self, depth: Callable[[], int]) -> None:
         self.queue_depth.set_function(depth)
 
     def serve(self, address: str) -> None:
         host, _, port = address.rpartition(":")
-        start_http_server(int(port), addr=host or "127.0.0.1", registry=self.registry)
+        _, self.server_thread = start_http_server(int(port), addr=host or "127.0.0.1", registry=self.registry)
         log.info("metrics on http://%s/metrics", address)

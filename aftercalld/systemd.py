@@ -57,14 +57,16 @@ def watchdog_interval() -> float | None:
         return None
 
 
-async def keep_alive(notifier: Notifier, status: Callable[[], str], status_every: float = 10.0) -> None:
+async def keep_alive(notifier: Notifier, status: Callable[[], str], status_every: float = 10.0,
+                     healthy: Callable[[], bool] = lambda: True) -> None:
     """Pings come from the event loop itself, so a stuck loop stops them and systemd
-    restarts us."""
+    restarts us; and only while `healthy()` says every supervised task is alive, so a
+    daemon that lost a part it cannot get back is restarted too."""
     interval = watchdog_interval()
     tick = min(interval, status_every) if interval else status_every
     since_status = 0.0
     while True:
-        if interval:
+        if healthy() and interval:
             notifier.notify("WATCHDOG=1")
         since_status += tick
         if since_status >= status_every:

@@ -6,8 +6,10 @@ Lifecycle, on asyncio streams with our own framing (`protocol.py` says why not p
 * connect, read the banner, ``Login`` (ActionID-matched response); a refused login is an
   error naming the user and host -- never the secret -- and is retried like any other
   failure, because Asterisk refuses logins for a moment while it boots;
-* reconnect after any loss with capped exponential backoff and jitter (tenacity), reset once
-  a session is up; each state change is logged once, not every retry;
+* reconnect after any loss with capped exponential backoff and jitter (`backoff.py`): at
+  once after a session that was healthy for a while, but with a growing delay after one
+  that ended within seconds (a peer that accepts the login and then sends junk or hangs
+  up must not get a reconnect storm); each state change is logged once, not every retry;
 * ``Ping`` every ``ping_interval``; no ``Pong`` within ``ping_timeout`` = dead link (a
   half-open TCP connection after a PBX crash or a NAT timeout never says so by itself);
 * the reader never awaits the core: parsing and tracking are synchronous, finished calls go
@@ -23,15 +25,14 @@ import asyncio
 import logging
 from typing import Any
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential_jitter
-
+from ..backoff import Backoff
 from ..clock import Clock, system_clock
 from ..logutil import fields
 from ..model import CallRecord
 from ..pbxconfig import PbxConfig
 from ..source import CallSink, CallSource, status_time
 from .config import AmiSettings
-from .protocol import AmiParser, encode_action, next_action_id
+from .protocol import MAX_MESSAGE_BYTES, AmiParser, encode_action, next_action_id
 from .tracker import CallTracker
 
 log = logging.getLogger("aftercalld.ami.source")
@@ -39,6 +40,9 @@ log = logging.getLogger("aftercalld.ami.source")
 READ_SIZE = 256 * 1024
 # A boot time estimate that moved by more than this means Asterisk restarted.
 RESTART_SLACK_SECONDS = 10.0
+# A session that lasted this long (or reconnect_max, if shorter) was healthy: the next
+# connect after it is immediate. Shorter ones count as failures for the backoff.
+HEALTHY_SESSION_SECONDS = 5.0
 
 
 class AmiError(Exception):
@@ -100,27 +104,51 @@ class AmiSource(CallSource):
         self._boot_epoch: float | None = None
         self._logged: tuple[str, str] | None = None
         self._where = f"{settings.host}:{settings.port}"
+        self._backoff = Backoff(settings.reconnect_min, settings.reconnect_max,
+                                healthy_after=min(settings.reconnect_max, HEALTHY_SESSION_SECONDS))
+        self._dropped_logged = 0
+        self._short_sessions = 0  # in a row: sessions that ended before they were healthy
 
     # ------------------------------------------------------------------ CallSource
 
     async def run(self, on_call: CallSink) -> None:
         queue: asyncio.Queue[CallRecord] = asyncio.Queue()
         deliver = asyncio.create_task(self._deliver(queue, on_call), name=f"ami-deliver-{self.name}")
+        loop = asyncio.get_running_loop()
+        backoff = self._backoff
+        delay = 0.0
         try:
             while True:
-                conn = await self._connect_with_backoff()
+                if delay:
+                    await asyncio.sleep(delay)
+                try:
+                    conn = await self._open()
+                except (OSError, TimeoutError, AmiError, EOFError) as exc:
+                    delay = backoff.failed()
+                    self._connect_failed(exc, delay)
+                    continue
+                started = loop.time()
+                reason = "session ended"
                 try:
                     await self._session(conn, queue)
                 except (TimeoutError, OSError, AmiError, EOFError) as exc:
-                    self._change("disconnected", _describe(exc), logging.WARNING,
-                                 "AMI %s: connection to %s lost: %s; reconnecting",
-                                 self.name, self._where, _describe(exc))
+                    reason = _describe(exc)
                 finally:
                     conn.close()
                     self._skipped_closed += conn.parser.skipped
                     self._conn = None
                     self.connected_since = None
                     self.tracker.connection_lost()
+                lasted = loop.time() - started
+                delay = backoff.ended(lasted)
+                self._short_sessions = self._short_sessions + 1 if delay else 0
+                if delay:
+                    self._change("disconnected", reason, logging.WARNING,
+                                 "AMI %s: connection to %s lost after %.1f s: %s; sessions this short count as "
+                                 "failures, reconnecting with backoff", self.name, self._where, lasted, reason)
+                else:
+                    self._change("disconnected", reason, logging.WARNING,
+                                 "AMI %s: connection to %s lost: %s; reconnecting", self.name, self._where, reason)
         finally:
             # Calls already finished must still reach the outbox: drain before leaving.
             deliver.cancel()
@@ -164,7 +192,7 @@ class AmiSource(CallSource):
         if state != "connected":
             self.last_error = detail
         key = (state, detail)
-        if key == self._logged:
+        if key == self._logged or level <= logging.DEBUG:
             log.debug(msg, *args)
             return
         self._logged = key
@@ -182,26 +210,7 @@ class AmiSource(CallSource):
                 log.exception("AMI %s: call %s could not be handed on", self.name, record.call_id,
                               extra=fields(call_id=record.call_id, pbx=self.name))
 
-    async def _connect_with_backoff(self) -> _Conn:
-        s = self.settings
-        retrying = AsyncRetrying(
-            wait=wait_exponential_jitter(multiplier=s.reconnect_min, max=s.reconnect_max,
-                                         jitter=s.reconnect_min),
-            retry=retry_if_exception_type((OSError, asyncio.TimeoutError, AmiError, EOFError)),
-            stop=stop_never,
-            before_sleep=self._before_sleep,
-            reraise=True,
-        )
-        conn: _Conn | None = None
-        async for attempt in retrying:
-            with attempt:
-                conn = await self._open()
-        assert conn is not None
-        return conn
-
-    def _before_sleep(self, retry_state: RetryCallState) -> None:
-        exc = retry_state.outcome.exception() if retry_state.outcome else None
-        delay = retry_state.next_action.sleep if retry_state.next_action else 0.0
+    def _connect_failed(self, exc: BaseException, delay: float) -> None:
         if isinstance(exc, LoginRefused):
             self._change("login refused", str(exc), logging.ERROR,
                          "AMI %s: login refused by %s for user %r: %s (check username and secret "
@@ -211,8 +220,7 @@ class AmiSource(CallSource):
             self._change("unreachable", _describe(exc), logging.WARNING,
                          "AMI %s: cannot connect to %s: %s; retrying with backoff",
                          self.name, self._where, _describe(exc))
-        log.debug("AMI %s: attempt %d failed, next in %.2f s", self.name,
-                  retry_state.attempt_number, delay)
+        log.debug("AMI %s: attempt %d failed, next in %.2f s", self.name, self._backoff.failures, delay)
 
     async def _open(self) -> _Conn:
         s = self.settings
@@ -228,9 +236,7 @@ class AmiSource(CallSource):
         conn = _Conn(reader, writer, parser)
         try:
             async with asyncio.timeout(s.connect_timeout):
-                banner = await reader.readline()
-                if not banner:
-                    raise EOFError("closed before the banner")
+                banner = await _read_banner(reader)
                 if not banner.startswith(b"Asterisk Call Manager"):
                     raise AmiError(f"not an AMI server (banner {banner[:40]!r})")
                 login_id = next_action_id("login")
@@ -263,9 +269,15 @@ class AmiSource(CallSource):
     async def _session(self, conn: _Conn, queue: asyncio.Queue[CallRecord]) -> None:
         self.sessions += 1
         self._conn = conn
+        self._dropped_logged = 0
         self.connected_since = self.clock()
-        self._change("connected", "", logging.INFO, "AMI %s: connected to %s as %r",
+        # While sessions keep ending within seconds, "connected" is no news: the loss that
+        # follows is logged once for the whole streak, and the end of the streak once.
+        flapping = self._short_sessions > 0
+        self._change("connected", "", logging.DEBUG if flapping else logging.INFO, "AMI %s: connected to %s as %r",
                      self.name, self._where, self.settings.username)
+        stable = (asyncio.get_running_loop().call_later(self._backoff.healthy_after, self._stable)
+                  if flapping else None)
         pinger = asyncio.create_task(self._pinger(conn), name=f"ami-ping-{self.name}")
         try:
             if conn.backlog:
@@ -280,8 +292,21 @@ class AmiSource(CallSource):
                     raise EOFError("closed by Asterisk")
                 self.last_data_at = self.clock()
                 self._handle(conn, conn.parser.feed(data), queue, self.last_data_at)
+                dropped = conn.parser.dropped_bytes
+                if dropped and dropped >= 2 * self._dropped_logged:  # first time, then as it doubles
+                    self._dropped_logged = dropped
+                    log.warning("AMI %s: %s sends messages without an end (over %d KiB); dropped %d bytes "
+                                "so far on this connection (not an AMI stream?)", self.name, self._where,
+                                MAX_MESSAGE_BYTES // 1024, dropped, extra=fields(pbx=self.name))
         finally:
             pinger.cancel()
+            if stable is not None:
+                stable.cancel()
+
+    def _stable(self) -> None:
+        self._short_sessions = 0
+        self._change("connected", "", logging.INFO, "AMI %s: connected to %s as %r, and staying up this time",
+                     self.name, self._where, self.settings.username)
 
     def _handle(self, conn: _Conn, messages: list[dict[str, str]],
                 queue: asyncio.Queue[CallRecord], now: float) -> None:
@@ -323,6 +348,20 @@ class AmiSource(CallSource):
             except TimeoutError:
                 conn.close()
                 raise AmiError(f"no answer to Ping within {s.ping_timeout:g} s (dead link)") from None
+
+
+async def _read_banner(reader: asyncio.StreamReader) -> bytes:
+    """The greeting line. A peer that sends no line end within the read limit is not AMI
+    (readline() would raise a ValueError there, which is no connection failure)."""
+    try:
+        return await reader.readuntil(b"\n")
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial:
+            raise EOFError("closed before the banner") from None
+        raise AmiError(f"not an AMI server (closed after {len(exc.partial)} bytes without a line end: "
+                       f"{exc.partial[:40]!r})") from None
+    except asyncio.LimitOverrunError as exc:
+        raise AmiError(f"not an AMI server (no banner: {exc.consumed} bytes without a line end)") from None
 
 
 def _describe(exc: BaseException | None) -> str:

@@ -18,7 +18,7 @@ import collections
 import json
 import logging
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, ItemsView, Iterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
@@ -184,8 +184,16 @@ class PlainEvent(Mapping[str, str]):
     def __getitem__(self, name: str) -> str:
         value = self.get(name)
         if value is None:
+            # A header name that is not valid UTF-8 is iterated under its decoded form,
+            # which the byte lookup above cannot find again.
+            everything = self._everything()
+            if name in everything:
+                return everything[name]
             raise KeyError(name)
         return value
+
+    def items(self) -> ItemsView[str, str]:
+        return self._everything().items()
 
     def __bool__(self) -> bool:
         return True  # never empty (it has Event-Name); without this, `ev or {}` would parse it all

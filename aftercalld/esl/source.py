@@ -4,25 +4,33 @@ Connection lifecycle only; framing is in protocol.py and call logic in tracker.p
 tracker outlives connections, so a call that was up while we reconnected still ends with
 one record (its CHANNEL_HANGUP_COMPLETE carries everything); calls of a FreeSWITCH that
 restarted (new Core-UUID) are dropped with a warning since they can never end.
+
+Reconnects (`backoff.py`): at once after a session that was healthy for a while (a link
+blip should lose as few events as possible), with a growing delay after failed connects
+and after sessions that ended within seconds (a peer that takes our auth and then sends
+junk must not get a reconnect storm). Each change of trouble is logged once.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, cast
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential, wait_random
-
+from ..backoff import Backoff
 from ..clock import Clock, system_clock
 from ..logutil import fields
 from ..model import CallRecord
 from ..pbxconfig import PbxConfig
 from ..source import CallSink, CallSource, status_time
 from .config import DEFAULT_PASSWORD, EslSettings
-from .protocol import AccessDenied, AuthError, ConnectionLost, EslConnection, EslError, ProtocolError
+from .protocol import AccessDenied, AuthError, ConnectionLost, EslConnection, EslError, Event, ProtocolError
 from .tracker import SUBSCRIBE_EVENTS, EslTracker
 
 log = logging.getLogger("aftercalld.esl.source")
+
+# A session that lasted this long (or reconnect_max, if shorter) was healthy: the next
+# connect after it is immediate. Shorter ones count as failures for the backoff.
+HEALTHY_SESSION_SECONDS = 5.0
 
 
 class EslSource(CallSource):
@@ -39,6 +47,9 @@ class EslSource(CallSource):
         self._last_rx = 0.0
         self._connected_since: float | None = None
         self.connects = 0
+        self._backoff = Backoff(self.settings.reconnect_min, self.settings.reconnect_max,
+                                healthy_after=min(self.settings.reconnect_max, HEALTHY_SESSION_SECONDS))
+        self._short_sessions = 0  # in a row: sessions that ended before they were healthy
         self.events = 0
         self.delivered = 0
 
@@ -76,25 +87,20 @@ class EslSource(CallSource):
                         "and in this [[pbx]] table", self.name, extra=fields(pbx=self.name))
         self._records = asyncio.Queue()
         deliver = asyncio.create_task(self._deliver(on_call), name=f"esl-deliver-{self.name}")
+        backoff = self._backoff
+        delay = 0.0
         try:
-            first = True
             while True:
-                if not first:
-                    # Even after a healthy session, pause a little so a server that accepts
-                    # and drops at once cannot spin us.
-                    await asyncio.sleep(s.reconnect_min)
-                first = False
-                retrying = AsyncRetrying(
-                    wait=wait_exponential(multiplier=s.reconnect_min, max=s.reconnect_max)
-                    + wait_random(0, s.reconnect_min),
-                    # Anything but cancellation means "try again": run() must never raise.
-                    retry=retry_if_exception_type(Exception),
-                    before_sleep=self._before_sleep,
-                    reraise=True,
-                )
-                async for attempt in retrying:
-                    with attempt:
-                        await self._session()
+                if delay:
+                    await asyncio.sleep(delay)
+                try:
+                    lasted = await self._session()
+                except Exception as exc:  # anything but cancellation means "try again"
+                    delay = backoff.failed()
+                    self._before_sleep(exc, delay)
+                    continue
+                delay = backoff.ended(lasted)
+                self._short_sessions = self._short_sessions + 1 if delay else 0
         finally:
             self._state = "stopped"
             # Calls already finished are handed on before we stop.
@@ -107,9 +113,9 @@ class EslSource(CallSource):
 
     # ------------------------------------------------------------------ one connection
 
-    async def _session(self) -> None:
-        """One connection. Returns normally after a healthy session ended (reconnect at
-        once, backoff reset); raises EslError when it never got going (backoff grows)."""
+    async def _session(self) -> float:
+        """One connection. Returns how long it was up after it ended; raises EslError
+        when it never got going."""
         s = self.settings
         self._state = "connecting"
         conn = await EslConnection.open(s.host, s.port, self._on_event, timeout=s.connect_timeout)
@@ -126,16 +132,39 @@ class EslSource(CallSource):
             self.tracker.connection_gap()
             self._state = "connected"
             self._connected_since = self.clock()
-            self._last_rx = asyncio.get_running_loop().time()
-            log.info("ESL %s: connected to %s%s", self.name, s.describe(),
-                     f" (was: {self._problem})" if self._problem else "", extra=fields(pbx=self.name))
-            self._problem = ""
-            reason = await self._watch(conn)
+            loop = asyncio.get_running_loop()
+            self._last_rx = started = loop.time()
+            stable = None
+            if self._short_sessions:
+                # Sessions keep ending within seconds: "connected" is no news, the loss that
+                # follows is logged once for the whole streak, and its end once.
+                log.debug("ESL %s: connected to %s", self.name, s.describe())
+                stable = loop.call_later(self._backoff.healthy_after, self._stable)
+            else:
+                self._connected_log()
+            try:
+                reason = await self._watch(conn)
+            finally:
+                if stable is not None:
+                    stable.cancel()
         finally:
             self._connected_since = None
             await conn.close()
         self._state = "reconnecting"
-        self._report(f"connection lost: {reason}", logging.WARNING)
+        lasted = loop.time() - started
+        short = lasted < self._backoff.healthy_after
+        self._report(f"connection lost{' within seconds, again and again' if short and self._short_sessions else ''}: "
+                     f"{reason}{'; reconnecting with backoff' if short else ''}", logging.WARNING)
+        return lasted
+
+    def _connected_log(self) -> None:
+        log.info("ESL %s: connected to %s%s", self.name, self.settings.describe(),
+                 f" (was: {self._problem})" if self._problem else "", extra=fields(pbx=self.name))
+        self._problem = ""
+
+    def _stable(self) -> None:
+        self._short_sessions = 0
+        self._connected_log()
 
     async def _watch(self, conn: EslConnection) -> EslError:
         """Wait for the connection to end, or declare it dead when even HEARTBEATs stop."""
@@ -156,7 +185,7 @@ class EslSource(CallSource):
                 if limit and now - self._last_rx >= limit:
                     return ConnectionLost(f"nothing received for {limit:g}s (not even HEARTBEAT)")
 
-    def _on_event(self, event: dict[str, str]) -> None:
+    def _on_event(self, event: Event) -> None:
         # Runs in the reader task for every event: keep it cheap and never raise.
         self.events += 1
         loop = asyncio.get_running_loop()
@@ -169,7 +198,8 @@ class EslSource(CallSource):
                             extra=fields(pbx=self.name))
                 self.tracker.drop_core(core, now)
             self._core_uuid = core
-        for record in self.tracker.feed(event, now):
+        # A plain event is a read-only mapping, not a dict; the tracker only reads it.
+        for record in self.tracker.feed(cast(dict[str, str], event), now):
             assert self._records is not None
             self._records.put_nowait(record)
 
@@ -199,23 +229,21 @@ class EslSource(CallSource):
 
     # ------------------------------------------------------------------ logging
 
-    def _before_sleep(self, state: RetryCallState) -> None:
+    def _before_sleep(self, exc: Exception, delay: float) -> None:
         self._state = "reconnecting"
-        exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, AuthError):
             self._report(f"{exc}: check the password in this [[pbx]] table and event_socket.conf.xml",
                          logging.ERROR)
         elif isinstance(exc, AccessDenied):
             self._report(str(exc), logging.ERROR)
-        elif exc is not None and not isinstance(exc, EslError):
+        elif not isinstance(exc, EslError):
             if f"unexpected error: {exc!r}" != self._problem:
                 log.error("ESL %s: unexpected error, reconnecting", self.name, exc_info=exc,
                           extra=fields(pbx=self.name))
             self._problem = f"unexpected error: {exc!r}"
         else:
             self._report(str(exc), logging.WARNING)
-        delay = state.next_action.sleep if state.next_action else 0.0
-        log.debug("ESL %s: attempt %d failed, retrying in %.2fs", self.name, state.attempt_number, delay)
+        log.debug("ESL %s: attempt %d failed, retrying in %.2fs", self.name, self._backoff.failures, delay)
 
     def _report(self, problem: str, level: int) -> None:
         """Log a state change once: a server that stays down is not a log line per retry."""

@@ -281,6 +281,20 @@ class ATChannel(asyncio.Protocol):
             log.exception("%s: handling unsolicited line %r failed", self._name, urc.line)
 
 
+def params(line: str) -> list[str]:
+    """The comma-separated parameters after a result line's ``+XYZ:``."""
+    return [p.strip() for p in line.split(":", 1)[1].split(",")] if ":" in line else []
+
+
+def number(text: str, max_digits: int = 6) -> int | None:
+    """A decimal parameter the modem sent, or None if it is not a small one. A hostile or
+    broken modem must not get a ValueError out of us: ``'²'.isdigit()`` is true but
+    ``int('²')`` fails, and int() refuses more than 4,300 digits."""
+    if 0 < len(text) <= max_digits and text.isascii() and text.isdigit():
+        return int(text)
+    return None
+
+
 def open_error_hint(exc: BaseException) -> str:
     """A PBX admin's next step for a port that will not open."""
     text = str(exc)
@@ -293,4 +307,4 @@ def open_error_hint(exc: BaseException) -> str:
     return text
 
 
-__all__ = ["ATChannel", "Urc", "open_error_hint"]
+__all__ = ["ATChannel", "Urc", "number", "open_error_hint", "params"]

@@ -41,7 +41,8 @@ class ModemSettings:
 def parse_settings(section: Section) -> ModemSettings:
     device = section.str("device", nonempty=True)
     if not device.startswith("/"):
-        raise section.error("device", f'"{device}" is not a device path (e.g. /dev/serial/by-id/usb-...-if00 or /dev/ttyUSB0)')
+        raise section.error(
+            "device", f'"{device}" is not a device path (e.g. /dev/serial/by-id/usb-...-if00 or /dev/ttyUSB0)')
     pin = section.secret("pin", "")
     if pin and not (pin.isdigit() and 4 <= len(pin) <= 8):
         raise section.error("pin", "must be 4 to 8 digits")

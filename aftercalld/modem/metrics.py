@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from .transport import REGISTERED_STATES, ModemTransport
+from .link import REGISTERED_STATES
+from .transport import ModemTransport
 
 
 class ModemCollector:
@@ -44,4 +45,4 @@ class ModemCollector:
 
 
 def register_metrics(registry: CollectorRegistry, transport: ModemTransport) -> None:
-    registry.register(ModemCollector(transport))  # type: ignore[arg-type]
+    registry.register(ModemCollector(transport))

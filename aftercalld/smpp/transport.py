@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 MAX_UNANSWERED = 2
 
 
+# A bind that stayed up this long (or reconnect_max, if shorter) was healthy.
+HEALTHY_BIND_SECONDS = 5.0
+
+
 class _NoSession(Exception):
     pass
 
@@ -147,7 +151,22 @@ class SmppTransport(Transport):
 
     async def _supervise(self, slot: _Slot) -> None:
         s = self.settings
+        loop = asyncio.get_running_loop()
         failures = 0
+        # A bind that ends within this is no success: an SMSC that takes the bind and then
+        # sends garbage (or unbinds at once) must meet the growing delay, not a storm.
+        healthy_after = min(s.reconnect_max, HEALTHY_BIND_SECONDS)
+        problem = ""  # the trouble last logged: the same again on every retry stays at debug
+        short_binds = 0  # in a row
+
+        def report(level: int, text: str, *args: Any, **kw: Any) -> None:
+            nonlocal problem
+            line = text % args
+            if line == problem:
+                level = logging.DEBUG
+            problem = line
+            log.log(level, "%s", line, **kw)
+
         try:
             while not self._closing:
                 for host, port in s.hosts:
@@ -165,14 +184,13 @@ class SmppTransport(Transport):
                             address_range=s.address_range, connect_timeout=s.connect_timeout,
                             tls=self._tls)
                     except BindError as exc:
-                        log.error("%s %s: bind_%s refused by %s: %s (system_id %s, password %s)",
-                                  self.name, slot.label, slot.mode, where, exc, s.system_id,
-                                  redact(s.password), extra=fields(transport=self.name, smsc=where))
+                        report(logging.ERROR, "%s %s: bind_%s refused by %s: %s (system_id %s, password %s); "
+                               "retrying with backoff", self.name, slot.label, slot.mode, where, exc, s.system_id,
+                               redact(s.password), extra=fields(transport=self.name, smsc=where))
                         continue
                     except (OSError, TimeoutError, ResponseTimeout, LinkLost, pdu.PduError) as exc:
-                        log.warning("%s %s: cannot bind to %s: %s", self.name, slot.label, where,
-                                    str(exc) or type(exc).__name__,
-                                    extra=fields(transport=self.name, smsc=where))
+                        report(logging.WARNING, "%s %s: cannot bind to %s: %s", self.name, slot.label, where,
+                               str(exc) or type(exc).__name__, extra=fields(transport=self.name, smsc=where))
                         session.abort("bind failed")
                         continue
                     except Exception:
@@ -181,11 +199,14 @@ class SmppTransport(Transport):
                                       slot.label, where)
                         session.abort("bind failed")
                         continue
-                    failures = 0
                     slot.binds += 1
                     slot.session = session
-                    log.info("%s %s: bound to %s (SMSC system_id %s)", self.name, slot.label,
-                             where, smsc_id or "-", extra=fields(transport=self.name, smsc=where))
+                    bound_at = loop.time()
+                    # While binds keep ending within seconds, a new one is no news.
+                    log.log(logging.DEBUG if short_binds else logging.INFO, "%s %s: bound to %s (SMSC system_id %s)",
+                            self.name, slot.label, where, smsc_id or "-", extra=fields(transport=self.name, smsc=where))
+                    if not short_binds:
+                        problem = ""
                     if slot.mode != "receiver":
                         self._wake(all_=True)
                     watchers, self._bind_watchers = self._bind_watchers, []
@@ -194,10 +215,14 @@ class SmppTransport(Transport):
                             watcher.set_result(None)
                     reason = await session.closed
                     slot.session = None
+                    if loop.time() - bound_at >= healthy_after:
+                        failures = short_binds = 0
+                    else:
+                        short_binds += 1
                     if not self._closing:
-                        log.warning("%s %s: link to %s lost (%s); re-binding", self.name,
-                                    slot.label, where, reason,
-                                    extra=fields(transport=self.name, smsc=where))
+                        report(logging.WARNING, "%s %s: link to %s lost (%s); re-binding%s", self.name, slot.label,
+                               where, reason, " with backoff (binds end within seconds)" if short_binds else "",
+                               extra=fields(transport=self.name, smsc=where))
                     break
                 if self._closing:
                     return

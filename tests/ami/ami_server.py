@@ -4,7 +4,9 @@ Speaks the real protocol over TCP on 127.0.0.1: banner, ``Login`` (success, or
 ``Authentication failed`` and close, as Asterisk does), ``Ping``/``Pong``, ``Logoff``; sends
 ``FullyBooted`` with an ``Uptime`` after login; replays raw event bytes (traces) to logged-in
 clients; can be stopped and restarted on the same port (a new boot), cut the stream, or stop
-answering pings (a dead link).
+answering pings (a dead link). As a hostile peer it can greet the next connections with junk
+instead of the banner (`greetings`), or accept their login and then send junk and hang up
+(`after_login`).
 """
 from __future__ import annotations
 
@@ -27,6 +29,11 @@ class AmiServer:
         self.login_attempts: list[tuple[float, str, bool]] = []  # (time, username, accepted)
         self.pings = 0
         self.actions: list[dict[str, str]] = []
+        self.connections = 0
+        # One entry per coming connection: bytes sent instead of the banner, then hang up.
+        self.greetings: list[bytes] = []
+        # One entry per coming login: bytes sent after the login reply, then hang up.
+        self.after_login: list[bytes] = []
         self._server: asyncio.base_events.Server | None = None
         self._clients: list[asyncio.StreamWriter] = []
         self._tasks: set[asyncio.Task] = set()
@@ -107,6 +114,13 @@ class AmiServer:
             self._tasks.discard(task)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        await self._notify()
+        if self.greetings:
+            writer.write(self.greetings.pop(0))
+            await writer.drain()
+            writer.close()
+            return
         writer.write(BANNER)
         parser = AmiParser()
         authed = False
@@ -137,6 +151,12 @@ class AmiServer:
                             f"Event: FullyBooted\r\nPrivilege: system,all\r\nUptime: {uptime}\r\n"
                             f"LastReload: {uptime}\r\nStatus: Fully Booted\r\n\r\n".encode())
                         await writer.drain()
+                        if self.after_login:
+                            writer.write(self.after_login.pop(0))
+                            await writer.drain()
+                            writer.close()
+                            await self._notify()
+                            return
                         self._clients.append(writer)
                         await self._notify()
                     elif not authed:

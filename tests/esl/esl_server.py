@@ -117,7 +117,7 @@ class Session:
                         await self.disconnect()
                         break
                     else:
-                        await self.send(frame({"Content-Type": "command/reply", "Reply-Text": "-ERR command not found"}))
+                        await self.send(self.reply("-ERR command not found"))
                     continue
                 if verb == "event":
                     fmt, _, names = rest.partition(" ")

@@ -47,7 +47,8 @@ def message(text: str, destination: str = "+447700900123") -> OutboundMessage:
 
 
 @contextlib.asynccontextmanager
-async def running(sim: ModemSim, *, wait_ready: bool = True, **overrides) -> AsyncIterator[tuple[ModemTransport, RecordingEvents]]:
+async def running(sim: ModemSim, *, wait_ready: bool = True,
+                  **overrides) -> AsyncIterator[tuple[ModemTransport, RecordingEvents]]:
     transport = make_transport(fast_settings(sim.link, **overrides), name="gsm1")
     assert isinstance(transport, ModemTransport)
     events = RecordingEvents()

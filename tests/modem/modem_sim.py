@@ -58,6 +58,7 @@ class ModemSim:
     prompt: bytes = b"\r\n> "
     pin_delay_polls: int = 0  # after a right PIN, answer SIM PIN to this many more AT+CPIN?
     hang_after_cmgs: bool = False  # answer +CMGS: <mr>, then fall silent before the OK
+    cmgs_reference: str | None = None  # say this instead of the real <mr> (a broken modem)
 
     def __post_init__(self) -> None:
         self.received: list[Received] = []
@@ -328,7 +329,7 @@ class ModemSim:
             self._write(f"\r\n+CMGS: {mr}\r\n".encode())
             self.silent = True
             return
-        self._answer(f"+CMGS: {mr}")
+        self._answer(f"+CMGS: {mr if self.cmgs_reference is None else self.cmgs_reference}")
 
     # --- the network side ---------------------------------------------------------------
 

@@ -11,7 +11,6 @@ import asyncio
 import csv
 import io
 import json
-import os
 import signal
 import socket
 import sqlite3
@@ -26,6 +25,7 @@ TESTS = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(TESTS / "ami"), str(TESTS / "smpp")]
 
 from ami_server import AmiServer  # noqa: E402
+from daemon_proc import Daemon  # noqa: E402
 from smsc_sim import SmscSim, decode  # noqa: E402
 
 from aftercalld.config import load  # noqa: E402
@@ -86,61 +86,6 @@ def trace_bytes(name: str, traces: Path) -> bytes:
     return b"\r\n".join(line for line in raw.split(b"\r\n") if not line.startswith(b"#"))
 
 
-class Daemon:
-    """`aftercalld run` as a child process, with its log lines awaitable."""
-
-    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
-        self.config = config
-        self.env = {**os.environ, **(env or {})}
-        self.lines: list[str] = []
-        self.proc: asyncio.subprocess.Process | None = None
-        self._new_line = asyncio.Event()
-        self._reader: asyncio.Task | None = None
-
-    async def start(self) -> Daemon:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "aftercalld.cli", "run", "-c", str(self.config),
-            stderr=asyncio.subprocess.PIPE, env=self.env)
-        self._reader = asyncio.create_task(self._read())
-        return self
-
-    async def _read(self) -> None:
-        assert self.proc and self.proc.stderr
-        async for raw in self.proc.stderr:
-            self.lines.append(raw.decode(errors="replace"))
-            self._new_line.set()
-        self._new_line.set()
-
-    async def wait_for_line(self, text: str, count: int = 1, timeout: float = 20.0) -> None:
-        async def waiter():
-            while sum(text in line for line in self.lines) < count:
-                if self.proc.returncode is not None and self._reader.done():
-                    raise AssertionError(f"daemon exited waiting for {text!r}:\n{self.log}")
-                self._new_line.clear()
-                await self._new_line.wait()
-        try:
-            await asyncio.wait_for(waiter(), timeout)
-        except TimeoutError:
-            raise AssertionError(f"no {text!r} within {timeout}s:\n{self.log}") from None
-
-    def signal(self, sig: int) -> None:
-        self.proc.send_signal(sig)
-
-    async def wait(self, timeout: float = 30.0) -> int:
-        code = await asyncio.wait_for(self.proc.wait(), timeout)
-        await self._reader
-        return code
-
-    @property
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    async def kill(self) -> None:
-        if self.proc and self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
-
-
 @pytest.fixture
 async def peers():
     ami = await AmiServer().start()
@@ -151,7 +96,8 @@ async def peers():
     await smsc.stop()
 
 
-def write_config(tmp_path: Path, ami: AmiServer, smsc: SmscSim, text: str = "Sorry we missed you. Reply STOP to opt out.") -> Path:
+def write_config(tmp_path: Path, ami: AmiServer, smsc: SmscSim,
+                 text: str = "Sorry we missed you. Reply STOP to opt out.") -> Path:
     path = tmp_path / "aftercalld.toml"
     path.write_text(CONFIG.format(outbox=tmp_path / "outbox.sqlite3", ami_port=ami.port,
                                   smpp_port=smsc.port, text=text))
@@ -322,11 +268,21 @@ async def test_send_test_through_the_smsc_and_the_metrics_endpoint(tmp_path, pee
     try:
         await smsc.wait_until(lambda: len(smsc.accepted) >= 3)
         await daemon.wait_for_line("submitted (id", count=2)
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"GET /metrics HTTP/1.0\r\n\r\n")
-        body = (await asyncio.wait_for(reader.read(), 10)).decode()
-        writer.close()
-        assert 'aftercalld_messages_total{state="submitted"} 2.0' in body
+
+        async def scrape() -> str:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /metrics HTTP/1.0\r\n\r\n")
+            body = (await asyncio.wait_for(reader.read(), 10)).decode()
+            writer.close()
+            return body
+
+        # The server thread may scrape between the log line of the second submit and its
+        # counter increment: scrape again until the counter caught up (bounded).
+        for _ in range(100):
+            body = await scrape()
+            if 'aftercalld_messages_total{state="submitted"} 2.0' in body:
+                break
+        assert 'aftercalld_messages_total{state="submitted"} 2.0' in body, body
         assert "aftercalld_submit_latency_seconds_count 2.0" in body
         assert "aftercalld_queue_depth 0.0" in body
         assert "+91" not in body  # no phone numbers as labels
@@ -361,7 +317,8 @@ async def test_keep_days_prunes_old_calls_at_start_and_keeps_recent_ones(tmp_pat
 
     again = await Daemon(config).start()
     try:
-        await again.wait_for_line("outbox: removed 3 call(s), 3 message(s) and 0 unmatched receipt(s) older than 7 days")
+        await again.wait_for_line(
+            "outbox: removed 3 call(s), 3 message(s) and 0 unmatched receipt(s) older than 7 days")
         again.signal(signal.SIGTERM)
         assert await again.wait() == 0
     finally:
@@ -371,3 +328,52 @@ async def test_keep_days_prunes_old_calls_at_start_and_keeps_recent_ones(tmp_pat
         assert [r[0] for r in db.execute("SELECT call_key FROM messages")] == ["main/recent.1"]
         assert db.execute("SELECT COUNT(*) FROM parts WHERE message_id NOT IN (SELECT id FROM messages)"
                           ).fetchone()[0] == 0
+
+
+# A bug planted in the outbox pruning task: it dies at once, every time. Restart delays are
+# shortened so that the test sees the whole story in well under a second.
+DYING_PRUNER = """
+import aftercalld.retention, aftercalld.supervisor as sup
+async def broken(*args, **kwargs):
+    raise RuntimeError("planted bug in pruning")
+aftercalld.retention.prune_periodically = broken
+sup.RESTART_MIN_SECONDS, sup.RESTART_MAX_SECONDS, sup.GIVE_UP_AFTER_FAILURES = 0.05, 0.1, 4
+"""
+
+
+async def test_a_task_that_keeps_dying_is_logged_restarted_and_stops_the_watchdog(tmp_path, peers):
+    ami, smsc = peers
+    config = write_config(tmp_path, ami, smsc)
+    config.write_text(config.read_text().replace("[general]\n", "[general]\nkeep_days = 7\n", 1))
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.setblocking(False)
+    daemon = await Daemon(config, {"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "100000"},
+                          inject=DYING_PRUNER).start()
+    loop = asyncio.get_running_loop()
+    try:
+        await daemon.wait_for_line("it cannot heal itself")
+        # Every death was logged with its traceback, and it was restarted each time.
+        assert daemon.log.count("task 'outbox pruning' stopped with an error") >= 4
+        assert "RuntimeError: planted bug in pruning" in daemon.log
+        assert "Traceback" in daemon.log
+        # From now on systemd hears no WATCHDOG=1 (it would restart the daemon), though
+        # pings came every 50 ms before. Status updates still come from the live loop.
+        while True:  # empty what was sent before the verdict
+            try:
+                notify.recv(4096)
+            except BlockingIOError:
+                break
+        heard: list[str] = []
+        deadline = loop.time() + 1.0  # 20 ping intervals
+        while (left := deadline - loop.time()) > 0:
+            try:
+                heard.append((await asyncio.wait_for(loop.sock_recv(notify, 4096), left)).decode())
+            except TimeoutError:
+                break
+        assert not [n for n in heard if "WATCHDOG=1" in n], heard
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait() == 0
+    finally:
+        await daemon.kill()
+        notify.close()
