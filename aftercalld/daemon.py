@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import gctune, retention, systemd
+from .cdr.backfill import Backfill
 from .clock import Clock, system_clock, utc_now
 from .config import Config, load
 from .configreader import ConfigError
@@ -63,6 +64,7 @@ class Daemon:
         self.sources: list[CallSource] = []
         self._source_tasks: list[asyncio.Task] = []
         self._pruning: asyncio.Task | None = None
+        self.backfill: Backfill | None = None
         self._stop = asyncio.Event()
         self.started_at = utc_now(clock)
 
@@ -88,11 +90,21 @@ class Daemon:
         self.sources = make_sources(self.config, self.clock)
         for source in self.sources:
             self._source_tasks.append(asyncio.create_task(source.run(self.handler), name=f"source {source.name}"))
+        self._start_backfill()
         await self.dispatcher.start()
         self._start_pruning()
         log.info("aftercalld running: %d PBX(s), transport %s, %d rule(s), outbox %s, %d message(s) waiting",
                  len(self.sources), self.transport.name, len(self.config.rules.rules), self.config.outbox_path,
                  self.outbox.queue_depth())
+
+    def _start_backfill(self) -> None:
+        """Calls that ended while nobody listened, from the PBXs' CDRs: now, and after each
+        reconnect (a source going up again)."""
+        assert self.handler is not None
+        self.backfill = Backfill(self.config.pbxs, self.handler, metrics=self.metrics, clock=self.clock)
+        if self.backfill:
+            self.backfill.start()
+            self._source_tasks.append(asyncio.create_task(self.backfill.watch(self.sources), name="cdr backfill"))
 
     def reload(self) -> None:
         """SIGHUP: new rules, templates and limits, all at once; a bad file changes nothing."""
@@ -174,6 +186,8 @@ class Daemon:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.backfill:
+            await self.backfill.stop()
         if self.handler:
             self.handler.flush()
         if self.dispatcher:

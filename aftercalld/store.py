@@ -382,6 +382,34 @@ class Outbox:
                 f"SELECT {column} FROM {table} WHERE {column} IN ({','.join('?' * len(chunk))})", chunk))
         return found
 
+    # -- small settings kept with the data (e.g. how far a PBX's CDRs were read) ---------
+
+    def meta_get(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def meta_set(self, key: str, value: str) -> None:
+        with _tx(self):
+            self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def backfilled_among(self, call_keys: Iterable[str]) -> set[str]:
+        """Which of these calls were recovered from the PBX's CDRs (record source "cdr")."""
+        keys = list(set(call_keys))
+        found: set[str] = set()
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            found.update(k for (k,) in self.conn.execute(
+                f"SELECT call_key FROM calls WHERE call_key IN ({','.join('?' * len(chunk))}) "
+                "AND record LIKE '%\"source\":\"cdr\"%'", chunk))
+        return found
+
+    def has_call_from(self, pbx: str, caller: str, since: float, until: float) -> bool:
+        """Whether a call from (or, outbound, to) `caller` on `pbx` was recorded between the
+        two times: how a CDR row without the call's id is told from one seen live."""
+        return self.conn.execute(
+            "SELECT 1 FROM calls WHERE pbx = ? AND caller = ? AND created_at BETWEEN ? AND ? LIMIT 1",
+            (pbx, caller, since, until)).fetchone() is not None
+
     # -- dispatching -------------------------------------------------------------------
 
     def requeue_interrupted(self, now: float) -> int:
