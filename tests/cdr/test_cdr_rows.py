@@ -135,7 +135,7 @@ def test_freeswitch_default_template_uses_the_esl_trackers_call_ids_and_never_gu
     got = fs_records("Master.csv")
     live = live_freeswitch(traces)
     assert set(got) == set(live)
-    for call_id, (record, why) in got.items():
+    for call_id, (record, _) in got.items():
         assert (record.direction, record.caller_number, record.dialled_number) == (
             live[call_id].direction, live[call_id].caller_number, live[call_id].dialled_number)
     # Not answered at all: missed for sure. Answered: IVR, voicemail or an agent, the shipped
