@@ -403,12 +403,19 @@ class Outbox:
                 "AND record LIKE '%\"source\":\"cdr\"%'", chunk))
         return found
 
-    def has_call_from(self, pbx: str, caller: str, since: float, until: float) -> bool:
-        """Whether a call from (or, outbound, to) `caller` on `pbx` was recorded between the
-        two times: how a CDR row without the call's id is told from one seen live."""
-        return self.conn.execute(
-            "SELECT 1 FROM calls WHERE pbx = ? AND caller = ? AND created_at BETWEEN ? AND ? LIMIT 1",
-            (pbx, caller, since, until)).fetchone() is not None
+    def callers_since(self, pbx: str, since: float, *, disorder: float = 3600.0) -> list[tuple[str, float]]:
+        """(caller, created_at) of the calls of `pbx` recorded since `since`, newest first:
+        how a CDR row without the call's id is told from one seen live. Calls are appended
+        in time order, so this reads back from the newest and stops `disorder` seconds
+        before `since` rather than scan the table (created_at has no index)."""
+        out = []
+        for pbx_of, caller, created in self.conn.execute(
+                "SELECT pbx, caller, created_at FROM calls ORDER BY rowid DESC"):
+            if created < since - disorder:
+                break
+            if pbx_of == pbx and created >= since:
+                out.append((caller, created))
+        return out
 
     # -- dispatching -------------------------------------------------------------------
 

@@ -38,6 +38,10 @@ SAME_CALL_WINDOW_SECONDS = 120.0
 # its bridged talk time, is the better one when both exist).
 RECONNECT_SETTLE_SECONDS = 2.0
 WATCH_EVERY_SECONDS = 1.0
+# A failed run (file unreadable, database down, outbox full) is tried again after this,
+# doubling up to the cap, until one succeeds.
+RETRY_MIN_SECONDS = 30.0
+RETRY_MAX_SECONDS = 600.0
 _BATCH = 500
 
 
@@ -62,6 +66,7 @@ class Backfill:
         self._locks = {name: asyncio.Lock() for name in self.pbxs}
         self._tasks: set[asyncio.Task] = set()
         self._warned_no_ids: set[str] = set()
+        self._failures: dict[str, int] = {}
         self.totals = BackfillResult()
         self._counter = None
         if metrics is not None and self.pbxs:
@@ -99,7 +104,11 @@ class Backfill:
         seen: dict[str, tuple] = {}
         while True:
             for source in sources:
-                status = source.status()
+                try:
+                    status = source.status()
+                except Exception:  # a status bug must not stop the backfills of every PBX
+                    log.exception("pbx %s: cannot read the connection state for CDR backfill", source.name)
+                    continue
                 if str(status.get("state", "")).lower() not in ("connected", "up", "ready"):
                     continue
                 session = (status.get("connected_since"), status.get("sessions"), status.get("connects"))
@@ -122,8 +131,13 @@ class Backfill:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bad file or a database down must not take anything else down
-            log.error("pbx %s: CDR backfill from %s failed: %s: %s", pbx, self.stores[pbx].describe(),
-                      type(exc).__name__, exc, extra=fields(pbx=pbx))
+            failures = self._failures[pbx] = self._failures.get(pbx, 0) + 1
+            retry = min(RETRY_MAX_SECONDS, RETRY_MIN_SECONDS * 2 ** (failures - 1))
+            log.error("pbx %s: CDR backfill from %s failed: %s: %s; trying again in %gs", pbx,
+                      self.stores[pbx].describe(), type(exc).__name__, exc, retry, extra=fields(pbx=pbx))
+            self.request(pbx, retry)
+        else:
+            self._failures.pop(pbx, None)
 
     # ------------------------------------------------------------------ one run
 
@@ -141,7 +155,7 @@ class Backfill:
                     log.info("pbx %s: CDR backfill starts from now at %s (earlier calls are not read)",
                              pbx, store.describe(), extra=fields(pbx=pbx))
                 if rows:
-                    self._record(config, store.group(rows), result)
+                    await self._record(config, store.group(rows), result)
                 self.outbox.meta_set(position_key(pbx), json.dumps(new_position))
                 if not rows or new_position == position:
                     break
@@ -157,12 +171,13 @@ class Backfill:
             self._counter.labels(pbx, "too_old").inc(result.too_old)
         return result
 
-    def _record(self, pbx: PbxConfig, calls: list, result: BackfillResult) -> None:
+    async def _record(self, pbx: PbxConfig, calls: list, result: BackfillResult) -> None:
         settings = pbx.settings if isinstance(pbx.settings, DirectionSettings) else DirectionSettings()
         module = asterisk if pbx.type == "asterisk" else freeswitch
         now = self.clock()
         records: list[CallRecord] = []
         suppress: dict[str, str] = {}
+        recent: list[tuple[str, float]] | None = None
         for call in calls:
             if not call.by_id and pbx.name not in self._warned_no_ids:
                 self._warned_no_ids.add(pbx.name)
@@ -172,17 +187,22 @@ class Backfill:
                             extra=fields(pbx=pbx.name))
             record = build_record(module.facts(call, pbx.name, settings.is_extension), settings, pbx.timezone)
             record = record.with_text(source="cdr")
-            if not call.by_id and self.outbox.has_call_from(
-                    pbx.name, record.customer_number, call.end - SAME_CALL_WINDOW_SECONDS,
-                    call.end + SAME_CALL_WINDOW_SECONDS):
-                result.known += 1  # recorded live already, under the tracker's id
-                continue
+            if not call.by_id:
+                if recent is None:
+                    since = min(c.end for c in calls) - SAME_CALL_WINDOW_SECONDS
+                    recent = self.outbox.callers_since(pbx.name, since)
+                if any(caller == record.customer_number and abs(created - call.end) <= SAME_CALL_WINDOW_SECONDS
+                       for caller, created in recent):
+                    result.known += 1  # recorded live already, under the tracker's id
+                    continue
             records.append(record)
             if record.end_time is not None and now - record.end_time.timestamp() > pbx.backfill_max_age:
                 suppress[record.call_id] = TOO_OLD_REASON
             elif pbx.type != "asterisk" and (why := freeswitch.uncertain(call)):
                 suppress[record.call_id] = why
         for i in range(0, len(records), _BATCH):
+            if i:
+                await asyncio.sleep(0)  # a long backlog must not hold the live calls back
             for decision in self.handler.handle_many(records[i:i + _BATCH], suppress=suppress):
                 if decision.duplicate:
                     result.known += 1

@@ -77,13 +77,15 @@ def parse_csv_line(fields: list[str], tz: ZoneInfo) -> FsCdr:
 
 def parse_csv(lines: Iterable[str], tz: ZoneInfo, where: str = "Master.csv") -> list[FsCdr]:
     out = []
-    for number, fields in enumerate(csv.reader(lines), 1):
-        if not fields:
+    for line in lines:
+        if not line.strip():
             continue
         try:
+            # Line by line: one broken line (a NUL, a stray quote) costs that line only.
+            (fields,) = csv.reader([line])
             out.append(parse_csv_line(fields, tz))
-        except BadRow as exc:
-            log.warning("%s: CDR line %d skipped: %s", where, number, exc)
+        except (csv.Error, ValueError) as exc:  # BadRow is a ValueError
+            log.warning("%s: CDR line skipped (%s): %r", where, exc, line[:120])
     return out
 
 

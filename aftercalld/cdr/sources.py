@@ -23,7 +23,7 @@ Position = dict[str, Any]
 
 # One read takes at most this much of a file: a week's backlog is read in several turns
 # rather than held in memory at once.
-MAX_READ_BYTES = 16 * 1024 * 1024
+MAX_READ_BYTES = 2 * 1024 * 1024
 # A database read: rows per query.
 MAX_DB_ROWS = 20_000
 

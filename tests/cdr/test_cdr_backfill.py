@@ -19,7 +19,6 @@ from zoneinfo import ZoneInfo
 import pytest
 from testdata import DATA
 
-from aftercalld import cli
 from aftercalld.ami import iter_trace_calls
 from aftercalld.cdr.backfill import TOO_OLD_REASON, Backfill, position_key
 from aftercalld.cdr.freeswitch import UNCERTAIN_REASON
@@ -162,7 +161,14 @@ def test_a_line_being_written_is_left_for_the_next_run(tmp_path, master, traces)
     assert (result.recovered, result.known) == (3, 1)
 
 
-def test_a_call_older_than_backfill_max_age_is_recorded_and_not_texted(tmp_path, master, traces, capsys):
+def aftercalld(*args: str) -> str:
+    """The CLI in its own process: in this one it would leave its log handler behind."""
+    res = subprocess.run([sys.executable, "-m", "aftercalld", *args], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def test_a_call_older_than_backfill_max_age_is_recorded_and_not_texted(tmp_path, master, traces):
     s = Setup(tmp_path, master, now=RECORDED + 11 * 60)  # default 10 minutes: too late
     s.run()
     append(master, fixture_text(traces))
@@ -171,11 +177,9 @@ def test_a_call_older_than_backfill_max_age_is_recorded_and_not_texted(tmp_path,
     states = {(m["state"], m["reason"]) for m in s.messages()}
     assert states == {("suppressed", TOO_OLD_REASON)}
     s.outbox.close()
-    assert cli.main(["why", "-c", str(s.config_path), "2025550192"]) == 0
-    out = capsys.readouterr().out
+    out = aftercalld("why", "-c", str(s.config_path), "2025550192")
     assert "(backfilled from the PBX's CDR)" in out and TOO_OLD_REASON in out
-    assert cli.main(["report", "-c", str(s.config_path), "--format", "csv"]) == 0
-    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    rows = list(csv.DictReader(io.StringIO(aftercalld("report", "-c", str(s.config_path), "--format", "csv"))))
     assert rows and {r["source"] for r in rows} == {"cdr"}
 
 
@@ -320,3 +324,37 @@ def test_an_unreadable_cdr_file_is_a_config_error(tmp_path, master):
 def test_bad_backfill_max_age(tmp_path, master, value):
     with pytest.raises(ConfigError, match=r"pbx\[0\].backfill_max_age"):
         load(write_config(tmp_path, master, extra=f"backfill_max_age = {value}"))
+
+
+def test_a_broken_line_costs_that_line_only(tmp_path, master, traces, caplog):
+    s = Setup(tmp_path, master)
+    s.run()
+    lines = fixture_text(traces).splitlines(keepends=True)
+    append(master, "".join(lines[:3]) + '"\x00broken",\x1b[31m\n' + "".join(lines[3:]))
+    assert s.run().recovered == 4
+    assert "CDR line skipped (" in caplog.text and "'\"\\x00broken\",\\x1b[31m'" in caplog.text
+    assert "\x1b" not in caplog.text  # escaped: a terminal reading the journal is safe
+
+
+def test_a_failed_run_is_tried_again_until_it_succeeds(tmp_path, master, traces, monkeypatch, caplog):
+    import aftercalld.cdr.backfill as backfill_module
+
+    monkeypatch.setattr(backfill_module, "RETRY_MIN_SECONDS", 0.01)
+    s = Setup(tmp_path, master)
+    s.run()
+    append(master, fixture_text(traces))
+    moved = master.with_name("elsewhere.csv")
+    master.rename(moved)  # gone for a moment (a rotation, a remount)
+    calls = []
+
+    async def scenario():
+        s.backfill.request("pbx")
+        await s.backfill._tasks.copy().pop()  # the failing run; it schedules the retry
+        assert "failed: FileNotFoundError" in caplog.text and "trying again in 0.01s" in caplog.text
+        moved.rename(master)
+        while s.backfill._tasks:
+            await asyncio.gather(*s.backfill._tasks)
+        calls.extend(s.outbox.calls())
+
+    asyncio.run(scenario())
+    assert len(calls) == 4

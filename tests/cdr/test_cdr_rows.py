@@ -78,7 +78,8 @@ def test_unknown_csv_layout_lines_are_skipped_with_a_warning(caplog):
                                '"2026-12-05 11:22:45","","2026-12-05 11:22:49",4,0,"NO ANSWER","DOCUMENTATION"\n'],
                               UTC, "Master.csv")
     assert len(rows) == 1 and rows[0].disposition == "NO ANSWER"
-    assert "Master.csv: CDR line 1 skipped: 2 columns, expected 16 or 18 or 21" in caplog.text
+    assert ("Master.csv: CDR line skipped (2 columns, expected 16 or 18 or 21 (cdr_csv's Master.csv)): "
+            "'\"a\",\"b\"\\n'") in caplog.text
 
 
 def db_rows(traces) -> list[dict]:
