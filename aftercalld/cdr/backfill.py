@@ -67,6 +67,7 @@ class Backfill:
         self._tasks: set[asyncio.Task] = set()
         self._warned_no_ids: set[str] = set()
         self._failures: dict[str, int] = {}
+        self._retry_pending: set[str] = set()
         self.totals = BackfillResult()
         self._counter = None
         if metrics is not None and self.pbxs:
@@ -87,9 +88,11 @@ class Backfill:
 
     def request(self, pbx: str, delay: float = 0.0) -> None:
         """Schedule a backfill of `pbx` (a source calls this when it reconnects)."""
-        if pbx not in self.pbxs:
-            return
-        task = asyncio.create_task(self._run_logged(pbx, delay), name=f"cdr backfill {pbx}")
+        if pbx in self.pbxs:
+            self._schedule(pbx, delay)
+
+    def _schedule(self, pbx: str, delay: float, retry: bool = False) -> None:
+        task = asyncio.create_task(self._run_logged(pbx, delay, retry), name=f"cdr backfill {pbx}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -123,19 +126,23 @@ class Backfill:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _run_logged(self, pbx: str, delay: float) -> None:
+    async def _run_logged(self, pbx: str, delay: float, retry: bool = False) -> None:
         if delay:
             await asyncio.sleep(delay)
+        if retry:
+            self._retry_pending.discard(pbx)
         try:
             await self.run(pbx)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bad file or a database down must not take anything else down
             failures = self._failures[pbx] = self._failures.get(pbx, 0) + 1
-            retry = min(RETRY_MAX_SECONDS, RETRY_MIN_SECONDS * 2 ** (failures - 1))
+            wait = min(RETRY_MAX_SECONDS, RETRY_MIN_SECONDS * 2 ** (failures - 1))
             log.error("pbx %s: CDR backfill from %s failed: %s: %s; trying again in %gs", pbx,
-                      self.stores[pbx].describe(), type(exc).__name__, exc, retry, extra=fields(pbx=pbx))
-            self.request(pbx, retry)
+                      self.stores[pbx].describe(), type(exc).__name__, exc, wait, extra=fields(pbx=pbx))
+            if pbx not in self._retry_pending:  # one retry waiting per PBX, however many runs failed
+                self._retry_pending.add(pbx)
+                self._schedule(pbx, wait, retry=True)
         else:
             self._failures.pop(pbx, None)
 

@@ -163,7 +163,7 @@ def test_a_line_being_written_is_left_for_the_next_run(tmp_path, master, traces)
 
 def aftercalld(*args: str) -> str:
     """The CLI in its own process: in this one it would leave its log handler behind."""
-    res = subprocess.run([sys.executable, "-m", "aftercalld", *args], capture_output=True, text=True, timeout=60)
+    res = subprocess.run([sys.executable, "-m", "aftercalld", *args], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     return res.stdout
 

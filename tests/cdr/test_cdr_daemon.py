@@ -145,7 +145,7 @@ async def test_calls_written_to_master_csv_during_a_link_loss_are_texted_and_old
         await daemon.kill()
 
     res = subprocess.run([sys.executable, "-m", "aftercalld", "why", "-c", str(config), "1900000000.36"],
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True)
     out = res.stdout
     assert res.returncode == 0, res.stderr
     assert "(backfilled from the PBX's CDR)" in out and "backfilled call older than backfill_max_age" in out
