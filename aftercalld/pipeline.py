@@ -31,6 +31,8 @@ class Decision:
         r = self.record
         who = r.customer_number or "(no number)"
         head = f"{r.status} {r.direction} call {'from' if r.direction != 'outbound' else 'to'} {who}"
+        if r.source == "cdr":
+            head += " (backfilled from the CDR)"
         if self.duplicate:
             return f"{head}: already handled (replayed event), nothing queued"
         if self.selection.rule is None:

@@ -143,6 +143,8 @@ def test_first_run_reads_nothing_old_then_each_run_reads_only_what_was_appended(
         "pbx/1796469999.32": ("Thanks", "queued"), "pbx/1796469999.36": ("Missed", "queued"),
         "pbx/1796469999.40": ("Thanks", "queued")}  # .42 is outbound: no rule
     assert "pbx pbx: backfilled 4 call(s) from CDR, 0 too old to text" in caplog.text
+    assert ("missed inbound call from 2025550192 (backfilled from the CDR) → rule 'Missed' → caller: queued"
+            in caplog.text)
 
     third = s.run()
     assert (third.recovered, third.known) == (0, 0)
