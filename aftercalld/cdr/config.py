@@ -58,6 +58,8 @@ def parse_cdr_setting(value: str, pbx_type: str) -> CdrConfig:
     path = Path(value)
     if not path.is_absolute():
         raise ValueError(f'"{value}" is not an absolute path')
+    if path.is_dir():
+        raise ValueError(f'"{value}" is a directory: name the CSV file in it (e.g. {path / "Master.csv"})')
     if not path.is_file():
         raise ValueError(f'"{value}": no such file (enable cdr_csv, or point to its Master.csv)')
     if not os.access(path, os.R_OK):

@@ -296,6 +296,7 @@ def test_a_mysql_table_is_read_from_the_newest_end_seen(tmp_path, master, traces
     ("cdr-csv/Master.csv", "is not an absolute path"),
     ("ftp://host/x", "expected a CSV file path or a mysql:// URL"),
     ("mysql://host/asteriskcdrdb", "needs a user"),
+    ("/", 'is a directory: name the CSV file in it (e.g. /Master.csv)'),
 ])
 def test_bad_cdr_setting_names_the_key_and_exits_2(tmp_path, value, reason):
     path = write_config(tmp_path, value)
