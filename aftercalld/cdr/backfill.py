@@ -42,7 +42,7 @@ WATCH_EVERY_SECONDS = 1.0
 # doubling up to the cap, until one succeeds.
 RETRY_MIN_SECONDS = 30.0
 RETRY_MAX_SECONDS = 600.0
-_BATCH = 500
+_BATCH = 200  # calls per outbox transaction; the event loop turns between two
 
 
 @dataclass
@@ -162,7 +162,9 @@ class Backfill:
                     log.info("pbx %s: CDR backfill starts from now at %s (earlier calls are not read)",
                              pbx, store.describe(), extra=fields(pbx=pbx))
                 if rows:
-                    await self._record(config, store.group(rows), result)
+                    # Grouping and classifying a read are pure work: off the event loop too.
+                    found = await asyncio.to_thread(_classify, config, store, rows)
+                    await self._record(config, found, result)
                 self.outbox.meta_set(position_key(pbx), json.dumps(new_position))
                 if not rows or new_position == position:
                     break
@@ -178,25 +180,21 @@ class Backfill:
             self._counter.labels(pbx, "too_old").inc(result.too_old)
         return result
 
-    async def _record(self, pbx: PbxConfig, calls: list, result: BackfillResult) -> None:
-        settings = pbx.settings if isinstance(pbx.settings, DirectionSettings) else DirectionSettings()
-        module = asterisk if pbx.type == "asterisk" else freeswitch
+    async def _record(self, pbx: PbxConfig, found: list[tuple[Any, CallRecord]], result: BackfillResult) -> None:
         now = self.clock()
         records: list[CallRecord] = []
         suppress: dict[str, str] = {}
         recent: list[tuple[str, float]] | None = None
-        for call in calls:
+        for call, record in found:
             if not call.by_id and pbx.name not in self._warned_no_ids:
                 self._warned_no_ids.add(pbx.name)
                 log.warning("pbx %s: %s has no uniqueid/linkedid columns: calls are grouped by caller id and time, "
                             "and told from live ones by number and time only (set loguniqueid = yes and "
                             "newcdrcolumns = yes in cdr.conf)", pbx.name, self.stores[pbx.name].describe(),
                             extra=fields(pbx=pbx.name))
-            record = build_record(module.facts(call, pbx.name, settings.is_extension), settings, pbx.timezone)
-            record = record.with_text(source="cdr")
             if not call.by_id:
                 if recent is None:
-                    since = min(c.end for c in calls) - SAME_CALL_WINDOW_SECONDS
+                    since = min(c.end for c, _ in found) - SAME_CALL_WINDOW_SECONDS
                     recent = self.outbox.callers_since(pbx.name, since)
                 if any(caller == record.customer_number and abs(created - call.end) <= SAME_CALL_WINDOW_SECONDS
                        for caller, created in recent):
@@ -220,3 +218,14 @@ class Backfill:
                     result.too_old += 1
                 elif reason:
                     result.uncertain += 1
+
+
+def _classify(pbx: PbxConfig, store: CdrStore, rows: list) -> list[tuple[Any, CallRecord]]:
+    """(call, its record marked source "cdr") for each call in the rows."""
+    settings = pbx.settings if isinstance(pbx.settings, DirectionSettings) else DirectionSettings()
+    module = asterisk if pbx.type == "asterisk" else freeswitch
+    out = []
+    for call in store.group(rows):
+        record = build_record(module.facts(call, pbx.name, settings.is_extension), settings, pbx.timezone)
+        out.append((call, record.with_text(source="cdr")))
+    return out
