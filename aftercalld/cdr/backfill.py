@@ -166,7 +166,7 @@ class Backfill:
                     found = await asyncio.to_thread(_classify, config, store, rows)
                     await self._record(config, found, result)
                 self.outbox.meta_set(position_key(pbx), json.dumps(new_position))
-                if not rows or new_position == position:
+                if position is None or new_position == position:  # first run: only where to start
                     break
         log.info("pbx %s: backfilled %d call(s) from CDR, %d too old to text%s", pbx, result.recovered,
                  result.too_old, f", {result.uncertain} not texted (the CDR does not say who answered)"

@@ -66,6 +66,11 @@ class CsvFile(CdrStore):
             f.seek(offset)
             data = f.read(MAX_READ_BYTES)
         end = data.rfind(b"\n") + 1
+        if not end and len(data) == MAX_READ_BYTES:
+            # No line end in a whole read: not a CDR file's line. Step over it rather than
+            # stop at it for ever.
+            asterisk.log.warning("%s: %d bytes without a line end at offset %d skipped", self.path, len(data), offset)
+            end = len(data)
         lines = data[:end].decode("utf-8", errors="replace").splitlines()
         rows = self._parse(lines)
         return rows, {"file": ident, "offset": offset + end}

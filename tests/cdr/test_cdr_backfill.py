@@ -361,3 +361,13 @@ def test_a_failed_run_is_tried_again_until_it_succeeds(tmp_path, master, traces,
 
     asyncio.run(scenario())
     assert len(calls) == 4
+
+
+def test_a_read_without_any_line_end_is_stepped_over(tmp_path, master, traces, monkeypatch):
+    import aftercalld.cdr.sources as sources
+
+    monkeypatch.setattr(sources, "MAX_READ_BYTES", 4096)
+    s = Setup(tmp_path, master)
+    s.run()
+    append(master, "x" * 10_000 + "\n" + fixture_text(traces))
+    assert s.run().recovered == 4
