@@ -168,3 +168,12 @@ def test_freeswitch_shutdown_cause_is_interrupted():
     record = build_record(freeswitch.facts(call, "fs", FS.is_extension), FS, UTC)
     assert record.status == "interrupted" and freeswitch.uncertain(call) == ""
     assert record.end_time - record.start_time == timedelta(seconds=7)
+
+
+def test_records_stored_before_the_source_field_load_as_live_and_cdr_ones_round_trip():
+    from aftercalld.model import CallRecord
+
+    old = {"call_id": "1", "pbx": "pbx", "direction": "inbound", "status": "missed", "caller_number": "2025550191"}
+    assert CallRecord.from_dict(old).source == "live"
+    record = CallRecord.from_dict(old).with_text(source="cdr")
+    assert CallRecord.from_json(record.to_json()) == record and record.to_dict()["source"] == "cdr"
