@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
 
+from .cdr.config import parse_backfill_keys
 from .configreader import ConfigError, Section
 from .model import CallStatus, Direction, RecipientKind
 from .pbxconfig import PBX_TYPES, PbxConfig
@@ -206,9 +207,11 @@ def _pbxs(root: Section, default_tz: ZoneInfo) -> tuple[PbxConfig, ...]:
         department_variable = sec.str("department_variable", dept_default, nonempty=True)
         variables = tuple(sec.str_list("variables", []))
         timeout = sec.float("call_timeout_seconds", 4 * 3600.0, min=60)
+        cdr, backfill_max_age = parse_backfill_keys(sec, type_)
         module = importlib.import_module(f"aftercalld.{'ami' if type_ == 'asterisk' else 'esl'}.config")
         settings = module.parse_settings(sec)
-        out.append(PbxConfig(name, type_, tz, department_variable, variables, timeout, settings))
+        out.append(PbxConfig(name, type_, tz, department_variable, variables, timeout, settings,
+                             cdr=cdr, backfill_max_age=backfill_max_age))
     return tuple(out)
 
 

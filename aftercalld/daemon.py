@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import gctune, retention, systemd
+from .cdr.backfill import Backfill
 from .clock import Clock, system_clock, utc_now
 from .config import Config, load
 from .configreader import ConfigError
@@ -64,6 +65,7 @@ class Daemon:
         self.metrics = Metrics()
         self.sources: list[CallSource] = []
         self.supervisor = Supervisor()
+        self.backfill: Backfill | None = None
         self._stop = asyncio.Event()
         self.started_at = utc_now(clock)
 
@@ -89,12 +91,22 @@ class Daemon:
         self.sources = make_sources(self.config, self.clock)
         for source in self.sources:
             self.supervisor.start(f"source {source.name}", functools.partial(source.run, self.handler))
+        self._start_backfill()
         await self.dispatcher.start()
         self._supervise_parts()
         self._start_pruning()
         log.info("aftercalld running: %d PBX(s), transport %s, %d rule(s), outbox %s, %d message(s) waiting",
                  len(self.sources), self.transport.name, len(self.config.rules.rules), self.config.outbox_path,
                  self.outbox.queue_depth())
+
+    def _start_backfill(self) -> None:
+        """Calls that ended while nobody listened, from the PBXs' CDRs: now, and after each
+        reconnect (a source going up again)."""
+        assert self.handler is not None
+        self.backfill = Backfill(self.config.pbxs, self.handler, metrics=self.metrics, clock=self.clock)
+        if self.backfill:
+            self.backfill.start()
+            self.supervisor.start("cdr backfill", functools.partial(self.backfill.watch, self.sources))
 
     def reload(self) -> None:
         """SIGHUP: new rules, templates and limits, all at once; a bad file changes nothing."""
@@ -197,6 +209,8 @@ class Daemon:
     async def stop(self) -> None:
         """SIGTERM: take no new calls, let in-flight submits finish, unbind, close."""
         await self.supervisor.stop()
+        if self.backfill:
+            await self.backfill.stop()
         if self.handler:
             self.handler.flush()
         if self.dispatcher:

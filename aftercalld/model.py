@@ -62,6 +62,8 @@ class CallRecord:
     # New fields go last with defaults: records stored by older versions still load.
     voicemail_reached: bool = False  # the voicemail application answered, message left or not
     agents: tuple[str, ...] = ()  # every extension the customer talked to, in order
+    # "live": from the PBX's events; "cdr": recovered from the PBX's CDRs after a gap.
+    source: str = "live"
 
 
     def __post_init__(self) -> None:
@@ -118,6 +120,7 @@ class CallRecord:
             "variables": dict(self.variables),
             "voicemail_reached": self.voicemail_reached,
             "agents": list(self.agents),
+            "source": self.source,
         }
 
     def to_json(self) -> str:

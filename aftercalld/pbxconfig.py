@@ -26,6 +26,10 @@ class PbxConfig:
     call_timeout_seconds: float = 4 * 3600.0
     # Protocol-specific settings object (host, port, credentials, …), or None for replay.
     settings: Any = field(default=None, compare=False)
+    # Where the PBX writes its CDRs (an `aftercalld.cdr.config.CdrConfig`), or None: no backfill.
+    cdr: Any = field(default=None, compare=False)
+    # A call recovered from the CDRs that ended longer ago than this is recorded, not texted.
+    backfill_max_age: float = 600.0
 
 
 def default_pbx(type_: str, name: str = "replay", timezone: str = "UTC") -> PbxConfig:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
 from .clock import Clock, system_clock
 from .config import Config
@@ -33,6 +34,8 @@ class Decision:
         # a plain-text log (no journal fields) has nothing else to find the call by.
         head = (f"call {r.call_id} [{r.pbx}]: {r.status} {r.direction} call "
                 f"{'from' if r.direction != 'outbound' else 'to'} {who}")
+        if r.source == "cdr":
+            head += " (backfilled from the CDR)"
         if self.duplicate:
             return f"{head}: already handled (replayed event), nothing queued"
         if self.selection.rule is None:
@@ -66,9 +69,16 @@ class CallHandler:
     def handle(self, record: CallRecord) -> Decision:
         return self.handle_many([record])[0]
 
-    def handle_many(self, records: list[CallRecord]) -> list[Decision]:
-        """Decide each call, then write them all in one transaction (group commit)."""
+    def handle_many(self, records: list[CallRecord], *, suppress: Mapping[str, str] | None = None) -> list[Decision]:
+        """Decide each call, then write them all in one transaction (group commit).
+        `suppress`: call id → reason; those calls are recorded with every message
+        suppressed for that reason (a call backfilled too late to text)."""
         decisions = [self.decide(r) for r in records]
+        if suppress:
+            for d in decisions:
+                reason = suppress.get(d.record.call_id)
+                if reason:
+                    d.messages = tuple(m if m.suppressed else replace(m, suppressed=reason) for m in d.messages)
         results = self.outbox.record_calls(
             [(d.record, d.selection.rule.name if d.selection.rule else None, d.selection.reason, d.messages)
              for d in decisions],

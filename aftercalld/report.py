@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+from collections.abc import Set as AbstractSet
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -13,7 +14,7 @@ from .phone import caller_id_forms, normalise_for_list
 from .store import Outbox
 
 COLUMNS = ("id", "call_key", "rule", "recipient_kind", "destination", "state", "reason", "attempts",
-           "created", "submitted", "final", "transport_ids")
+           "created", "submitted", "final", "transport_ids", "source")
 
 
 def _parse_time(value: str | None, config: Config) -> float | None:
@@ -29,13 +30,14 @@ def _iso(ts: float | None, config: Config) -> str:
     return datetime.fromtimestamp(ts, UTC).astimezone(config.timezone).isoformat(timespec="seconds") if ts else ""
 
 
-def _row(m: dict[str, Any], config: Config) -> dict[str, Any]:
+def _row(m: dict[str, Any], config: Config, backfilled: AbstractSet[str] = frozenset()) -> dict[str, Any]:
     return {
         "id": m["id"], "call_key": m["call_key"], "rule": m["rule"], "recipient_kind": m["recipient_kind"],
         "destination": m["destination"] or m["raw_number"], "state": m["state"], "reason": m["reason"],
         "attempts": m["attempts"], "created": _iso(m["created_at"], config),
         "submitted": _iso(m["submitted_at"], config), "final": _iso(m["final_at"], config),
         "transport_ids": m["transport_ids"] or "",
+        "source": "cdr" if m["call_key"] in backfilled else "live",  # cdr: recovered from the PBX's CDRs
     }
 
 
@@ -64,7 +66,8 @@ def summary(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def report(outbox: Outbox, config: Config, args, out: TextIO) -> int:
     messages = outbox.messages(since=_parse_time(args.since, config), until=_parse_time(args.until, config),
                                rule=args.rule, state=args.status)
-    rows = [_row(m, config) for m in messages]
+    backfilled = outbox.backfilled_among(m["call_key"] for m in messages)
+    rows = [_row(m, config, backfilled) for m in messages]
     totals = summary(messages)
     if args.format == "json":
         json.dump({"messages": rows, "summary": totals}, out, ensure_ascii=False, indent=1)
@@ -104,8 +107,10 @@ def why(outbox: Outbox, config: Config, what: str, out: TextIO) -> int:
         return 1
     for call in calls:
         record = json.loads(call["record"])
+        source = record.get("source", "live")
         out.write(f"call {call['call_key']} at {_iso(call['created_at'], config)}: {record['status']} "
-                  f"{record['direction']} from {record['caller_number'] or '?'} to {record['dialled_number'] or '?'}\n")
+                  f"{record['direction']} from {record['caller_number'] or '?'} to {record['dialled_number'] or '?'}"
+                  + (" (backfilled from the PBX's CDR)" if source == "cdr" else "") + "\n")
         out.write(f"  decision: {call['decision']}\n")
         for m in outbox.messages(call_key=call["call_key"]):
             r = _row(m, config)

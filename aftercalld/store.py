@@ -382,6 +382,41 @@ class Outbox:
                 f"SELECT {column} FROM {table} WHERE {column} IN ({','.join('?' * len(chunk))})", chunk))
         return found
 
+    # -- small settings kept with the data (e.g. how far a PBX's CDRs were read) ---------
+
+    def meta_get(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def meta_set(self, key: str, value: str) -> None:
+        with _tx(self):
+            self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def backfilled_among(self, call_keys: Iterable[str]) -> set[str]:
+        """Which of these calls were recovered from the PBX's CDRs (record source "cdr")."""
+        keys = list(set(call_keys))
+        found: set[str] = set()
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            found.update(k for (k,) in self.conn.execute(
+                f"SELECT call_key FROM calls WHERE call_key IN ({','.join('?' * len(chunk))}) "
+                "AND record LIKE '%\"source\":\"cdr\"%'", chunk))
+        return found
+
+    def callers_since(self, pbx: str, since: float, *, disorder: float = 3600.0) -> list[tuple[str, float]]:
+        """(caller, created_at) of the calls of `pbx` recorded since `since`, newest first:
+        how a CDR row without the call's id is told from one seen live. Calls are appended
+        in time order, so this reads back from the newest and stops `disorder` seconds
+        before `since` rather than scan the table (created_at has no index)."""
+        out = []
+        for pbx_of, caller, created in self.conn.execute(
+                "SELECT pbx, caller, created_at FROM calls ORDER BY rowid DESC"):
+            if created < since - disorder:
+                break
+            if pbx_of == pbx and created >= since:
+                out.append((caller, created))
+        return out
+
     # -- dispatching -------------------------------------------------------------------
 
     def requeue_interrupted(self, now: float) -> int:
