@@ -31,6 +31,7 @@ from .model import (
     ReportState,
 )
 from .rules.render import RenderedMessage
+from .textsafety import bounded
 
 log = logging.getLogger(__name__)
 
@@ -450,20 +451,43 @@ class Outbox:
         transitions: list[Transition] = []
         with _tx(self):
             for report in reports:
-                target = self._match_part(report.message_id, loose=False)
-                if target is None:
-                    if report.state in _REPORT_TO_STATE:
-                        self.conn.execute(
-                            "INSERT INTO orphan_reports (transport, transport_id, match_key, state, error, raw, "
-                            "received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                            (report.transport, report.message_id, msgid.match_key(report.message_id),
-                             report.state.value, report.error, report.raw, now),
-                        )
+                try:
+                    with _one_row(self.conn):
+                        transition = self._apply_report(report, now)
+                except Exception as exc:
+                    if not _row_fault(exc):
+                        raise
+                    self._keep_unmatchable_report(report, exc, now)
                     continue
-                transition = self._apply_to_part(target, report.state, report.error, now)
                 if transition:
                     transitions.append(transition)
         return transitions
+
+    def _apply_report(self, report: DeliveryReport, now: float) -> Transition | None:
+        target = self._match_part(report.message_id, loose=False)
+        if target is None:
+            if report.state in _REPORT_TO_STATE:
+                self.conn.execute(
+                    "INSERT INTO orphan_reports (transport, transport_id, match_key, state, error, raw, "
+                    "received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (report.transport, report.message_id, msgid.match_key(report.message_id),
+                     report.state.value, report.error, report.raw, now),
+                )
+            return None
+        return self._apply_to_part(target, report.state, report.error, now)
+
+    def _keep_unmatchable_report(self, report: DeliveryReport, exc: Exception, now: float) -> None:
+        """A receipt that breaks matching is kept for support as unmatchable (matched = -1),
+        with its values made storable, instead of failing the batch it came in."""
+        reason = _fault_reason(exc)
+        log.warning("delivery report for message id %s cannot be matched (%s); kept for support",
+                    bounded(str(report.message_id)), reason)
+        self.conn.execute(
+            "INSERT INTO orphan_reports (transport, transport_id, match_key, state, error, raw, received_at, "
+            "matched) VALUES (?, ?, '', ?, ?, ?, ?, -1)",
+            (bounded(str(report.transport)), bounded(str(report.message_id)), str(getattr(report.state, "value", "")),
+             bounded(f"unmatchable: {reason}"), bounded(str(report.raw), 4096), now),
+        )
 
     def _match_part(self, transport_id: str, *, loose: bool) -> tuple[int, int] | None:
         # Among parts with the same key, the newest (a modem's 8-bit reference wraps).
@@ -527,11 +551,18 @@ class Outbox:
                 f"AND match_key IN ({','.join('?' * len(chunk))}) ORDER BY id", chunk,
             ).fetchall()
             for orphan_id, transport_id, state, error in orphans:
-                target = self._match_part(transport_id, loose=False)
-                if target is None:
+                try:
+                    with _one_row(self.conn):
+                        target = self._match_part(transport_id, loose=False)
+                        if target is None:
+                            continue
+                        self.conn.execute("UPDATE orphan_reports SET matched = 1 WHERE id = ?", (orphan_id,))
+                        transition = self._apply_to_part(target, ReportState(state), error, now)
+                except Exception as exc:
+                    if not _row_fault(exc):
+                        raise
+                    self._give_up_orphan(orphan_id, transport_id, exc)
                     continue
-                self.conn.execute("UPDATE orphan_reports SET matched = 1 WHERE id = ?", (orphan_id,))
-                transition = self._apply_to_part(target, ReportState(state), error, now)
                 if transition:
                     transitions.append(transition)
         return transitions
@@ -547,17 +578,33 @@ class Outbox:
                 (received_before,),
             ).fetchall()
             for orphan_id, transport_id, state, error in orphans:
-                target = self._match_part(transport_id, loose=True)
-                self.conn.execute("UPDATE orphan_reports SET matched = ? WHERE id = ?",
-                                  (1 if target else -1, orphan_id))
-                if target is None:
-                    log.info("delivery report for unknown message id %s (%s); kept for support",
-                             transport_id, state)
+                # One receipt that breaks matching must not hold back the batch, nor every
+                # later one: this row survives a restart, so a retry would stall for good.
+                try:
+                    with _one_row(self.conn):
+                        target = self._match_part(transport_id, loose=True)
+                        self.conn.execute("UPDATE orphan_reports SET matched = ? WHERE id = ?",
+                                          (1 if target else -1, orphan_id))
+                        if target is None:
+                            log.info("delivery report for unknown message id %s (%s); kept for support",
+                                     transport_id, state)
+                            continue
+                        transition = self._apply_to_part(target, ReportState(state), error, now)
+                except Exception as exc:
+                    if not _row_fault(exc):
+                        raise
+                    self._give_up_orphan(orphan_id, transport_id, exc)
                     continue
-                transition = self._apply_to_part(target, ReportState(state), error, now)
                 if transition:
                     transitions.append(transition)
         return transitions
+
+    def _give_up_orphan(self, orphan_id: int, transport_id: str, exc: Exception) -> None:
+        reason = _fault_reason(exc)
+        log.warning("delivery report for message id %s cannot be matched (%s); kept for support",
+                    transport_id, reason)
+        self.conn.execute("UPDATE orphan_reports SET matched = -1, error = ? WHERE id = ?",
+                          (bounded(f"unmatchable: {reason}"), orphan_id))
 
     def has_pending_orphans(self, received_before: float) -> bool:
         return self.conn.execute(
@@ -746,6 +793,34 @@ def _catch_up(conn: sqlite3.Connection, wal_frames: int) -> None:
         arrived, wal_frames = now_frames - wal_frames, now_frames
         if arrived < 256:
             return
+
+
+class _one_row:
+    """A savepoint around one row's writes inside a batch transaction: if the row fails,
+    its own writes are undone and the batch goes on."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> None:
+        self.conn.execute("SAVEPOINT one_row")
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.conn.execute("ROLLBACK TO one_row")
+        self.conn.execute("RELEASE one_row")
+
+
+def _row_fault(exc: Exception) -> bool:
+    """True when `exc` is about the row's data (a value matching cannot read) rather than
+    the database itself (locked, full, I/O): only the latter is worth retrying the batch."""
+    if isinstance(exc, (sqlite3.OperationalError, sqlite3.InternalError)):
+        return False
+    return type(exc) is not sqlite3.DatabaseError  # "database disk image is malformed"
+
+
+def _fault_reason(exc: Exception) -> str:
+    return bounded(f"{type(exc).__name__}: {exc}", 200)
 
 
 class _tx:
