@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
-from .clock import system_clock
+from .clock import Clock, system_clock
 from .configreader import ConfigError
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
@@ -79,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="days to keep (default: [general] keep_days); the daemon may keep running")
 
     p = add("report", "Messages and per-rule outcomes from the outbox.")
-    p.add_argument("--since", help="ISO date/time (PBX time zone unless it has an offset)")
-    p.add_argument("--until", help="ISO date/time, exclusive")
+    p.add_argument("--since", help="ISO date/time (PBX time zone unless it has an offset), today or yesterday")
+    p.add_argument("--until", help="ISO date/time, today or yesterday; exclusive")
     p.add_argument("--rule")
     p.add_argument("--status", help="message state, e.g. delivered, failed, suppressed")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
@@ -90,9 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, clock: Clock = system_clock) -> int:
+    """`clock` is the one clock the commands read dates from (tests pass a fixed one)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.clock = clock
     if not args.command:
         parser.print_help()
         return EXIT_CONFIG
@@ -144,17 +146,19 @@ def cmd_test_rule(args) -> int:
     except ValueError as exc:
         print(f"aftercalld: {args.call}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    from .textsafety import escape_controls
+
     decision = CallHandler(config, outbox=None).decide(record, explain=True)  # type: ignore[arg-type]
     sel = decision.selection
     for name, why in sel.skipped:
-        print(f"  skipped {name!r}: {why}")
+        print(f"  skipped {name!r}: {escape_controls(why)}")
     if sel.rule is None:
         print(f"no rule fires: {sel.reason}")
         return EXIT_OK
     print(f"rule {sel.rule.name!r} fires")
     for m in decision.messages:
         status = f"SUPPRESSED ({m.suppressed})" if m.suppressed else "would be queued"
-        print(f"\n  to {m.kind} {m.destination or m.raw_number or '(none)'} from {m.sender}: {status}")
+        print(f"\n  to {m.kind} {escape_controls(m.destination or m.raw_number or '(none)')} from {m.sender}: {status}")
         print(f"  encoding {m.encoding.value}, {m.segments} segment(s), {len(m.text)} characters")
         for line in m.text.splitlines() or [""]:
             print(f"  | {line}")
@@ -205,14 +209,16 @@ def _print_results(results, fmt: str) -> None:
         for r in results:
             print(json.dumps(r.to_json(), ensure_ascii=False))
         return
+    from .textsafety import escape_controls as esc
+
     for r in results:
         rec = r.decision.record
         sel = r.decision.selection
-        print(f"call {rec.call_id} [{rec.pbx}] {rec.status} {rec.direction} "
-              f"from {rec.caller_number or '?'} to {rec.dialled_number or '?'}"
-              + (f", agent {rec.agent_extension}" if rec.agent_extension else "")
-              + (f", dept {rec.department}" if rec.department else "")
-              + f", talk {rec.talk_seconds:g}s")
+        print(esc(f"call {rec.call_id} [{rec.pbx}] {rec.status} {rec.direction} "
+                  f"from {rec.caller_number or '?'} to {rec.dialled_number or '?'}"
+                  + (f", agent {rec.agent_extension}" if rec.agent_extension else "")
+                  + (f", dept {rec.department}" if rec.department else "")
+                  + f", talk {rec.talk_seconds:g}s"))
         if r.decision.duplicate:
             print("  already handled: nothing queued")
         elif sel.rule is None:
@@ -221,7 +227,7 @@ def _print_results(results, fmt: str) -> None:
             print(f"  rule: {sel.rule.name}")
         for m in r.messages:
             state = m["state"] + (f" ({m['reason']})" if m["reason"] else "")
-            print(f"  → {m['recipient_kind']} {m['destination'] or m['raw_number'] or '-'}: {state}, "
+            print(f"  → {m['recipient_kind']} {esc(m['destination'] or m['raw_number'] or '-')}: {esc(state)}, "
                   f"{m['encoding']}, {m['segments']} segment(s)")
             print(f"    \"{m['text']}\"")
         print()
@@ -354,9 +360,13 @@ def cmd_prune(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import report
+    from .report import ReportError, report
 
-    return _on_outbox(args, lambda outbox, config: report(outbox, config, args, sys.stdout))
+    try:
+        return _on_outbox(args, lambda outbox, config: report(outbox, config, args, sys.stdout, args.clock))
+    except ReportError as exc:
+        print(f"aftercalld: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 def cmd_why(args) -> int:

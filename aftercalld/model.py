@@ -15,6 +15,13 @@ from typing import Any
 
 import orjson
 
+from .textsafety import bounded
+
+# What CallRecord.from_dict accepts: years every time zone conversion can represent, and
+# durations up to a week (no call lasts longer; nan and inf are refused).
+MIN_YEAR, MAX_YEAR = 1970, 9998
+MAX_DURATION_SECONDS = 7 * 86400
+
 
 class Direction(enum.StrEnum):
     INBOUND = "inbound"
@@ -115,34 +122,43 @@ class CallRecord:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CallRecord:
-        """Build from JSON-shaped data; raises ValueError naming the bad field."""
+        """Build from JSON-shaped data; raises ValueError naming the bad field. Text is
+        bounded in length with unpaired surrogates replaced (the file is outside input),
+        and times and durations must be ones the rules and templates can compute with."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown field(s): {', '.join(unknown)}")
+            raise ValueError(f"unknown field(s): {', '.join(bounded(repr(u), 80) for u in unknown)}")
         kwargs: dict[str, Any] = {}
         for name, value in data.items():
             if name in ("start_time", "answer_time", "end_time") and value not in (None, ""):
+                text = bounded(str(value), 64)
                 try:
-                    parsed = datetime.fromisoformat(str(value))
+                    parsed = datetime.fromisoformat(text)
                 except ValueError as exc:
-                    raise ValueError(f"{name}: not an ISO 8601 time: {value!r}") from exc
+                    raise ValueError(f"{name}: not an ISO 8601 time: {text!r}") from exc
                 if parsed.tzinfo is None:
-                    raise ValueError(f"{name}: needs a UTC offset, e.g. {value}Z or {value}+00:00")
+                    raise ValueError(f"{name}: needs a UTC offset, e.g. {text}Z or {text}+00:00")
+                if not MIN_YEAR <= parsed.year <= MAX_YEAR:
+                    raise ValueError(f"{name}: year {parsed.year} is outside {MIN_YEAR}..{MAX_YEAR}")
                 kwargs[name] = parsed
             elif name in ("start_time", "answer_time", "end_time"):
                 kwargs[name] = None
             elif name in ("ring_seconds", "talk_seconds"):
                 try:
-                    kwargs[name] = float(value)
-                except (TypeError, ValueError) as exc:
-                    raise ValueError(f"{name}: not a number: {value!r}") from exc
+                    seconds = float(value)
+                except (TypeError, ValueError, OverflowError) as exc:
+                    raise ValueError(f"{name}: not a number: {bounded(repr(value), 80)}") from exc
+                # nan and inf pass every comparison a rule makes, and no template can print them.
+                if not 0 <= seconds <= MAX_DURATION_SECONDS:
+                    raise ValueError(f"{name}: {seconds!r} is not between 0 and {MAX_DURATION_SECONDS} seconds")
+                kwargs[name] = seconds
             elif name == "variables":
                 if not isinstance(value, Mapping):
                     raise ValueError("variables: must be an object of name → value")
-                kwargs[name] = {str(k): str(v) for k, v in value.items()}
+                kwargs[name] = {bounded(str(k)): bounded(str(v)) for k, v in value.items()}
             else:
-                kwargs[name] = "" if value is None else str(value)
+                kwargs[name] = "" if value is None else bounded(str(value))
         for required in ("call_id", "pbx", "direction", "status"):
             if not kwargs.get(required):
                 raise ValueError(f"{required}: missing")
@@ -162,6 +178,8 @@ class CallRecord:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ValueError(f"not JSON: {exc.msg} at column {exc.colno}") from None
+        except RecursionError:
+            raise ValueError("not a call record: nested too deeply") from None
         if not isinstance(data, dict):
             raise ValueError("expected a JSON object")
         return cls.from_dict(data)
