@@ -86,12 +86,37 @@ def load(path: str | Path) -> Config:
     except OSError as exc:
         raise ConfigError(path, "", f"cannot read: {exc.strerror}") from None
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        data = tomllib.loads(text)
     except UnicodeDecodeError:
         raise ConfigError(path, "", "not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, "", f"TOML syntax error: {exc}") from None
+    except ValueError as exc:
+        # tomllib lets int()'s digit limit through (an integer of more than 4,300 digits).
+        raise ConfigError(path, _long_integer_key(text), f"not a usable number: {exc}") from None
+    except RecursionError:
+        raise ConfigError(path, "", "TOML nested too deeply") from None
     return parse(data, path)
+
+
+_TABLE_HEADER = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?")
+_LONG_INTEGER = re.compile(r"^\s*([A-Za-z0-9_.\-\"' ]+?)\s*=\s*[+-]?[0-9_]{4000,}")
+
+
+def _long_integer_key(text: str) -> str:
+    """The key path of the first overlong integer, for the error (tomllib does not say)."""
+    table = ""
+    for line in text.splitlines():
+        header = _TABLE_HEADER.match(line)
+        if header:
+            table = header.group(1)
+            continue
+        match = _LONG_INTEGER.match(line)
+        if match:
+            key = match.group(1).strip()
+            return f"{table}.{key}" if table else key
+    return ""
 
 
 def parse(data: dict[str, Any], file: str = "<config>") -> Config:
@@ -138,6 +163,8 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
     policy = _policy(root, rule_policies)
     metrics = root.section("metrics")
     metrics_listen = metrics.str("listen", None, pattern=r"[0-9A-Za-z.\-\[\]:]+:[0-9]{1,5}")
+    if metrics_listen is not None and not 1 <= int(metrics_listen.rsplit(":", 1)[1]) <= 65535:
+        raise metrics.error("listen", f'port {metrics_listen.rsplit(":", 1)[1]} is outside 1-65535')
     metrics.done()
     root.done()
     return Config(
@@ -159,12 +186,20 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
     )
 
 
+_ZONE_NAME = re.compile(r"[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*")
+
+
 def _zone(section: Section, key: str, default: str) -> ZoneInfo:
     name = section.str(key, default)
+    hint = 'use an IANA name such as "Europe/London"'
+    # Checked before ZoneInfo sees it: a directory ("America") or an overlong name is an
+    # OSError from the file system there, not a ZoneInfoNotFoundError.
+    if len(name) > 64 or not _ZONE_NAME.fullmatch(name):
+        raise section.error(key, f'"{name}" is not a time zone name ({hint})')
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise section.error(key, f'unknown time zone "{name}" (use an IANA name such as "Europe/London")') from None
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise section.error(key, f'unknown time zone "{name}" ({hint})') from None
 
 
 def _agents(root: Section) -> dict[str, AgentEntry]:

@@ -6,19 +6,41 @@ so every error a PBX admin sees has the same shape:
 """
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from typing import Any
 
+from .textsafety import bounded, escape_controls
+
 _MISSING = object()
+# An echoed value is shown whole up to this length: enough to recognise any sane value.
+_MAX_ECHOED_REASON = 400
 
 
 class ConfigError(Exception):
     def __init__(self, file: str, key: str, reason: str) -> None:
+        # The error is one line whatever the value it echoes holds (a newline, an escape).
+        key = escape_controls(bounded(key, 200))
+        reason = escape_controls(bounded(reason, _MAX_ECHOED_REASON))
         super().__init__(f"{file}: {key}: {reason}" if key else f"{file}: {reason}")
         self.file = file
         self.key = key
         self.reason = reason
+
+
+def _reject_non_finite(value: Any, path: str, file: str) -> None:
+    """TOML has nan and inf, and both pass every min/max check (nan compares false with
+    everything): ``connect_timeout = nan`` would make every timeout expire at once. No key
+    of ours means either, so the whole document is checked once, here."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(file, path, f"must be a finite number, not {value}")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _reject_non_finite(v, f"{path}.{k}" if path else str(k), file)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _reject_non_finite(v, f"{path}[{i}]", file)
 
 
 def _type_name(value: Any) -> str:
@@ -39,6 +61,8 @@ class Section:
     def __init__(self, data: dict[str, Any], path: str, file: str) -> None:
         if not isinstance(data, dict):
             raise ConfigError(file, path, f"must be a table, not {_type_name(data)}")
+        if not path:
+            _reject_non_finite(data, "", file)
         self.data = data
         self.path = path
         self.file = file
@@ -107,8 +131,14 @@ class Section:
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.error(name, f"must be a number, not {_type_name(value)}")
-        self._bounds(name, value, min, max)
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any float
+            raise self.error(name, "is too large") from None
+        if not math.isfinite(number):
+            raise self.error(name, f"must be a finite number, not {number}")
+        self._bounds(name, number, min, max)
+        return number
 
     def bool(self, name: str, default: Any = _MISSING) -> Any:
         value = self._get(name, default)

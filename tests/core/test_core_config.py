@@ -1,6 +1,7 @@
 """Bad configs stop the daemon with the file, the key path and the reason (exit 2)."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -129,3 +130,56 @@ def test_every_subcommand_has_a_handler_and_python_m_works():
     assert set(subparsers.choices) == set(COMMANDS)
     res = subprocess.run([sys.executable, "-m", "aftercalld", "--version"], capture_output=True, text=True)
     assert res.returncode == 0 and res.stdout.startswith("aftercalld "), res.stderr
+
+
+# -- hostile values (issue 13, item 7): every one is `file: key.path: reason`, exit 2 ----------
+
+LONG_INT = "1" * 4400
+
+HOSTILE = [
+    ('[general]\ntimezone = "America"\n', "general.timezone", 'unknown time zone "America"'),
+    ('[general]\ntimezone = "' + "A" * 300 + '"\n', "general.timezone", "is not a time zone name"),
+    ('[general]\ntimezone = "../../../etc/passwd"\n', "general.timezone", "is not a time zone name"),
+    ('[general]\nkeep_days = ' + LONG_INT + '\n', "general.keep_days", "not a usable number"),
+    ('[dispatch]\nretry_initial_seconds = nan\n', "dispatch.retry_initial_seconds", "must be a finite number, not nan"),
+    ('[dispatch]\nttl_seconds = inf\n', "dispatch.ttl_seconds", "must be a finite number, not inf"),
+    ('[[pbx]]\nname = "x"\ntype = "asterisk"\nconnect_timeout = nan\n', "pbx[0].connect_timeout",
+     "must be a finite number"),
+    ('[metrics]\nlisten = "127.0.0.1:99999"\n', "metrics.listen", "port 99999 is outside 1-65535"),
+    ('[metrics]\nlisten = "127.0.0.1:0"\n', "metrics.listen", "port 0 is outside 1-65535"),
+]
+
+
+@pytest.mark.parametrize("toml,key,reason", HOSTILE, ids=[h[1] + ":" + h[2][:24] for h in HOSTILE])
+def test_hostile_values_are_config_errors_with_exit_2(tmp_path, capsys, toml, key, reason):
+    from aftercalld import cli
+
+    path = write_config(tmp_path)
+    text = path.read_text()
+    section, assignment = toml.split("\n", 1)
+    name = assignment.split(" = ", 1)[0]
+    if section.startswith("[[") or section not in text:
+        text += "\n" + toml
+    elif re.search(rf"^{name} = ", text, re.M):  # the base config sets it: change it there
+        text = re.sub(rf"^{name} = .*$", lambda _: assignment.rstrip("\n"), text, count=1, flags=re.M)
+    else:
+        text = text.replace(section + "\n", toml, 1)
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert (info.value.key, info.value.file) == (key, str(path)), str(info.value)
+    assert reason in info.value.reason
+    assert cli.main(["check-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"aftercalld: config error: {path}: {key}: ") and err.count("\n") == 1
+    assert len(err) < 600  # a 4,400-digit value is not echoed whole
+
+
+def test_an_echoed_value_with_a_newline_stays_on_one_line(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[general]\ndefault_region = "G\\nB\\u001b[2J"\n')
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    message = str(info.value)
+    assert "\n" not in message and "\x1b" not in message
+    assert message.startswith(f'{path}: general.default_region: "G\\nB\\x1b[2J" is not in the expected form')
