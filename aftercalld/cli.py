@@ -239,6 +239,9 @@ def cmd_run(args) -> int:
     config = _load(args.config)
     if not args.verbose:
         logging.getLogger().setLevel(config.log_level.upper())
+    # What the daemon writes (status.json, the outbox) holds phone numbers: never
+    # world-readable, even when started outside the unit (which sets UMask=0027).
+    os.umask(os.umask(0o027) | 0o027)
     return asyncio.run(run(config, args.config))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
@@ -195,7 +196,7 @@ class Outbox:
     def open(cls, path: str | Path, *, synchronous: str = "normal") -> Outbox:
         path = str(path)
         if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _create_private(Path(path))
         try:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
@@ -217,6 +218,9 @@ class Outbox:
             )
         except sqlite3.Error as exc:
             raise StoreError(f"{path}: cannot open the outbox: {exc}") from None
+        if path != ":memory:":
+            for companion in (path + "-wal", path + "-shm"):
+                _tighten(Path(companion))  # left 0644 by an older version
         return cls(conn, path)
 
     @staticmethod
@@ -784,6 +788,39 @@ class Outbox:
         cur = self.conn.execute("SELECT * FROM orphan_reports WHERE matched <= 0 ORDER BY id")
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur]
+
+
+# The outbox holds phone numbers and texts: owner and group only, whatever the umask (the
+# unit sets UMask=0027; a manual run or another init may not). SQLite gives -wal and -shm
+# the database file's mode, so creating that one right covers all three.
+_FILE_MODE, _DIR_MODE = 0o640, 0o750
+
+
+def _create_private(path: Path) -> None:
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.chmod(_DIR_MODE)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, _FILE_MODE)
+    except FileExistsError:
+        _tighten(path)
+        return
+    except OSError:
+        return  # sqlite3.connect reports it with the path and the reason
+    try:
+        os.fchmod(fd, _FILE_MODE)  # exactly 0640: the umask neither widens nor narrows it
+    finally:
+        os.close(fd)
+
+
+def _tighten(path: Path) -> None:
+    """Drop group write and every "other" bit from an existing file of ours."""
+    try:
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o027:
+            path.chmod(mode & ~0o027)
+    except OSError:
+        pass  # absent, or not ours to change: nothing we can do here
 
 
 def _catch_up(conn: sqlite3.Connection, wal_frames: int) -> None:
