@@ -16,7 +16,7 @@ import phonenumbers
 from .configreader import ConfigError, Section
 from .model import CallStatus, Direction, RecipientKind
 from .pbxconfig import PBX_TYPES, PbxConfig
-from .phone import PhoneRules
+from .phone import DEFAULT_CACHE_SIZE, PhoneRules
 from .policy import PolicyConfig, QuietAction, RulePolicy
 from .retention import MIN_KEEP_DAYS
 from .rules.engine import WEEKDAYS, Conditions, RecipientSpec, Rule, RuleSet, TimeWindow
@@ -135,6 +135,7 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
         max_extension_digits=general.int("max_extension_digits", 6, min=1, max=8),
         allowed_regions=frozenset(allowed),
         allow_landlines=general.bool("allow_landlines", False),
+        cache_size=general.int("phone_cache_size", DEFAULT_CACHE_SIZE, min=0, max=1_000_000),
     )
     outbox_path = general.str("outbox", "/var/lib/aftercalld/outbox.sqlite3", nonempty=True)
     synchronous = general.str("sqlite_synchronous", "normal", choices=("normal", "full"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import json
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
@@ -15,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from .textsafety import bounded
+from .textsafety import MAX_FIELD_LENGTH, bounded
 
 # What CallRecord.from_dict accepts: years every time zone conversion can represent, and
 # durations up to a week (no call lasts longer; nan and inf are refused).
@@ -36,7 +37,20 @@ class CallStatus(enum.StrEnum):
 
 
 def _frozen_mapping(value: Mapping[str, str] | None) -> Mapping[str, str]:
-    return MappingProxyType(dict(value or {}))
+    mapping = dict(value or {})
+    if mapping and not _all_short_ascii((*mapping.keys(), *mapping.values())):
+        mapping = {bounded(str(k)): bounded(str(v)) for k, v in mapping.items()}
+    return MappingProxyType(mapping)
+
+
+def _all_short_ascii(values: tuple[Any, ...]) -> bool:
+    """True when every value is ASCII text and all together fit one field's bound: the
+    usual record, checked with one join instead of a test per field (hot path)."""
+    try:
+        joined = "".join(values)
+    except TypeError:
+        return False
+    return len(joined) <= MAX_FIELD_LENGTH and joined.isascii()
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +82,7 @@ class CallRecord:
         object.__setattr__(self, "direction", Direction(self.direction))
         object.__setattr__(self, "status", CallStatus(self.status))
         object.__setattr__(self, "variables", _frozen_mapping(self.variables))
+        _bound_text_fields(self)
         for name in ("start_time", "answer_time", "end_time"):
             value = getattr(self, name)
             if value is not None and value.tzinfo is None:
@@ -186,6 +201,21 @@ class CallRecord:
 
 
 _RECORD_FIELDS = tuple(f.name for f in fields(CallRecord))
+# Every text field comes from a PBX, and so from strangers (caller id name and number).
+_TEXT_FIELDS = tuple(f.name for f in fields(CallRecord) if f.type == "str")
+_text_values = operator.attrgetter(*_TEXT_FIELDS)
+
+
+def _bound_text_fields(record: CallRecord) -> None:
+    """Cap each text field's length and replace unpaired surrogates, once, as the record
+    is built by a tracker: one 100 KB caller id must not be kept whole in the outbox,
+    the caches and every log line, nor crash an encoder downstream."""
+    values = _text_values(record)
+    if _all_short_ascii(values):
+        return
+    for name, value in zip(_TEXT_FIELDS, values, strict=True):
+        if isinstance(value, str) and (len(value) > MAX_FIELD_LENGTH or not value.isascii()):
+            object.__setattr__(record, name, bounded(value))
 _SLOT_ACCESS = tuple((CallRecord.__dict__[n].__get__, CallRecord.__dict__[n].__set__) for n in _RECORD_FIELDS)
 _SLOT_SETTERS = {n: CallRecord.__dict__[n].__set__ for n in _RECORD_FIELDS}
 

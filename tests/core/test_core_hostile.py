@@ -12,6 +12,7 @@ from core_helpers import NOW, call, write_config
 
 from aftercalld import cli
 from aftercalld.config import load
+from aftercalld.configreader import ConfigError
 from aftercalld.pipeline import CallHandler
 from aftercalld.store import Outbox
 
@@ -133,3 +134,49 @@ caller = { text = "Hi {caller_name}, sorry we missed you", sender = "Acme" }
     [result] = [json.loads(x) for x in out.splitlines()]
     assert result["call"]["caller_name"] == "Zo\ufffde"
     assert result["messages"][0]["text"] == "Hi Zo\ufffde, sorry we missed you"
+
+
+# -- bounded memory for caller ids (issue 13, item 11) --------------------------------------------
+
+
+def test_the_phone_check_cache_is_bounded_by_configuration_and_skips_giant_ids(tmp_path):
+    from aftercalld.phone import DEFAULT_CACHE_SIZE, PhoneRules
+
+    config = load(write_config(tmp_path))
+    assert config.phone.cache_size == DEFAULT_CACHE_SIZE == 4096
+    rules = PhoneRules("GB", cache_size=100)
+    for i in range(1000):
+        rules.check(f"+4474001{i:05d}")
+    assert rules.cache_entries() == 100
+    giant = PhoneRules("GB")
+    for i in range(1000):
+        check = giant.check(f"{i:04d}" + "7" * 100_000)
+        assert check.e164 is None and len(check.reason) < 100
+        assert check.reason.endswith("(100004 characters)")
+    assert giant.cache_entries() == 0  # nothing of them is kept
+
+
+def test_phone_cache_size_is_validated(tmp_path):
+    path = write_config(tmp_path)
+    text = path.read_text().replace('default_region = "GB"\n', 'default_region = "GB"\nphone_cache_size = -1\n')
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="general.phone_cache_size: must be at least 0"):
+        load(path)
+
+
+def test_a_giant_caller_id_is_bounded_where_the_call_record_is_built(tmp_path):
+    config = load(write_config(tmp_path))
+    outbox = Outbox.open(config.outbox_path)
+    try:
+        record = call(call_id="giant", caller_number="0" + "7" * 100_000, caller_name="Zo\ud800" * 50_000,
+                      variables={"X": "v" * 100_000})
+        assert max(len(record.caller_number), len(record.caller_name), len(record.variables["X"])) <= 256
+        assert "\ud800" not in record.caller_name
+        decision = CallHandler(config, outbox, clock=fixed_clock).handle(record)
+        [message] = decision.messages
+        assert message.suppressed.startswith("invalid number") or len(message.suppressed) < 100
+        [row] = outbox.calls(call_key="main/giant")
+        assert len(row["record"]) < 2000
+        assert all(len(m["key"]) < 400 for m in outbox.messages())
+    finally:
+        outbox.close()
