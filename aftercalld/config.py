@@ -87,9 +87,16 @@ def load(path: str | Path) -> Config:
         raise ConfigError(path, "", f"cannot read: {exc.strerror}") from None
     try:
         text = raw.decode("utf-8")
-        data = tomllib.loads(text)
     except UnicodeDecodeError:
         raise ConfigError(path, "", "not UTF-8 text") from None
+    return loads(text, path)
+
+
+def loads(text: str, file: str = "<config>") -> Config:
+    """A config from TOML text; `file` names it in errors."""
+    path = file
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, "", f"TOML syntax error: {exc}") from None
     except ValueError as exc:

@@ -90,6 +90,10 @@ def parse_template(source: str, known: set[str] | frozenset[str]) -> Template:
 
     ``{{`` and ``}}`` are literal braces. A fallback may contain any text but braces.
     """
+    if not source.isascii():
+        bad = next((i for i, c in enumerate(source) if "\ud800" <= c <= "\udfff"), None)
+        if bad is not None:
+            raise TemplateError(f"position {bad + 1}: a lone surrogate, not a character (no SMS can carry it)")
     parts: list[_Literal | _Placeholder] = []
     literal: list[str] = []
     i, n = 0, len(source)
