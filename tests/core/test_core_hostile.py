@@ -180,3 +180,17 @@ def test_a_giant_caller_id_is_bounded_where_the_call_record_is_built(tmp_path):
         assert all(len(m["key"]) < 400 for m in outbox.messages())
     finally:
         outbox.close()
+
+
+def test_a_receipt_in_a_64_kb_message_payload_is_kept_only_in_part():
+    from aftercalld.smpp import pdu
+    from aftercalld.smpp.receipts import parse_receipt
+
+    payload = b"id:" + b"7" * 30_000 + b" stat:DELIVRD err:000 text:" + b"x" * 30_000
+    message = pdu.ShortMessage(command_id=pdu.DELIVER_SM, service_type="", source_ton=1, source_npi=1,
+                               source="447400123456", dest_ton=5, dest_npi=0, destination="ACME",
+                               esm_class=pdu.ESM_DELIVERY_RECEIPT, data_coding=0, short_message=b"",
+                               tlvs={pdu.TAG_MESSAGE_PAYLOAD: payload})
+    receipt = parse_receipt(message)
+    assert receipt.state.value == "delivered"
+    assert receipt.message_id == "7" * 128 and len(receipt.raw) == 1000
