@@ -87,3 +87,75 @@ def _parse_entry(data: bytes) -> dict[str, str]:
             pos = end + 9 + size + 1
     return out
 
+
+
+# -- end to end: a real `aftercalld run` fed by a test AMI server -----------------------------
+
+DAEMON_CONFIG = """
+[general]
+timezone = "Asia/Kolkata"
+default_region = "IN"
+outbox = "{outbox}"
+
+[[pbx]]
+name = "main"
+type = "asterisk"
+host = "127.0.0.1"
+port = {ami_port}
+username = "aftercalld"
+secret = "test"
+reconnect_min = 0.05
+reconnect_max = 0.2
+
+[transport]
+type = "log"
+
+[[rules]]
+name = "Missed"
+recipients = ["caller"]
+when = {{ status = ["missed", "voicemail"] }}
+caller = {{ text = "Sorry we missed you.", sender = "ACME" }}
+"""
+
+
+async def test_a_caller_id_with_a_bare_lf_cannot_forge_a_daemon_log_line(tmp_path, traces):
+    """Issue 13 item 4: AMI frames on CRLF, so a bare LF stays inside CallerIDNum and reached
+    the log as a line of its own."""
+    import asyncio
+    import os
+    import signal
+    import sys as _sys
+    from pathlib import Path
+
+    _sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ami"))
+    from ami_server import AmiServer
+
+    ami = await AmiServer().start()
+    config = tmp_path / "aftercalld.toml"
+    config.write_text(DAEMON_CONFIG.format(outbox=tmp_path / "outbox.sqlite3", ami_port=ami.port))
+    raw = (traces / "asterisk" / "inbound_missed_noanswer.ami").read_bytes()
+    trace = b"\r\n".join(line for line in raw.split(b"\r\n") if not line.startswith(b"#"))
+    forged_tail = ("\n" + FORGED.split("\n", 1)[1] + "\x1b[2J").encode()  # a bare LF, then the forgery
+    trace = trace.replace(b"CallerIDNum: 9876543210", b"CallerIDNum: 9876543210" + forged_tail)
+    proc = await asyncio.create_subprocess_exec(_sys.executable, "-m", "aftercalld", "run", "-c", str(config),
+                                                stderr=asyncio.subprocess.PIPE, env={**os.environ})
+    lines: list[str] = []
+    try:
+        async def until(text: str) -> None:
+            while not any(text in line for line in lines):
+                line = await proc.stderr.readline()
+                assert line, "daemon exited:\n" + "".join(lines)
+                lines.append(line.decode())
+
+        await asyncio.wait_for(ami.wait_until(lambda: ami.ok_logins >= 1), 20)
+        await ami.send(trace)
+        await asyncio.wait_for(until(" aftercalld.pipeline: "), 20)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = await asyncio.wait_for(proc.communicate(), 30)
+        await ami.stop()
+    log = "".join(lines) + (rest or b"").decode()
+    assert "\x1b" not in log
+    forged = [line for line in log.splitlines() if "message 99 to +4474 delivered" in line]
+    assert forged and all(" aftercalld.pipeline: " in line for line in forged), log
+    assert not any(line.startswith("2026-11-30 12:00:00,000 INFO aftercalld.dispatcher") for line in log.splitlines())
