@@ -102,11 +102,12 @@ def _check(rules: PhoneRules, raw: str) -> PhoneCheck:
         return PhoneCheck(None, f"invalid number: {exc._msg}")
     # One region lookup and one type match instead of the two of each that
     # is_valid_number() + number_type() cost: with +1 that lookup walks 25 NANPA regions.
-    region = phonenumbers.region_code_for_number(parsed)
-    metadata = PhoneMetadata.metadata_for_region_or_calling_code(parsed.country_code, region)
+    region = phonenumbers.region_code_for_number(parsed) or ""
+    metadata = (PhoneMetadata.metadata_for_region_or_calling_code(parsed.country_code, region)
+                if region and parsed.country_code is not None else None)
     number_type = (
         _number_type_helper(phonenumbers.national_significant_number(parsed), metadata)
-        if region and metadata is not None else PhoneNumberType.UNKNOWN
+        if metadata is not None else PhoneNumberType.UNKNOWN
     )
     if number_type == PhoneNumberType.UNKNOWN:
         return PhoneCheck(None, "invalid number")
