@@ -147,7 +147,7 @@ def status(outbox: Outbox, config: Config, fmt: str, out: TextIO, clock: Clock =
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
     sent_today, by_rule = outbox.submitted_counts_since(midnight)
     live = _live_status(config)
-    info = {
+    info: dict[str, Any] = {
         "daemon": live,
         "outbox": config.outbox_path,
         "queue_depth": outbox.queue_depth(),
@@ -180,7 +180,7 @@ def status(outbox: Outbox, config: Config, fmt: str, out: TextIO, clock: Clock =
 def _kv(status: dict[str, Any]) -> str:
     name = status.get("name", "?")
     rest = ", ".join(f"{k} {v}" for k, v in status.items() if k != "name")
-    return f"{name}: {rest}"
+    return escape_controls(f"{name}: {rest}")  # states carry peers' error texts
 
 
 def _live_status(config: Config) -> dict[str, Any] | None:
