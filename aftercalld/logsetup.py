@@ -12,6 +12,7 @@ import os
 import socket
 import struct
 import sys
+from typing import Any
 
 from .textsafety import escape_controls
 
@@ -38,6 +39,28 @@ class EscapingFormatter(logging.Formatter):
         record.message = escape_controls(record.message)
         return super().formatMessage(record)
 
+    def formatException(self, ei: Any) -> str:
+        return escape_traceback(super().formatException(ei))
+
+
+_TRACEBACK_HEADS = ("Traceback (most recent call last):", "During handling of the above exception",
+                    "The above exception was the direct cause")
+
+
+def escape_traceback(text: str) -> str:
+    """A traceback keeps its own lines (frames are indented; the exception line and the
+    chaining sentences are not), but an exception message that holds a newline (a value
+    from a peer) stays on the exception's line, escaped."""
+    out: list[str] = []
+    for line in text.split("\n"):
+        structural = not line or line.startswith((" ", *_TRACEBACK_HEADS))
+        follows_message = bool(out) and bool(out[-1]) and not out[-1].startswith((" ", *_TRACEBACK_HEADS))
+        if not structural and follows_message:
+            out[-1] += "\\n" + escape_controls(line)
+        else:
+            out.append(escape_controls(line))
+    return "\n".join(out)
+
 
 class JournalHandler(logging.Handler):
     def __init__(self, address: str = JOURNAL_SOCKET, identifier: str = "aftercalld") -> None:
@@ -54,7 +77,7 @@ class JournalHandler(logging.Handler):
             # with a newline cannot forge an entry. Only our own traceback spans lines.
             message = escape_controls(record.getMessage())
             if record.exc_info:
-                message += "\n" + logging.Formatter().formatException(record.exc_info)
+                message += "\n" + escape_traceback(logging.Formatter().formatException(record.exc_info))
             parts = [
                 _field("MESSAGE", message),
                 _field("PRIORITY", _PRIORITY.get(record.levelno, 6)),

@@ -50,6 +50,23 @@ def test_text_log_lines_escape_values_in_the_message_and_its_arguments(root_logg
     assert lines[-1] == "ValueError: boom"
 
 
+def test_an_exception_message_with_a_newline_stays_on_the_exception_line(root_logging, capsys):
+    setup_logging(logging.INFO, journal=False)
+    log = logging.getLogger("aftercalld.test.forged")
+    try:
+        try:
+            raise KeyError("inner")
+        except KeyError as inner:
+            raise ValueError(f"bad caller {FORGED}") from inner
+    except ValueError:
+        log.exception("event skipped")
+    lines = capsys.readouterr().err.splitlines()
+    assert not any(line.startswith("2026-11-30 12:00:00,000 INFO aftercalld.dispatcher") for line in lines)
+    assert lines[-1].startswith("ValueError: bad caller +447400123456\\n2026-11-30 12:00:00,000 INFO")
+    assert "The above exception was the direct cause of the following exception:" in lines
+    assert sum(line == "Traceback (most recent call last):" for line in lines) == 2
+
+
 def test_journal_entries_carry_escaped_messages_and_fields(tmp_path):
     path = str(tmp_path / "journal.sock")
     journal = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
