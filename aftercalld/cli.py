@@ -174,6 +174,15 @@ def cmd_replay(args) -> int:
     except TraceError as exc:
         print(f"aftercalld: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except UnicodeDecodeError as exc:
+        print(f"aftercalld: a trace is not UTF-8 text (byte {exc.start}): {', '.join(args.trace)}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as exc:
+        print(f"aftercalld: {exc.filename or ', '.join(args.trace)}: {exc.strerror}", file=sys.stderr)
+        return EXIT_CONFIG
+    except RecursionError:
+        print(f"aftercalld: a trace is nested too deeply to read: {', '.join(args.trace)}", file=sys.stderr)
+        return EXIT_CONFIG
     results = replay_sync(records, config, args.outbox)
     _print_results(results, args.format)
     return EXIT_OK

@@ -194,3 +194,25 @@ def test_a_receipt_in_a_64_kb_message_payload_is_kept_only_in_part():
     receipt = parse_receipt(message)
     assert receipt.state.value == "delivered"
     assert receipt.message_id == "7" * 128 and len(receipt.raw) == 1000
+
+
+def test_replay_skips_impossible_records_with_a_warning_and_refuses_unreadable_files(tmp_path, capsys):
+    path = write_config(tmp_path)
+    good = json.loads(call(call_id="good").to_json())
+    lines = [json.dumps(good | {"call_id": "nan", "ring_seconds": float("nan")}),
+             json.dumps(good | {"call_id": "inf"}).replace('"talk_seconds": 0.0', '"talk_seconds": 1e309'),
+             json.dumps(good | {"call_id": "year1", "start_time": "0001-01-01T00:00:00+00:00"}),
+             json.dumps(good)]
+    (tmp_path / "calls.jsonl").write_text("\n".join(lines) + "\n")
+    code, out, err = run_cli(capsys, "replay", "-c", path, "--format", "json", tmp_path / "calls.jsonl")
+    assert code == 0 and "Traceback" not in err
+    assert [json.loads(x)["call"]["call_id"] for x in out.splitlines()] == ["good"]
+    assert "calls.jsonl:1: skipped: ring_seconds: nan" in err
+    assert "calls.jsonl:2: skipped: talk_seconds: inf" in err
+    assert "calls.jsonl:3: skipped: start_time: year 1" in err
+
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"caller_name": "Zo\xeb"}\n')
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    for name in ("latin1.jsonl", "deep.json"):
+        code, out, err = run_cli(capsys, "replay", "-c", path, tmp_path / name)
+        assert code == 2 and "Traceback" not in err and err.startswith("aftercalld: "), err
