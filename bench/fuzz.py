@@ -8,8 +8,9 @@ entry names (ConfigError, TemplateError, ValueError …); anything else is an un
 exception, and an input that takes longer than --hang-seconds is a hang.
 
 Prints per parser: inputs, refused (clean errors), uncaught exceptions, hangs, peak RSS
-(each parser runs in its own process, so its peak is its own), and the first few distinct
-uncaught exceptions with the input that raised them.
+(each parser runs in its own process, so its peak is its own; hypothesis itself takes part
+of it), RSS after the first and the last run of --chunk inputs (equal: the parser keeps
+nothing), and the first few distinct uncaught exceptions with the input that raised them.
 
   python bench/fuzz.py                      # every target, 100,000 inputs each
   python bench/fuzz.py --inputs 2000 --only msgid receipt_text
@@ -229,7 +230,8 @@ def _feed_receipt(case: tuple[bytes, dict[int, bytes]]) -> object:
 # -- message ids ---------------------------------------------------------------------------
 
 def _msgid_strategy() -> st.SearchStrategy[str]:
-    return st.one_of(hostile_text(80), st.from_regex(r"(0x)?[0-9a-fA-F\xb2\xb3\xb9\u0660-\u0669]{0,40}", fullmatch=True))
+    ids = st.from_regex(r"(0x)?[0-9a-fA-F\xb2\xb3\xb9\u0660-\u0669]{0,40}", fullmatch=True)
+    return st.one_of(hostile_text(80), ids)
 
 
 def _feed_msgid(value: str) -> object:
@@ -358,12 +360,29 @@ def run_target(target: Target, inputs: int, hang_seconds: float, on_input: Calla
             "failures": failures}
 
 
-def _child(name: str, inputs: int, hang_seconds: float) -> None:
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _child(name: str, inputs: int, hang_seconds: float, chunk: int) -> None:
+    """Runs of `chunk` inputs each: hypothesis keeps a record of every input of a run, so
+    one run of 100,000 would measure the fuzzer's memory rather than the parser's. The RSS
+    after the first run and after the last one show whether the parser keeps anything."""
     started = time.perf_counter()
-    result = run_target(TARGETS[name], inputs, hang_seconds)
-    result["seconds"] = round(time.perf_counter() - started, 1)
-    result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    print(json.dumps(result))
+    total: Counter[str] = Counter()
+    failures: dict[str, str] = {}
+    rss_after: list[float] = []
+    while total["inputs"] < inputs:
+        result = run_target(TARGETS[name], min(chunk, inputs - total["inputs"]), hang_seconds)
+        total.update({k: result[k] for k in ("inputs", "accepted", "refused", "uncaught", "hangs")})
+        for kind, example in result["failures"].items():
+            failures.setdefault(kind, example)
+        rss_after.append(_rss_mib())
+    print(json.dumps({"name": name, **total, "failures": failures,
+                      "seconds": round(time.perf_counter() - started, 1),
+                      "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                      "rss_first_mib": round(rss_after[0], 1), "rss_last_mib": round(rss_after[-1], 1)}))
 
 
 def main() -> int:
@@ -372,29 +391,33 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", choices=sorted(TARGETS), help="these parsers only")
     parser.add_argument("--jobs", type=int, default=2, help="parsers fuzzed at once, one process each")
     parser.add_argument("--hang-seconds", type=float, default=2.0, help="an input slower than this is a hang")
+    parser.add_argument("--chunk", type=int, default=10_000, help="inputs per hypothesis run (see _child)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        _child(args.child, args.inputs, args.hang_seconds)
+        _child(args.child, args.inputs, args.hang_seconds, args.chunk)
         return 0
 
     names = args.only or sorted(TARGETS)
 
     def run(name: str) -> dict[str, Any]:
         res = subprocess.run([sys.executable, __file__, "--child", name, "--inputs", str(args.inputs),
-                              "--hang-seconds", str(args.hang_seconds)], capture_output=True, text=True)
+                              "--hang-seconds", str(args.hang_seconds), "--chunk", str(args.chunk)],
+                             capture_output=True, text=True)
         if res.returncode != 0:
             return {"name": name, "inputs": 0, "refused": 0, "uncaught": math.nan, "hangs": math.nan,
-                    "peak_rss_mib": math.nan, "seconds": 0, "failures": {"fuzzer crashed": res.stderr[-600:]}}
+                    "peak_rss_mib": math.nan, "rss_first_mib": math.nan, "rss_last_mib": math.nan, "seconds": 0,
+                    "failures": {"fuzzer crashed": res.stderr[-600:]}}
         return json.loads(res.stdout.strip().splitlines()[-1])
 
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         results = list(pool.map(run, names))
 
-    print(f"{'parser':<16} {'inputs':>8} {'refused':>8} {'uncaught':>9} {'hangs':>6} {'peak RSS':>10} {'time':>7}")
+    print(f"{'parser':<16} {'inputs':>8} {'refused':>8} {'uncaught':>9} {'hangs':>6} {'peak RSS':>10} "
+          f"{'RSS first/last run':>19} {'time':>7}")
     for r in results:
         print(f"{r['name']:<16} {r['inputs']:>8} {r['refused']:>8} {r['uncaught']:>9} {r['hangs']:>6} "
-              f"{r['peak_rss_mib']:>6} MiB {r['seconds']:>6}s")
+              f"{r['peak_rss_mib']:>6} MiB {r['rss_first_mib']:>8}/{r['rss_last_mib']:<6} MiB {r['seconds']:>6}s")
     for r in results:
         for kind, example in r["failures"].items():
             print(f"\n{r['name']}: {kind}\n  input: {example}")
