@@ -12,6 +12,7 @@ from aftercalld.config import load
 from aftercalld.configreader import ConfigError
 
 RULE_HEAD = '[[rules]]\nname = "R"\n'
+CALLER_MISSED = 'caller = { template = "missed", sender = "Acme" }\n'
 
 BAD = [
     # (rules/extra TOML, expected key path, expected words in the reason)
@@ -27,13 +28,13 @@ BAD = [
      "rules[0].caller.text", "is not a placeholder name"),
     (RULE_HEAD + 'recipients = ["caller"]\ncaller = { text = "unclosed {company", sender = "Acme" }\n',
      "rules[0].caller.text", "unclosed"),
-    (RULE_HEAD + 'recipients = ["caller"]\nwhen = { status = "answered" }\ncaller = { template = "missed", sender = "Acme" }\n',
+    (RULE_HEAD + 'recipients = ["caller"]\nwhen = { status = "answered" }\n' + CALLER_MISSED,
      "rules[0].when.status", 'unknown value "answered"'),
-    (RULE_HEAD + 'recipients = ["caller"]\nwhen = { hours = "25:00-26:00" }\ncaller = { template = "missed", sender = "Acme" }\n',
+    (RULE_HEAD + 'recipients = ["caller"]\nwhen = { hours = "25:00-26:00" }\n' + CALLER_MISSED,
      "rules[0].when.hours", "hours 00-23"),
-    (RULE_HEAD + 'recipients = ["caller"]\nwhen = { weekdays = ["funday"] }\ncaller = { template = "missed", sender = "Acme" }\n',
+    (RULE_HEAD + 'recipients = ["caller"]\nwhen = { weekdays = ["funday"] }\n' + CALLER_MISSED,
      "rules[0].when.weekdays", 'unknown value "funday"'),
-    (RULE_HEAD + 'recipients = ["caller"]\nwhen = { caller = "(unclosed" }\ncaller = { template = "missed", sender = "Acme" }\n',
+    (RULE_HEAD + 'recipients = ["caller"]\nwhen = { caller = "(unclosed" }\n' + CALLER_MISSED,
      "rules[0].when.caller", "not a valid regular expression"),
     (RULE_HEAD + 'recipients = ["caller"]\ncaller = { template = "missed", sender = "ThisIsFarTooLong" }\n',
      "rules[0].caller.sender", "alphanumeric sender id of at most 11"),
@@ -43,7 +44,8 @@ BAD = [
      "rules[0].max_segments", "must be at least 1"),
     (RULE_HEAD + 'recipients = ["caller"]\nenabled = "yes"\ncaller = { template = "missed", sender = "Acme" }\n',
      "rules[0].enabled", "must be true or false"),
-    (RULE_HEAD + 'recipients = ["caller"]\ncaller = { template = "missed", sender = "Acme" }\nwhen = { talk_seconds_min = 30, talk_seconds_max = 10 }\n',
+    (RULE_HEAD + 'recipients = ["caller"]\n' + CALLER_MISSED
+     + 'when = { talk_seconds_min = 30, talk_seconds_max = 10 }\n',
      "rules[0].when.talk_seconds_max", "below the matching _min"),
     (DEFAULT_RULES + DEFAULT_RULES, "rules[1].name", 'duplicate rule name "Missed"'),
     (DEFAULT_RULES + '\n[transport2]\ntype = "log"\n', "transport2", "unknown key"),
@@ -73,7 +75,8 @@ def test_bad_config_names_file_key_and_reason(tmp_path, toml, key, reason):
 ])
 def test_bad_general_section(tmp_path, general, key, reason):
     path = tmp_path / "c.toml"
-    path.write_text(f'[general]\ndefault_region = "GB"\n{general}\n'.replace('default_region = "GB"\ndefault_region', 'default_region'))
+    text = f'[general]\ndefault_region = "GB"\n{general}\n'
+    path.write_text(text.replace('default_region = "GB"\ndefault_region', 'default_region'))
     with pytest.raises(ConfigError) as info:
         load(path)
     assert (info.value.key, reason in info.value.reason) == (key, True), str(info.value)

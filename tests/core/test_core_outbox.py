@@ -91,7 +91,8 @@ def test_the_outbox_keeps_every_field_of_the_call_for_support(setup):
     config, outbox = setup
     full = call(call_id="all-fields", caller_name="Zoë «Ω»", department="support", queue="q1",
                 agent_extension="201", agent_name="Alice", agent_number="+447400123201",
-                answer_time=datetime(2026, 11, 30, 10, 0, 4, tzinfo=UTC), ring_seconds=3.5, talk_seconds=0.0, hangup_cause="NO_ANSWER",
+                answer_time=datetime(2026, 11, 30, 10, 0, 4, tzinfo=UTC), ring_seconds=3.5, talk_seconds=0.0,
+                hangup_cause="NO_ANSWER",
                 voicemail_box="100@default", variables={"CRM_ID": "42", "note": "a \"quoted\" {value}"})
     CallHandler(config, outbox).handle(full)
     (stored,) = outbox.calls(call_key="main/all-fields")
