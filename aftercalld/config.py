@@ -132,7 +132,8 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
     tz = _zone(general, "timezone", "UTC")
     region = general.str("default_region", pattern=r"[A-Z]{2}")
     if region not in phonenumbers.SUPPORTED_REGIONS:
-        raise general.error("default_region", f'"{region}" is not a region libphonenumber knows (ISO 3166 code, e.g. "GB")')
+        raise general.error("default_region",
+                            f'"{region}" is not a region libphonenumber knows (ISO 3166 code, e.g. "GB")')
     allowed = general.str_list("allowed_countries", [region])
     for code in allowed:
         if code != "*" and code not in phonenumbers.SUPPORTED_REGIONS:
@@ -370,7 +371,8 @@ def _recipient(rule: Section, kind: RecipientKind, templates: dict[str, _Templat
                known: frozenset[str]) -> RecipientSpec:
     sec = rule.section(kind.value)
     if not sec.data:
-        raise rule.error(kind.value, f'missing: recipients includes "{kind.value}", so [{rule.key(kind.value)}] must give a template and sender')
+        raise rule.error(kind.value, f'missing: recipients includes "{kind.value}", '
+                                     f'so [{rule.key(kind.value)}] must give a template and sender')
     if sec.has("template") and sec.has("text"):
         raise sec.error("text", "give either template (a name from [templates]) or text, not both")
     if sec.has("text"):
@@ -379,11 +381,13 @@ def _recipient(rule: Section, kind: RecipientKind, templates: dict[str, _Templat
     else:
         template_name = sec.str("template")
         if template_name not in templates:
-            raise sec.error("template", f'unknown template "{template_name}" (defined: {", ".join(sorted(templates)) or "none"})')
+            defined = ", ".join(sorted(templates)) or "none"
+            raise sec.error("template", f'unknown template "{template_name}" (defined: {defined})')
         definition = templates[template_name]
     sender = sec.str("sender", nonempty=True)
     if not (_SENDER_NUMBER.fullmatch(sender) or _SENDER_ALNUM.fullmatch(sender)):
-        raise sec.error("sender", f'"{sender}" is neither a phone number nor an alphanumeric sender id of at most 11 characters')
+        raise sec.error("sender", f'"{sender}" is neither a phone number nor an alphanumeric sender id '
+                                  f'of at most 11 characters')
     numbers: tuple[str, ...] = ()
     if kind is RecipientKind.FIXED:
         numbers = tuple(sec.str_list("numbers"))
@@ -440,7 +444,8 @@ def _conditions(sec: Section, pbx_names: set[str]) -> Conditions:
         variables=sec.str_map("variables", {}),
         pbxs=pbxs,
     )
-    for lo, hi, key in ((cond.talk_min, cond.talk_max, "talk_seconds_max"), (cond.ring_min, cond.ring_max, "ring_seconds_max")):
+    for lo, hi, key in ((cond.talk_min, cond.talk_max, "talk_seconds_max"),
+                        (cond.ring_min, cond.ring_max, "ring_seconds_max")):
         if lo is not None and hi is not None and hi < lo:
             raise sec.error(key, f"is below the matching _min ({hi:g} < {lo:g})")
     sec.done()

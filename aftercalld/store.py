@@ -434,7 +434,8 @@ class Outbox:
                 "next_attempt_at = NULL WHERE id = ?",
                 (reason, now, now, message.id),
             )
-        return Transition(message.id, message.call_id, message.rule, message.destination, MessageState.SUPPRESSED, reason)
+        return Transition(message.id, message.call_id, message.rule, message.destination,
+                          MessageState.SUPPRESSED, reason)
 
     def defer(self, message: OutboundMessage, until: float, reason: str, now: float) -> None:
         """Put a claimed message back without counting an attempt (quiet hours, rate)."""
