@@ -201,6 +201,8 @@ class CallRecord:
 
 
 _RECORD_FIELDS = tuple(f.name for f in fields(CallRecord))
+_SLOT_ACCESS = tuple((CallRecord.__dict__[n].__get__, CallRecord.__dict__[n].__set__) for n in _RECORD_FIELDS)
+_SLOT_SETTERS = {n: CallRecord.__dict__[n].__set__ for n in _RECORD_FIELDS}
 # Every text field comes from a PBX, and so from strangers (caller id name and number).
 _TEXT_FIELDS = tuple(f.name for f in fields(CallRecord) if f.type == "str")
 _text_values = operator.attrgetter(*_TEXT_FIELDS)
@@ -216,8 +218,6 @@ def _bound_text_fields(record: CallRecord) -> None:
     for name, value in zip(_TEXT_FIELDS, values, strict=True):
         if isinstance(value, str) and (len(value) > MAX_FIELD_LENGTH or not value.isascii()):
             object.__setattr__(record, name, bounded(value))
-_SLOT_ACCESS = tuple((CallRecord.__dict__[n].__get__, CallRecord.__dict__[n].__set__) for n in _RECORD_FIELDS)
-_SLOT_SETTERS = {n: CallRecord.__dict__[n].__set__ for n in _RECORD_FIELDS}
 
 
 def _isoformat(value: datetime | None) -> str | None:
