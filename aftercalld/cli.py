@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from . import __version__
-from .clock import system_clock, utc_now
+from .clock import Clock, system_clock, utc_now
 from .configreader import ConfigError
 from .ownership import OwnershipError
 from .store import Outbox, StoreError
@@ -93,8 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="days to keep (default: [general] keep_days); the daemon may keep running")
 
     p = add("report", "Messages and per-rule outcomes from the outbox.")
-    p.add_argument("--since", help="ISO date/time (PBX time zone unless it has an offset)")
-    p.add_argument("--until", help="ISO date/time, exclusive")
+    p.add_argument("--since", help="ISO date/time (PBX time zone unless it has an offset), today or yesterday")
+    p.add_argument("--until", help="ISO date/time, today or yesterday; exclusive")
     p.add_argument("--rule")
     p.add_argument("--status", help="message state, e.g. delivered, failed, suppressed")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
@@ -120,9 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, clock: Clock = system_clock) -> int:
+    """`clock` is the one clock the commands read dates from (tests pass a fixed one)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.clock = clock
     if not args.command:
         parser.print_help()
         return EXIT_CONFIG
@@ -179,19 +181,21 @@ def cmd_test_rule(args) -> int:
     except ValueError as exc:
         print(f"aftercalld: {args.call}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    from .textsafety import escape_controls
+
     # The whole pipeline, as for replay: rules, then the daemon's policy (opt-out and DND
     # lists, quiet hours, quotas) at the time the call ended, into a throwaway outbox.
     (result,) = replay_sync([record], config)
     sel = result.decision.selection
     for name, why in sel.skipped:
-        print(f"  skipped {name!r}: {why}")
+        print(f"  skipped {name!r}: {escape_controls(why)}")
     if sel.rule is None:
         print(f"no rule fires: {sel.reason}")
         return EXIT_OK
     print(f"rule {sel.rule.name!r} fires")
     for m in result.messages:
-        print(f"\n  to {m['recipient_kind']} {m['destination'] or m['raw_number'] or '(none)'} from {m['sender']}: "
-              f"{_would(m)}")
+        where = escape_controls(m['destination'] or m['raw_number'] or '(none)')
+        print(f"\n  to {m['recipient_kind']} {where} from {m['sender']}: {_would(m)}")
         print(f"  encoding {m['encoding']}, {m['segments']} segment(s), {len(m['text'])} characters")
         for line in m["text"].splitlines() or [""]:
             print(f"  | {line}")
@@ -219,6 +223,15 @@ def cmd_replay(args) -> int:
         records = [r for trace in args.trace for r in read_calls(trace, config, args.pbx)]
     except TraceError as exc:
         print(f"aftercalld: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except UnicodeDecodeError as exc:
+        print(f"aftercalld: a trace is not UTF-8 text (byte {exc.start}): {', '.join(args.trace)}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as exc:
+        print(f"aftercalld: {exc.filename or ', '.join(args.trace)}: {exc.strerror}", file=sys.stderr)
+        return EXIT_CONFIG
+    except RecursionError:
+        print(f"aftercalld: a trace is nested too deeply to read: {', '.join(args.trace)}", file=sys.stderr)
         return EXIT_CONFIG
     results = replay_sync(records, config, args.outbox)
     _print_results(results, args.format)
@@ -259,14 +272,16 @@ def _print_results(results, fmt: str) -> None:
         for r in results:
             print(json.dumps(r.to_json(), ensure_ascii=False))
         return
+    from .textsafety import escape_controls as esc
+
     for r in results:
         rec = r.decision.record
         sel = r.decision.selection
-        print(f"call {rec.call_id} [{rec.pbx}] {rec.status} {rec.direction} "
-              f"from {rec.caller_number or '?'} to {rec.dialled_number or '?'}"
-              + (f", agent {rec.agent_extension}" if rec.agent_extension else "")
-              + (f", dept {rec.department}" if rec.department else "")
-              + f", talk {rec.talk_seconds:g}s")
+        print(esc(f"call {rec.call_id} [{rec.pbx}] {rec.status} {rec.direction} "
+                  f"from {rec.caller_number or '?'} to {rec.dialled_number or '?'}"
+                  + (f", agent {rec.agent_extension}" if rec.agent_extension else "")
+                  + (f", dept {rec.department}" if rec.department else "")
+                  + f", talk {rec.talk_seconds:g}s"))
         if r.decision.duplicate:
             print("  already handled: nothing queued")
         elif sel.rule is None:
@@ -275,7 +290,7 @@ def _print_results(results, fmt: str) -> None:
             print(f"  rule: {sel.rule.name}")
         for m in r.messages:
             state = m["state"] + (f" ({m['reason']})" if m["reason"] else "")
-            print(f"  → {m['recipient_kind']} {m['destination'] or m['raw_number'] or '-'}: {state}, "
+            print(f"  → {m['recipient_kind']} {esc(m['destination'] or m['raw_number'] or '-')}: {esc(state)}, "
                   f"{m['encoding']}, {m['segments']} segment(s)")
             print(f"    \"{m['text']}\"")
         print()
@@ -289,6 +304,9 @@ def cmd_run(args) -> int:
     refuse_daemon_as_root(config.outbox_path)
     if not args.verbose:
         logging.getLogger().setLevel(config.log_level.upper())
+    # What the daemon writes (status.json, the outbox) holds phone numbers: never
+    # world-readable, even when started outside the unit (which sets UMask=0027).
+    os.umask(os.umask(0o027) | 0o027)
     return asyncio.run(run(config, args.config))
 
 
@@ -421,9 +439,13 @@ def cmd_prune(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import report
+    from .report import ReportError, report
 
-    return _on_outbox(args, lambda outbox, config: report(outbox, config, args, sys.stdout))
+    try:
+        return _on_outbox(args, lambda outbox, config: report(outbox, config, args, sys.stdout, args.clock))
+    except ReportError as exc:
+        print(f"aftercalld: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 def cmd_files(args) -> int:

@@ -17,7 +17,7 @@ from .cdr.config import parse_backfill_keys
 from .configreader import ConfigError, Section
 from .model import CallStatus, Direction, RecipientKind
 from .pbxconfig import PBX_TYPES, PbxConfig
-from .phone import PhoneRules
+from .phone import DEFAULT_CACHE_SIZE, PhoneRules
 from .policy import PolicyConfig, QuietAction, RulePolicy
 from .retention import MIN_KEEP_DAYS
 from .rules.encoding import DEFAULT_PROFILE, SegmentingProfile
@@ -101,12 +101,44 @@ def load(path: str | Path) -> Config:
     except OSError as exc:
         raise ConfigError(path, "", f"cannot read: {exc.strerror}") from None
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(path, "", "not UTF-8 text") from None
+    return loads(text, path)
+
+
+def loads(text: str, file: str = "<config>") -> Config:
+    """A config from TOML text; `file` names it in errors."""
+    path = file
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, "", f"TOML syntax error: {exc}") from None
+    except ValueError as exc:
+        # tomllib lets int()'s digit limit through (an integer of more than 4,300 digits).
+        raise ConfigError(path, _long_integer_key(text), f"not a usable number: {exc}") from None
+    except RecursionError:
+        raise ConfigError(path, "", "TOML nested too deeply") from None
     return parse(data, path)
+
+
+_TABLE_HEADER = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?")
+_LONG_INTEGER = re.compile(r"^\s*([A-Za-z0-9_.\-\"' ]+?)\s*=\s*[+-]?[0-9_]{4000,}")
+
+
+def _long_integer_key(text: str) -> str:
+    """The key path of the first overlong integer, for the error (tomllib does not say)."""
+    table = ""
+    for line in text.splitlines():
+        header = _TABLE_HEADER.match(line)
+        if header:
+            table = header.group(1)
+            continue
+        match = _LONG_INTEGER.match(line)
+        if match:
+            key = match.group(1).strip()
+            return f"{table}.{key}" if table else key
+    return ""
 
 
 def parse(data: dict[str, Any], file: str = "<config>") -> Config:
@@ -115,7 +147,8 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
     tz = _zone(general, "timezone", "UTC")
     region = general.str("default_region", pattern=r"[A-Z]{2}")
     if region not in phonenumbers.SUPPORTED_REGIONS:
-        raise general.error("default_region", f'"{region}" is not a region libphonenumber knows (ISO 3166 code, e.g. "GB")')
+        raise general.error("default_region",
+                            f'"{region}" is not a region libphonenumber knows (ISO 3166 code, e.g. "GB")')
     allowed = general.str_list("allowed_countries", [region])
     for code in allowed:
         if code != "*" and code not in phonenumbers.SUPPORTED_REGIONS:
@@ -125,6 +158,7 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
         max_extension_digits=general.int("max_extension_digits", 6, min=1, max=8),
         allowed_regions=frozenset(allowed),
         allow_landlines=general.bool("allow_landlines", False),
+        cache_size=general.int("phone_cache_size", DEFAULT_CACHE_SIZE, min=0, max=1_000_000),
     )
     outbox_path = general.str("outbox", "/var/lib/aftercalld/outbox.sqlite3", nonempty=True)
     synchronous = general.str("sqlite_synchronous", "normal", choices=("normal", "full"))
@@ -153,6 +187,8 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
     policy = _policy(root, rule_policies)
     metrics = root.section("metrics")
     metrics_listen = metrics.str("listen", None, pattern=r"[0-9A-Za-z.\-\[\]:]+:[0-9]{1,5}")
+    if metrics_listen is not None and not 1 <= int(metrics_listen.rsplit(":", 1)[1]) <= 65535:
+        raise metrics.error("listen", f'port {metrics_listen.rsplit(":", 1)[1]} is outside 1-65535')
     metrics.done()
     root.done()
     return Config(
@@ -174,12 +210,20 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
     )
 
 
+_ZONE_NAME = re.compile(r"[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*")
+
+
 def _zone(section: Section, key: str, default: str) -> ZoneInfo:
     name = section.str(key, default)
+    hint = 'use an IANA name such as "Europe/London"'
+    # Checked before ZoneInfo sees it: a directory ("America") or an overlong name is an
+    # OSError from the file system there, not a ZoneInfoNotFoundError.
+    if len(name) > 64 or not _ZONE_NAME.fullmatch(name):
+        raise section.error(key, f'"{name}" is not a time zone name ({hint})')
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise section.error(key, f'unknown time zone "{name}" (use an IANA name such as "Europe/London")') from None
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise section.error(key, f'unknown time zone "{name}" ({hint})') from None
 
 
 def _agents(root: Section) -> dict[str, AgentEntry]:
@@ -344,7 +388,8 @@ def _recipient(rule: Section, kind: RecipientKind, templates: dict[str, _Templat
                known: frozenset[str]) -> RecipientSpec:
     sec = rule.section(kind.value)
     if not sec.data:
-        raise rule.error(kind.value, f'missing: recipients includes "{kind.value}", so [{rule.key(kind.value)}] must give a template and sender')
+        raise rule.error(kind.value, f'missing: recipients includes "{kind.value}", '
+                                     f'so [{rule.key(kind.value)}] must give a template and sender')
     if sec.has("template") and sec.has("text"):
         raise sec.error("text", "give either template (a name from [templates]) or text, not both")
     if sec.has("text"):
@@ -353,11 +398,13 @@ def _recipient(rule: Section, kind: RecipientKind, templates: dict[str, _Templat
     else:
         template_name = sec.str("template")
         if template_name not in templates:
-            raise sec.error("template", f'unknown template "{template_name}" (defined: {", ".join(sorted(templates)) or "none"})')
+            defined = ", ".join(sorted(templates)) or "none"
+            raise sec.error("template", f'unknown template "{template_name}" (defined: {defined})')
         definition = templates[template_name]
     sender = sec.str("sender", nonempty=True)
     if not (_SENDER_NUMBER.fullmatch(sender) or _SENDER_ALNUM.fullmatch(sender)):
-        raise sec.error("sender", f'"{sender}" is neither a phone number nor an alphanumeric sender id of at most 11 characters')
+        raise sec.error("sender", f'"{sender}" is neither a phone number nor an alphanumeric sender id '
+                                  f'of at most 11 characters')
     numbers: tuple[str, ...] = ()
     if kind is RecipientKind.FIXED:
         numbers = tuple(sec.str_list("numbers"))
@@ -415,7 +462,8 @@ def _conditions(sec: Section, pbx_names: set[str]) -> Conditions:
         pbxs=pbxs,
         voicemail_reached=sec.bool("voicemail_reached", None),
     )
-    for lo, hi, key in ((cond.talk_min, cond.talk_max, "talk_seconds_max"), (cond.ring_min, cond.ring_max, "ring_seconds_max")):
+    for lo, hi, key in ((cond.talk_min, cond.talk_max, "talk_seconds_max"),
+                        (cond.ring_min, cond.ring_max, "ring_seconds_max")):
         if lo is not None and hi is not None and hi < lo:
             raise sec.error(key, f"is below the matching _min ({hi:g} < {lo:g})")
     sec.done()

@@ -12,6 +12,9 @@ import os
 import socket
 import struct
 import sys
+from typing import Any
+
+from .textsafety import escape_controls
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 
@@ -27,6 +30,38 @@ def _field(name: str, value: object) -> bytes:
     return key + b"=" + data + b"\n"
 
 
+class EscapingFormatter(logging.Formatter):
+    """A text formatter that escapes control, format and line-separator characters in the
+    message (its format string and every argument), so one record is one line whatever a
+    caller id holds. A traceback, appended after this, keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:
+        return escape_traceback(super().formatException(ei))
+
+
+_TRACEBACK_HEADS = ("Traceback (most recent call last):", "During handling of the above exception",
+                    "The above exception was the direct cause")
+
+
+def escape_traceback(text: str) -> str:
+    """A traceback keeps its own lines (frames are indented; the exception line and the
+    chaining sentences are not), but an exception message that holds a newline (a value
+    from a peer) stays on the exception's line, escaped."""
+    out: list[str] = []
+    for line in text.split("\n"):
+        structural = not line or line.startswith((" ", *_TRACEBACK_HEADS))
+        follows_message = bool(out) and bool(out[-1]) and not out[-1].startswith((" ", *_TRACEBACK_HEADS))
+        if not structural and follows_message:
+            out[-1] += "\\n" + escape_controls(line)
+        else:
+            out.append(escape_controls(line))
+    return "\n".join(out)
+
+
 class JournalHandler(logging.Handler):
     def __init__(self, address: str = JOURNAL_SOCKET, identifier: str = "aftercalld") -> None:
         super().__init__()
@@ -34,13 +69,15 @@ class JournalHandler(logging.Handler):
         self.identifier = identifier
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self._fallback = logging.StreamHandler(sys.stderr)
-        self._fallback.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        self._fallback.setFormatter(EscapingFormatter("%(levelname)s %(name)s: %(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            message = record.getMessage()
+            # Values in the message came from callers and peers: escaped, so a caller id
+            # with a newline cannot forge an entry. Only our own traceback spans lines.
+            message = escape_controls(record.getMessage())
             if record.exc_info:
-                message += "\n" + logging.Formatter().formatException(record.exc_info)
+                message += "\n" + escape_traceback(logging.Formatter().formatException(record.exc_info))
             parts = [
                 _field("MESSAGE", message),
                 _field("PRIORITY", _PRIORITY.get(record.levelno, 6)),
@@ -50,7 +87,7 @@ class JournalHandler(logging.Handler):
                 _field("CODE_LINE", record.lineno),
             ]
             for key, value in (getattr(record, "journal_fields", None) or {}).items():
-                parts.append(_field(key, value))
+                parts.append(_field(key, escape_controls(value)))
             self.sock.sendto(b"".join(parts), self.address)
         except OSError:
             self._fallback.emit(record)  # journald gone or entry too big: keep the line
@@ -86,7 +123,7 @@ def setup_logging(level: int = logging.INFO, *, journal: bool | None = None,
         root.addHandler(JournalHandler(journal_socket))
     else:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
     root.setLevel(level)
     # Third-party chatter stays below our lines.

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import json
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
@@ -14,6 +15,13 @@ from types import MappingProxyType
 from typing import Any
 
 import orjson
+
+from .textsafety import MAX_FIELD_LENGTH, bounded
+
+# What CallRecord.from_dict accepts: years every time zone conversion can represent, and
+# durations up to a week (no call lasts longer; nan and inf are refused).
+MIN_YEAR, MAX_YEAR = 1970, 9998
+MAX_DURATION_SECONDS = 7 * 86400
 
 
 class Direction(enum.StrEnum):
@@ -32,7 +40,20 @@ class CallStatus(enum.StrEnum):
 
 
 def _frozen_mapping(value: Mapping[str, str] | None) -> Mapping[str, str]:
-    return MappingProxyType(dict(value or {}))
+    mapping = dict(value or {})
+    if mapping and not _all_short_ascii((*mapping.keys(), *mapping.values())):
+        mapping = {bounded(str(k)): bounded(str(v)) for k, v in mapping.items()}
+    return MappingProxyType(mapping)
+
+
+def _all_short_ascii(values: tuple[Any, ...]) -> bool:
+    """True when every value is ASCII text and all together fit one field's bound: the
+    usual record, checked with one join instead of a test per field (hot path)."""
+    try:
+        joined = "".join(values)
+    except TypeError:
+        return False
+    return len(joined) <= MAX_FIELD_LENGTH and joined.isascii()
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +92,7 @@ class CallRecord:
         object.__setattr__(self, "status", CallStatus(self.status))
         object.__setattr__(self, "variables", _frozen_mapping(self.variables))
         object.__setattr__(self, "agents", tuple(self.agents))
+        _bound_text_fields(self)
         for name in ("start_time", "answer_time", "end_time"):
             value = getattr(self, name)
             if value is not None and value.tzinfo is None:
@@ -128,32 +150,41 @@ class CallRecord:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CallRecord:
-        """Build from JSON-shaped data; raises ValueError naming the bad field."""
+        """Build from JSON-shaped data; raises ValueError naming the bad field. Text is
+        bounded in length with unpaired surrogates replaced (the file is outside input),
+        and times and durations must be ones the rules and templates can compute with."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown field(s): {', '.join(unknown)}")
+            raise ValueError(f"unknown field(s): {', '.join(bounded(repr(u), 80) for u in unknown)}")
         kwargs: dict[str, Any] = {}
         for name, value in data.items():
             if name in ("start_time", "answer_time", "end_time") and value not in (None, ""):
+                text = bounded(str(value), 64)
                 try:
-                    parsed = datetime.fromisoformat(str(value))
+                    parsed = datetime.fromisoformat(text)
                 except ValueError as exc:
-                    raise ValueError(f"{name}: not an ISO 8601 time: {value!r}") from exc
+                    raise ValueError(f"{name}: not an ISO 8601 time: {text!r}") from exc
                 if parsed.tzinfo is None:
-                    raise ValueError(f"{name}: needs a UTC offset, e.g. {value}Z or {value}+00:00")
+                    raise ValueError(f"{name}: needs a UTC offset, e.g. {text}Z or {text}+00:00")
+                if not MIN_YEAR <= parsed.year <= MAX_YEAR:
+                    raise ValueError(f"{name}: year {parsed.year} is outside {MIN_YEAR}..{MAX_YEAR}")
                 kwargs[name] = parsed
             elif name in ("start_time", "answer_time", "end_time"):
                 kwargs[name] = None
             elif name in ("ring_seconds", "talk_seconds"):
                 try:
-                    kwargs[name] = float(value)
-                except (TypeError, ValueError) as exc:
-                    raise ValueError(f"{name}: not a number: {value!r}") from exc
+                    seconds = float(value)
+                except (TypeError, ValueError, OverflowError) as exc:
+                    raise ValueError(f"{name}: not a number: {bounded(repr(value), 80)}") from exc
+                # nan and inf pass every comparison a rule makes, and no template can print them.
+                if not 0 <= seconds <= MAX_DURATION_SECONDS:
+                    raise ValueError(f"{name}: {seconds!r} is not between 0 and {MAX_DURATION_SECONDS} seconds")
+                kwargs[name] = seconds
             elif name == "variables":
                 if not isinstance(value, Mapping):
                     raise ValueError("variables: must be an object of name → value")
-                kwargs[name] = {str(k): str(v) for k, v in value.items()}
+                kwargs[name] = {bounded(str(k)): bounded(str(v)) for k, v in value.items()}
             elif name == "voicemail_reached":
                 if not isinstance(value, bool):
                     raise ValueError(f"voicemail_reached: must be true or false, not {value!r}")
@@ -161,9 +192,9 @@ class CallRecord:
             elif name == "agents":
                 if not isinstance(value, list | tuple) or not all(isinstance(a, str) for a in value):
                     raise ValueError("agents: must be a list of extensions")
-                kwargs[name] = tuple(value)
+                kwargs[name] = tuple(bounded(a) for a in value)
             else:
-                kwargs[name] = "" if value is None else str(value)
+                kwargs[name] = "" if value is None else bounded(str(value))
         for required in ("call_id", "pbx", "direction", "status"):
             if not kwargs.get(required):
                 raise ValueError(f"{required}: missing")
@@ -183,6 +214,8 @@ class CallRecord:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ValueError(f"not JSON: {exc.msg} at column {exc.colno}") from None
+        except RecursionError:
+            raise ValueError("not a call record: nested too deeply") from None
         if not isinstance(data, dict):
             raise ValueError("expected a JSON object")
         return cls.from_dict(data)
@@ -191,6 +224,21 @@ class CallRecord:
 _RECORD_FIELDS = tuple(f.name for f in fields(CallRecord))
 _SLOT_ACCESS = tuple((CallRecord.__dict__[n].__get__, CallRecord.__dict__[n].__set__) for n in _RECORD_FIELDS)
 _SLOT_SETTERS = {n: CallRecord.__dict__[n].__set__ for n in _RECORD_FIELDS}
+# Every text field comes from a PBX, and so from strangers (caller id name and number).
+_TEXT_FIELDS = tuple(f.name for f in fields(CallRecord) if f.type == "str")
+_text_values = operator.attrgetter(*_TEXT_FIELDS)
+
+
+def _bound_text_fields(record: CallRecord) -> None:
+    """Cap each text field's length and replace unpaired surrogates, once, as the record
+    is built by a tracker: one 100 KB caller id must not be kept whole in the outbox,
+    the caches and every log line, nor crash an encoder downstream."""
+    values = _text_values(record)
+    if _all_short_ascii(values):
+        return
+    for name, value in zip(_TEXT_FIELDS, values, strict=True):
+        if isinstance(value, str) and (len(value) > MAX_FIELD_LENGTH or not value.isascii()):
+            object.__setattr__(record, name, bounded(value))
 
 
 def _isoformat(value: datetime | None) -> str | None:

@@ -8,6 +8,8 @@ Each part is stored under `match_key` of its id; a receipt's id is looked up und
 from __future__ import annotations
 
 _HEX = frozenset("0123456789abcdef")
+# ASCII only: str.isdigit() is true for "²" and "٣", which int() then refuses or misreads.
+_DECIMAL = frozenset("0123456789")
 
 
 def match_key(message_id: str) -> str:
@@ -22,7 +24,7 @@ def candidate_keys(message_id: str) -> list[str]:
     key = match_key(message_id)
     out = [key]
     if key and len(key) <= 32:
-        if key.isdigit():
+        if set(key) <= _DECIMAL:
             out.append(format(int(key, 10), "x"))  # receipt decimal, response hex
         if set(key) <= _HEX:
             out.append(str(int(key, 16)))  # receipt hex, response decimal

@@ -6,13 +6,16 @@ be texted comes back with a reason that ends up as ``suppressed(reason)`` in the
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import phonenumbers
 from phonenumbers import PhoneNumberType
 from phonenumbers.phonemetadata import PhoneMetadata
 from phonenumbers.phonenumberutil import _number_type_helper  # pinned <10; see _check
+
+from .textsafety import bounded
 
 # What PBXs and carriers put in caller id when the number is withheld.
 _ANONYMOUS = {
@@ -39,6 +42,14 @@ class PhoneCheck:
     region: str = ""
 
 
+# Longer than any dialable number written with spaces, dashes and a prefix (E.164 has at
+# most 15 digits): anything longer is refused before it reaches the cache or the parser.
+MAX_NUMBER_LENGTH = 64
+# Checks remembered per PhoneRules ([general] phone_cache_size): repeat callers and the
+# agents' mobiles hit it; a flood of distinct caller ids cannot grow it past this.
+DEFAULT_CACHE_SIZE = 4096
+
+
 @dataclass(frozen=True)
 class PhoneRules:
     default_region: str  # ISO 3166 alpha-2, e.g. "GB"
@@ -47,12 +58,33 @@ class PhoneRules:
     # Destination countries we text; default: the home region only (SMS-pumping defence).
     allowed_regions: frozenset[str] = frozenset()
     allow_landlines: bool = False
+    cache_size: int = field(default=DEFAULT_CACHE_SIZE, compare=False)
+    _cached: Callable[[str], PhoneCheck] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # One bounded cache per rule set, keyed on the raw number alone (a reload builds
+        # new rules and so starts a new cache).
+        object.__setattr__(self, "_cached", lru_cache(maxsize=self.cache_size)(self._check_uncached))
 
     def check(self, raw: str) -> PhoneCheck:
+        if len(raw) > MAX_NUMBER_LENGTH:
+            return PhoneCheck(None, f"not a phone number: {_shown(raw)}")
+        return self._cached(raw)
+
+    def cache_entries(self) -> int:
+        return self._cached.cache_info().currsize  # type: ignore[attr-defined]
+
+    def _check_uncached(self, raw: str) -> PhoneCheck:
         return _check(self, raw)
 
 
-@lru_cache(maxsize=65536)
+def _shown(raw: str) -> str:
+    """A refused number for the reason: the start of it, not all of it."""
+    if len(raw) <= 32:
+        return repr(bounded(raw))
+    return f"{bounded(raw, 24)!r}… ({len(raw)} characters)"
+
+
 def _check(rules: PhoneRules, raw: str) -> PhoneCheck:
     value = _DIAL_CHARS.sub("", (raw or "").strip())
     if value.lower() in _ANONYMOUS:
@@ -61,7 +93,7 @@ def _check(rules: PhoneRules, raw: str) -> PhoneCheck:
         value = "+" + value[2:]
     digits = value.lstrip("+")
     if not digits.isdigit():
-        return PhoneCheck(None, f"not a phone number: {raw!r}")
+        return PhoneCheck(None, f"not a phone number: {_shown(raw)}")
     if not value.startswith("+") and len(digits) <= rules.max_extension_digits:
         return PhoneCheck(None, "internal extension")
     try:
@@ -70,11 +102,12 @@ def _check(rules: PhoneRules, raw: str) -> PhoneCheck:
         return PhoneCheck(None, f"invalid number: {exc._msg}")
     # One region lookup and one type match instead of the two of each that
     # is_valid_number() + number_type() cost: with +1 that lookup walks 25 NANPA regions.
-    region = phonenumbers.region_code_for_number(parsed)
-    metadata = PhoneMetadata.metadata_for_region_or_calling_code(parsed.country_code, region)
+    region = phonenumbers.region_code_for_number(parsed) or ""
+    metadata = (PhoneMetadata.metadata_for_region_or_calling_code(parsed.country_code, region)
+                if region and parsed.country_code is not None else None)
     number_type = (
         _number_type_helper(phonenumbers.national_significant_number(parsed), metadata)
-        if region and metadata is not None else PhoneNumberType.UNKNOWN
+        if metadata is not None else PhoneNumberType.UNKNOWN
     )
     if number_type == PhoneNumberType.UNKNOWN:
         return PhoneCheck(None, "invalid number")

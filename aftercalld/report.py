@@ -5,25 +5,43 @@ import csv
 import json
 import statistics
 from collections.abc import Set as AbstractSet
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from .clock import Clock, system_clock, utc_now
 from .config import Config
 from .phone import caller_id_forms, normalise_for_list
 from .store import Outbox
+from .textsafety import csv_cell, escape_controls
 
 COLUMNS = ("id", "call_key", "rule", "recipient_kind", "destination", "state", "reason", "attempts",
            "created", "submitted", "final", "transport_ids", "source")
 
 
-def _parse_time(value: str | None, config: Config) -> float | None:
+class ReportError(ValueError):
+    """A --since/--until the report cannot use: the CLI prints it and exits 2."""
+
+
+_DAYS_BACK = {"today": 0, "yesterday": 1}
+
+
+def _parse_time(value: str | None, config: Config, clock: Clock, option: str) -> float | None:
+    """An ISO date/time (in the PBX time zone unless it carries an offset), or ``today`` /
+    ``yesterday``: local midnight by the injected clock."""
     if not value:
         return None
-    moment = datetime.fromisoformat(value)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=config.timezone)
-    return moment.timestamp()
+    days_back = _DAYS_BACK.get(value.strip().lower())
+    if days_back is not None:
+        local = utc_now(clock).astimezone(config.timezone).date() - timedelta(days=days_back)
+        return datetime(local.year, local.month, local.day, tzinfo=config.timezone).timestamp()
+    try:
+        moment = datetime.fromisoformat(value)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=config.timezone)
+        return moment.timestamp()
+    except (ValueError, OverflowError, OSError):
+        raise ReportError(f"{option} {escape_controls(value)!r}: not a date/time (use an ISO date such as "
+                          f"2026-11-30 or 2026-11-30T08:00, or today / yesterday)") from None
 
 
 def _iso(ts: float | None, config: Config) -> str:
@@ -63,8 +81,9 @@ def summary(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def report(outbox: Outbox, config: Config, args, out: TextIO) -> int:
-    messages = outbox.messages(since=_parse_time(args.since, config), until=_parse_time(args.until, config),
+def report(outbox: Outbox, config: Config, args, out: TextIO, clock: Clock = system_clock) -> int:
+    messages = outbox.messages(since=_parse_time(args.since, config, clock, "--since"),
+                               until=_parse_time(args.until, config, clock, "--until"),
                                rule=args.rule, state=args.status)
     backfilled = outbox.backfilled_among(m["call_key"] for m in messages)
     rows = [_row(m, config, backfilled) for m in messages]
@@ -75,18 +94,22 @@ def report(outbox: Outbox, config: Config, args, out: TextIO) -> int:
     elif args.format == "csv":
         writer = csv.DictWriter(out, fieldnames=COLUMNS)
         writer.writeheader()
-        writer.writerows(rows)
+        # A refused caller's raw text (=HYPERLINK(…), @SUM(…)) must stay text in a spreadsheet.
+        writer.writerows({c: csv_cell(v) for c, v in r.items()} for r in rows)
     else:
+        # Caller ids come from strangers: no cursor movement or forged lines on a terminal.
+        rows = [{c: escape_controls(v) for c, v in r.items()} for r in rows]
         widths = {c: max([len(c)] + [len(str(r[c])) for r in rows]) for c in COLUMNS}
         out.write("  ".join(c.ljust(widths[c]) for c in COLUMNS).rstrip() + "\n")
         for r in rows:
             out.write("  ".join(str(r[c]).ljust(widths[c]) for c in COLUMNS).rstrip() + "\n")
         out.write("\nper rule:\n")
         for t in totals:
+            median = t["median_delivery_seconds"]
             out.write(
-                f"  {t['rule']}: {t['messages']} message(s), {t['sent']} sent, {t['suppressed']} suppressed, "
-                f"delivered {_pct(t['delivered_pct'])}, failed {_pct(t['failed_pct'])}, "
-                f"median time to delivery {t['median_delivery_seconds'] if t['median_delivery_seconds'] is not None else '-'}s\n"
+                f"  {escape_controls(t['rule'])}: {t['messages']} message(s), {t['sent']} sent, "
+                f"{t['suppressed']} suppressed, delivered {_pct(t['delivered_pct'])}, failed {_pct(t['failed_pct'])}, "
+                f"median time to delivery {median if median is not None else '-'}s\n"
             )
     return 0
 
@@ -108,20 +131,24 @@ def why(outbox: Outbox, config: Config, what: str, out: TextIO) -> int:
     for call in calls:
         record = json.loads(call["record"])
         source = record.get("source", "live")
+        messages = outbox.messages(call_key=call["call_key"])
+        # Everything below came from the PBX or the SMSC: escaped, one line per item.
+        call = {k: escape_controls(v) if isinstance(v, str) else v for k, v in call.items()}
+        record = {k: escape_controls(v) if isinstance(v, str) else v for k, v in record.items()}
         out.write(f"call {call['call_key']} at {_iso(call['created_at'], config)}: {record['status']} "
                   f"{record['direction']} from {record['caller_number'] or '?'} to {record['dialled_number'] or '?'}"
                   + (" (backfilled from the PBX's CDR)" if source == "cdr" else "") + "\n")
         out.write(f"  decision: {call['decision']}\n")
-        for m in outbox.messages(call_key=call["call_key"]):
-            r = _row(m, config)
+        for m in messages:
+            r = {k: escape_controls(v) for k, v in _row(m, config).items()}
             out.write(f"  {r['recipient_kind']} {r['destination']}: {r['state']}"
                       + (f" ({r['reason']})" if r["reason"] else "")
                       + (f", ids {r['transport_ids']}" if r["transport_ids"] else "") + "\n")
     for reply in replies:
         about = f" to the text about call {reply['call_key']}" if reply["call_key"] else ""
         acted = f" ({reply['keyword']})" if reply["keyword"] else ""
-        out.write(f"reply from {reply['number']} at {_iso(reply['received_at'], config)}{about}{acted}: "
-                  f"{reply['text']!r}\n")
+        out.write(f"reply from {escape_controls(reply['number'])} at {_iso(reply['received_at'], config)}"
+                  f"{about}{acted}: {escape_controls(repr(reply['text']))}\n")
     return 0
 
 
@@ -132,7 +159,7 @@ def status(outbox: Outbox, config: Config, fmt: str, out: TextIO, clock: Clock =
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
     sent_today, by_rule = outbox.submitted_counts_since(midnight)
     live = _live_status(config)
-    info = {
+    info: dict[str, Any] = {
         "daemon": live,
         "outbox": config.outbox_path,
         "queue_depth": outbox.queue_depth(),
@@ -165,7 +192,7 @@ def status(outbox: Outbox, config: Config, fmt: str, out: TextIO, clock: Clock =
 def _kv(status: dict[str, Any]) -> str:
     name = status.get("name", "?")
     rest = ", ".join(f"{k} {v}" for k, v in status.items() if k != "name")
-    return f"{name}: {rest}"
+    return escape_controls(f"{name}: {rest}")  # states carry peers' error texts
 
 
 def _live_status(config: Config) -> dict[str, Any] | None:

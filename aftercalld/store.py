@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
@@ -31,6 +32,7 @@ from .model import (
     ReportState,
 )
 from .rules.render import RenderedMessage
+from .textsafety import bounded
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +211,7 @@ class Outbox:
     def open(cls, path: str | Path, *, synchronous: str = "normal") -> Outbox:
         path = str(path)
         if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _create_private(Path(path))
         try:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
@@ -231,6 +233,9 @@ class Outbox:
             )
         except sqlite3.Error as exc:
             raise StoreError(f"{path}: cannot open the outbox: {exc}") from None
+        if path != ":memory:":
+            for companion in (path + "-wal", path + "-shm"):
+                _tighten(Path(companion))  # left 0644 by an older version
         return cls(conn, path)
 
     @classmethod
@@ -499,7 +504,8 @@ class Outbox:
                 "next_attempt_at = NULL WHERE id = ?",
                 (reason, now, now, message.id),
             )
-        return Transition(message.id, message.call_id, message.rule, message.destination, MessageState.SUPPRESSED, reason)
+        return Transition(message.id, message.call_id, message.rule, message.destination,
+                          MessageState.SUPPRESSED, reason)
 
     def defer(self, message: OutboundMessage, until: float, reason: str, now: float) -> None:
         """Put a claimed message back without counting an attempt (quiet hours, rate)."""
@@ -520,20 +526,43 @@ class Outbox:
         transitions: list[Transition] = []
         with _tx(self):
             for report in reports:
-                target = self._match_part(report.message_id, loose=False)
-                if target is None:
-                    if report.state in _REPORT_TO_STATE:
-                        self.conn.execute(
-                            "INSERT INTO orphan_reports (transport, transport_id, match_key, state, error, raw, "
-                            "received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                            (report.transport, report.message_id, msgid.match_key(report.message_id),
-                             report.state.value, report.error, report.raw, now),
-                        )
+                try:
+                    with _one_row(self.conn):
+                        transition = self._apply_report(report, now)
+                except Exception as exc:
+                    if not _row_fault(exc):
+                        raise
+                    self._keep_unmatchable_report(report, exc, now)
                     continue
-                transition = self._apply_to_part(target, report.state, report.error, now)
                 if transition:
                     transitions.append(transition)
         return transitions
+
+    def _apply_report(self, report: DeliveryReport, now: float) -> Transition | None:
+        target = self._match_part(report.message_id, loose=False)
+        if target is None:
+            if report.state in _REPORT_TO_STATE:
+                self.conn.execute(
+                    "INSERT INTO orphan_reports (transport, transport_id, match_key, state, error, raw, "
+                    "received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (report.transport, report.message_id, msgid.match_key(report.message_id),
+                     report.state.value, report.error, report.raw, now),
+                )
+            return None
+        return self._apply_to_part(target, report.state, report.error, now)
+
+    def _keep_unmatchable_report(self, report: DeliveryReport, exc: Exception, now: float) -> None:
+        """A receipt that breaks matching is kept for support as unmatchable (matched = -1),
+        with its values made storable, instead of failing the batch it came in."""
+        reason = _fault_reason(exc)
+        log.warning("delivery report for message id %s cannot be matched (%s); kept for support",
+                    bounded(str(report.message_id)), reason)
+        self.conn.execute(
+            "INSERT INTO orphan_reports (transport, transport_id, match_key, state, error, raw, received_at, "
+            "matched) VALUES (?, ?, '', ?, ?, ?, ?, -1)",
+            (bounded(str(report.transport)), bounded(str(report.message_id)), str(getattr(report.state, "value", "")),
+             bounded(f"unmatchable: {reason}"), bounded(str(report.raw), 4096), now),
+        )
 
     def _match_part(self, transport_id: str, *, loose: bool) -> tuple[int, int] | None:
         # Among parts with the same key, the newest (a modem's 8-bit reference wraps).
@@ -591,11 +620,18 @@ class Outbox:
                 f"AND match_key IN ({','.join('?' * len(chunk))}) ORDER BY id", chunk,
             ).fetchall()
             for orphan_id, transport_id, state, error in orphans:
-                target = self._match_part(transport_id, loose=False)
-                if target is None:
+                try:
+                    with _one_row(self.conn):
+                        target = self._match_part(transport_id, loose=False)
+                        if target is None:
+                            continue
+                        self.conn.execute("UPDATE orphan_reports SET matched = 1 WHERE id = ?", (orphan_id,))
+                        transition = self._apply_to_part(target, ReportState(state), error, now)
+                except Exception as exc:
+                    if not _row_fault(exc):
+                        raise
+                    self._give_up_orphan(orphan_id, transport_id, exc)
                     continue
-                self.conn.execute("UPDATE orphan_reports SET matched = 1 WHERE id = ?", (orphan_id,))
-                transition = self._apply_to_part(target, ReportState(state), error, now)
                 if transition:
                     transitions.append(transition)
         return transitions
@@ -611,17 +647,33 @@ class Outbox:
                 (received_before,),
             ).fetchall()
             for orphan_id, transport_id, state, error in orphans:
-                target = self._match_part(transport_id, loose=True)
-                self.conn.execute("UPDATE orphan_reports SET matched = ? WHERE id = ?",
-                                  (1 if target else -1, orphan_id))
-                if target is None:
-                    log.info("delivery report for unknown message id %s (%s); kept for support",
-                             transport_id, state)
+                # One receipt that breaks matching must not hold back the batch, nor every
+                # later one: this row survives a restart, so a retry would stall for good.
+                try:
+                    with _one_row(self.conn):
+                        target = self._match_part(transport_id, loose=True)
+                        self.conn.execute("UPDATE orphan_reports SET matched = ? WHERE id = ?",
+                                          (1 if target else -1, orphan_id))
+                        if target is None:
+                            log.info("delivery report for unknown message id %s (%s); kept for support",
+                                     transport_id, state)
+                            continue
+                        transition = self._apply_to_part(target, ReportState(state), error, now)
+                except Exception as exc:
+                    if not _row_fault(exc):
+                        raise
+                    self._give_up_orphan(orphan_id, transport_id, exc)
                     continue
-                transition = self._apply_to_part(target, ReportState(state), error, now)
                 if transition:
                     transitions.append(transition)
         return transitions
+
+    def _give_up_orphan(self, orphan_id: int, transport_id: str, exc: Exception) -> None:
+        reason = _fault_reason(exc)
+        log.warning("delivery report for message id %s cannot be matched (%s); kept for support",
+                    transport_id, reason)
+        self.conn.execute("UPDATE orphan_reports SET matched = -1, error = ? WHERE id = ?",
+                          (bounded(f"unmatchable: {reason}"), orphan_id))
 
     def has_pending_orphans(self, received_before: float) -> bool:
         return self.conn.execute(
@@ -844,6 +896,39 @@ class Outbox:
         return [dict(zip(names, row, strict=True)) for row in cur]
 
 
+# The outbox holds phone numbers and texts: owner and group only, whatever the umask (the
+# unit sets UMask=0027; a manual run or another init may not). SQLite gives -wal and -shm
+# the database file's mode, so creating that one right covers all three.
+_FILE_MODE, _DIR_MODE = 0o640, 0o750
+
+
+def _create_private(path: Path) -> None:
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.chmod(_DIR_MODE)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, _FILE_MODE)
+    except FileExistsError:
+        _tighten(path)
+        return
+    except OSError:
+        return  # sqlite3.connect reports it with the path and the reason
+    try:
+        os.fchmod(fd, _FILE_MODE)  # exactly 0640: the umask neither widens nor narrows it
+    finally:
+        os.close(fd)
+
+
+def _tighten(path: Path) -> None:
+    """Drop group write and every "other" bit from an existing file of ours."""
+    try:
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o027:
+            path.chmod(mode & ~0o027)
+    except OSError:
+        pass  # absent, or not ours to change: nothing we can do here
+
+
 def _catch_up(conn: sqlite3.Connection, wal_frames: int) -> None:
     """Passive passes until one copies little more than arrived while it ran."""
     for _ in range(5):
@@ -851,6 +936,34 @@ def _catch_up(conn: sqlite3.Connection, wal_frames: int) -> None:
         arrived, wal_frames = now_frames - wal_frames, now_frames
         if arrived < 256:
             return
+
+
+class _one_row:
+    """A savepoint around one row's writes inside a batch transaction: if the row fails,
+    its own writes are undone and the batch goes on."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> None:
+        self.conn.execute("SAVEPOINT one_row")
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.conn.execute("ROLLBACK TO one_row")
+        self.conn.execute("RELEASE one_row")
+
+
+def _row_fault(exc: Exception) -> bool:
+    """True when `exc` is about the row's data (a value matching cannot read) rather than
+    the database itself (locked, full, I/O): only the latter is worth retrying the batch."""
+    if isinstance(exc, (sqlite3.OperationalError, sqlite3.InternalError)):
+        return False
+    return type(exc) is not sqlite3.DatabaseError  # "database disk image is malformed"
+
+
+def _fault_reason(exc: Exception) -> str:
+    return bounded(f"{type(exc).__name__}: {exc}", 200)
 
 
 class _tx:

@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 from ..model import CallRecord, Encoding, RecipientKind
 from ..phone import PhoneRules
+from ..textsafety import replace_surrogates
 from .encoding import DEFAULT_PROFILE, SegmentingProfile, segment
 from .engine import RecipientSpec, Rule
 from .templates import template_values
@@ -90,7 +91,9 @@ def _numbers(spec: RecipientSpec, record: CallRecord) -> tuple[str, ...]:
 
 def _render_one(rule: Rule, spec: RecipientSpec, raw: str, record: CallRecord,
                 values: Mapping[str, str], ctx: RenderContext) -> RenderedMessage:
-    text = spec.template.render(values)
+    # Values are cleaned and templates checked at load; this keeps a stray lone surrogate
+    # from crashing the encoder whatever path it took.
+    text = replace_surrogates(spec.template.render(values))
     analysed = segment(text, ctx.segmenting)
     suppressed = ""
     destination: str | None = None

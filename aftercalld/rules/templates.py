@@ -92,6 +92,10 @@ def parse_template(source: str, known: set[str] | frozenset[str]) -> Template:
 
     ``{{`` and ``}}`` are literal braces. A fallback may contain any text but braces.
     """
+    if not source.isascii():
+        bad = next((i for i, c in enumerate(source) if "\ud800" <= c <= "\udfff"), None)
+        if bad is not None:
+            raise TemplateError(f"position {bad + 1}: a lone surrogate, not a character (no SMS can carry it)")
     parts: list[_Literal | _Placeholder] = []
     literal: list[str] = []
     i, n = 0, len(source)
@@ -141,12 +145,18 @@ def _suggest(name: str, known: set[str] | frozenset[str]) -> str:
     return f" (did you mean {{{close[0]}}}?)" if close else ""
 
 
+# Stripped from values: controls (a newline or NUL must not reshape the text), format
+# characters (U+202E/U+2066 reorder what the recipient reads, U+200B/U+FEFF hide in it),
+# line/paragraph separators, and unpaired surrogates (no encoding can carry them).
+_STRIPPED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+
+
 def clean_value(value: str, max_length: int) -> str:
-    """Strip control characters (a caller name with a newline or NUL must not reshape the
-    text) and cap the length without cutting a surrogate pair or combining mark."""
+    """Strip control, format and separator characters and cap the length without cutting
+    a combining mark."""
     if len(value) <= max_length and value.isprintable():
-        return value  # the common case, and the hot path
-    cleaned = "".join(c for c in value if unicodedata.category(c) != "Cc")
+        return value  # the common case, and the hot path (printable excludes every stripped category)
+    cleaned = "".join(c for c in value if unicodedata.category(c) not in _STRIPPED_CATEGORIES)
     if len(cleaned) > max_length:
         cleaned = cleaned[:max_length]
         while cleaned and unicodedata.combining(cleaned[-1]):

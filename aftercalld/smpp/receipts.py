@@ -11,6 +11,7 @@ import string
 from dataclasses import dataclass
 
 from ..model import ReportState
+from ..textsafety import bounded
 from . import pdu
 
 # message_state TLV (SMPP 3.4 §5.2.28)
@@ -42,6 +43,9 @@ _TEXT_STATES = {
     "ENROUTE": ReportState.ENROUTE,
     "BUFFRED": ReportState.ENROUTE,
 }
+
+MAX_MESSAGE_ID_LENGTH = 128
+MAX_RAW_LENGTH = 1000
 
 # Keys up to "text:" whose value is one token; "text:" takes the rest of the line.
 _KEYS = r"id|sub|dlvrd|submit[ _]date|done[ _]date|stat|err"
@@ -84,6 +88,10 @@ def parse_receipt(message: pdu.ShortMessage) -> Receipt | None:
         message_id = fields.get("id", "")
     if not message_id:
         return None
+    # An id is at most 65 octets (SMPP 3.4 §5.2.23) and a receipt's text a few hundred; a
+    # 64 KB message_payload is kept only in part, in the outbox and in log lines alike.
+    message_id = bounded(message_id, MAX_MESSAGE_ID_LENGTH)
+    raw = bounded(raw, MAX_RAW_LENGTH)
 
     state = None
     tlv_state = message.tlvs.get(pdu.TAG_MESSAGE_STATE)

@@ -1,6 +1,7 @@
 """Bad configs stop the daemon with the file, the key path and the reason (exit 2)."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ from aftercalld.config import load
 from aftercalld.configreader import ConfigError
 
 RULE_HEAD = '[[rules]]\nname = "R"\n'
+CALLER_MISSED = 'caller = { template = "missed", sender = "Acme" }\n'
 
 BAD = [
     # (rules/extra TOML, expected key path, expected words in the reason)
@@ -27,13 +29,13 @@ BAD = [
      "rules[0].caller.text", "is not a placeholder name"),
     (RULE_HEAD + 'recipients = ["caller"]\ncaller = { text = "unclosed {company", sender = "Acme" }\n',
      "rules[0].caller.text", "unclosed"),
-    (RULE_HEAD + 'recipients = ["caller"]\nwhen = { status = "answered" }\ncaller = { template = "missed", sender = "Acme" }\n',
+    (RULE_HEAD + 'recipients = ["caller"]\nwhen = { status = "answered" }\n' + CALLER_MISSED,
      "rules[0].when.status", 'unknown value "answered"'),
-    (RULE_HEAD + 'recipients = ["caller"]\nwhen = { hours = "25:00-26:00" }\ncaller = { template = "missed", sender = "Acme" }\n',
+    (RULE_HEAD + 'recipients = ["caller"]\nwhen = { hours = "25:00-26:00" }\n' + CALLER_MISSED,
      "rules[0].when.hours", "hours 00-23"),
-    (RULE_HEAD + 'recipients = ["caller"]\nwhen = { weekdays = ["funday"] }\ncaller = { template = "missed", sender = "Acme" }\n',
+    (RULE_HEAD + 'recipients = ["caller"]\nwhen = { weekdays = ["funday"] }\n' + CALLER_MISSED,
      "rules[0].when.weekdays", 'unknown day "funday"'),
-    (RULE_HEAD + 'recipients = ["caller"]\nwhen = { caller = "(unclosed" }\ncaller = { template = "missed", sender = "Acme" }\n',
+    (RULE_HEAD + 'recipients = ["caller"]\nwhen = { caller = "(unclosed" }\n' + CALLER_MISSED,
      "rules[0].when.caller", "not a valid regular expression"),
     (RULE_HEAD + 'recipients = ["caller"]\ncaller = { template = "missed", sender = "ThisIsFarTooLong" }\n',
      "rules[0].caller.sender", "alphanumeric sender id of at most 11"),
@@ -43,7 +45,8 @@ BAD = [
      "rules[0].max_segments", "must be at least 1"),
     (RULE_HEAD + 'recipients = ["caller"]\nenabled = "yes"\ncaller = { template = "missed", sender = "Acme" }\n',
      "rules[0].enabled", "must be true or false"),
-    (RULE_HEAD + 'recipients = ["caller"]\ncaller = { template = "missed", sender = "Acme" }\nwhen = { talk_seconds_min = 30, talk_seconds_max = 10 }\n',
+    (RULE_HEAD + 'recipients = ["caller"]\n' + CALLER_MISSED
+     + 'when = { talk_seconds_min = 30, talk_seconds_max = 10 }\n',
      "rules[0].when.talk_seconds_max", "below the matching _min"),
     (DEFAULT_RULES + DEFAULT_RULES, "rules[1].name", 'duplicate rule name "Missed"'),
     (DEFAULT_RULES + '\n[transport2]\ntype = "log"\n', "transport2", "unknown key"),
@@ -73,7 +76,8 @@ def test_bad_config_names_file_key_and_reason(tmp_path, toml, key, reason):
 ])
 def test_bad_general_section(tmp_path, general, key, reason):
     path = tmp_path / "c.toml"
-    path.write_text(f'[general]\ndefault_region = "GB"\n{general}\n'.replace('default_region = "GB"\ndefault_region', 'default_region'))
+    text = f'[general]\ndefault_region = "GB"\n{general}\n'
+    path.write_text(text.replace('default_region = "GB"\ndefault_region', 'default_region'))
     with pytest.raises(ConfigError) as info:
         load(path)
     assert (info.value.key, reason in info.value.reason) == (key, True), str(info.value)
@@ -129,3 +133,56 @@ def test_every_subcommand_has_a_handler_and_python_m_works():
     assert set(subparsers.choices) == set(COMMANDS)
     res = subprocess.run([sys.executable, "-m", "aftercalld", "--version"], capture_output=True, text=True)
     assert res.returncode == 0 and res.stdout.startswith("aftercalld "), res.stderr
+
+
+# -- hostile values (issue 13, item 7): every one is `file: key.path: reason`, exit 2 ----------
+
+LONG_INT = "1" * 4400
+
+HOSTILE = [
+    ('[general]\ntimezone = "America"\n', "general.timezone", 'unknown time zone "America"'),
+    ('[general]\ntimezone = "' + "A" * 300 + '"\n', "general.timezone", "is not a time zone name"),
+    ('[general]\ntimezone = "../../../etc/passwd"\n', "general.timezone", "is not a time zone name"),
+    ('[general]\nkeep_days = ' + LONG_INT + '\n', "general.keep_days", "not a usable number"),
+    ('[dispatch]\nretry_initial_seconds = nan\n', "dispatch.retry_initial_seconds", "must be a finite number, not nan"),
+    ('[dispatch]\nttl_seconds = inf\n', "dispatch.ttl_seconds", "must be a finite number, not inf"),
+    ('[[pbx]]\nname = "x"\ntype = "asterisk"\nconnect_timeout = nan\n', "pbx[0].connect_timeout",
+     "must be a finite number"),
+    ('[metrics]\nlisten = "127.0.0.1:99999"\n', "metrics.listen", "port 99999 is outside 1-65535"),
+    ('[metrics]\nlisten = "127.0.0.1:0"\n', "metrics.listen", "port 0 is outside 1-65535"),
+]
+
+
+@pytest.mark.parametrize("toml,key,reason", HOSTILE, ids=[h[1] + ":" + h[2][:24] for h in HOSTILE])
+def test_hostile_values_are_config_errors_with_exit_2(tmp_path, capsys, toml, key, reason):
+    from aftercalld import cli
+
+    path = write_config(tmp_path)
+    text = path.read_text()
+    section, assignment = toml.split("\n", 1)
+    name = assignment.split(" = ", 1)[0]
+    if section.startswith("[[") or section not in text:
+        text += "\n" + toml
+    elif re.search(rf"^{name} = ", text, re.M):  # the base config sets it: change it there
+        text = re.sub(rf"^{name} = .*$", lambda _: assignment.rstrip("\n"), text, count=1, flags=re.M)
+    else:
+        text = text.replace(section + "\n", toml, 1)
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert (info.value.key, info.value.file) == (key, str(path)), str(info.value)
+    assert reason in info.value.reason
+    assert cli.main(["check-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"aftercalld: config error: {path}: {key}: ") and err.count("\n") == 1
+    assert len(err) < 600  # a 4,400-digit value is not echoed whole
+
+
+def test_an_echoed_value_with_a_newline_stays_on_one_line(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[general]\ndefault_region = "G\\nB\\u001b[2J"\n')
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    message = str(info.value)
+    assert "\n" not in message and "\x1b" not in message
+    assert message.startswith(f'{path}: general.default_region: "G\\nB\\x1b[2J" is not in the expected form')

@@ -92,7 +92,8 @@ def test_the_outbox_keeps_every_field_of_the_call_for_support(setup):
     config, outbox = setup
     full = call(call_id="all-fields", caller_name="Zoë «Ω»", department="support", queue="q1",
                 agent_extension="201", agent_name="Alice", agent_number="+447400123201",
-                answer_time=datetime(2026, 11, 30, 10, 0, 4, tzinfo=UTC), ring_seconds=3.5, talk_seconds=0.0, hangup_cause="NO_ANSWER",
+                answer_time=datetime(2026, 11, 30, 10, 0, 4, tzinfo=UTC), ring_seconds=3.5, talk_seconds=0.0,
+                hangup_cause="NO_ANSWER",
                 voicemail_box="100@default", variables={"CRM_ID": "42", "note": "a \"quoted\" {value}"})
     CallHandler(config, outbox).handle(full)
     (stored,) = outbox.calls(call_key="main/all-fields")
@@ -365,3 +366,83 @@ def test_the_decision_line_names_the_call_for_plain_text_logs(setup, caplog):
     CallHandler(config, outbox).handle(call(call_id="1796012880.0"))
     (line,) = [r.getMessage() for r in caplog.records if r.name == "aftercalld.pipeline"]
     assert line.startswith("call 1796012880.0 [main]: missed inbound call from +447400123456 → rule 'Missed'")
+
+
+# -- one bad receipt never blocks the others (issue 13, item 1) --------------------------------
+
+
+def _receipt_pdu(text: bytes):
+    from aftercalld.smpp import pdu
+
+    return pdu.ShortMessage(command_id=pdu.DELIVER_SM, service_type="", source_ton=1, source_npi=1,
+                            source="447400123456", dest_ton=5, dest_npi=0, destination="Acme",
+                            esm_class=pdu.ESM_DELIVERY_RECEIPT, data_coding=0, short_message=text)
+
+
+@pytest.mark.parametrize("digit", [b"\xb2", b"\xb3", b"\xb9"])
+async def test_a_receipt_with_a_superscript_digit_id_does_not_stall_later_outcomes(setup, digit):
+    """'²'.isdigit() is true but int('²') raises: the loose match raised on every flush, so
+    every later outcome batch was retried forever and later sends stayed 'submitted'."""
+    from aftercalld.smpp.receipts import parse_receipt
+
+    config, outbox = setup
+    handler = CallHandler(config, outbox)
+    transport = ScriptedTransport([SubmitOutcome.submitted("41"), SubmitOutcome.submitted("42")])
+    settled = asyncio.get_running_loop().create_future()
+
+    def on_transition(t):
+        if t.state is MessageState.DELIVERED and not settled.done():
+            settled.set_result(t.message_id)
+
+    dispatcher = Dispatcher(outbox, transport, config.dispatch, on_transition=on_transition)
+    dispatcher.orphan_grace = 0.0  # loose matches at once: the poisoned row is tried every flush
+    await dispatcher.start()
+    handler.on_queued = dispatcher.wake
+    try:
+        receipt = parse_receipt(_receipt_pdu(b"id:" + digit + b" sub:001 dlvrd:001 stat:DELIVRD err:000"))
+        dispatcher.delivery_report(DeliveryReport("smpp", receipt.message_id, receipt.state, receipt.error,
+                                                  receipt.raw))
+        await asyncio.sleep(0)
+        handler.handle(call(call_id="after"))
+        await asyncio.wait_for(dispatcher.wait_idle(), 5)
+        dispatcher.delivery_report(DeliveryReport("smpp", "41", ReportState.DELIVERED))
+        await asyncio.wait_for(settled, 5)
+    finally:
+        await asyncio.wait_for(dispatcher.stop(), 5)  # a stalled writer never drains
+    assert {m["call_key"]: m["state"] for m in outbox.messages()} == {"main/after": "delivered"}
+    [orphan] = outbox.orphan_reports()
+    assert orphan["transport_id"] == digit.decode("latin-1") and orphan["matched"] == -1
+
+
+def test_a_receipt_row_that_breaks_matching_is_set_aside_and_survives_no_restart(tmp_path):
+    """A stored receipt that cannot be read (here: a state this version does not know) is
+    marked unmatchable with the reason, in the same batch that settles the good ones; after
+    a restart it is not tried again."""
+    config = load(write_config(tmp_path))
+    now = NOW.timestamp()
+    outbox = Outbox.open(config.outbox_path)
+    handler = CallHandler(config, outbox, clock=lambda: now)
+    handler.handle(call(call_id="A"))
+    handler.handle(call(call_id="B", caller_number="+447400123457"))
+    a, b = outbox.claim_due(10, now)
+    outbox.record_outcomes([OutcomeRecord(a, MessageState.SUBMITTED, transport_ids=("ff",)),
+                            OutcomeRecord(b, MessageState.SUBMITTED, transport_ids=("1f",))], now)
+    # decimal forms of the hex ids: matched only by the loose pass, after the grace period
+    outbox.apply_reports([DeliveryReport("smpp", "255", ReportState.DELIVERED),
+                          DeliveryReport("smpp", "31", ReportState.DELIVERED)], now)
+    outbox.close()
+    with sqlite3.connect(config.outbox_path) as conn:
+        conn.execute("UPDATE orphan_reports SET state = 'bogus' WHERE transport_id = '255'")
+    conn.close()
+
+    outbox = Outbox.open(config.outbox_path)
+    try:
+        outbox.resolve_orphans(received_before=now + 1, now=now + 1)
+        assert {m["call_key"]: m["state"] for m in outbox.messages()} == {"main/A": "submitted",
+                                                                           "main/B": "delivered"}
+        [bad] = outbox.orphan_reports()
+        assert bad["transport_id"] == "255" and bad["matched"] == -1
+        assert bad["error"].startswith("unmatchable: ValueError") and "bogus" in bad["error"]
+        assert not outbox.has_pending_orphans(received_before=now + 2)
+    finally:
+        outbox.close()

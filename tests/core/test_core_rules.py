@@ -122,7 +122,8 @@ def test_recipients_both_and_fixed(tmp_path):
     rules = ('[[rules]]\nname = "All"\nrecipients = ["both", "fixed"]\n'
              'caller = { template = "missed", sender = "Acme" }\n'
              'agent = { text = "Missed {caller_number} at {start_time}", sender = "+447400000001" }\n'
-             'fixed = { text = "FYI missed call {call_id}", sender = "Acme", numbers = ["+447400123999", "07400 123999"] }\n')
+             'fixed = { text = "FYI missed call {call_id}", sender = "Acme", '
+             'numbers = ["+447400123999", "07400 123999"] }\n')
     decision = select(tmp_path, rules, call(agent_extension="201"))
     kinds = [(m.kind.value, m.destination, m.sender) for m in decision.messages]
     assert kinds == [("caller", "+447400123456", "Acme"), ("agent", "+447400123201", "+447400000001"),
@@ -132,7 +133,8 @@ def test_recipients_both_and_fixed(tmp_path):
 
 
 def test_untextable_numbers_are_suppressed_with_reason(tmp_path):
-    rules = '[[rules]]\nname = "Both"\nrecipients = ["both"]\ncaller = { template = "missed", sender = "Acme" }\nagent = { template = "generic", sender = "Acme" }\n'
+    rules = ('[[rules]]\nname = "Both"\nrecipients = ["both"]\ncaller = { template = "missed", sender = "Acme" }\n'
+             'agent = { template = "generic", sender = "Acme" }\n')
     cases = {
         "anonymous": "anonymous or withheld caller id",
         "": "anonymous or withheld caller id",

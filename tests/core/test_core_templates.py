@@ -1,6 +1,7 @@
 """Templates: fallbacks, literal braces, hostile values; encoding and segment counts."""
 from __future__ import annotations
 
+import re
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -43,7 +44,7 @@ def test_placeholders_fallbacks_and_literal_braces():
     ("{var.OTHER}", "unknown placeholder {var.OTHER}"),
 ])
 def test_template_errors(source, error):
-    with pytest.raises(TemplateError, match=error.replace("{", r"\{").replace("}", r"\}").replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(TemplateError, match=re.escape(error)):
         parse_template(source, KNOWN)
 
 
@@ -64,6 +65,23 @@ def test_control_characters_stripped_and_length_capped():
     assert render("{caller_name}", caller_name=long) == "é" * 64
     # cap never leaves a dangling combining mark
     assert clean_value("e\u0301" * 40, 5) == "e\u0301e\u0301e"
+
+
+@pytest.mark.parametrize("hidden", ["\u202e", "\u2066", "\u200b", "\u2028", "\u2029", "\ufeff", "\u00ad"])
+def test_format_and_separator_characters_never_reach_the_sms(hidden):
+    """Issue 13 item 12: a bidi override reorders what the recipient reads, a zero-width or
+    line separator hides in it."""
+    text = render("Hi {caller_name}, call {var.ACCOUNTCODE}", caller_name=f"Ann{hidden}e",
+                  variables={"ACCOUNTCODE": f"{hidden}42"})
+    assert text == "Hi Anne, call 42"
+    assert analyse(text).encoding is Encoding.GSM7
+
+
+def test_a_lone_surrogate_never_reaches_the_encoder():
+    # The CallRecord already replaces it with U+FFFD; a value that bypassed that is stripped.
+    assert render("Hi {caller_name}", caller_name="Zo\ud800e") == "Hi Zo\ufffde"
+    assert clean_value("Zo\ud800e", 64) == "Zoe"
+    assert analyse(render("Hi {caller_name}", caller_name="Zo\ud800e")).encoding is Encoding.UCS2
 
 
 GSM_EXT = "€"  # an escape pair: two septets

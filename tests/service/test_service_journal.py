@@ -42,7 +42,8 @@ def test_journal_entry_has_call_fields_and_survives_newlines(tmp_path):
         logger.removeHandler(handler)
         handler.close()
         journal.close()
-    assert entry["MESSAGE"] == "missed call from +447400123456 → rule 'Missed'\nsecond line"
+    # escaped: a value with a newline cannot forge a second line (issue 13)
+    assert entry["MESSAGE"] == "missed call from +447400123456 → rule 'Missed'\\nsecond line"
     assert entry["PRIORITY"] == "4"
     assert entry["SYSLOG_IDENTIFIER"] == "aftercalld"
     assert (entry["CALL_ID"], entry["PBX"], entry["RULE"], entry["RECIPIENT"], entry["STATE"]) == (
