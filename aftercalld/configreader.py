@@ -219,7 +219,8 @@ class Section:
         unknown = [k for k in self.data if k not in self._read]
         if unknown:
             name = unknown[0]
-            raise self.error(name, "unknown key (check the spelling; `aftercalld files aftercalld.example.toml` lists every key)")
+            raise self.error(name, "unknown key (check the spelling; "
+                                   "`aftercalld files aftercalld.example.toml` lists every key)")
 
     def _bounds(self, name: builtins.str, value: builtins.float, lo: builtins.float | None,
                 hi: builtins.float | None) -> None:

@@ -771,7 +771,8 @@ class Outbox:
     def replies(self, *, numbers: Iterable[str] = (), since: float | None = None,
                 until: float | None = None) -> list[dict[str, Any]]:
         """Replies, oldest first: from these numbers (any form stored), or in a time span."""
-        sql, args = "SELECT * FROM replies WHERE 1=1", []
+        sql = "SELECT * FROM replies WHERE 1=1"
+        args: list[str | float] = []
         wanted = list(numbers)
         if wanted:
             sql += f" AND number IN ({', '.join('?' * len(wanted))})"
@@ -844,7 +845,8 @@ class Outbox:
     def messages(self, *, call_key: str | None = None, destination: str | None = None,
                  since: float | None = None, until: float | None = None, rule: str | None = None,
                  state: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        where, args = [], []
+        where: list[str] = []
+        args: list[str | float] = []
         if call_key is not None:
             # Message keys start with the call key: the unique index on key serves this.
             where.append("m.key >= ? AND m.key < ?")

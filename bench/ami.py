@@ -220,7 +220,8 @@ async def client(port: int, expected_calls: int, rss_every: int, keep_times: boo
         await task
     except asyncio.CancelledError:
         pass
-    return {"emitted": emitted, "count": count, "t0": t0, "t1": t1, "events": source.events_received, "parsed": source.events, "rss": rss,
+    return {"emitted": emitted, "count": count, "t0": t0, "t1": t1, "events": source.events_received,
+            "parsed": source.events, "rss": rss,
             "tracker": dict(source.tracker.stats), "active": source.tracker.active_calls}
 
 
@@ -263,7 +264,8 @@ def main() -> None:
         lat = sorted((result["emitted"][lid] - t) * 1000 for lid, t in server["hangups"].items()
                      if lid in result["emitted"])
         q = statistics.quantiles(lat, n=100)
-        print(f"paced: {args.rate:g} calls/s for {args.seconds:g} s, {server['events'] / server['seconds']:,.0f} events/s")
+        print(f"paced: {args.rate:g} calls/s for {args.seconds:g} s, "
+              f"{server['events'] / server['seconds']:,.0f} events/s")
         print(f"last Hangup written -> CallRecord handed on, {len(lat)} calls: p50 {q[49]:.2f} ms, "
               f"p99 {q[98]:.2f} ms, max {lat[-1]:.2f} ms")
     for n, mb in result["rss"]:

@@ -99,7 +99,8 @@ async def bench_at(parts: int) -> None:
                 proc.stdin.close()
             proc.wait(10)
     print("(b) AT over a pty, simulator in its own process, no send rate")
-    print(f"    single-part texts : {parts / elapsed:>7,.0f} parts/s ({elapsed / parts * 1000:.2f} ms per text: AT+CMGF? check and AT+CMGS round trip)")
+    print(f"    single-part texts : {parts / elapsed:>7,.0f} parts/s ({elapsed / parts * 1000:.2f} ms per text: "
+          f"AT+CMGF? check and AT+CMGS round trip)")
     print(f"    3-part texts      : {3 * (parts // 3) / elapsed_long:>7,.0f} parts/s")
     print("    a real modem      :       0.1-1 parts/s (rate_per_minute default 6)")
 

@@ -160,14 +160,17 @@ async def run(n: int, seed: int) -> int:
     print(f"  faults injected   : {dict(sorted(faults.items()))} (+CMS errors never reached: {leftover_errors})")
     print(f"  outbox states     : {dict(sorted(states.items()))}")
     print(f"  transport         : resets {status['resets']}, parts accepted {status['parts_sent']}")
-    print(f"  network received  : {len(sim.received)} parts; {sum(1 for t in texts if arrived[t])} of {n} texts complete")
-    print(f"  failed (reasons)  : {collections.Counter(r['reason'].split(':')[0] if r.get('reason') else '?' for r in failed).most_common(4)}")
+    complete = sum(1 for t in texts if arrived[t])
+    reasons = collections.Counter(r['reason'].split(':')[0] if r.get('reason') else '?' for r in failed)
+    print(f"  network received  : {len(sim.received)} parts; {complete} of {n} texts complete")
+    print(f"  failed (reasons)  : {reasons.most_common(4)}")
     print(f"  reports lost while the port was closed (stay submitted): {states.get('submitted', 0)}")
     print(f"  texts arrived twice (hang after hand-over, documented): {doubles}")
     print(f"  orphan parts (partial texts, failed on purpose)       : {partial}")
     unaccounted = n - sum(states.get(k, 0) for k in FINAL | {"submitted"})
     ok = unaccounted == 0 and not lost
-    print(f"  unaccounted messages: {unaccounted}; submitted but never arrived: {len(lost)}  ->  {'OK' if ok else 'PROBLEM'}")
+    print(f"  unaccounted messages: {unaccounted}; submitted but never arrived: {len(lost)}  ->  "
+          f"{'OK' if ok else 'PROBLEM'}")
     return 0 if ok else 1
 
 

@@ -110,7 +110,8 @@ async def main(n: int) -> None:
         outbox.close()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"records: {n}, messages: {counts}")
-    print(f"elapsed: {elapsed:.2f} s, {n / elapsed:,.0f} records/s end to end (rules → outbox → log transport → submitted)")
+    print(f"elapsed: {elapsed:.2f} s, {n / elapsed:,.0f} records/s end to end "
+          f"(rules → outbox → log transport → submitted)")
     # The first chunk parses most of the 10,000 distinct caller numbers. After that every
     # chunk is the same work, yet on a shared 2-core VM their speeds differ by up to 1.8x:
     # the spread says how much of a difference between two runs is the machine.

@@ -79,12 +79,12 @@ def iter_trace_messages(path: str | Path) -> Iterator[tuple[float | None, Messag
             log.warning("%s: skipped a block that is not an ESL message", path)
             continue
         body = b""
-        length = headers.get("Content-Length")
-        if length is not None:
-            if not length.isdigit():
-                raise TraceError(f"{path}: bad Content-Length {length!r}")
-            body = data[pos:pos + int(length)]
-            pos += int(length)
+        content_length = headers.get("Content-Length")
+        if content_length is not None:
+            if not (content_length.isascii() and content_length.isdigit()):
+                raise TraceError(f"{path}: bad Content-Length {content_length!r}")
+            body = data[pos:pos + int(content_length)]
+            pos += int(content_length)
         yield None, Message(headers, body)
 
 
@@ -95,7 +95,7 @@ def iter_trace_events(path: str | Path) -> Iterator[tuple[float | None, dict[str
         if parser is None:
             continue
         try:
-            yield when, parser(msg.body)
+            yield when, dict(parser(msg.body))  # the tracker takes plain dicts
         except MalformedEvent as exc:
             log.warning("%s: malformed event skipped: %s", path, exc)
 

@@ -73,18 +73,23 @@ class Conditions:
                 f"voicemail {'was' if record.voicemail_reached else 'was not'} reached, "
                 f"rule wants voicemail_reached = {str(self.voicemail_reached).lower()}")
         if self.departments and record.department.casefold() not in self.departments:
-            return NO_MATCH if not explain else f"department is {record.department or '(none)'!r}, rule wants {_list(self.departments)}"
+            return NO_MATCH if not explain else (
+                f"department is {record.department or '(none)'!r}, rule wants {_list(self.departments)}")
         if self.queues and record.queue not in self.queues:
-            return NO_MATCH if not explain else f"queue is {record.queue or '(none)'!r}, rule wants {_list(self.queues)}"
+            return NO_MATCH if not explain else (
+                f"queue is {record.queue or '(none)'!r}, rule wants {_list(self.queues)}")
         if self.dids_exact or self.did_prefixes:
             did = _digits(record.dialled_number)
             if did not in self.dids_exact and not did.startswith(self.did_prefixes):
                 dids = sorted(self.dids_exact) + [p + "*" for p in self.did_prefixes]
-                return NO_MATCH if not explain else f"DID is {record.dialled_number or '(none)'!r}, rule wants {', '.join(dids)}"
+                return NO_MATCH if not explain else (
+                    f"DID is {record.dialled_number or '(none)'!r}, rule wants {', '.join(dids)}")
         if self.agents and record.agent_extension not in self.agents:
-            return NO_MATCH if not explain else f"agent is {record.agent_extension or '(none)'!r}, rule wants {_list(self.agents)}"
+            return NO_MATCH if not explain else (
+                f"agent is {record.agent_extension or '(none)'!r}, rule wants {_list(self.agents)}")
         if self.caller_pattern is not None and not self.caller_pattern.search(record.caller_number):
-            return NO_MATCH if not explain else f"caller {record.caller_number or '(none)'!r} does not match /{self.caller_pattern.pattern}/"
+            return NO_MATCH if not explain else (
+                f"caller {record.caller_number or '(none)'!r} does not match /{self.caller_pattern.pattern}/")
         if self.talk_min is not None and record.talk_seconds < self.talk_min:
             return NO_MATCH if not explain else f"talk time {record.talk_seconds:g}s is under {self.talk_min:g}s"
         if self.talk_max is not None and record.talk_seconds > self.talk_max:
@@ -100,7 +105,8 @@ class Conditions:
             local = moment.astimezone(tz)
             if self.weekdays and local.weekday() not in self.weekdays:
                 days = ", ".join(WEEKDAYS[d] for d in sorted(self.weekdays))
-                return NO_MATCH if not explain else f"weekday is {WEEKDAYS[local.weekday()]} ({tz.key}), rule wants {days}"
+                return NO_MATCH if not explain else (
+                    f"weekday is {WEEKDAYS[local.weekday()]} ({tz.key}), rule wants {days}")
             if self.hours and not any(w.contains(local.time()) for w in self.hours):
                 windows = ", ".join(str(w) for w in self.hours)
                 return NO_MATCH if not explain else f"local time {local:%H:%M} ({tz.key}) is outside {windows}"

@@ -93,7 +93,8 @@ def inbound_call(outcome: str, *, caller: str = "+14155550123", did: str = "1800
         b_final.update({"Event-Date-Timestamp": str(stop), "Hangup-Cause": cause,
                         "Caller-Channel-Hangup-Time": str(stop), "variable_billsec": "0"})
         ev.append(b_final)
-        a_final.update({"variable_originate_disposition": cause, "variable_DIALSTATUS": "BUSY" if outcome == "busy" else "NOANSWER",
+        a_final.update({"variable_originate_disposition": cause,
+                        "variable_DIALSTATUS": "BUSY" if outcome == "busy" else "NOANSWER",
                         "variable_originate_failed_cause": cause})
         if outcome == "voicemail":
             answered = stop + 10_000

@@ -76,7 +76,8 @@ async def test_replays_concurrent_trace_over_tcp(server: EslServer) -> None:
 
 
 async def test_json_subscription_and_filters(server: EslServer) -> None:
-    source, sink = make(server, events_format="json", filters=(("Core-UUID", "abc"), ("variable_domain_name", "a.test"))), Collector()
+    filters = (("Core-UUID", "abc"), ("variable_domain_name", "a.test"))
+    source, sink = make(server, events_format="json", filters=filters), Collector()
     task = await run_source(source, sink)
     session = await server.session(0)
     assert session.format == "json"
