@@ -80,6 +80,7 @@ class Daemon:
         self.handler = CallHandler(self.config, self.outbox, on_queued=self.dispatcher.wake, metrics=self.metrics,
                                    clock=self.clock)
         self.metrics.track_queue_depth(self.outbox.queue_depth)
+        self.metrics.track_sources(lambda: self.sources)
         if self.config.transport.type != "log":
             # The transport's own gauges (binds and window; modem signal and registration).
             transport_metrics = importlib.import_module(f"aftercalld.{self.config.transport.type}.metrics")
@@ -165,8 +166,6 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         sources = [s.status() for s in self.sources]
         transport = self.transport.status() if self.transport else {}
-        for s in sources:
-            self.metrics.source_up.labels(s.get("name", "?")).set(1 if _is_up(s) else 0)
         if self.transport:
             self.metrics.transport_up.labels(self.transport.name).set(1 if _is_up(transport) else 0)
         restarts = self.supervisor.status()

@@ -306,6 +306,7 @@ class Dispatcher:
             # (support staff, the tests) must find the change counted.
             if self.metrics:
                 self.metrics.messages.labels(t.state.value).inc()
+                self.metrics.outcomes.labels(t.rule, t.state.value).inc()
                 if t.submitted_at and t.state.final and t.state is not MessageState.FAILED:
                     self.metrics.delivery_latency.observe(max(0.0, self.clock() - t.submitted_at))
             if log_info or t.state is not MessageState.SUBMITTED:

@@ -100,9 +100,21 @@ class CallHandler:
             out.append(decision)
             if self.metrics:
                 self.metrics.calls.labels(record.pbx, record.status.value, record.direction.value).inc()
+                if queued is not None:  # a replayed call changed nothing
+                    self._count_messages(decision)
         if queued_any and self.on_queued:
             self.on_queued()
         return out
+
+    def _count_messages(self, decision: Decision) -> None:
+        """Messages are born queued, or suppressed when rendered (invalid number, landline,
+        too long): both are state changes the dispatcher never sees."""
+        assert self.metrics is not None
+        rule = decision.selection.rule.name if decision.selection.rule else ""
+        for m in decision.messages:
+            state = "suppressed" if m.suppressed else "queued"
+            self.metrics.messages.labels(state).inc()
+            self.metrics.outcomes.labels(rule, state).inc()
 
     async def __call__(self, record: CallRecord) -> None:
         """The `CallSink` a source awaits. Returns at once: the call is written, with every

@@ -55,6 +55,11 @@ class SmppCollector:
             family = CounterMetricFamily(metric, help_, labels=["transport"])
             family.add_metric(name, t.counters.get(key, 0))
             yield family
+        errors = CounterMetricFamily("aftercalld_smpp_submit_errors", "submit_sm answered with an error, by "
+                                     "command_status", labels=["transport", "command_status"])
+        for status_name, count in sorted(t.error_statuses.items()):
+            errors.add_metric([t.name, status_name], count)
+        yield errors
 
 
 def register_metrics(registry: CollectorRegistry, transport: SmppTransport) -> None:

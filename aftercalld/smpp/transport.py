@@ -92,6 +92,8 @@ class SmppTransport(Transport):
         self._ref = itertools.count(random.randrange(0x10000))
         self._tls = self._tls_context() if settings.tls else None
         self.counters: collections.Counter[str] = collections.Counter()
+        # submit_sm answers other than ESME_ROK, by command_status name: what a provider asks for.
+        self.error_statuses: collections.Counter[str] = collections.Counter()
         # Parts submitted by a send() that has not returned yet: exact id → receipts held
         # back until the dispatcher has the outcome (see _hand_over_report).
         self._unreported: dict[str, list[DeliveryReport]] = {}
@@ -395,6 +397,7 @@ class SmppTransport(Transport):
             name = status_name(status)
             if command_id == pdu.GENERIC_NACK:
                 name = f"generic_nack {name}"
+            self.error_statuses[name] += 1
             if verdict is Verdict.THROTTLED:
                 # Slow this session down and retry the same part; a throttle is the SMSC
                 # doing its job, so it uses up an attempt only one tenth as fast.

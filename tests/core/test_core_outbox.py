@@ -271,6 +271,23 @@ async def test_handler_with_metrics_and_quiet_logging(setup, caplog):
     assert metrics.calls.labels("main", "missed", "inbound")._value.get() == 1
 
 
+def test_messages_suppressed_when_the_call_is_handled_are_counted(setup):
+    """The outbox said 7 suppressed while aftercalld_messages_total said 1: texts suppressed
+    at rendering (landline, anonymous caller) never reach the dispatcher that counted."""
+    from aftercalld.metrics import Metrics
+
+    config, outbox = setup
+    metrics = Metrics()
+    handler = CallHandler(config, outbox, metrics=metrics)
+    handler.handle_many([call(call_id="ok"), call(call_id="anon", caller_number="anonymous"),
+                         call(call_id="fixed", caller_number="+442071234567")])
+    handler.handle(call(call_id="ok"))  # a replayed event changes nothing
+    assert outbox.counts_by_state() == {"queued": 1, "suppressed": 2}
+    assert metrics.messages.labels("queued")._value.get() == 1
+    assert metrics.messages.labels("suppressed")._value.get() == 2
+    assert metrics.outcomes.labels("Missed", "suppressed")._value.get() == 2
+
+
 async def test_a_call_that_breaks_the_pipeline_is_logged_whole_and_the_rest_go_on(setup, caplog):
     config, outbox = setup
     handler = CallHandler(config, outbox)

@@ -246,6 +246,8 @@ async def test_status_and_prometheus_metrics():
         assert 'aftercalld_smpp_parts_submitted_total{transport="smpp"} 3.0' in text
         assert 'aftercalld_smpp_throttled_total{transport="smpp"} 1.0' in text
         assert 'aftercalld_smpp_binds_total{transport="smpp"} 2.0' in text
+        # Errors by command_status, what a provider's support desk asks for.
+        assert 'aftercalld_smpp_submit_errors_total{command_status="ESME_RTHROTTLED",transport="smpp"} 1.0' in text
     finally:
         await t.close()
         await sim.stop()
