@@ -19,6 +19,7 @@ from .clock import Clock, system_clock, utc_now
 from .config import Config, load
 from .configreader import ConfigError
 from .dispatcher import Dispatcher
+from .instance import InstanceLock
 from .logtransport import LogTransport
 from .metrics import Metrics
 from .pipeline import CallHandler
@@ -67,9 +68,12 @@ class Daemon:
         self.supervisor = Supervisor()
         self.backfill: Backfill | None = None
         self._stop = asyncio.Event()
+        self.stop_signal = "SIGTERM"
+        self._instance_lock: InstanceLock | None = None
         self.started_at = utc_now(clock)
 
     async def start(self) -> None:
+        self._instance_lock = InstanceLock.acquire(self.config.outbox_path)
         self.outbox = Outbox.open(self.config.outbox_path, synchronous=self.config.sqlite_synchronous)
         self.outbox.checkpoint_in_background()
         self.transport = make_transport(self.config)
@@ -119,7 +123,13 @@ class Daemon:
         except Exception as exc:  # a reload must never take the daemon down
             log.error("reload refused, keeping the running rules: %s: %s", type(exc).__name__, exc)
             return
-        # Connections and the transport stay as they are (changing them needs a restart).
+        # Connections and the transport stay as they are: say so when they were changed,
+        # rather than claim a reload that did not happen.
+        changed = _needs_restart(self.config, new)
+        if changed:
+            log.warning("reload of %s: %s; a reload cannot apply that: it takes effect at the next restart "
+                        "(systemctl restart aftercalld), the old settings stay until then",
+                        self.config_path, "; ".join(changed))
         keep_days_changed = new.keep_days != self.config.keep_days
         # The transport's segmenting stays too: segments are counted as the running transport sends.
         render = replace(new.render, segmenting=self.config.render.segmenting)
@@ -199,7 +209,8 @@ class Daemon:
         except OSError as exc:
             log.debug("cannot write %s: %s", path, exc)
 
-    def request_stop(self) -> None:
+    def request_stop(self, signal_name: str = "SIGTERM") -> None:
+        self.stop_signal = signal_name
         self._stop.set()
 
     async def wait(self) -> None:
@@ -217,6 +228,8 @@ class Daemon:
         if self.outbox:
             log.info("stopped; %d message(s) stay queued for the next start", self.outbox.queue_depth())
             self.outbox.close()
+        if self._instance_lock:
+            self._instance_lock.release()
         try:
             status_path(self.config).unlink()
         except OSError:
@@ -236,6 +249,30 @@ def _transport_tasks(transport: Transport | None) -> list[tuple[str, asyncio.Tas
     return tasks
 
 
+def _needs_restart(old: Config, new: Config) -> list[str]:
+    """What a reload cannot apply: the PBX links, the transport, the outbox, the metrics
+    listener. Each changed one, named as the config file names it."""
+    changed = []
+    old_pbxs = {p.name: p for p in old.pbxs}
+    new_pbxs = {p.name: p for p in new.pbxs}
+    for name in sorted(old_pbxs.keys() | new_pbxs.keys()):
+        before, after = old_pbxs.get(name), new_pbxs.get(name)
+        # PbxConfig leaves its protocol settings and CDR source out of ==: compare them too.
+        if (before, getattr(before, "settings", None), getattr(before, "cdr", None)) != (
+                after, getattr(after, "settings", None), getattr(after, "cdr", None)):
+            verb = "added" if name not in old_pbxs else "removed" if name not in new_pbxs else "changed"
+            changed.append(f"[[pbx]] {name!r} was {verb}")
+    if old.transport.type != new.transport.type:
+        changed.append(f"[transport] type was changed ({old.transport.type} → {new.transport.type})")
+    elif old.transport != new.transport:
+        changed.append("[transport] was changed")
+    if old.outbox_path != new.outbox_path:
+        changed.append("[general] outbox was changed")
+    if old.metrics_listen != new.metrics_listen:
+        changed.append("[metrics] listen was changed")
+    return changed
+
+
 def _is_up(status: dict[str, Any]) -> bool:
     state = str(status.get("state", "")).lower()
     return state in ("connected", "bound", "ready", "up", "dry run", "registered")
@@ -245,8 +282,8 @@ async def run(config: Config, config_path: str) -> int:
     daemon = Daemon(config, config_path)
     loop = asyncio.get_running_loop()
     # Before start(): a SIGTERM while connecting must drain like any other, not kill us.
-    loop.add_signal_handler(signal.SIGTERM, daemon.request_stop)
-    loop.add_signal_handler(signal.SIGINT, daemon.request_stop)
+    loop.add_signal_handler(signal.SIGTERM, daemon.request_stop, "SIGTERM")
+    loop.add_signal_handler(signal.SIGINT, daemon.request_stop, "SIGINT (Ctrl-C)")
     loop.add_signal_handler(signal.SIGHUP, daemon.reload)
     try:
         await daemon.start()
@@ -259,7 +296,8 @@ async def run(config: Config, config_path: str) -> int:
     keep_alive = asyncio.create_task(systemd.keep_alive(notifier, daemon.status_line, STATUS_EVERY_SECONDS,
                                                         healthy=daemon.supervisor.healthy))
     await daemon.wait()
-    log.info("SIGTERM: draining (up to %gs for in-flight submits)", config.dispatch.drain_timeout_seconds)
+    log.info("%s: draining (up to %gs for in-flight submits)", daemon.stop_signal,
+             config.dispatch.drain_timeout_seconds)
     notifier.stopping()
     keep_alive.cancel()
     await daemon.stop()
