@@ -22,15 +22,18 @@ from __future__ import annotations
 import csv
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 from ..ami import dialstring
 from ..classify import CallFacts, Talk
 
 log = logging.getLogger(__name__)
+
+Row = TypeVar("Row")
 
 # cdr_csv's columns in order; 16 without options, 18 with loguniqueid + loguserfield,
 # 21 with newcdrcolumns too (tests/data/traces/asterisk-actions/README.md).
@@ -98,8 +101,10 @@ def parse_csv_line(fields: list[str], tz: ZoneInfo) -> AstCdr:
     )
 
 
-def parse_csv(lines: Iterable[str], tz: ZoneInfo, where: str = "Master.csv") -> list[AstCdr]:
-    """Complete lines of ``Master.csv``; a bad line is logged (escaped) and skipped."""
+def csv_rows(lines: Iterable[str], parse_line: Callable[[list[str], ZoneInfo], Row], tz: ZoneInfo,
+             where: str) -> list[Row]:
+    """Complete CSV lines of a CDR file, each read by `parse_line` (Asterisk's and
+    FreeSWITCH's layouts); a bad line is logged (escaped) and skipped."""
     out = []
     for line in lines:
         if not line.strip():
@@ -107,10 +112,15 @@ def parse_csv(lines: Iterable[str], tz: ZoneInfo, where: str = "Master.csv") -> 
         try:
             # Line by line: one broken line (a NUL, a stray quote) costs that line only.
             (fields,) = csv.reader([line])
-            out.append(parse_csv_line(fields, tz))
+            out.append(parse_line(fields, tz))
         except (csv.Error, ValueError) as exc:  # BadRow is a ValueError
             log.warning("%s: CDR line skipped (%s): %r", where, exc, line[:120])
     return out
+
+
+def parse_csv(lines: Iterable[str], tz: ZoneInfo, where: str = "Master.csv") -> list[AstCdr]:
+    """Complete lines of ``Master.csv``."""
+    return csv_rows(lines, parse_csv_line, tz, where)
 
 
 def from_db_row(row: Mapping[str, object], tz: ZoneInfo) -> AstCdr:

@@ -20,7 +20,6 @@ person is connected, the voicemail app is voicemail reached, anything else misse
 """
 from __future__ import annotations
 
-import csv
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from zoneinfo import ZoneInfo
 
 from ..classify import CallFacts, Talk
 from ..esl.legs import SHUTDOWN_CAUSES
-from .asterisk import BadRow, _int, _local_time
+from .asterisk import BadRow, _int, _local_time, csv_rows
 
 log = logging.getLogger(__name__)
 
@@ -76,17 +75,7 @@ def parse_csv_line(fields: list[str], tz: ZoneInfo) -> FsCdr:
 
 
 def parse_csv(lines: Iterable[str], tz: ZoneInfo, where: str = "Master.csv") -> list[FsCdr]:
-    out = []
-    for line in lines:
-        if not line.strip():
-            continue
-        try:
-            # Line by line: one broken line (a NUL, a stray quote) costs that line only.
-            (fields,) = csv.reader([line])
-            out.append(parse_csv_line(fields, tz))
-        except (csv.Error, ValueError) as exc:  # BadRow is a ValueError
-            log.warning("%s: CDR line skipped (%s): %r", where, exc, line[:120])
-    return out
+    return csv_rows(lines, parse_csv_line, tz, where)
 
 
 @dataclass(slots=True)
