@@ -95,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("report", "Messages and per-rule outcomes from the outbox.")
     p.add_argument("--since", help="ISO date/time (PBX time zone unless it has an offset), today or yesterday")
     p.add_argument("--until", help="ISO date/time, today or yesterday; exclusive")
-    p.add_argument("--rule")
-    p.add_argument("--status", help="message state, e.g. delivered, failed, suppressed")
+    p.add_argument("--rule", help="only this rule's messages (a rule of the config, or one the outbox has)")
+    p.add_argument("--status", help="only messages in this state: queued, sending, retrying, submitted, delivered, "
+                                     "undeliverable, expired, rejected, failed or suppressed")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
 
     p = add("why", "Explain what happened after a call: by call id or caller number.")

@@ -10,12 +10,16 @@ from typing import Any, TextIO
 
 from .clock import Clock, system_clock, utc_now
 from .config import Config
+from .model import MessageState
 from .phone import caller_id_forms, normalise_for_list
 from .store import Outbox
 from .textsafety import csv_cell, escape_controls
 
 COLUMNS = ("id", "call_key", "rule", "recipient_kind", "destination", "state", "reason", "attempts",
            "created", "submitted", "final", "transport_ids", "source")
+
+
+NO_DATA = "–"  # a figure with nothing to compute it from
 
 
 class ReportError(ValueError):
@@ -59,29 +63,72 @@ def _row(m: dict[str, Any], config: Config, backfilled: AbstractSet[str] = froze
     }
 
 
+# How the per-rule summary sorts message states: every message falls in exactly one group,
+# so the groups add up to the rule's messages, the one base of every percentage.
+_OUTCOMES = (
+    ("delivered", frozenset({MessageState.DELIVERED})),
+    ("failed", frozenset({MessageState.FAILED, MessageState.UNDELIVERABLE, MessageState.EXPIRED,
+                          MessageState.REJECTED})),
+    ("suppressed", frozenset({MessageState.SUPPRESSED})),
+    ("awaiting_receipt", frozenset({MessageState.SUBMITTED})),
+    ("waiting", frozenset({MessageState.QUEUED, MessageState.RETRYING, MessageState.SENDING})),
+)
+_OUTCOME_WORDS = {"awaiting_receipt": "awaiting a receipt", "waiting": "waiting to be sent"}
+
+
 def summary(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per rule: how many messages, and how many of them (the same base for every
+    percentage) were delivered, failed, suppressed, are awaiting a receipt or still waiting."""
     by_rule: dict[str, list[dict[str, Any]]] = {}
     for m in messages:
         by_rule.setdefault(m["rule"], []).append(m)
     out = []
     for rule, ms in sorted(by_rule.items()):
-        sent = [m for m in ms if m["submitted_at"]]
-        delivered = [m for m in ms if m["state"] == "delivered"]
-        failed = [m for m in ms if m["state"] in ("failed", "undeliverable", "expired", "rejected")]
-        latencies = [m["final_at"] - m["submitted_at"] for m in delivered if m["final_at"] and m["submitted_at"]]
+        counts = {name: sum(m["state"] in states for m in ms) for name, states in _OUTCOMES}
+        latencies = [m["final_at"] - m["submitted_at"] for m in ms
+                     if m["state"] == MessageState.DELIVERED and m["final_at"] and m["submitted_at"]]
         out.append({
             "rule": rule,
             "messages": len(ms),
-            "sent": len(sent),
-            "suppressed": sum(m["state"] == "suppressed" for m in ms),
-            "delivered_pct": round(100 * len(delivered) / len(sent), 1) if sent else None,
-            "failed_pct": round(100 * len(failed) / len(ms), 1) if ms else None,
+            "sent": sum(bool(m["submitted_at"]) for m in ms),  # handed to the transport
+            **counts,
+            "delivered_pct": round(100 * counts["delivered"] / len(ms), 1),
+            "failed_pct": round(100 * counts["failed"] / len(ms), 1),
             "median_delivery_seconds": round(statistics.median(latencies), 1) if latencies else None,
         })
     return out
 
 
+def _summary_line(t: dict[str, Any]) -> str:
+    total = t["messages"]
+    parts = [f"{t[name]} {_OUTCOME_WORDS.get(name, name)} ({_pct(t[name], total)})" for name, _ in _OUTCOMES
+             if t[name] or name in ("delivered", "failed")]
+    median = t["median_delivery_seconds"]
+    return (f"  {escape_controls(t['rule'])}: of {total} message(s): {', '.join(parts)}; "
+            f"median time to delivery {NO_DATA if median is None else f'{median:g} s'}\n")
+
+
+def _pct(count: int, total: int) -> str:
+    return NO_DATA if not total else f"{round(100 * count / total):d} %"
+
+
+def check_filters(outbox: Outbox, config: Config, args) -> None:
+    """A --status or --rule that can match nothing is a typo, not an empty report."""
+    # repr() writes control characters as escapes: the value goes to a terminal.
+    states = [s.value for s in MessageState]
+    if args.status is not None:
+        if args.status.strip().lower() not in states:
+            raise ReportError(f"--status {args.status!r}: unknown message state (one of: {', '.join(states)})")
+        args.status = args.status.strip().lower()
+    if args.rule is not None and args.rule not in {r.name for r in config.rules.rules} \
+            and not outbox.messages(rule=args.rule, limit=1):
+        names = ", ".join(repr(r.name) for r in config.rules.rules) or "none"
+        raise ReportError(f"--rule {args.rule!r}: unknown rule: not in {config.file} "
+                          f"(rules: {names}) and no message in the outbox has it")
+
+
 def report(outbox: Outbox, config: Config, args, out: TextIO, clock: Clock = system_clock) -> int:
+    check_filters(outbox, config, args)
     messages = outbox.messages(since=_parse_time(args.since, config, clock, "--since"),
                                until=_parse_time(args.until, config, clock, "--until"),
                                rule=args.rule, state=args.status)
@@ -97,25 +144,22 @@ def report(outbox: Outbox, config: Config, args, out: TextIO, clock: Clock = sys
         # A refused caller's raw text (=HYPERLINK(…), @SUM(…)) must stay text in a spreadsheet.
         writer.writerows({c: csv_cell(v) for c, v in r.items()} for r in rows)
     else:
-        # Caller ids come from strangers: no cursor movement or forged lines on a terminal.
-        rows = [{c: escape_controls(v) for c, v in r.items()} for r in rows]
-        widths = {c: max([len(c)] + [len(str(r[c])) for r in rows]) for c in COLUMNS}
-        out.write("  ".join(c.ljust(widths[c]) for c in COLUMNS).rstrip() + "\n")
-        for r in rows:
-            out.write("  ".join(str(r[c]).ljust(widths[c]) for c in COLUMNS).rstrip() + "\n")
+        _table(out, COLUMNS, rows)
         out.write("\nper rule:\n")
         for t in totals:
-            median = t["median_delivery_seconds"]
-            out.write(
-                f"  {escape_controls(t['rule'])}: {t['messages']} message(s), {t['sent']} sent, "
-                f"{t['suppressed']} suppressed, delivered {_pct(t['delivered_pct'])}, failed {_pct(t['failed_pct'])}, "
-                f"median time to delivery {median if median is not None else '-'}s\n"
-            )
+            out.write(_summary_line(t))
+        if not totals:
+            out.write(f"  {NO_DATA} (no messages)\n")
     return 0
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:g}%"
+def _table(out: TextIO, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
+    # Caller ids and replies come from strangers: no cursor movement or forged lines on a terminal.
+    rows = [{c: escape_controls(v) for c, v in r.items()} for r in rows]
+    widths = {c: max([len(c)] + [len(str(r[c])) for r in rows]) for c in columns}
+    out.write("  ".join(c.ljust(widths[c]) for c in columns).rstrip() + "\n")
+    for r in rows:
+        out.write("  ".join(str(r[c]).ljust(widths[c]) for c in columns).rstrip() + "\n")
 
 
 def why(outbox: Outbox, config: Config, what: str, out: TextIO) -> int:
