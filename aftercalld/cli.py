@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rule", help="only this rule's messages (a rule of the config, or one the outbox has)")
     p.add_argument("--status", help="only messages in this state: queued, sending, retrying, submitted, delivered, "
                                      "undeliverable, expired, rejected, failed or suppressed")
+    p.add_argument("--replies", action="store_true",
+                   help="list the replies customers sent in the span (number, time, the call and message they "
+                        "answer, keyword, text) instead of the messages")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
 
     p = add("why", "Explain what happened after a call: by call id or caller number.")

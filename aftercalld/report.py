@@ -128,10 +128,15 @@ def check_filters(outbox: Outbox, config: Config, args) -> None:
 
 
 def report(outbox: Outbox, config: Config, args, out: TextIO, clock: Clock = system_clock) -> int:
+    since = _parse_time(args.since, config, clock, "--since")
+    until = _parse_time(args.until, config, clock, "--until")
+    if getattr(args, "replies", False):
+        if args.status is not None or args.rule is not None:
+            raise ReportError("--replies lists replies, which have no --status or --rule; "
+                              "use --since/--until to choose them")
+        return _replies(outbox.replies(since=since, until=until), config, args.format, out)
     check_filters(outbox, config, args)
-    messages = outbox.messages(since=_parse_time(args.since, config, clock, "--since"),
-                               until=_parse_time(args.until, config, clock, "--until"),
-                               rule=args.rule, state=args.status)
+    messages = outbox.messages(since=since, until=until, rule=args.rule, state=args.status)
     backfilled = outbox.backfilled_among(m["call_key"] for m in messages)
     rows = [_row(m, config, backfilled) for m in messages]
     totals = summary(messages)
@@ -139,10 +144,7 @@ def report(outbox: Outbox, config: Config, args, out: TextIO, clock: Clock = sys
         json.dump({"messages": rows, "summary": totals}, out, ensure_ascii=False, indent=1)
         out.write("\n")
     elif args.format == "csv":
-        writer = csv.DictWriter(out, fieldnames=COLUMNS)
-        writer.writeheader()
-        # A refused caller's raw text (=HYPERLINK(…), @SUM(…)) must stay text in a spreadsheet.
-        writer.writerows({c: csv_cell(v) for c, v in r.items()} for r in rows)
+        _csv(out, COLUMNS, rows)
     else:
         _table(out, COLUMNS, rows)
         out.write("\nper rule:\n")
@@ -151,6 +153,34 @@ def report(outbox: Outbox, config: Config, args, out: TextIO, clock: Clock = sys
         if not totals:
             out.write(f"  {NO_DATA} (no messages)\n")
     return 0
+
+
+REPLY_COLUMNS = ("received", "number", "call_key", "message_id", "keyword", "text")
+
+
+def _replies(replies: list[dict[str, Any]], config: Config, fmt: str, out: TextIO) -> int:
+    rows = [{"received": _iso(r["received_at"], config), "number": r["number"], "call_key": r["call_key"] or "",
+             "message_id": r["message_id"] if r["message_id"] is not None else "", "keyword": r["keyword"],
+             "text": r["text"]} for r in replies]
+    if fmt == "json":
+        for row in rows:  # JSON has null for "answers no text we sent"
+            row["call_key"] = row["call_key"] or None
+            row["message_id"] = row["message_id"] if row["message_id"] != "" else None
+        json.dump({"replies": rows}, out, ensure_ascii=False, indent=1)
+        out.write("\n")
+    elif fmt == "csv":
+        _csv(out, REPLY_COLUMNS, rows)
+    else:
+        _table(out, REPLY_COLUMNS, rows)
+        out.write(f"\n{len(rows)} repl{'y' if len(rows) == 1 else 'ies'}\n")
+    return 0
+
+
+def _csv(out: TextIO, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
+    writer = csv.DictWriter(out, fieldnames=columns)
+    writer.writeheader()
+    # A refused caller's raw text or a reply (=HYPERLINK(…), @SUM(…)) must stay text in a spreadsheet.
+    writer.writerows({c: csv_cell(v) for c, v in r.items()} for r in rows)
 
 
 def _table(out: TextIO, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:

@@ -3,6 +3,8 @@ and `--replies` lists what customers wrote back. Each test runs the real command
 outbox written by the real code (CallHandler, then the Outbox methods the dispatcher uses)."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import subprocess
 import sys
@@ -120,3 +122,33 @@ def test_an_empty_report_says_there_is_nothing(config_path):
     res = aftercalld("report", "-c", config_path, "--since", "2026-12-01")
     assert res.returncode == 0, res.stderr
     assert res.stdout.endswith("per rule:\n  – (no messages)\n")
+
+
+def test_replies_in_the_span_as_a_table_csv_and_json(config_path):
+    span = ("--since", "2026-11-30", "--until", "2026-12-01")
+    table = aftercalld("report", "-c", config_path, "--replies", *span)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["received", "number", "call_key", "message_id", "keyword", "text"]
+    # Times in the PBX time zone; the reply's newline is escaped, so it stays one row.
+    assert lines[1].startswith("2026-11-30T12:01:00+00:00  +447400123000  main/m0 ")
+    assert lines[1].endswith('=HYPERLINK("http://x")\\nok')
+    assert "STOP" in lines[2] and "main/m1" in lines[2]
+    assert "who is this?" not in table.stdout  # three days later: outside the span
+    assert lines[-1] == "2 replies"
+
+    rows = list(csv.DictReader(io.StringIO(aftercalld("report", "-c", config_path, "--replies", "--format", "csv")
+                                          .stdout)))
+    assert [r["number"] for r in rows] == ["+447400123000", "+447400123001", "+447400555555"]
+    assert rows[0]["text"] == "'=HYPERLINK(\"http://x\")\nok"  # text in a spreadsheet, not a formula
+    assert rows[2]["call_key"] == "" and rows[2]["message_id"] == ""
+
+    replies = json.loads(aftercalld("report", "-c", config_path, "--replies", "--format", "json",
+                                    "--since", "2026-12-02").stdout)["replies"]
+    assert replies == [{"received": "2026-12-03T12:00:00+00:00", "number": "+447400555555", "call_key": None,
+                        "message_id": None, "keyword": "", "text": "who is this?"}]
+
+
+def test_replies_take_no_status_or_rule(config_path):
+    res = aftercalld("report", "-c", config_path, "--replies", "--status", "delivered")
+    assert res.returncode == 2 and "--replies lists replies, which have no --status or --rule" in res.stderr
