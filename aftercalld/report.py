@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import statistics
 from collections.abc import Set as AbstractSet
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, TextIO
+from zoneinfo import ZoneInfo
 
 from .clock import Clock, system_clock, utc_now
 from .config import Config
-from .model import MessageState
+from .model import CallRecord, MessageState
 from .phone import caller_id_forms, normalise_for_list
 from .store import Outbox
 from .textsafety import csv_cell, escape_controls
@@ -192,6 +194,20 @@ def _table(out: TextIO, columns: tuple[str, ...], rows: list[dict[str, Any]]) ->
         out.write("  ".join(str(r[c]).ljust(widths[c]) for c in columns).rstrip() + "\n")
 
 
+# A call handled this long after it ended was not handled live (CDR backfill, a replayed
+# event): `why` then shows both times.
+_HANDLED_LATE_SECONDS = 60.0
+
+
+def _when(moment: float | datetime | None, tz: tzinfo, *, zone: bool = True) -> str:
+    """A time for people: local to `tz`, with the zone's abbreviation (GMT, BST, CET)."""
+    if moment is None:
+        return NO_DATA
+    if not isinstance(moment, datetime):
+        moment = datetime.fromtimestamp(moment, UTC)
+    return moment.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S" + (" %Z" if zone else ""))
+
+
 def why(outbox: Outbox, config: Config, what: str, out: TextIO) -> int:
     calls = outbox.calls(call_key=what)
     replies: list[dict[str, Any]] = []
@@ -200,30 +216,90 @@ def why(outbox: Outbox, config: Config, what: str, out: TextIO) -> int:
         calls = outbox.calls(callers=[what, *caller_id_forms(number)] if number else [what], texted=number)
         replies = outbox.replies(numbers=[what] + ([number] if number and number != what else []))
     if not calls and not replies:
-        out.write(f"no call with id or caller {what!r} in {config.outbox_path}\n")
+        out.write(f"no call with id or caller {escape_controls(repr(what))} in {config.outbox_path}\n")
         return 1
     for call in calls:
-        record = json.loads(call["record"])
-        source = record.get("source", "live")
-        messages = outbox.messages(call_key=call["call_key"])
-        # Everything below came from the PBX or the SMSC: escaped, one line per item.
-        call = {k: escape_controls(v) if isinstance(v, str) else v for k, v in call.items()}
-        record = {k: escape_controls(v) if isinstance(v, str) else v for k, v in record.items()}
-        out.write(f"call {call['call_key']} at {_iso(call['created_at'], config)}: {record['status']} "
-                  f"{record['direction']} from {record['caller_number'] or '?'} to {record['dialled_number'] or '?'}"
-                  + (" (backfilled from the PBX's CDR)" if source == "cdr" else "") + "\n")
-        out.write(f"  decision: {call['decision']}\n")
-        for m in messages:
-            r = {k: escape_controls(v) for k, v in _row(m, config).items()}
-            out.write(f"  {r['recipient_kind']} {r['destination']}: {r['state']}"
-                      + (f" ({r['reason']})" if r["reason"] else "")
-                      + (f", ids {r['transport_ids']}" if r["transport_ids"] else "") + "\n")
+        _why_call(outbox, config, call, out)
     for reply in replies:
-        about = f" to the text about call {reply['call_key']}" if reply["call_key"] else ""
-        acted = f" ({reply['keyword']})" if reply["keyword"] else ""
-        out.write(f"reply from {escape_controls(reply['number'])} at {_iso(reply['received_at'], config)}"
+        about = f" to the text about call {escape_controls(reply['call_key'])}" if reply["call_key"] else ""
+        acted = f" ({escape_controls(reply['keyword'])})" if reply["keyword"] else ""
+        out.write(f"reply from {escape_controls(reply['number'])} at {_when(reply['received_at'], config.timezone)}"
                   f"{about}{acted}: {escape_controls(repr(reply['text']))}\n")
     return 0
+
+
+def _why_call(outbox: Outbox, config: Config, call: dict[str, Any], out: TextIO) -> None:
+    # Everything printed came from the PBX or the SMSC: escaped, one line per item.
+    esc = escape_controls
+    data = json.loads(call["record"])
+    tz = config.timezone_for(call["pbx"])
+    try:
+        record: CallRecord | None = CallRecord.from_dict(data)
+    except ValueError:
+        record = None  # stored by a version with other fields: shown, not re-evaluated
+    start = record.start_time if record else None
+    end = record.end_time if record else None
+    handled = call["created_at"]
+    out.write(f"call {esc(call['call_key'])} at {_when(start or end or handled, tz)}: {esc(data.get('status', '?'))} "
+              f"{esc(data.get('direction', '?'))} from {esc(data.get('caller_number') or '?')} "
+              f"to {esc(data.get('dialled_number') or '?')}"
+              + (" (backfilled from the PBX's CDR)" if data.get("source") == "cdr" else "") + "\n")
+    happened = _when(start or end, tz)
+    if start and end:
+        same_day = start.astimezone(tz).date() == end.astimezone(tz).date()
+        happened = f"{_when(start, tz, zone=False)} to " + (end.astimezone(tz).strftime("%H:%M:%S %Z")
+                                                           if same_day else _when(end, tz))
+    late = end is None or abs(handled - end.timestamp()) >= _HANDLED_LATE_SECONDS
+    out.write(f"  happened {happened} ({tz.key})"
+              + (f"; handled by aftercalld {_when(handled, tz)}" if late else "") + "\n")
+    out.write(f"  decision: {esc(call['decision'])}\n")
+    if call["rule"] is None and record is not None and config.rules.rules:
+        _why_no_rule(config, record, tz, handled, out)
+    messages = outbox.messages(call_key=call["call_key"])
+    parts = outbox.parts(m["id"] for m in messages)
+    for m in messages:
+        _why_message(m, parts.get(m["id"], []), tz, out)
+
+
+def _why_no_rule(config: Config, record: CallRecord, tz: ZoneInfo, handled: float, out: TextIO) -> None:
+    """Each rule's failed condition. The hot path stores no reasons (formatting them for
+    every call costs more than matching), so the rules are asked again: today's rules,
+    which may not be the ones that decided."""
+    version = f"with the rules now in {config.file}"
+    try:
+        edited = os.stat(config.file).st_mtime
+    except OSError:
+        edited = None
+    if edited is not None and edited > handled:
+        version += f" (edited {_when(edited, tz)}, after this call: the rules then may have differed)"
+    selection = config.rules.select(record, tz, explain=True)
+    out.write(f"  each rule, {escape_controls(version)}:\n")
+    for name, reason in selection.skipped:
+        out.write(f"    {escape_controls(repr(name))}: {escape_controls(reason)}\n")
+    if selection.rule is not None:
+        out.write(f"    {escape_controls(repr(selection.rule.name))} would match now\n")
+
+
+def _why_message(m: dict[str, Any], parts: list[dict[str, Any]], tz: ZoneInfo, out: TextIO) -> None:
+    esc = escape_controls
+    out.write(f"  {m['recipient_kind']} {esc(m['destination'] or m['raw_number'] or '?')}: {esc(m['state'])}"
+              + (f" ({esc(m['reason'])})" if m["reason"] else "") + "\n")
+    out.write(f"    from {esc(m['sender'])}, {m['segments']} segment(s) {m['encoding']}, "
+              f"{m['attempts']} attempt(s)\n")
+    for line in m["text"].splitlines() or [""]:
+        out.write(f"    | {esc(line)}\n")
+    times = [f"recorded {_when(m['created_at'], tz)}"]
+    if m["state"] in (MessageState.QUEUED, MessageState.RETRYING) and m["next_attempt_at"]:
+        times.append(f"next attempt {_when(m['next_attempt_at'], tz)}")
+    if m["submitted_at"]:
+        times.append(f"submitted {_when(m['submitted_at'], tz)}")
+    if m["final_at"]:
+        times.append(f"final {_when(m['final_at'], tz)}")
+    out.write(f"    {', '.join(times)}\n")
+    for p in parts:
+        receipt = (f"receipt {esc(p['state'])}" + (f" ({esc(p['error'])})" if p["error"] else "")
+                   + f" at {_when(p['updated_at'], tz)}") if p["state"] != MessageState.SUBMITTED else "no receipt yet"
+        out.write(f"    part {p['part']} id {esc(p['transport_id'])}: {receipt}\n")
 
 
 def status(outbox: Outbox, config: Config, fmt: str, out: TextIO, clock: Clock = system_clock) -> int:
