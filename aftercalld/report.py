@@ -302,15 +302,24 @@ def _why_message(m: dict[str, Any], parts: list[dict[str, Any]], tz: ZoneInfo, o
         out.write(f"    part {p['part']} id {esc(p['transport_id'])}: {receipt}\n")
 
 
+# `aftercalld status` exits with this when the daemon is not running (as LSB init scripts'
+# `status` do), so that scripts and monitoring can tell it from a failure to look (1).
+EXIT_NOT_RUNNING = 3
+# The daemon rewrites status.json every STATUS_EVERY_SECONDS; missing three is a hung or dead daemon.
+STALE_AFTER_INTERVALS = 3
+
+
 def status(outbox: Outbox, config: Config, fmt: str, out: TextIO, clock: Clock = system_clock) -> int:
-    """The outbox's side of `aftercalld status`. Live connection states come from the
-    running daemon's STATUS= line (systemctl status) and its metrics endpoint."""
+    """The outbox's counts and the running daemon's live status (status.json, which the
+    daemon rewrites every few seconds). Exit 0 when the daemon runs, EXIT_NOT_RUNNING when not."""
     now = utc_now(clock).astimezone(config.timezone)
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
     sent_today, by_rule = outbox.submitted_counts_since(midnight)
-    live = _live_status(config)
+    live, down = _live_status(config, now.timestamp())
     info: dict[str, Any] = {
-        "daemon": live,
+        "running": down is None,
+        "not_running": down,  # why, when not running
+        "daemon": live,  # as the daemon wrote it (UTC ISO times, epochs); kept when stale
         "outbox": config.outbox_path,
         "queue_depth": outbox.queue_depth(),
         "states": outbox.counts_by_state(),
@@ -320,39 +329,136 @@ def status(outbox: Outbox, config: Config, fmt: str, out: TextIO, clock: Clock =
         "pbxs": [{"name": p.name, "type": p.type} for p in config.pbxs],
         "transport": config.transport.type,
     }
+    code = 0 if down is None else EXIT_NOT_RUNNING
     if fmt == "json":
         json.dump(info, out, indent=1)
         out.write("\n")
-        return 0
-    out.write(f"outbox {info['outbox']}: {info['queue_depth']} waiting to be sent; "
-              f"{sent_today} submitted today; last call {info['last_call'] or 'never'}\n")
-    out.write("states: " + (", ".join(f"{k} {v}" for k, v in sorted(info["states"].items())) or "empty") + "\n")
-    out.write(f"transport: {info['transport']}; PBXs: "
-              + (", ".join(f"{p['name']} ({p['type']})" for p in info["pbxs"]) or "none") + "\n")
-    if live is None:
-        out.write("daemon: not running (no live status)\n")
-        return 0
-    out.write(f"daemon: pid {live['pid']}, up since {live['started']}, status at {live['updated']}\n")
-    for source in live.get("sources", []):
-        out.write("  pbx " + _kv(source) + "\n")
-    out.write("  transport " + _kv(live.get("transport", {})) + "\n")
-    return 0
+        return code
+    tz = config.timezone
+    if down is not None:
+        out.write(f"daemon: NOT RUNNING ({escape_controls(down)})\n")
+    else:
+        assert live is not None
+        out.write(f"daemon: running, pid {live.get('pid')}, up since {_status_time(live.get('started'), tz)}; "
+                  f"status of {_status_time(live.get('updated'), tz)}\n")
+        out.write(f"  {live.get('submitted_since_start', 0)} submitted since start\n")
+        restarts = {k: v for k, v in (live.get("task_restarts") or {}).items() if v}
+        if restarts:
+            out.write("  restarted: " + ", ".join(f"{escape_controls(k)} {v} time(s)" for k, v in restarts.items())
+                      + "\n")
+        for source in live.get("sources") or []:
+            _block(out, "pbx", source, tz)
+        if live.get("transport"):
+            _block(out, "transport", live["transport"], tz)
+    out.write(f"\noutbox {info['outbox']}\n")
+    out.write(f"  {info['queue_depth']} waiting to be sent; {sent_today} submitted today"
+              + (" (" + ", ".join(f"{escape_controls(k)} {v}" for k, v in sorted(by_rule.items())) + ")"
+                 if by_rule else "") + "\n")
+    out.write(f"  last call: {_when(outbox.last_call_time(), tz) if outbox.last_call_time() else 'never'}\n")
+    out.write("  messages by state: " + (", ".join(f"{k} {v}" for k, v in sorted(info["states"].items()))
+                                         or "none") + "\n")
+    if down is not None:
+        out.write(f"\nconfigured: transport {config.transport.type}; PBXs: "
+                  + (", ".join(f"{p.name} ({p.type})" for p in config.pbxs) or "none") + "\n")
+    return code
 
 
-def _kv(status: dict[str, Any]) -> str:
-    name = status.get("name", "?")
-    rest = ", ".join(f"{k} {v}" for k, v in status.items() if k != "name")
-    return escape_controls(f"{name}: {rest}")  # states carry peers' error texts
+# Fields of the daemon's status record that hold a time: epochs or UTC ISO strings.
+_TIME_FIELDS = frozenset({"connected_since", "last_event", "started", "updated"})
+# Shown in a block's first line, not again below it.
+_HEADLINE_FIELDS = frozenset({"name", "type", "state", "address", "endpoint", "device", "connected_since"})
 
 
-def _live_status(config: Config) -> dict[str, Any] | None:
-    import os
+def _block(out: TextIO, kind: str, status: dict[str, Any], tz: ZoneInfo) -> None:
+    """One PBX connection or transport: a headline, then one line per field that has a
+    value; lists of records (an SMPP transport's sessions) one line each."""
+    esc = escape_controls  # states carry peers' error texts
+    where = status.get("address") or status.get("endpoint") or status.get("device")
+    since = status.get("connected_since")
+    binds = isinstance(status.get("configured"), int) and isinstance(status.get("bound"), int)  # SMPP
+    out.write(f"\n{kind} {esc(status.get('name', '?'))}"
+              + (f" ({esc(status['type'])})" if status.get("type") else "")
+              + (f" at {esc(where)}" if where else "")
+              + f": {esc(status.get('state', '?'))}"
+              + (f" since {_status_time(since, tz)}" if since else "")
+              + (f", {status['bound']} of {status['configured']} session(s) bound" if binds else "") + "\n")
+    for key, value in status.items():
+        if key in _HEADLINE_FIELDS or (binds and key in ("bound", "configured")) or value in (None, "", [], {}):
+            continue
+        label = key.replace("_", " ")
+        if isinstance(value, list) and all(isinstance(v, dict) for v in value):
+            for item in value:
+                out.write(f"  {esc(_item_line(item, tz))}\n")
+        else:
+            out.write(f"  {label}: {esc(_status_value(key, value, tz))}\n")
 
-    from .daemon import status_path
 
+def _item_line(item: dict[str, Any], tz: ZoneInfo) -> str:
+    head = ""
+    if "session" in item:
+        head = f"session {item['session']}" + (f" {item['mode']}" if item.get("mode") else "")
+    rest = [f"{k.replace('_', ' ')} {_status_value(k, v, tz)}" for k, v in item.items()
+            if k not in ("session", "mode") and v not in (None, "", [], {})]
+    return f"{head}: {', '.join(rest)}" if head else ", ".join(rest)
+
+
+def _status_value(key: str, value: Any, tz: ZoneInfo) -> str:
+    if key in _TIME_FIELDS:
+        return _status_time(value, tz)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items())
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+def _status_time(value: Any, tz: ZoneInfo) -> str:
+    """A time from the status record (epoch or ISO) in the config's time zone, named."""
+    if value is None or value == "":
+        return NO_DATA
     try:
-        live = json.loads(status_path(config).read_text())
-        os.kill(int(live["pid"]), 0)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return live
+        if isinstance(value, int | float):
+            return _when(float(value), tz)
+        moment = datetime.fromisoformat(str(value))
+        return _when(moment if moment.tzinfo else moment.replace(tzinfo=UTC), tz)
+    except (ValueError, OverflowError, OSError):
+        return str(value)
+
+
+def _live_status(config: Config, now: float) -> tuple[dict[str, Any] | None, str | None]:
+    """The daemon's status record, and why it is not running (None when it is)."""
+    from .daemon import STATUS_EVERY_SECONDS, status_path
+
+    path = status_path(config)
+    try:
+        live = json.loads(path.read_text())
+        if not isinstance(live, dict):
+            raise ValueError("not a JSON object")
+    except FileNotFoundError:
+        return None, f"no {path}: it was not started, or stopped"
+    except (OSError, ValueError) as exc:
+        return None, f"cannot read {path}: {exc}"
+    try:
+        pid = int(live["pid"])
+        os.kill(pid, 0)
+    except (KeyError, TypeError, ValueError):
+        return live, f"{path} names no process"
+    except ProcessLookupError:
+        return live, f"process {live['pid']} of {path} is gone: it stopped without cleaning up"
+    except PermissionError:
+        pass  # it exists, as another user (the service's)
+    except OSError as exc:
+        return live, f"cannot check process {live['pid']}: {exc.strerror}"
+    try:
+        updated = datetime.fromisoformat(str(live["updated"])).timestamp()
+    except (KeyError, ValueError):
+        return live, f"{path} has no time of update"
+    age = now - updated
+    if age > STALE_AFTER_INTERVALS * STATUS_EVERY_SECONDS:
+        return live, (f"its status was last written {_status_time(live['updated'], config.timezone)}, "
+                      f"{age:.0f} s ago: it is hung, or stopped and its pid reused")
+    return live, None
