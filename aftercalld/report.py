@@ -444,6 +444,8 @@ def _live_status(config: Config, now: float) -> tuple[dict[str, Any] | None, str
         return None, f"cannot read {path}: {exc}"
     try:
         pid = int(live["pid"])
+        if pid <= 0:  # kill(0 or -n, 0) would ask about a whole process group
+            raise ValueError(pid)
         os.kill(pid, 0)
     except (KeyError, TypeError, ValueError):
         return live, f"{path} names no process"

@@ -129,3 +129,9 @@ def test_no_status_file_or_a_dead_pid_exits_3(config):
     res = aftercalld("status", "-c", config.file, "--format", "json")
     assert res.returncode == 3
     assert "is gone: it stopped without cleaning up" in json.loads(res.stdout)["not_running"]
+
+
+def test_a_status_file_naming_no_process_is_not_a_running_daemon(config, capsys):
+    daemon_status(config, lambda: NOW, pid=0)  # kill(0, 0) would succeed: it asks about our own group
+    code, out = run_status(capsys, config)
+    assert code == EXIT_NOT_RUNNING and f"({status_path(config)} names no process)" in out
