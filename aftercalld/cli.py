@@ -76,8 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("add", "remove", "list", "import"))
     p.add_argument("entries", nargs="*", help="numbers or prefixes ending in * (add/remove), or one file (import)")
 
-    p = add("status", "What the outbox holds: queue depth, states, today's sends.")
-    p.add_argument("--format", choices=("text", "json"), default="text")
+    p = add("status", "Is the daemon running, its PBX and transport connections, and what the outbox holds "
+                      "(exit 0 running, 3 not running, 1 no outbox yet).")
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="json: the daemon's status record as it wrote it, and the outbox's counts, for scripts")
 
     p = add("send-test", "Send one real message through the configured transport and show the result.")
     p.add_argument("number", help="destination number")
@@ -95,8 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("report", "Messages and per-rule outcomes from the outbox.")
     p.add_argument("--since", help="ISO date/time (PBX time zone unless it has an offset), today or yesterday")
     p.add_argument("--until", help="ISO date/time, today or yesterday; exclusive")
-    p.add_argument("--rule")
-    p.add_argument("--status", help="message state, e.g. delivered, failed, suppressed")
+    p.add_argument("--rule", help="only this rule's messages (a rule of the config, or one the outbox has)")
+    p.add_argument("--status", help="only messages in this state: queued, sending, retrying, submitted, delivered, "
+                                     "undeliverable, expired, rejected, failed or suppressed")
+    p.add_argument("--replies", action="store_true",
+                   help="list the replies customers sent in the span (number, time, the call and message they "
+                        "answer, keyword, text) instead of the messages")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
 
     p = add("why", "Explain what happened after a call: by call id or caller number.")
@@ -406,7 +412,7 @@ def _on_outbox(args, view) -> int:
 def cmd_status(args) -> int:
     from .report import status
 
-    return _on_outbox(args, lambda outbox, config: status(outbox, config, args.format, sys.stdout))
+    return _on_outbox(args, lambda outbox, config: status(outbox, config, args.format, sys.stdout, args.clock))
 
 
 def cmd_send_test(args) -> int:

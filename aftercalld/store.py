@@ -892,6 +892,22 @@ class Outbox:
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur]
 
+    def parts(self, message_ids: Iterable[int]) -> dict[int, list[dict[str, Any]]]:
+        """Each message's parts in order: transport id, the receipt's state and error, and
+        when the part last changed (its submit, then its receipt), for `why`."""
+        ids = sorted(set(message_ids))
+        found: dict[int, list[dict[str, Any]]] = {}
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            cur = self.conn.execute(
+                "SELECT message_id, part, transport_id, state, error, updated_at FROM parts "
+                f"WHERE message_id IN ({','.join('?' * len(chunk))}) ORDER BY message_id, part", chunk)
+            names = [d[0] for d in cur.description]
+            for row in cur:
+                part = dict(zip(names, row, strict=True))
+                found.setdefault(part["message_id"], []).append(part)
+        return found
+
     def orphan_reports(self) -> list[dict[str, Any]]:
         cur = self.conn.execute("SELECT * FROM orphan_reports WHERE matched <= 0 ORDER BY id")
         names = [d[0] for d in cur.description]

@@ -242,7 +242,7 @@ async def test_report_formats_and_why(tmp_path, peers):
     rows = list(csv.DictReader(io.StringIO(run_cli("report", "-c", str(config), "--format", "csv").stdout)))
     assert len(rows) == 3 and rows[0]["destination"].startswith("+91") and rows[0]["transport_ids"]
     table = run_cli("report", "-c", str(config), "--status", "delivered").stdout
-    assert "Missed: 3 message(s), 3 sent" in table
+    assert "Missed: of 3 message(s): 3 delivered (100 %), 0 failed (0 %); median time to delivery " in table
     why = run_cli("why", "-c", str(config), "seed.1").stdout
     assert "rule 'Missed' matched" in why and "delivered" in why
 
