@@ -46,7 +46,7 @@ def _parse_time(value: str | None, config: Config, clock: Clock, option: str) ->
             moment = moment.replace(tzinfo=config.timezone)
         return moment.timestamp()
     except (ValueError, OverflowError, OSError):
-        raise ReportError(f"{option} {escape_controls(value)!r}: not a date/time (use an ISO date such as "
+        raise ReportError(f"{option} {escape_controls(repr(value))}: not a date/time (use an ISO date such as "
                           f"2026-11-30 or 2026-11-30T08:00, or today / yesterday)") from None
 
 
