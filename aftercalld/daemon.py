@@ -16,7 +16,7 @@ from typing import Any
 from . import gctune, retention, systemd
 from .cdr.backfill import Backfill
 from .clock import Clock, system_clock, utc_now
-from .config import Config, load
+from .config import Config, load, log_config_warnings
 from .configreader import ConfigError
 from .dispatcher import Dispatcher
 from .logtransport import LogTransport
@@ -70,6 +70,7 @@ class Daemon:
         self.started_at = utc_now(clock)
 
     async def start(self) -> None:
+        log_config_warnings(self.config, log)
         self.outbox = Outbox.open(self.config.outbox_path, synchronous=self.config.sqlite_synchronous)
         self.outbox.checkpoint_in_background()
         self.transport = make_transport(self.config)
@@ -118,6 +119,7 @@ class Daemon:
         except Exception as exc:  # a reload must never take the daemon down
             log.error("reload refused, keeping the running rules: %s: %s", type(exc).__name__, exc)
             return
+        log_config_warnings(new, log)
         # Connections and the transport stay as they are (changing them needs a restart).
         keep_days_changed = new.keep_days != self.config.keep_days
         # The transport's segmenting stays too: segments are counted as the running transport sends.
