@@ -649,7 +649,9 @@ def config_warnings(config: Config, data: Mapping[str, Any], template_names: set
         warn("pbx", "no [[pbx]] table: the daemon receives no calls (replay and test-rule still work)")
     rules = config.rules.rules
     for i, rule in enumerate(rules):
-        later = [r.name for r in rules[i + 1:] if r.enabled]
+        # A rule without conditions still leaves calls the PBX's shutdown cut off to rules
+        # that ask for status "interrupted".
+        later = [r.name for r in rules[i + 1:] if r.enabled and CallStatus.INTERRUPTED not in r.conditions.statuses]
         if rule.enabled and rule.conditions == Conditions() and later:
             warn(rule_path(rule.name), f"has no conditions, so it matches every call and the rule(s) after it "
                                        f"never fire: {', '.join(later)} (put it last)")

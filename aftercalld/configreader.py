@@ -2,7 +2,7 @@
 
 Every part of the config (core, AMI, ESL, SMPP, modem) reads its table through a `Section`,
 so every error a PBX admin sees has the same shape:
-``/etc/aftercalld/aftercalld.toml: rules[2].recipients: unknown value "agnet"``.
+``/etc/aftercalld/aftercalld.toml: rules["Missed - Support"].recipients: unknown value "agnet"``.
 """
 from __future__ import annotations
 
