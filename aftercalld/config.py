@@ -26,7 +26,7 @@ from .retention import MIN_KEEP_DAYS
 from .rules.encoding import DEFAULT_PROFILE, SegmentingProfile, segment
 from .rules.engine import Conditions, RecipientSpec, Rule, RuleSet, TimeWindow
 from .rules.render import AgentEntry, RenderContext
-from .rules.templates import TemplateError, known_placeholders, parse_template
+from .rules.templates import Template, TemplateError, known_placeholders, parse_template
 
 DEFAULT_PATH = "/etc/aftercalld/aftercalld.toml"
 TRANSPORT_TYPES = ("log", "smpp", "modem")
@@ -222,12 +222,12 @@ def _general(root: Section) -> _General:
     tz = _zone(general, "timezone", "UTC")
     region = general.str("default_region", pattern=r"[A-Z]{2}")
     if region not in phonenumbers.SUPPORTED_REGIONS:
-        raise general.error("default_region",
-                            f'"{region}" is not a region libphonenumber knows (ISO 3166 code, e.g. "GB")')
+        general.report("default_region",
+                       f'"{region}" is not a region libphonenumber knows (ISO 3166 code, e.g. "GB")')
     allowed = general.str_list("allowed_countries", [region])
     for code in allowed:
         if code != "*" and code not in phonenumbers.SUPPORTED_REGIONS:
-            raise general.error("allowed_countries", f'"{code}" is not an ISO 3166 region code')
+            general.report("allowed_countries", f'"{code}" is not an ISO 3166 region code')
     phone = PhoneRules(
         default_region=region,
         max_extension_digits=general.int("max_extension_digits", 6, min=1, max=8),
@@ -239,8 +239,8 @@ def _general(root: Section) -> _General:
     synchronous = general.str("sqlite_synchronous", "normal", choices=("normal", "full"))
     keep_days = general.int("keep_days", 0, min=0, max=36500)
     if 0 < keep_days < MIN_KEEP_DAYS:
-        raise general.error("keep_days", f"{keep_days} is less than {MIN_KEEP_DAYS}: delivery receipts can arrive "
-                                         f"days after the text (0 keeps every call)")
+        general.report("keep_days", f"{keep_days} is less than {MIN_KEEP_DAYS}: delivery receipts can arrive "
+                                    f"days after the text (0 keeps every call)")
     log_level = general.str("log_level", "info", choices=("debug", "info", "warning", "error"))
     max_value_length = general.int("template_value_max_length", 64, min=1, max=1000)
     general.done()
@@ -251,7 +251,7 @@ def _metrics(root: Section) -> str | None:
     metrics = root.section("metrics")
     listen = metrics.str("listen", None, pattern=r"[0-9A-Za-z.\-\[\]:]+:[0-9]{1,5}")
     if listen is not None and not 1 <= int(listen.rsplit(":", 1)[1]) <= 65535:
-        raise metrics.error("listen", f'port {listen.rsplit(":", 1)[1]} is outside 1-65535')
+        metrics.report("listen", f'port {listen.rsplit(":", 1)[1]} is outside 1-65535')
     metrics.done()
     return listen
 
@@ -270,11 +270,13 @@ def _zone(section: Section, key: str, default: str) -> ZoneInfo:
     # Checked before ZoneInfo sees it: a directory ("America") or an overlong name is an
     # OSError from the file system there, not a ZoneInfoNotFoundError.
     if len(name) > 64 or not _ZONE_NAME.fullmatch(name):
-        raise section.error(key, f'"{name}" is not a time zone name ({hint})')
+        section.report(key, f'"{name}" is not a time zone name ({hint})')
+        return ZoneInfo(default)
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):
-        raise section.error(key, f'unknown time zone "{name}" ({hint})') from None
+        section.report(key, f'unknown time zone "{name}" ({hint})')
+        return ZoneInfo(default)
 
 
 def _agents(root: Section) -> dict[str, AgentEntry]:
@@ -327,7 +329,7 @@ def _pbx(sec: Section, default_tz: ZoneInfo, names: set[str]) -> PbxConfig:
 
 def _transport(root: Section) -> TransportConfig:
     sec = root.section("transport")
-    type_ = sec.str("type", "log", choices=TRANSPORT_TYPES)
+    type_ = sec.str("type", "log", choices=TRANSPORT_TYPES, decides_keys=True)
     if type_ == "log":
         sec.done()
         return TransportConfig("log")
@@ -345,7 +347,7 @@ def _dispatch(root: Section) -> DispatchConfig:
         drain_timeout_seconds=sec.float("drain_timeout_seconds", 10.0, min=0),
     )
     if cfg.retry_max_seconds < cfg.retry_initial_seconds:
-        raise sec.error("retry_max_seconds", "must not be less than retry_initial_seconds")
+        sec.report("retry_max_seconds", "must not be less than retry_initial_seconds")
     sec.done()
     return cfg
 
@@ -357,7 +359,7 @@ def _optout(root: Section) -> OptOutConfig:
     start = frozenset(k.strip().upper() for k in sec.str_list("start_keywords", sorted(default.start_keywords)))
     both = stop & start
     if both:
-        raise sec.error("start_keywords", f"{sorted(both)[0]} is also a stop keyword")
+        sec.report("start_keywords", f"{sorted(both)[0]} is also a stop keyword")
     sec.done()
     return OptOutConfig(stop, start)
 
@@ -382,17 +384,16 @@ def _templates(root: Section, known: frozenset[str], problems: Problems) -> dict
 
 def _template_table(table: Section, name: str, known: frozenset[str]) -> _TemplateDef:
     sec = table.section(name)
-    definition = _template_def(sec, known)
-    sec.done()
-    return definition
+    try:
+        return _template_def(sec, known)
+    finally:
+        sec.done()  # _template_def reads every key even when one is wrong: typos are still typos
 
 
 def _template_def(sec: Section, known: frozenset[str]) -> _TemplateDef:
-    text = sec.str("text", nonempty=True)
-    try:
-        template = parse_template(text, known)
-    except TemplateError as exc:
-        raise sec.error("text", str(exc)) from None
+    problems = _problems(sec)
+    errors_before = len(problems.errors)
+    template = problems.attempt(lambda: _template_text(sec, known), None)
     tlvs = sec.str_map("tlvs", {})
     if tlvs:
         from .smpp.parts import parse_tlv_map  # the transport's own reading, so both agree
@@ -401,8 +402,18 @@ def _template_def(sec: Section, known: frozenset[str]) -> _TemplateDef:
             try:
                 parse_tlv_map({tag: value})
             except ValueError as exc:
-                raise sec.error(f"tlvs.{tag}", str(exc)) from None
+                sec.report(f"tlvs.{tag}", str(exc))
+    if template is None or len(problems.errors) > errors_before:
+        raise DependsOnFailedPart
     return _TemplateDef(template, {"tlvs": tlvs} if tlvs else {})
+
+
+def _template_text(sec: Section, known: frozenset[str]) -> Template:
+    text = sec.str("text", nonempty=True)
+    try:
+        return parse_template(text, known)
+    except TemplateError as exc:
+        raise sec.error("text", str(exc)) from None
 
 
 def _check_rule_variables(root: Section, rules: list[Rule], collected: set[str]) -> None:

@@ -143,6 +143,13 @@ class Section:
         """Keys left unread on purpose (their table failed earlier): not "unknown"."""
         self._read.update(names)
 
+    def report(self, name: str, reason: str) -> None:
+        """A problem the reading can go on after (the value is not used to read other keys):
+        recorded when loading a whole file, else raised."""
+        if self.problems is None:
+            raise self.error(name, reason)
+        self.problems.add(self.error(name, reason))
+
     def _invalid(self, name: str, reason: str, default: Any) -> Any:
         """A value of the wrong type or out of bounds: recorded, and the default read
         instead, when loading a whole file and the key has one; else raised."""
@@ -166,20 +173,24 @@ class Section:
         return self._get(name, default)
 
     def str(self, name: str, default: Any = _MISSING, *, choices: Iterable[str] | None = None,
-            pattern: str | None = None, nonempty: bool = False) -> Any:
+            pattern: str | None = None, nonempty: bool = False, decides_keys: bool = False) -> Any:
+        """`decides_keys`: the value says which other keys the table has (a transport's
+        type), so a wrong one is always raised: its default would make them all unknown."""
         value = self._get(name, default)
         if value is default and name not in self.data:
             return value
+        fallback = _MISSING if decides_keys else default
         if not isinstance(value, str):
-            raise self.error(name, f"must be a string, not {_type_name(value)}")
+            return self._invalid(name, f"must be a string, not {_type_name(value)}", fallback)
         if nonempty and not value.strip():
-            raise self.error(name, "must not be empty")
+            return self._invalid(name, "must not be empty", fallback)
         if choices is not None:
             allowed = list(choices)
             if value not in allowed:
-                raise self.error(name, f'unknown value "{value}" (expected one of: {", ".join(allowed)})')
+                return self._invalid(name, f'unknown value "{value}" (expected one of: {", ".join(allowed)})',
+                                     fallback)
         if pattern is not None and not re.fullmatch(pattern, value):
-            raise self.error(name, f'"{value}" is not in the expected form ({pattern})')
+            return self._invalid(name, f'"{value}" is not in the expected form ({pattern})', fallback)
         return value
 
     def secret(self, name: builtins.str, default: Any = _MISSING) -> Any:
@@ -188,7 +199,7 @@ class Section:
         if value is default and name not in self.data:
             return value
         if not isinstance(value, str):
-            raise self.error(name, f"must be a string, not {_type_name(value)}")
+            return self._invalid(name, f"must be a string, not {_type_name(value)}", default)
         return value
 
     def int(self, name: builtins.str, default: Any = _MISSING, *, min: builtins.int | None = None,
@@ -226,12 +237,12 @@ class Section:
     def regex(self, name: builtins.str, default: Any = _MISSING) -> Any:
         """A regular expression, checked here so a typo stops the daemon at start."""
         value = self.str(name, default, nonempty=True)
-        if value is default and name not in self.data:
+        if value is default:  # absent, or wrong and already recorded
             return value
         try:
             re.compile(value)
         except re.error as exc:
-            raise self.error(name, f"not a valid regular expression: {exc}") from None
+            return self._invalid(name, f"not a valid regular expression: {exc}", default)
         return value
 
     def backoff(self, default_min: builtins.float,
@@ -241,7 +252,7 @@ class Section:
         low = self.float("reconnect_min", default_min, min=0.01, max=3600)
         high = self.float("reconnect_max", default_max, min=0.01, max=3600)
         if high < low:
-            raise self.error("reconnect_max", f"must be at least reconnect_min ({low:g})")
+            self.report("reconnect_max", f"must be at least reconnect_min ({low:g})")
         return low, high
 
     def str_list(self, name: builtins.str, default: Any = _MISSING, *,
@@ -253,13 +264,14 @@ class Section:
         if allow_single and isinstance(value, str):
             value = [value]
         if not isinstance(value, list):
-            raise self.error(name, f"must be a list of strings, not {_type_name(value)}")
+            return self._invalid(name, f"must be a list of strings, not {_type_name(value)}", default)
         allowed = list(choices) if choices is not None else None
         for i, item in enumerate(value):
             if not isinstance(item, str):
-                raise self.error(f"{name}[{i}]", f"must be a string, not {_type_name(item)}")
+                return self._invalid(f"{name}[{i}]", f"must be a string, not {_type_name(item)}", default)
             if allowed is not None and item not in allowed:
-                raise self.error(name, f'unknown value "{item}" (expected one of: {", ".join(allowed)})')
+                return self._invalid(name, f'unknown value "{item}" (expected one of: {", ".join(allowed)})',
+                                     default)
         return list(value)
 
     def str_map(self, name: builtins.str, default: Any = _MISSING) -> Any:
@@ -267,10 +279,10 @@ class Section:
         if value is default and name not in self.data:
             return value
         if not isinstance(value, dict):
-            raise self.error(name, f"must be a table of name = \"value\", not {_type_name(value)}")
+            return self._invalid(name, f"must be a table of name = \"value\", not {_type_name(value)}", default)
         for k, v in value.items():
             if isinstance(v, bool) or not isinstance(v, (str, int, float)):
-                raise self.error(f"{name}.{k}", f"must be a string, not {_type_name(v)}")
+                return self._invalid(f"{name}.{k}", f"must be a string, not {_type_name(v)}", default)
         return {str(k): str(v) for k, v in value.items()}
 
     def section(self, name: builtins.str, *, required: builtins.bool = False) -> Section:

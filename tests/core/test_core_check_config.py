@@ -223,3 +223,34 @@ async def test_the_daemon_logs_the_warnings_at_start_and_on_reload(tmp_path, cap
                        for m in reloaded), reloaded
         finally:
             await daemon.stop()
+
+
+def test_transport_and_pbx_keys_report_every_error(tmp_path):
+    """The protocols' own checks go on after a wrong key too (old code: the first only)."""
+    extra = '''
+[[pbx]]
+name = "fs"
+type = "freeswitch"
+password = ""
+filters = ["Caller-Context"]
+heartbeat_timeout = 10
+events_format = "xml"
+
+[transport]
+type = "smpp"
+hosts = ["smsc.example.net:99999", "smsc2.example.net"]
+system_id = "a-system-id-too-long"
+gsm_data_coding = 2
+transient_statuses = ["0x45", "busy"]
+bind_mode = "both"
+window = 0
+'''
+    path = write_config(tmp_path, rules=DEFAULT_RULES)
+    path.write_text(path.read_text().replace('[transport]\ntype = "log"\n', "") + extra)
+    res = aftercalld("check-config", str(path))
+    assert res.returncode == 2
+    lines = problem_lines(res.stderr, f"aftercalld: config error: {path}: ")
+    keys = [line.split(": ", 1)[0] for line in lines]
+    assert keys == ["pbx[0].password", "pbx[0].events_format", "pbx[0].filters[0]", "pbx[0].heartbeat_timeout",
+                    "transport.hosts", "transport.system_id", "transport.bind_mode", "transport.window",
+                    "transport.transient_statuses", "transport.gsm_data_coding"], res.stderr
