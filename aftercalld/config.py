@@ -164,8 +164,8 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
     parsed = [problems.attempt(functools.partial(_pbx, sec, tz, pbx_seen), None) for sec in pbx_tables]
     pbxs = tuple(p for p in parsed if p is not None)
     if len(pbxs) < len(pbx_tables):
-        # A [[pbx]] that failed still declares its name and variables as far as it can:
-        # rules and templates using them must not fail because of it.
+        # A [[pbx]] that failed still declares its variables as far as they can be read,
+        # and its name is unknown: templates and rules using them must not fail because of it.
         pbx_names: set[str] | None = None
         channel_vars = sorted({v for sec in pbx_tables for v in _declared_list(sec.data.get("variables"))})
     else:
@@ -203,7 +203,7 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
         metrics_listen=metrics_listen,
         log_level=general.log_level,
     )
-    return replace(config, warnings=config_warnings(config, root.data, set(templates)))
+    return replace(config, warnings=config_warnings(config, set(templates)))
 
 
 @dataclass(frozen=True)
@@ -648,7 +648,7 @@ def log_config_warnings(config: Config, logger: logging.Logger) -> None:
         logger.warning("config: %s", warning)
 
 
-def config_warnings(config: Config, data: Mapping[str, Any], template_names: set[str]) -> tuple[str, ...]:
+def config_warnings(config: Config, template_names: set[str]) -> tuple[str, ...]:
     """What loads but is surely not meant: rules that can never fire, texts that can never
     be sent, parts nothing uses. Each is one `file: key.path: reason` line."""
     out: list[str] = []

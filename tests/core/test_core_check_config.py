@@ -254,3 +254,17 @@ window = 0
     assert keys == ["pbx[0].password", "pbx[0].events_format", "pbx[0].filters[0]", "pbx[0].heartbeat_timeout",
                     "transport.hosts", "transport.system_id", "transport.bind_mode", "transport.window",
                     "transport.transient_statuses", "transport.gsm_data_coding"], res.stderr
+
+
+def test_a_failed_pbx_causes_no_follow_on_errors_in_rules_and_templates(tmp_path):
+    rules = PBX.replace('secret = "s"', 'secret = "s"\nvariables = ["ACCOUNT"]\nport = 0') + '''
+[[rules]]
+name = "Accounts"
+recipients = ["caller"]
+when = { pbx = "main", variables = { ACCOUNT = "gold" } }
+caller = { text = "Thanks, {var.ACCOUNT} customer.", sender = "Acme" }
+'''
+    res = aftercalld("check-config", str(write_config(tmp_path, rules=rules)))
+    lines = problem_lines(res.stderr, "aftercalld: config error: ")
+    assert res.returncode == 2 and len(lines) == 1 and ": pbx[0].port: must be at least 1, got 0" in lines[0], \
+        res.stderr
