@@ -169,9 +169,17 @@ def _load(path: str):
 
 def cmd_check_config(args) -> int:
     path = args.file or args.config
-    config = _load(path)
+    try:
+        config = _load(path)
+    except ConfigError as exc:
+        for line in str(exc).splitlines():  # every error, one `file: key.path: reason` each
+            print(f"aftercalld: config error: {line}", file=sys.stderr)
+        return EXIT_CONFIG
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    warned = f", {len(config.warnings)} warning(s)" if config.warnings else ""
     print(f"{path}: ok ({len(config.pbxs)} PBX(s), transport {config.transport.type}, "
-          f"{len(config.rules.rules)} rule(s))")
+          f"{len(config.rules.rules)} rule(s){warned})")
     return EXIT_OK
 
 

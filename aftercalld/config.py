@@ -1,35 +1,40 @@
 """Load /etc/aftercalld/aftercalld.toml into typed objects, or fail naming file, key and why."""
 from __future__ import annotations
 
+import functools
 import importlib
+import json
+import logging
 import re
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
 
 from .cdr.config import parse_backfill_keys
-from .configreader import ConfigError, Section
+from .configreader import ConfigError, DependsOnFailedPart, Problems, Section, format_problem
 from .model import CallStatus, Direction, RecipientKind
 from .pbxconfig import PBX_TYPES, PbxConfig
 from .phone import DEFAULT_CACHE_SIZE, PhoneRules
 from .policy import PolicyConfig, QuietAction, RulePolicy
 from .retention import MIN_KEEP_DAYS
-from .rules.encoding import DEFAULT_PROFILE, SegmentingProfile
+from .rules.encoding import DEFAULT_PROFILE, SegmentingProfile, segment
 from .rules.engine import Conditions, RecipientSpec, Rule, RuleSet, TimeWindow
 from .rules.render import AgentEntry, RenderContext
-from .rules.templates import TemplateError, known_placeholders, parse_template
+from .rules.templates import Template, TemplateError, known_placeholders, parse_template
 
 DEFAULT_PATH = "/etc/aftercalld/aftercalld.toml"
 TRANSPORT_TYPES = ("log", "smpp", "modem")
 RECIPIENT_CHOICES = ("caller", "agent", "both", "fixed")
 _SENDER_ALNUM = re.compile(r"[A-Za-z0-9 ._&-]{1,11}")
 _SENDER_NUMBER = re.compile(r"\+?[0-9]{1,15}")
+T = TypeVar("T")
+F = TypeVar("F")
 
 
 def sender_problem(sender: str) -> str | None:
@@ -84,6 +89,9 @@ class Config:
     metrics_listen: str | None = None  # "127.0.0.1:9469"
     log_level: str = "info"
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # `file: key.path: reason` for what is legal but surely not meant (check-config prints
+    # them, the daemon logs them at start and reload).
+    warnings: tuple[str, ...] = ()
 
     def timezone_for(self, pbx_name: str) -> ZoneInfo:
         for pbx in self.pbxs:
@@ -142,17 +150,84 @@ def _long_integer_key(text: str) -> str:
 
 
 def parse(data: dict[str, Any], file: str = "<config>") -> Config:
-    root = Section(data, "", file)
+    """Every independent error is collected (one ConfigError lists them all); a part that
+    failed is left out of the checks that depend on it, so it causes no follow-on errors."""
+    problems = Problems()
+    root = Section(data, "", file, problems)
+    general = problems.attempt(lambda: _general(root), None)
+    tz = general.timezone if general else ZoneInfo("UTC")
+
+    constants: dict[str, str] = problems.attempt(lambda: root.str_map("variables", {}), {})
+    agents = problems.attempt(lambda: _agents(root), {})
+    pbx_tables = problems.attempt(lambda: root.sections("pbx"), [])
+    pbx_seen: set[str] = set()
+    parsed = [problems.attempt(functools.partial(_pbx, sec, tz, pbx_seen), None) for sec in pbx_tables]
+    pbxs = tuple(p for p in parsed if p is not None)
+    if len(pbxs) < len(pbx_tables):
+        # A [[pbx]] that failed still declares its variables as far as they can be read,
+        # and its name is unknown: templates and rules using them must not fail because of it.
+        pbx_names: set[str] | None = None
+        channel_vars = sorted({v for sec in pbx_tables for v in _declared_list(sec.data.get("variables"))})
+    else:
+        pbx_names = {p.name for p in pbxs}
+        channel_vars = sorted({v for p in pbxs for v in p.variables})
+    transport = problems.attempt(lambda: _transport(root), None)
+    dispatch = problems.attempt(lambda: _dispatch(root), DispatchConfig())
+    optout = problems.attempt(lambda: _optout(root), OptOutConfig())
+
+    known = known_placeholders(channel_vars, constants)
+    templates = _templates(root, known, problems)
+    rule_policies: dict[str, RulePolicy] = {}
+    rules = _rules(root, templates, known, pbx_names, rule_policies, problems)
+    if pbxs and pbx_names is not None:
+        problems.attempt(lambda: _check_rule_variables(root, rules, set(channel_vars)), None)
+    policy = problems.attempt(lambda: _policy(root, rule_policies), PolicyConfig())
+    metrics_listen = problems.attempt(lambda: _metrics(root), None)
+    root.done()
+    problems.raise_if_any()
+    assert general is not None and transport is not None  # else raise_if_any raised
+    config = Config(
+        file=file,
+        timezone=tz,
+        outbox_path=general.outbox_path,
+        sqlite_synchronous=general.synchronous,
+        keep_days=general.keep_days,
+        phone=general.phone,
+        render=RenderContext(general.phone, constants, agents, general.max_value_length, transport.segmenting),
+        pbxs=pbxs,
+        transport=transport,
+        dispatch=dispatch,
+        optout=optout,
+        rules=RuleSet(rules),
+        policy=policy,
+        metrics_listen=metrics_listen,
+        log_level=general.log_level,
+    )
+    return replace(config, warnings=config_warnings(config, set(templates)))
+
+
+@dataclass(frozen=True)
+class _General:
+    timezone: ZoneInfo
+    phone: PhoneRules
+    outbox_path: str
+    synchronous: str
+    keep_days: int
+    log_level: str
+    max_value_length: int
+
+
+def _general(root: Section) -> _General:
     general = root.section("general")
     tz = _zone(general, "timezone", "UTC")
     region = general.str("default_region", pattern=r"[A-Z]{2}")
     if region not in phonenumbers.SUPPORTED_REGIONS:
-        raise general.error("default_region",
-                            f'"{region}" is not a region libphonenumber knows (ISO 3166 code, e.g. "GB")')
+        general.report("default_region",
+                       f'"{region}" is not a region libphonenumber knows (ISO 3166 code, e.g. "GB")')
     allowed = general.str_list("allowed_countries", [region])
     for code in allowed:
         if code != "*" and code not in phonenumbers.SUPPORTED_REGIONS:
-            raise general.error("allowed_countries", f'"{code}" is not an ISO 3166 region code')
+            general.report("allowed_countries", f'"{code}" is not an ISO 3166 region code')
     phone = PhoneRules(
         default_region=region,
         max_extension_digits=general.int("max_extension_digits", 6, min=1, max=8),
@@ -164,50 +239,26 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
     synchronous = general.str("sqlite_synchronous", "normal", choices=("normal", "full"))
     keep_days = general.int("keep_days", 0, min=0, max=36500)
     if 0 < keep_days < MIN_KEEP_DAYS:
-        raise general.error("keep_days", f"{keep_days} is less than {MIN_KEEP_DAYS}: delivery receipts can arrive "
-                                         f"days after the text (0 keeps every call)")
+        general.report("keep_days", f"{keep_days} is less than {MIN_KEEP_DAYS}: delivery receipts can arrive "
+                                    f"days after the text (0 keeps every call)")
     log_level = general.str("log_level", "info", choices=("debug", "info", "warning", "error"))
     max_value_length = general.int("template_value_max_length", 64, min=1, max=1000)
     general.done()
+    return _General(tz, phone, outbox_path, synchronous, keep_days, log_level, max_value_length)
 
-    constants = root.str_map("variables", {})
-    agents = _agents(root)
-    pbxs = _pbxs(root, tz)
-    transport = _transport(root)
-    dispatch = _dispatch(root)
-    optout = _optout(root)
 
-    channel_vars = sorted({v for p in pbxs for v in p.variables})
-    known = known_placeholders(channel_vars, constants)
-    templates = _templates(root, known)
-    rule_policies: dict[str, RulePolicy] = {}
-    rules = _rules(root, templates, known, {p.name for p in pbxs}, rule_policies)
-    if pbxs:
-        _check_rule_variables(root, rules, set(channel_vars))
-    policy = _policy(root, rule_policies)
+def _metrics(root: Section) -> str | None:
     metrics = root.section("metrics")
-    metrics_listen = metrics.str("listen", None, pattern=r"[0-9A-Za-z.\-\[\]:]+:[0-9]{1,5}")
-    if metrics_listen is not None and not 1 <= int(metrics_listen.rsplit(":", 1)[1]) <= 65535:
-        raise metrics.error("listen", f'port {metrics_listen.rsplit(":", 1)[1]} is outside 1-65535')
+    listen = metrics.str("listen", None, pattern=r"[0-9A-Za-z.\-\[\]:]+:[0-9]{1,5}")
+    if listen is not None and not 1 <= int(listen.rsplit(":", 1)[1]) <= 65535:
+        metrics.report("listen", f'port {listen.rsplit(":", 1)[1]} is outside 1-65535')
     metrics.done()
-    root.done()
-    return Config(
-        file=file,
-        timezone=tz,
-        outbox_path=outbox_path,
-        sqlite_synchronous=synchronous,
-        keep_days=keep_days,
-        phone=phone,
-        render=RenderContext(phone, constants, agents, max_value_length, transport.segmenting),
-        pbxs=pbxs,
-        transport=transport,
-        dispatch=dispatch,
-        optout=optout,
-        rules=RuleSet(rules),
-        policy=policy,
-        metrics_listen=metrics_listen,
-        log_level=log_level,
-    )
+    return listen
+
+
+def _declared_list(value: Any) -> list[str]:
+    """The strings of a list as written, whatever else is wrong with it."""
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
 _ZONE_NAME = re.compile(r"[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*")
@@ -219,49 +270,66 @@ def _zone(section: Section, key: str, default: str) -> ZoneInfo:
     # Checked before ZoneInfo sees it: a directory ("America") or an overlong name is an
     # OSError from the file system there, not a ZoneInfoNotFoundError.
     if len(name) > 64 or not _ZONE_NAME.fullmatch(name):
-        raise section.error(key, f'"{name}" is not a time zone name ({hint})')
+        section.report(key, f'"{name}" is not a time zone name ({hint})')
+        return ZoneInfo(default)
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):
-        raise section.error(key, f'unknown time zone "{name}" ({hint})') from None
+        section.report(key, f'unknown time zone "{name}" ({hint})')
+        return ZoneInfo(default)
 
 
 def _agents(root: Section) -> dict[str, AgentEntry]:
     table = root.section("agents")
     out: dict[str, AgentEntry] = {}
     for ext in list(table.data):
-        entry = table.section(ext)
-        out[ext] = AgentEntry(name=entry.str("name", ""), mobile=entry.str("mobile", ""))
-        entry.done()
+        entry = _problems(root).attempt(functools.partial(_agent, table, ext), None)
+        if entry is not None:
+            out[ext] = entry
     table.done()
     return out
 
 
-def _pbxs(root: Section, default_tz: ZoneInfo) -> tuple[PbxConfig, ...]:
-    out: list[PbxConfig] = []
-    names: set[str] = set()
-    for sec in root.sections("pbx"):
-        name = sec.str("name", pattern=r"[A-Za-z0-9_.@:-]{1,64}")  # no "/": it ends a call key's PBX part
+def _agent(table: Section, ext: str) -> AgentEntry:
+    entry = table.section(ext)
+    agent = AgentEntry(name=entry.str("name", ""), mobile=entry.str("mobile", ""))
+    entry.done()
+    return agent
+
+
+def _problems(section: Section) -> Problems:
+    assert section.problems is not None  # parse() gives every section the file's Problems
+    return section.problems
+
+
+def _pbx(sec: Section, default_tz: ZoneInfo, names: set[str]) -> PbxConfig:
+    problems = _problems(sec)
+    errors_before = len(problems.errors)
+    name = problems.attempt(lambda: sec.str("name", pattern=r"[A-Za-z0-9_.@:-]{1,64}"), None)  # no "/": ends a call key
+    if name is not None:
         if name in names:
-            raise sec.error("name", f'duplicate PBX name "{name}"')
+            problems.add(sec.error("name", f'duplicate PBX name "{name}"'))
         names.add(name)
-        type_ = sec.str("type", choices=PBX_TYPES)
-        tz = _zone(sec, "timezone", default_tz.key)
-        dept_default = "DEPARTMENT" if type_ == "asterisk" else "department"
-        department_variable = sec.str("department_variable", dept_default, nonempty=True)
-        variables = tuple(sec.str_list("variables", []))
-        timeout = sec.float("call_timeout_seconds", 4 * 3600.0, min=60)
-        cdr, backfill_max_age = parse_backfill_keys(sec, type_)
-        module = importlib.import_module(f"aftercalld.{'ami' if type_ == 'asterisk' else 'esl'}.config")
-        settings = module.parse_settings(sec)
-        out.append(PbxConfig(name, type_, tz, department_variable, variables, timeout, settings,
-                             cdr=cdr, backfill_max_age=backfill_max_age))
-    return tuple(out)
+    type_ = sec.str("type", choices=PBX_TYPES)  # the protocol's keys cannot be read without it
+    tz = problems.attempt(lambda: _zone(sec, "timezone", default_tz.key), default_tz)
+    dept_default = "DEPARTMENT" if type_ == "asterisk" else "department"
+    department_variable = problems.attempt(
+        lambda: sec.str("department_variable", dept_default, nonempty=True), dept_default)
+    variables = tuple(problems.attempt(lambda: sec.str_list("variables", []), []))
+    timeout = sec.float("call_timeout_seconds", 4 * 3600.0, min=60)
+    backfill = problems.attempt(lambda: parse_backfill_keys(sec, type_), None)
+    module = importlib.import_module(f"aftercalld.{'ami' if type_ == 'asterisk' else 'esl'}.config")
+    settings = problems.attempt(lambda: module.parse_settings(sec), None)
+    if len(problems.errors) > errors_before or name is None or backfill is None or settings is None:
+        raise DependsOnFailedPart
+    cdr, backfill_max_age = backfill
+    return PbxConfig(name, type_, tz, department_variable, variables, timeout, settings,
+                     cdr=cdr, backfill_max_age=backfill_max_age)
 
 
 def _transport(root: Section) -> TransportConfig:
     sec = root.section("transport")
-    type_ = sec.str("type", "log", choices=TRANSPORT_TYPES)
+    type_ = sec.str("type", "log", choices=TRANSPORT_TYPES, decides_keys=True)
     if type_ == "log":
         sec.done()
         return TransportConfig("log")
@@ -279,7 +347,7 @@ def _dispatch(root: Section) -> DispatchConfig:
         drain_timeout_seconds=sec.float("drain_timeout_seconds", 10.0, min=0),
     )
     if cfg.retry_max_seconds < cfg.retry_initial_seconds:
-        raise sec.error("retry_max_seconds", "must not be less than retry_initial_seconds")
+        sec.report("retry_max_seconds", "must not be less than retry_initial_seconds")
     sec.done()
     return cfg
 
@@ -291,7 +359,7 @@ def _optout(root: Section) -> OptOutConfig:
     start = frozenset(k.strip().upper() for k in sec.str_list("start_keywords", sorted(default.start_keywords)))
     both = stop & start
     if both:
-        raise sec.error("start_keywords", f"{sorted(both)[0]} is also a stop keyword")
+        sec.report("start_keywords", f"{sorted(both)[0]} is also a stop keyword")
     sec.done()
     return OptOutConfig(stop, start)
 
@@ -302,23 +370,30 @@ class _TemplateDef:
     options: Mapping[str, Any]
 
 
-def _templates(root: Section, known: frozenset[str]) -> dict[str, _TemplateDef]:
-    table = root.section("templates")
-    out: dict[str, _TemplateDef] = {}
+def _templates(root: Section, known: frozenset[str], problems: Problems) -> dict[str, _TemplateDef | None]:
+    """Every template by name; None for one that failed (its error is recorded)."""
+    table = problems.attempt(lambda: root.section("templates"), None)
+    if table is None:
+        return {}
+    out: dict[str, _TemplateDef | None] = {}
     for name in list(table.data):
-        sec = table.section(name)
-        out[name] = _template_def(sec, known)
-        sec.done()
+        out[name] = problems.attempt(functools.partial(_template_table, table, name, known), None)
     table.done()
     return out
 
 
-def _template_def(sec: Section, known: frozenset[str]) -> _TemplateDef:
-    text = sec.str("text", nonempty=True)
+def _template_table(table: Section, name: str, known: frozenset[str]) -> _TemplateDef:
+    sec = table.section(name)
     try:
-        template = parse_template(text, known)
-    except TemplateError as exc:
-        raise sec.error("text", str(exc)) from None
+        return _template_def(sec, known)
+    finally:
+        sec.done()  # _template_def reads every key even when one is wrong: typos are still typos
+
+
+def _template_def(sec: Section, known: frozenset[str]) -> _TemplateDef:
+    problems = _problems(sec)
+    errors_before = len(problems.errors)
+    template = problems.attempt(lambda: _template_text(sec, known), None)
     tlvs = sec.str_map("tlvs", {})
     if tlvs:
         from .smpp.parts import parse_tlv_map  # the transport's own reading, so both agree
@@ -327,17 +402,33 @@ def _template_def(sec: Section, known: frozenset[str]) -> _TemplateDef:
             try:
                 parse_tlv_map({tag: value})
             except ValueError as exc:
-                raise sec.error(f"tlvs.{tag}", str(exc)) from None
+                sec.report(f"tlvs.{tag}", str(exc))
+    if template is None or len(problems.errors) > errors_before:
+        raise DependsOnFailedPart
     return _TemplateDef(template, {"tlvs": tlvs} if tlvs else {})
+
+
+def _template_text(sec: Section, known: frozenset[str]) -> Template:
+    text = sec.str("text", nonempty=True)
+    try:
+        return parse_template(text, known)
+    except TemplateError as exc:
+        raise sec.error("text", str(exc)) from None
 
 
 def _check_rule_variables(root: Section, rules: list[Rule], collected: set[str]) -> None:
     """A condition on a channel variable no PBX collects could never match: say so."""
-    for i, rule in enumerate(rules):
+    for rule in rules:
         for name in rule.conditions.variables:
             if name not in collected:
-                raise ConfigError(root.file, f"rules[{i}].when.variables.{name}",
-                                  "no [[pbx]] lists this variable in its variables = [...], so it is never known")
+                _problems(root).add(ConfigError(
+                    root.file, f"{rule_path(rule.name)}.when.variables.{name}",
+                    "no [[pbx]] lists this variable in its variables = [...], so it is never known"))
+
+
+def rule_path(name: str) -> str:
+    """How errors and warnings name a rule: by its name, which the admin searches for."""
+    return f"rules[{json.dumps(name, ensure_ascii=False)}]"
 
 
 def _policy(root: Section, rules: dict[str, RulePolicy]) -> PolicyConfig:
@@ -348,109 +439,150 @@ def _policy(root: Section, rules: dict[str, RulePolicy]) -> PolicyConfig:
     return PolicyConfig(cooldown_seconds=cooldown * 60, daily_quota=quota, rules=rules)
 
 
-def _rules(root: Section, templates: dict[str, _TemplateDef], known: frozenset[str],
-           pbx_names: set[str], policies: dict[str, RulePolicy]) -> list[Rule]:
+def _rules(root: Section, templates: dict[str, _TemplateDef | None], known: frozenset[str],
+           pbx_names: set[str] | None, policies: dict[str, RulePolicy], problems: Problems) -> list[Rule]:
     rules: list[Rule] = []
     names: set[str] = set()
-    for sec in root.sections("rules"):
-        name = sec.str("name", nonempty=True)
-        if name in names:
-            raise sec.error("name", f'duplicate rule name "{name}" (names identify rules in the outbox)')
-        names.add(name)
-        enabled = sec.bool("enabled", True)
-        conditions = _conditions(sec.section("when"), pbx_names)
-        kinds = sec.str_list("recipients", choices=RECIPIENT_CHOICES)
-        if not kinds:
-            raise sec.error("recipients", "must name at least one of: " + ", ".join(RECIPIENT_CHOICES))
-        max_segments = sec.int("max_segments", 2, min=1, max=10)
-        expanded: list[RecipientKind] = []
-        for kind in kinds:
-            for k in ((RecipientKind.CALLER, RecipientKind.AGENT) if kind == "both" else (RecipientKind(kind),)):
-                if k not in expanded:
-                    expanded.append(k)
-        specs = [
-            _recipient(sec, kind, templates, known) for kind in expanded
-        ]
-        for extra in ("caller", "agent", "fixed"):
-            if sec.has(extra) and RecipientKind(extra) not in expanded:
-                raise sec.error(extra, f'configured, but "{extra}" is not in recipients')
-        policies[name] = RulePolicy(
-            daily_quota=sec.int("daily_quota", None, min=1),
-            quiet_hours=tuple(_window(sec, w, "quiet_hours") for w in sec.str_list("quiet_hours", [])),
-            quiet_action=QuietAction(sec.str("quiet_action", "defer", choices=[a.value for a in QuietAction])),
-        )
-        sec.done()
-        rules.append(Rule(name, enabled, conditions, tuple(specs), max_segments))
+    for sec in problems.attempt(lambda: root.sections("rules"), []):
+        rule = problems.attempt(functools.partial(_rule, sec, templates, known, pbx_names, policies, names), None)
+        if rule is not None:
+            rules.append(rule)
     return rules
 
 
-def _recipient(rule: Section, kind: RecipientKind, templates: dict[str, _TemplateDef],
+def _rule(sec: Section, templates: dict[str, _TemplateDef | None], known: frozenset[str],
+          pbx_names: set[str] | None, policies: dict[str, RulePolicy], names: set[str]) -> Rule:
+    """One rule, every independent part checked; raises DependsOnFailedPart when any failed."""
+    problems = _problems(sec)
+    errors_before = len(problems.errors)
+    name = problems.attempt(lambda: sec.str("name", nonempty=True), None)
+    if name is not None:
+        if name in names:  # the index names this one: its name does not say which rule it is
+            problems.add(sec.error("name", f'duplicate rule name "{name}" (names identify rules in the outbox)'))
+        else:
+            names.add(name)
+            sec.renamed(rule_path(name))
+    enabled = sec.bool("enabled", True)
+    conditions = problems.attempt(lambda: _conditions(sec.section("when"), pbx_names), None)
+    kinds = problems.attempt(lambda: _recipient_kinds(sec), None)
+    specs: list[RecipientSpec | None] = []
+    if kinds is None:
+        sec.skip(*RECIPIENT_CHOICES)  # what they configure cannot be told apart from typos now
+    else:
+        specs = [problems.attempt(functools.partial(_recipient, sec, kind, templates, known), None)
+                 for kind in kinds]
+        for extra in ("caller", "agent", "fixed"):
+            if sec.has(extra) and RecipientKind(extra) not in kinds:
+                problems.add(sec.error(extra, f'configured, but "{extra}" is not in recipients'))
+    max_segments = sec.int("max_segments", 2, min=1, max=10)
+    policy = problems.attempt(lambda: RulePolicy(
+        daily_quota=sec.int("daily_quota", None, min=1),
+        quiet_hours=tuple(_window(sec, w, "quiet_hours") for w in sec.str_list("quiet_hours", [])),
+        quiet_action=QuietAction(sec.str("quiet_action", "defer", choices=[a.value for a in QuietAction])),
+    ), None)
+    sec.done()
+    if len(problems.errors) > errors_before or name is None or conditions is None or policy is None \
+            or kinds is None or None in specs:
+        raise DependsOnFailedPart
+    policies[name] = policy
+    return Rule(name, enabled, conditions, tuple(s for s in specs if s is not None), max_segments)
+
+
+def _recipient_kinds(sec: Section) -> list[RecipientKind]:
+    kinds = sec.str_list("recipients", choices=RECIPIENT_CHOICES)
+    if not kinds:
+        raise sec.error("recipients", "must name at least one of: " + ", ".join(RECIPIENT_CHOICES))
+    expanded: list[RecipientKind] = []
+    for kind in kinds:
+        for k in ((RecipientKind.CALLER, RecipientKind.AGENT) if kind == "both" else (RecipientKind(kind),)):
+            if k not in expanded:
+                expanded.append(k)
+    return expanded
+
+
+def _recipient(rule: Section, kind: RecipientKind, templates: dict[str, _TemplateDef | None],
                known: frozenset[str]) -> RecipientSpec:
     sec = rule.section(kind.value)
     if not sec.data:
         raise rule.error(kind.value, f'missing: recipients includes "{kind.value}", '
                                      f'so [{rule.key(kind.value)}] must give a template and sender')
+    problems = _problems(rule)
+    errors_before = len(problems.errors)
     if sec.has("template") and sec.has("text"):
         raise sec.error("text", "give either template (a name from [templates]) or text, not both")
+    definition: _TemplateDef | None
     if sec.has("text"):
-        definition = _template_def(sec, known)
+        definition = problems.attempt(lambda: _template_def(sec, known), None)
         template_name = f"{rule.key(kind.value)}.text"
     else:
         template_name = sec.str("template")
         if template_name not in templates:
             defined = ", ".join(sorted(templates)) or "none"
-            raise sec.error("template", f'unknown template "{template_name}" (defined: {defined})')
-        definition = templates[template_name]
-    sender = sec.str("sender", nonempty=True)
-    if not (_SENDER_NUMBER.fullmatch(sender) or _SENDER_ALNUM.fullmatch(sender)):
-        raise sec.error("sender", f'"{sender}" is neither a phone number nor an alphanumeric sender id '
-                                  f'of at most 11 characters')
+            problems.add(sec.error("template", f'unknown template "{template_name}" (defined: {defined})'))
+        definition = templates.get(template_name)
+    sender = problems.attempt(lambda: sec.str("sender", nonempty=True), "")
+    if sender and not (_SENDER_NUMBER.fullmatch(sender) or _SENDER_ALNUM.fullmatch(sender)):
+        problems.add(sec.error("sender", f'"{sender}" is neither a phone number nor an alphanumeric sender id '
+                                         f'of at most 11 characters'))
     numbers: tuple[str, ...] = ()
     if kind is RecipientKind.FIXED:
-        numbers = tuple(sec.str_list("numbers"))
+        numbers = tuple(problems.attempt(lambda: sec.str_list("numbers"), ["?"]))
         if not numbers:
-            raise sec.error("numbers", "must list at least one number")
+            problems.add(sec.error("numbers", "must list at least one number"))
     sec.done()
+    if len(problems.errors) > errors_before or definition is None:
+        raise DependsOnFailedPart  # a broken [templates] entry has its own error already
     return RecipientSpec(kind, definition.template, template_name, sender, numbers, definition.options)
 
 
-def _conditions(sec: Section, pbx_names: set[str]) -> Conditions:
-    directions = frozenset(Direction(d) for d in sec.str_list("direction", [], choices=[d.value for d in Direction]))
-    statuses = frozenset(CallStatus(s) for s in sec.str_list("status", [], choices=[s.value for s in CallStatus]))
-    pbxs = frozenset(sec.str_list("pbx", []))
-    unknown_pbx = pbxs - pbx_names
-    if unknown_pbx and pbx_names:
-        raise sec.error("pbx", f'unknown PBX "{sorted(unknown_pbx)[0]}" (defined: {", ".join(sorted(pbx_names))})')
+def _conditions(sec: Section, pbx_names: set[str] | None) -> Conditions:
+    """Each condition is checked on its own: a wrong status and a wrong hours window are
+    both reported."""
+    problems = _problems(sec)
+    errors_before = len(problems.errors)
+
+    def attempt(parse: Callable[[], T], failed: F) -> T | F:
+        return problems.attempt(parse, failed)
+
+    directions = attempt(lambda: frozenset(
+        Direction(d) for d in sec.str_list("direction", [], choices=[d.value for d in Direction])), frozenset())
+    statuses = attempt(lambda: frozenset(
+        CallStatus(s) for s in sec.str_list("status", [], choices=[s.value for s in CallStatus])), frozenset())
+    pbxs = frozenset(attempt(lambda: sec.str_list("pbx", []), []))
+    unknown_pbx = pbxs - pbx_names if pbx_names else set()
+    if unknown_pbx:
+        problems.add(sec.error("pbx", f'unknown PBX "{sorted(unknown_pbx)[0]}" '
+                                      f'(defined: {", ".join(sorted(pbx_names or ()))})'))
     exact: set[str] = set()
     prefixes: list[str] = []
-    for did in sec.str_list("did", []):
+    for did in attempt(lambda: sec.str_list("did", []), []):
         value = did.strip().lstrip("+")
         if value.endswith("*"):
             value = value[:-1]
             if not value.isdigit():
-                raise sec.error("did", f'"{did}": a prefix is digits followed by *')
+                problems.add(sec.error("did", f'"{did}": a prefix is digits followed by *'))
             prefixes.append(value)
         elif value.isdigit():
             exact.add(value)
         else:
-            raise sec.error("did", f'"{did}" is not a number (exact) or digits followed by * (prefix)')
-    pattern = sec.regex("caller", None)
+            problems.add(sec.error("did", f'"{did}" is not a number (exact) or digits followed by * (prefix)'))
+    pattern = attempt(lambda: sec.regex("caller", None), None)
     caller_pattern = re.compile(pattern) if pattern is not None else None
     weekdays: set[int] = set()
-    for item in sec.str_list("weekdays", []):
+    for item in attempt(lambda: sec.str_list("weekdays", []), []):
         try:
             weekdays |= parse_weekdays(item)
         except ValueError as exc:
-            raise sec.error("weekdays", str(exc)) from None
-    hours = tuple(_window(sec, w) for w in sec.str_list("hours", []))
+            problems.add(sec.error("weekdays", str(exc)))
+    hours = attempt(lambda: tuple(_window(sec, w) for w in sec.str_list("hours", [])), ())
     cond = Conditions(
         directions=directions,
         statuses=statuses,
-        departments=frozenset(d.casefold() for d in sec.str_list("department", [])),
-        queues=frozenset(sec.str_list("queue", [])),
+        departments=frozenset(d.casefold() for d in attempt(lambda: sec.str_list("department", []), [])),
+        queues=frozenset(attempt(lambda: sec.str_list("queue", []), [])),
         dids_exact=frozenset(exact),
         did_prefixes=tuple(prefixes),
-        agents=frozenset(sec.str_list("agent", [])),
+        agents=frozenset(attempt(lambda: sec.str_list("agent", []), [])),
         caller_pattern=caller_pattern,
         talk_min=sec.float("talk_seconds_min", None, min=0),
         talk_max=sec.float("talk_seconds_max", None, min=0),
@@ -458,15 +590,17 @@ def _conditions(sec: Section, pbx_names: set[str]) -> Conditions:
         ring_max=sec.float("ring_seconds_max", None, min=0),
         weekdays=frozenset(weekdays),
         hours=hours,
-        variables=sec.str_map("variables", {}),
+        variables=attempt(lambda: sec.str_map("variables", {}), {}),
         pbxs=pbxs,
         voicemail_reached=sec.bool("voicemail_reached", None),
     )
     for lo, hi, key in ((cond.talk_min, cond.talk_max, "talk_seconds_max"),
                         (cond.ring_min, cond.ring_max, "ring_seconds_max")):
         if lo is not None and hi is not None and hi < lo:
-            raise sec.error(key, f"is below the matching _min ({hi:g} < {lo:g})")
+            problems.add(sec.error(key, f"is below the matching _min ({hi:g} < {lo:g})"))
     sec.done()
+    if len(problems.errors) > errors_before:
+        raise DependsOnFailedPart
     return cond
 
 
@@ -506,3 +640,51 @@ def _window(sec: Section, text: str, key: str = "hours") -> TimeWindow:
         raise sec.error(key, f'"{text}": start and end are the same; leave hours out to match all day')
     end = time(0, 0) if h2 == 24 else time(h2, m2)
     return TimeWindow(time(h1, m1), end)
+
+
+def log_config_warnings(config: Config, logger: logging.Logger) -> None:
+    """What the daemon says at start and on reload: the same lines check-config prints."""
+    for warning in config.warnings:
+        logger.warning("config: %s", warning)
+
+
+def config_warnings(config: Config, template_names: set[str]) -> tuple[str, ...]:
+    """What loads but is surely not meant: rules that can never fire, texts that can never
+    be sent, parts nothing uses. Each is one `file: key.path: reason` line."""
+    out: list[str] = []
+
+    def warn(key: str, reason: str) -> None:
+        out.append(format_problem(config.file, key, reason))
+
+    if not config.pbxs:
+        warn("pbx", "no [[pbx]] table: the daemon receives no calls (replay and test-rule still work)")
+    rules = config.rules.rules
+    for i, rule in enumerate(rules):
+        # A rule without conditions still leaves calls the PBX's shutdown cut off to rules
+        # that ask for status "interrupted".
+        later = [r.name for r in rules[i + 1:] if r.enabled and CallStatus.INTERRUPTED not in r.conditions.statuses]
+        if rule.enabled and rule.conditions == Conditions() and later:
+            warn(rule_path(rule.name), f"has no conditions, so it matches every call and the rule(s) after it "
+                                       f"never fire: {', '.join(later)} (put it last)")
+    for rule in rules:
+        for spec in rule.recipients:
+            key = f"{rule_path(rule.name)}.{spec.kind.value}"
+            if spec.kind is RecipientKind.AGENT and not config.render.agents:
+                warn(f"{rule_path(rule.name)}.recipients", '"agent" is texted at the mobile from [agents], '
+                                                           'but there is no [agents] table: agents get no text')
+            # The template's own words, before any value is filled in: the least any text has.
+            fixed_text = "".join(getattr(part, "text", "") for part in spec.template.parts)
+            segments = segment(fixed_text, config.render.segmenting).segments
+            if segments > rule.max_segments:
+                where = f"{key}.text" if spec.template_name.endswith(".text") else f"{key}.template"
+                warn(where, f"the text is {segments} segments before any value is filled in, over the rule's "
+                            f"max_segments = {rule.max_segments}: every such text is suppressed as too long")
+    used = {spec.template_name for rule in rules for spec in rule.recipients}
+    for name in sorted(template_names - used):
+        warn(f"templates.{name}", "not used by any rule")
+    for ext, agent in config.render.agents.items():
+        if agent.mobile:
+            check = config.phone.check(agent.mobile)
+            if check.e164 is None:
+                warn(f"agents.{ext}.mobile", f'"{agent.mobile}" cannot be texted ({check.reason})')
+    return tuple(out)

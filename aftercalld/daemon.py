@@ -16,7 +16,7 @@ from typing import Any
 from . import gctune, retention, systemd
 from .cdr.backfill import Backfill
 from .clock import Clock, system_clock, utc_now
-from .config import Config, load
+from .config import Config, load, log_config_warnings
 from .configreader import ConfigError
 from .dispatcher import Dispatcher
 from .instance import InstanceLock
@@ -74,6 +74,7 @@ class Daemon:
 
     async def start(self) -> None:
         self._instance_lock = InstanceLock.acquire(self.config.outbox_path)
+        log_config_warnings(self.config, log)
         self.outbox = Outbox.open(self.config.outbox_path, synchronous=self.config.sqlite_synchronous)
         self.outbox.checkpoint_in_background()
         self.transport = make_transport(self.config)
@@ -123,6 +124,7 @@ class Daemon:
         except Exception as exc:  # a reload must never take the daemon down
             log.error("reload refused, keeping the running rules: %s: %s", type(exc).__name__, exc)
             return
+        log_config_warnings(new, log)
         # Connections and the transport stay as they are: say so when they were changed,
         # rather than claim a reload that did not happen.
         changed = _needs_restart(self.config, new)

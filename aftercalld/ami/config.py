@@ -36,7 +36,7 @@ def parse_settings(section: Section) -> AmiSettings:
     username = section.str("username", nonempty=True)
     secret = section.secret("secret")
     if not secret:
-        raise section.error("secret", "must not be empty")
+        section.report("secret", "must not be empty")
     connect_timeout = section.float("connect_timeout", 5.0, min=0.1, max=300)
     ping_interval = section.float("ping_interval", 10.0, min=0.1, max=3600)
     ping_timeout = section.float("ping_timeout", 5.0, min=0.1, max=600)

@@ -51,22 +51,22 @@ def parse_settings(section: Section) -> EslSettings:
     port = section.int("port", 8021, min=1, max=65535)
     password = section.secret("password", DEFAULT_PASSWORD)
     if not password:
-        raise section.error("password", "must not be empty (event_socket.conf.xml's password param)")
+        section.report("password", "must not be empty (event_socket.conf.xml's password param)")
     if any(ch in password for ch in "\r\n"):
-        raise section.error("password", "must be one line")
+        section.report("password", "must be one line")
     events_format = section.str("events_format", "plain", choices=EVENT_FORMATS)
     filters: list[tuple[str, str]] = []
     for i, item in enumerate(section.str_list("filters", [])):
         header, _, value = item.strip().partition(" ")
         if not header or not value.strip() or "\n" in item or "\r" in item:
-            raise section.error(f"filters[{i}]", f'"{item}" is not "<Header-Name> <value>"')
+            section.report(f"filters[{i}]", f'"{item}" is not "<Header-Name> <value>"')
+            continue
         filters.append((header, value.strip()))
     connect_timeout = section.float("connect_timeout", 5.0, min=0.1, max=300)
     reconnect_min, reconnect_max = section.backoff(0.5, 30.0)
     heartbeat = section.float("heartbeat_timeout", 65.0, min=0, max=3600)
     if 0 < heartbeat <= 20:
-        raise section.error("heartbeat_timeout",
-                            "must be 0 (off) or more than FreeSWITCH's 20 s HEARTBEAT interval")
+        section.report("heartbeat_timeout", "must be 0 (off) or more than FreeSWITCH's 20 s HEARTBEAT interval")
     direction_variable = section.str("direction_variable", "call_direction", pattern=r"[A-Za-z0-9_]*")
     direction_keys = parse_direction_keys(section, DEFAULT_INBOUND_CONTEXTS)
     agent_variable = section.str("agent_variable", "", pattern=r"[A-Za-z0-9_]*")

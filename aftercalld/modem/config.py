@@ -41,16 +41,16 @@ class ModemSettings:
 def parse_settings(section: Section) -> ModemSettings:
     device = section.str("device", nonempty=True)
     if not device.startswith("/"):
-        raise section.error(
+        section.report(
             "device", f'"{device}" is not a device path (e.g. /dev/serial/by-id/usb-...-if00 or /dev/ttyUSB0)')
     pin = section.secret("pin", "")
     if pin and not (pin.isdigit() and 4 <= len(pin) <= 8):
-        raise section.error("pin", "must be 4 to 8 digits")
+        section.report("pin", "must be 4 to 8 digits")
     smsc = section.str("smsc", "", pattern=r"(\+?[0-9]{3,20})?")
     init_commands = section.str_list("init_commands", [])
     for i, cmd in enumerate(init_commands):
         if not cmd.upper().startswith("AT") or any(c in cmd for c in "\r\n\x1a\x1b"):
-            raise section.error(f"init_commands[{i}]", f'"{cmd}" is not a single AT command')
+            section.report(f"init_commands[{i}]", f'"{cmd}" is not a single AT command')
     settings = ModemSettings(
         device=device,
         baud=section.int("baud", 115200),
@@ -68,6 +68,6 @@ def parse_settings(section: Section) -> ModemSettings:
         init_commands=tuple(init_commands),
     )
     if settings.baud not in BAUD_RATES:
-        raise section.error("baud", f"{settings.baud} is not a serial rate (one of {', '.join(map(str, BAUD_RATES))})")
+        section.report("baud", f"{settings.baud} is not a serial rate (one of {', '.join(map(str, BAUD_RATES))})")
     section.done()
     return settings

@@ -83,35 +83,40 @@ class SmppSettings:
         return segmenting_profile(self.gsm_data_coding, self.concatenation, self.octet_limits == "spec")
 
 
-def _parse_host(section: Section, item: str, default_port: int) -> tuple[str, int]:
+def _parse_host(section: Section, item: str, default_port: int) -> tuple[str, int] | None:
+    """(host, port), or None after reporting why not."""
     host, sep, port = item.strip().rpartition(":")
     if not sep or "]" in port:  # no port, or a bare IPv6 address in brackets
         host, port = item.strip(), ""
     host = host.strip("[]")
     if not host:
-        raise section.error("hosts", f'"{item}" has no host name')
+        section.report("hosts", f'"{item}" has no host name')
+        return None
     if not port:
         return host, default_port
     if not port.isdigit() or not 0 < int(port) < 65536:
-        raise section.error("hosts", f'"{item}": port must be 1–65535')
+        section.report("hosts", f'"{item}": port must be 1–65535')
+        return None
     return host, int(port)
 
 
-def _parse_status(section: Section, text: str) -> int:
+def _parse_status(section: Section, text: str) -> int | None:
     try:
         return int(text, 16) if text.lower().startswith("0x") else int(text)
     except ValueError:
-        raise section.error("transient_statuses", f'"{text}" is not a number such as "0x0401"') from None
+        section.report("transient_statuses", f'"{text}" is not a number such as "0x0401"')
+        return None
 
 
 def parse_settings(section: Section) -> SmppSettings:
     port = section.int("port", 2775, min=1, max=65535)
-    hosts = tuple(_parse_host(section, h, port) for h in section.str_list("hosts"))
-    if not hosts:
+    host_entries = section.str_list("hosts")
+    if not host_entries:
         raise section.error("hosts", "needs at least one SMSC host")
+    hosts = tuple(h for h in (_parse_host(section, item, port) for item in host_entries) if h is not None)
     system_id = section.str("system_id", nonempty=True)
     if len(system_id) > 15:
-        raise section.error("system_id", "at most 15 characters in SMPP 3.4")
+        section.report("system_id", "at most 15 characters in SMPP 3.4")
     password = section.secret("password", "")
     if len(password) > 8:
         # SMPP 3.4 caps it at 8; some providers issue longer ones and accept them.
@@ -119,16 +124,17 @@ def parse_settings(section: Section) -> SmppSettings:
                     section.key("password"))
     system_type = section.str("system_type", "")
     if len(system_type) > 12:
-        raise section.error("system_type", "at most 12 characters in SMPP 3.4")
+        section.report("system_type", "at most 12 characters in SMPP 3.4")
     address_range = section.str("address_range", "")
 
     ton_npi = {key: section.int(key, None, min=0, max=255) for key in ("source_ton", "source_npi")}
 
     tlv_strings = section.str_map("tlvs", {})
+    tlvs: dict[int, bytes] = {}
     try:
         tlvs = parse_tlv_map(tlv_strings)
     except ValueError as exc:
-        raise section.error("tlvs", str(exc)) from None
+        section.report("tlvs", str(exc))
 
     backoff = section.backoff(1.0, 60.0)
     settings = SmppSettings(
@@ -168,11 +174,12 @@ def parse_settings(section: Section) -> SmppSettings:
         tlvs=tlvs,
         msg_id_type=section.str("msg_id_type", "same", choices=MSG_ID_TYPES),
         transient_statuses=frozenset(
-            _parse_status(section, s) for s in section.str_list("transient_statuses", [])),
+            status for status in (_parse_status(section, s) for s in section.str_list("transient_statuses", []))
+            if status is not None),
     )
     if settings.gsm_data_coding == 2:
-        raise section.error("gsm_data_coding", "2 is 8-bit binary, not text: use 0, 1 or 3")
+        section.report("gsm_data_coding", "2 is 8-bit binary, not text: use 0, 1 or 3")
     if len(settings.service_type) > 5:
-        raise section.error("service_type", "at most 5 characters in SMPP 3.4")
+        section.report("service_type", "at most 5 characters in SMPP 3.4")
     section.done()
     return settings

@@ -98,7 +98,7 @@ def test_weekday_ranges_and_full_names_mean_what_they_say(tmp_path):
         assert "no rule fires" in aftercalld("test-rule", "--call", str(saturday), "-c", str(path)).stdout, days
     bad = write_config(tmp_path, rules=rules.format(days='"mon-fry"'))
     res = aftercalld("check-config", str(bad))
-    assert res.returncode == 2 and 'rules[0].when.weekdays: unknown day "fry"' in res.stderr
+    assert res.returncode == 2 and 'rules["Weekdays"].when.weekdays: unknown day "fry"' in res.stderr
 
 
 def test_send_test_takes_a_sender_and_will_not_text_an_opted_out_number_unasked(tmp_path):

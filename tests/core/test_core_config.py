@@ -18,36 +18,36 @@ CALLER_MISSED = 'caller = { template = "missed", sender = "Acme" }\n'
 BAD = [
     # (rules/extra TOML, expected key path, expected words in the reason)
     (RULE_HEAD + 'recipients = ["agnet"]\ncaller = { template = "missed", sender = "Acme" }\n',
-     "rules[0].recipients", 'unknown value "agnet"'),
+     'rules["R"].recipients', 'unknown value "agnet"'),
     (DEFAULT_RULES + RULE_HEAD + 'recipients = ["caller"]\ncaller = { template = "nope", sender = "Acme" }\n',
-     "rules[1].caller.template", 'unknown template "nope"'),
+     'rules["R"].caller.template', 'unknown template "nope"'),
     (RULE_HEAD + 'recipients = ["caller"]\ncaller = { text = "Hi {caler_number}", sender = "Acme" }\n',
-     "rules[0].caller.text", "unknown placeholder {caler_number} (did you mean {caller_number}?)"),
+     'rules["R"].caller.text', "unknown placeholder {caler_number} (did you mean {caller_number}?)"),
     (RULE_HEAD + 'recipients = ["caller"]\ncaller = { text = "Hi {caller_number.__class__}", sender = "Acme" }\n',
-     "rules[0].caller.text", "is not a placeholder name"),
+     'rules["R"].caller.text', "is not a placeholder name"),
     (RULE_HEAD + 'recipients = ["caller"]\ncaller = { text = "Hi {caller_number!r:>10}", sender = "Acme" }\n',
-     "rules[0].caller.text", "is not a placeholder name"),
+     'rules["R"].caller.text', "is not a placeholder name"),
     (RULE_HEAD + 'recipients = ["caller"]\ncaller = { text = "unclosed {company", sender = "Acme" }\n',
-     "rules[0].caller.text", "unclosed"),
+     'rules["R"].caller.text', "unclosed"),
     (RULE_HEAD + 'recipients = ["caller"]\nwhen = { status = "answered" }\n' + CALLER_MISSED,
-     "rules[0].when.status", 'unknown value "answered"'),
+     'rules["R"].when.status', 'unknown value "answered"'),
     (RULE_HEAD + 'recipients = ["caller"]\nwhen = { hours = "25:00-26:00" }\n' + CALLER_MISSED,
-     "rules[0].when.hours", "hours 00-23"),
+     'rules["R"].when.hours', "hours 00-23"),
     (RULE_HEAD + 'recipients = ["caller"]\nwhen = { weekdays = ["funday"] }\n' + CALLER_MISSED,
-     "rules[0].when.weekdays", 'unknown day "funday"'),
+     'rules["R"].when.weekdays', 'unknown day "funday"'),
     (RULE_HEAD + 'recipients = ["caller"]\nwhen = { caller = "(unclosed" }\n' + CALLER_MISSED,
-     "rules[0].when.caller", "not a valid regular expression"),
+     'rules["R"].when.caller', "not a valid regular expression"),
     (RULE_HEAD + 'recipients = ["caller"]\ncaller = { template = "missed", sender = "ThisIsFarTooLong" }\n',
-     "rules[0].caller.sender", "alphanumeric sender id of at most 11"),
+     'rules["R"].caller.sender', "alphanumeric sender id of at most 11"),
     (RULE_HEAD + 'recipients = ["caller", "agent"]\ncaller = { template = "missed", sender = "Acme" }\n',
-     "rules[0].agent", 'recipients includes "agent"'),
+     'rules["R"].agent', 'recipients includes "agent"'),
     (RULE_HEAD + 'recipients = ["caller"]\nmax_segments = 0\ncaller = { template = "missed", sender = "Acme" }\n',
-     "rules[0].max_segments", "must be at least 1"),
+     'rules["R"].max_segments', "must be at least 1"),
     (RULE_HEAD + 'recipients = ["caller"]\nenabled = "yes"\ncaller = { template = "missed", sender = "Acme" }\n',
-     "rules[0].enabled", "must be true or false"),
+     'rules["R"].enabled', "must be true or false"),
     (RULE_HEAD + 'recipients = ["caller"]\n' + CALLER_MISSED
      + 'when = { talk_seconds_min = 30, talk_seconds_max = 10 }\n',
-     "rules[0].when.talk_seconds_max", "below the matching _min"),
+     'rules["R"].when.talk_seconds_max', "below the matching _min"),
     (DEFAULT_RULES + DEFAULT_RULES, "rules[1].name", 'duplicate rule name "Missed"'),
     (DEFAULT_RULES + '\n[transport2]\ntype = "log"\n', "transport2", "unknown key"),
     (DEFAULT_RULES + '\n[optout]\nstop_keywords = ["STOP"]\nstart_keywords = ["STOP"]\n',
@@ -102,7 +102,7 @@ def test_check_config_cli_exit_codes(tmp_path):
     res = subprocess.run([sys.executable, "-m", "aftercalld.cli", "check-config", str(bad)],
                          capture_output=True, text=True)
     assert res.returncode == 2
-    assert f'{bad}: rules[0].recipients: unknown value "agnet"' in res.stderr
+    assert f'{bad}: rules["R"].recipients: unknown value "agnet"' in res.stderr
     assert "Traceback" not in res.stderr
 
 
@@ -119,7 +119,7 @@ def test_rule_on_a_variable_no_pbx_collects(tmp_path):
              'caller = { template = "missed", sender = "Acme" }\n')
     with pytest.raises(ConfigError) as info:
         load(write_config(tmp_path, rules=rules))
-    assert info.value.key == "rules[0].when.variables.DEPT"
+    assert info.value.key == 'rules["R"].when.variables.DEPT'
     assert "never known" in info.value.reason
 
 

@@ -152,7 +152,7 @@ async def test_ready_watchdog_calls_to_texts_and_sighup(tmp_path, peers, traces)
         config.write_text(config.read_text().replace('recipients = ["caller"]', 'recipients = ["agnet"]', 1))
         daemon.signal(signal.SIGHUP)
         await daemon.wait_for_line("reload refused")
-        assert 'rules[0].recipients: unknown value "agnet"' in daemon.log
+        assert 'rules["Missed"].recipients: unknown value "agnet"' in daemon.log
         await ami.send(trace_bytes("ivr_abandon.ami", traces))
         await smsc.wait_until(lambda: len(smsc.accepted) >= 3)
         assert texts(smsc)[2] == ("919876543210", "New wording after reload.")
