@@ -8,9 +8,11 @@ entry names (ConfigError, TemplateError, ValueError …); anything else is an un
 exception, and an input that takes longer than --hang-seconds is a hang.
 
 Prints per parser: inputs, refused (clean errors), uncaught exceptions, hangs, peak RSS
-(each parser runs in its own process, so its peak is its own; hypothesis itself takes part
-of it), RSS after the first and the last run of --chunk inputs (equal: the parser keeps
-nothing), and the first few distinct uncaught exceptions with the input that raised them.
+(each parser runs in its own process, so its peak is its own; hypothesis and the
+allocator's arenas take most of it), RSS after the first and the last run of --chunk
+inputs, the memory aftercalld's own code still holds after two more runs (tracemalloc;
+equal figures: the parser keeps nothing), and the first few distinct uncaught exceptions
+with the input that raised them.
 
   python bench/fuzz.py                      # every target, 100,000 inputs each
   python bench/fuzz.py --inputs 2000 --only msgid receipt_text
@@ -21,6 +23,7 @@ tests/core/test_core_fuzz.py runs the same table with a small example count.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import resource
@@ -28,6 +31,7 @@ import signal
 import subprocess
 import sys
 import time
+import tracemalloc
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -379,10 +383,21 @@ def _child(name: str, inputs: int, hang_seconds: float, chunk: int) -> None:
         for kind, example in result["failures"].items():
             failures.setdefault(kind, example)
         rss_after.append(_rss_mib())
-    print(json.dumps({"name": name, **total, "failures": failures,
-                      "seconds": round(time.perf_counter() - started, 1),
-                      "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                      "rss_first_mib": round(rss_after[0], 1), "rss_last_mib": round(rss_after[-1], 1)}))
+    seconds = round(time.perf_counter() - started, 1)
+    peak = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    # RSS mixes in hypothesis and the allocator's arenas; what aftercalld's own code still
+    # holds after a run, measured twice over two more runs, tells whether a parser leaks.
+    tracemalloc.start()
+    held = []
+    for _ in range(2):
+        run_target(TARGETS[name], min(chunk, 2000), hang_seconds)
+        gc.collect()
+        snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(True, "*/aftercalld/*")])
+        held.append(round(sum(stat.size for stat in snapshot.statistics("filename")) / 1024))
+    tracemalloc.stop()
+    print(json.dumps({"name": name, **total, "failures": failures, "seconds": seconds, "peak_rss_mib": peak,
+                      "rss_first_mib": round(rss_after[0], 1), "rss_last_mib": round(rss_after[-1], 1),
+                      "held_kib": held}))
 
 
 def main() -> int:
@@ -414,10 +429,12 @@ def main() -> int:
         results = list(pool.map(run, names))
 
     print(f"{'parser':<16} {'inputs':>8} {'refused':>8} {'uncaught':>9} {'hangs':>6} {'peak RSS':>10} "
-          f"{'RSS first/last run':>19} {'time':>7}")
+          f"{'RSS first/last run':>19} {'held by aftercalld':>19} {'time':>7}")
     for r in results:
+        held = "/".join(str(k) for k in r.get("held_kib", [])) or "-"
         print(f"{r['name']:<16} {r['inputs']:>8} {r['refused']:>8} {r['uncaught']:>9} {r['hangs']:>6} "
-              f"{r['peak_rss_mib']:>6} MiB {r['rss_first_mib']:>8}/{r['rss_last_mib']:<6} MiB {r['seconds']:>6}s")
+              f"{r['peak_rss_mib']:>6} MiB {r['rss_first_mib']:>8}/{r['rss_last_mib']:<6} MiB "
+              f"{held:>15} KiB {r['seconds']:>6}s")
     for r in results:
         for kind, example in r["failures"].items():
             print(f"\n{r['name']}: {kind}\n  input: {example}")
