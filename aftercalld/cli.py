@@ -141,7 +141,7 @@ def main(argv: Sequence[str] | None = None, *, clock: Clock = system_clock) -> i
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:
-        print(f"aftercalld: config error: {exc}", file=sys.stderr)
+        _print_config_errors(exc)
         return EXIT_CONFIG
     except (StoreError, OwnershipError) as exc:
         print(f"aftercalld: {exc}", file=sys.stderr)
@@ -167,13 +167,18 @@ def _load(path: str):
     return load(path)
 
 
+def _print_config_errors(exc: ConfigError) -> None:
+    """Every error, one `aftercalld: config error: file: key.path: reason` line each."""
+    for line in str(exc).splitlines():
+        print(f"aftercalld: config error: {line}", file=sys.stderr)
+
+
 def cmd_check_config(args) -> int:
     path = args.file or args.config
     try:
         config = _load(path)
     except ConfigError as exc:
-        for line in str(exc).splitlines():  # every error, one `file: key.path: reason` each
-            print(f"aftercalld: config error: {line}", file=sys.stderr)
+        _print_config_errors(exc)
         return EXIT_CONFIG
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)

@@ -94,7 +94,7 @@ class CallHandler:
             record = decision.record
             if log_info:
                 rule = decision.selection.rule
-                log.info(decision.summary, extra=fields(call_id=record.call_id, pbx=record.pbx,
+                log.info("%s", decision.summary, extra=fields(call_id=record.call_id, pbx=record.pbx,
                                                         rule=rule.name if rule else "",
                                                         recipient=record.customer_number))
             out.append(decision)
