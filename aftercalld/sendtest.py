@@ -91,6 +91,12 @@ async def send_test(config: Config, number: str, *, rule_name: str | None, text:
                               text=text, encoding=info.encoding, segments=info.segments, created_at=now,
                               options=options)
     transport = make_transport(config)
+    probe = getattr(transport, "probe", None)  # SMPP: one bind attempt, not a retry loop
+    if probe is not None:
+        problem = await probe()
+        if problem:
+            print(f"aftercalld: {problem}; not sent", file=sys.stderr)
+            return 1
     printer = _Printer()
     try:
         async with asyncio.timeout(timeout):

@@ -132,6 +132,33 @@ class SmppTransport(Transport):
             return False
         return True
 
+    async def probe(self) -> str | None:
+        """One connect and bind to each configured SMSC in turn, for `send-test`: None as
+        soon as one binds (it is unbound again at once), else why the last one failed. The
+        transport's own sessions retry with backoff, which is right for the daemon and wrong
+        for an engineer waiting at a prompt."""
+        s = self.settings
+        mode = self._slots[0].mode if self._slots else "transmitter"
+        reason = "no SMSC configured"
+        for host, port in s.hosts:
+            session = Session(label=f"{self.name} probe", mode=mode, window=1, response_timeout=s.response_timeout,
+                              enquire_link_interval=s.enquire_link_interval,
+                              enquire_link_timeout=s.enquire_link_timeout, on_message=lambda *_: ESME_ROK)
+            try:
+                await session.open(host, port, system_id=s.system_id, password=s.password,
+                                   system_type=s.system_type, addr_ton=s.addr_ton, addr_npi=s.addr_npi,
+                                   address_range=s.address_range, connect_timeout=s.connect_timeout,
+                                   tls=self._tls)
+            except BindError as exc:
+                reason = f"bind_{mode} refused by {host}:{port}: {exc} (system_id {s.system_id})"
+            except (OSError, TimeoutError, ResponseTimeout, LinkLost, pdu.PduError) as exc:
+                reason = f"cannot bind to {host}:{port}: {str(exc) or type(exc).__name__}"
+            else:
+                await session.unbind()
+                return None
+            session.abort("probe failed")
+        return reason
+
     async def close(self) -> None:
         self._closing = True
         for waiter in self._waiters:

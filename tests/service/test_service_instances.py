@@ -80,3 +80,29 @@ async def test_a_metrics_port_in_use_is_named(tmp_path, peers):
         daemon = await Daemon(config).start()
         assert await asyncio.wait_for(daemon.wait(), 30) == 1
     assert f"cannot serve metrics on 127.0.0.1:{port} ([metrics] listen): Address already in use" in daemon.log
+
+
+async def test_send_test_fails_fast_with_the_reason_when_the_smsc_cannot_be_bound(tmp_path, peers):
+    """It used to wait 30 s through repeated warnings before failing: now one connect and
+    bind attempt, then the reason."""
+    ami, _ = peers
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        dead_port = closed.getsockname()[1]  # nothing listens here once the socket is closed
+    refusing = SmscSim(password="other")  # our password is wrong for it: bind refused
+    await refusing.start()
+    try:
+        for port, reason in ((dead_port, f"cannot bind to 127.0.0.1:{dead_port}"),
+                             (refusing.port, f"bind_transceiver refused by 127.0.0.1:{refusing.port}")):
+            config = write_config(tmp_path, ami, refusing)
+            config.write_text(config.read_text().replace(f"127.0.0.1:{refusing.port}", f"127.0.0.1:{port}"))
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "aftercalld", "send-test", "09876543210", "-c", str(config),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            _, err = await asyncio.wait_for(proc.communicate(), 30)
+            assert proc.returncode == 1, err.decode()
+            assert reason in err.decode() and "not sent" in err.decode(), err.decode()
+            assert "retrying" not in err.decode()  # no retry loop before the verdict
+        assert len(refusing.binds) == 1  # one attempt at the refusing SMSC, not a retry loop
+    finally:
+        await refusing.stop()
