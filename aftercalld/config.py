@@ -82,6 +82,8 @@ class Config:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     metrics_listen: str | None = None  # "127.0.0.1:9469"
     log_level: str = "info"
+    unwritten_calls_max: int = 20_000  # finished calls held in memory while the outbox refuses writes
+    disk_reserve_mb: float = 8.0  # held next to the outbox, released when a full disk blocks a start or stop
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def timezone_for(self, pbx_name: str) -> ZoneInfo:
@@ -128,6 +130,8 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
     outbox_path = general.str("outbox", "/var/lib/aftercalld/outbox.sqlite3", nonempty=True)
     synchronous = general.str("sqlite_synchronous", "normal", choices=("normal", "full"))
     keep_days = general.int("keep_days", 0, min=0, max=36500)
+    unwritten_calls_max = general.int("unwritten_calls_max", 20_000, min=1, max=10_000_000)
+    disk_reserve_mb = general.float("disk_reserve_mb", 8.0, min=0, max=4096)
     if 0 < keep_days < MIN_KEEP_DAYS:
         raise general.error("keep_days", f"{keep_days} is less than {MIN_KEEP_DAYS}: delivery receipts can arrive "
                                          f"days after the text (0 keeps every call)")
@@ -170,6 +174,8 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
         policy=policy,
         metrics_listen=metrics_listen,
         log_level=log_level,
+        unwritten_calls_max=unwritten_calls_max,
+        disk_reserve_mb=disk_reserve_mb,
     )
 
 

@@ -13,23 +13,29 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import Gauge
+
 from . import gctune, retention, systemd
+from .backoff import Backoff
 from .clock import Clock, system_clock, utc_now
 from .config import Config, load
 from .configreader import ConfigError
+from .diskreserve import DiskReserve
 from .dispatcher import Dispatcher
 from .logtransport import LogTransport
 from .metrics import Metrics
 from .pipeline import CallHandler
 from .policy import Policy
 from .source import CallSource
-from .store import Outbox, StoreError
+from .store import Outbox, OutboxUnavailable, StoreError
 from .supervisor import Supervisor
 from .transport import Transport
 
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_SECONDS = 5.0
+OUTBOX_RETRY_MIN_SECONDS = 0.5
+OUTBOX_RETRY_MAX_SECONDS = 5.0
 
 
 def make_transport(config: Config) -> Transport:
@@ -66,9 +72,12 @@ class Daemon:
         self.supervisor = Supervisor()
         self._stop = asyncio.Event()
         self.started_at = utc_now(clock)
+        self.reserve = DiskReserve(config.outbox_path, int(config.disk_reserve_mb * 1048576))
 
     async def start(self) -> None:
-        self.outbox = Outbox.open(self.config.outbox_path, synchronous=self.config.sqlite_synchronous)
+        self.outbox = await self._open_outbox()
+        if self.outbox is None:  # stopped while waiting for it
+            return
         self.outbox.checkpoint_in_background()
         self.transport = make_transport(self.config)
         self.policy = Policy(self.config.policy, self.outbox, self.config.timezone)
@@ -76,8 +85,9 @@ class Daemon:
                                      default_region=self.config.phone.default_region, policy=self.policy,
                                      metrics=self.metrics, clock=self.clock)
         self.handler = CallHandler(self.config, self.outbox, on_queued=self.dispatcher.wake, metrics=self.metrics,
-                                   clock=self.clock)
+                                   clock=self.clock, reserve=self.reserve)
         self.metrics.track_queue_depth(self.outbox.queue_depth)
+        _track_unwritten(self.metrics, self.handler)
         if self.config.transport.type != "log":
             # The transport's own gauges (binds and window; modem signal and registration).
             transport_metrics = importlib.import_module(f"aftercalld.{self.config.transport.type}.metrics")
@@ -95,6 +105,38 @@ class Daemon:
         log.info("aftercalld running: %d PBX(s), transport %s, %d rule(s), outbox %s, %d message(s) waiting",
                  len(self.sources), self.transport.name, len(self.config.rules.rules), self.config.outbox_path,
                  self.outbox.queue_depth())
+
+    async def _open_outbox(self) -> Outbox | None:
+        """Open the outbox, waiting for as long as it cannot be (a full disk, an I/O error):
+        exiting would only have systemd start us again into the same wall, and the PBX's
+        calls meanwhile are better caught up by a daemon that comes up the moment it can.
+        systemd hears why in the status line, and its start timeout is extended."""
+        backoff = Backoff(OUTBOX_RETRY_MIN_SECONDS, OUTBOX_RETRY_MAX_SECONDS, jitter=lambda: 0.0)
+        notifier = systemd.Notifier()
+        reported = ""
+        while not self._stop.is_set():
+            try:
+                outbox = Outbox.open(self.config.outbox_path, synchronous=self.config.sqlite_synchronous)
+            except OutboxUnavailable as exc:
+                if self.reserve.release("to open the outbox"):
+                    continue
+                delay = backoff.failed()
+                if str(exc) != reported:
+                    log.error("%s; retrying every %gs at most until it opens", exc, OUTBOX_RETRY_MAX_SECONDS)
+                    reported = str(exc)
+                notifier.notify(f"STATUS=waiting for the outbox: {exc}",
+                                f"EXTEND_TIMEOUT_USEC={int((delay + 10) * 1_000_000)}")
+                try:
+                    async with asyncio.timeout(delay):
+                        await self._stop.wait()
+                except TimeoutError:
+                    pass
+                continue
+            if reported:
+                log.warning("the outbox opens again: %s", self.config.outbox_path)
+            self.reserve.ensure()
+            return outbox
+        return None
 
     def reload(self) -> None:
         """SIGHUP: new rules, templates and limits, all at once; a bad file changes nothing."""
@@ -169,6 +211,7 @@ class Daemon:
             "queue_depth": self.outbox.queue_depth() if self.outbox else 0,
             "submitted_since_start": self.dispatcher.sent_total if self.dispatcher else 0,
             "task_restarts": restarts,
+            "calls_waiting_for_outbox": self.handler.unwritten if self.handler else 0,
         }
 
     def status_line(self) -> str:
@@ -176,8 +219,11 @@ class Daemon:
         self._write_status(info)
         pbx = ", ".join(f"{s.get('name')}: {s.get('state', '?')}" for s in info["sources"]) or "no PBX"
         transport = info["transport"].get("state", "?")
-        return (f"{pbx}; {info['transport'].get('name', 'transport')}: {transport}; "
+        line = (f"{pbx}; {info['transport'].get('name', 'transport')}: {transport}; "
                 f"queue {info['queue_depth']}; submitted {info['submitted_since_start']}")
+        if info["calls_waiting_for_outbox"]:
+            line += f"; {info['calls_waiting_for_outbox']} call(s) wait for the outbox (disk full?)"
+        return line
 
     def _write_status(self, info: dict[str, Any]) -> None:
         path = status_path(self.config)
@@ -198,7 +244,7 @@ class Daemon:
         """SIGTERM: take no new calls, let in-flight submits finish, unbind, close."""
         await self.supervisor.stop()
         if self.handler:
-            self.handler.flush()
+            self.handler.close()  # a last write; calls it cannot write are logged as lost
         if self.dispatcher:
             await self.dispatcher.stop()
         if self.outbox:
@@ -208,6 +254,14 @@ class Daemon:
             status_path(self.config).unlink()
         except OSError:
             pass
+
+
+def _track_unwritten(metrics: Metrics, handler: CallHandler) -> None:
+    Gauge("aftercalld_calls_waiting_for_outbox", "Finished calls held in memory: the outbox refuses writes",
+          registry=metrics.registry).set_function(lambda: handler.unwritten)
+    Gauge("aftercalld_calls_dropped_for_outbox", "Finished calls dropped since start: the outbox refused "
+          "writes for longer than unwritten_calls_max calls", registry=metrics.registry
+          ).set_function(lambda: handler.dropped)
 
 
 def _transport_tasks(transport: Transport | None) -> list[tuple[str, asyncio.Task]]:

@@ -1,0 +1,300 @@
+"""A full outbox disk, for real: a tmpfs filled to the brim under a real `aftercalld run`
+fed by the AMI test server, with texts going to the SMSC simulator.
+
+What a PBX admin relies on: calls that end while the disk is full wait in memory and reach
+the outbox (and the SMSC) once space is back; nothing is lost, nothing crashes; the daemon
+starts while the disk is full; a SIGTERM while calls wait names the calls it could not write.
+"""
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(TESTS / "ami"), str(TESTS / "smpp"), str(TESTS / "service")]
+
+from ami_server import AmiServer  # noqa: E402
+from daemon_proc import Daemon  # noqa: E402
+from diskfull import SmallDisk, call_bytes, call_id, caller, small_disk  # noqa: E402
+from smsc_sim import SmscSim  # noqa: E402
+
+CONFIG = """
+[general]
+timezone = "UTC"
+default_region = "IN"
+outbox = "{outbox}"
+unwritten_calls_max = {unwritten_max}
+disk_reserve_mb = 1
+
+[[pbx]]
+name = "main"
+type = "asterisk"
+host = "127.0.0.1"
+port = {ami_port}
+username = "aftercalld"
+secret = "test"
+reconnect_min = 0.05
+reconnect_max = 0.2
+
+[transport]
+type = "smpp"
+hosts = ["127.0.0.1:{smpp_port}"]
+system_id = "esme"
+password = "secret"
+reconnect_min = 0.05
+reconnect_max = 0.2
+
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
+
+[[rules]]
+name = "Missed"
+recipients = ["caller"]
+when = {{ status = "missed" }}
+caller = {{ text = "Sorry we missed your call.", sender = "ACME" }}
+"""
+
+
+@pytest.fixture
+def disk():
+    with small_disk("8m") as mounted:
+        if isinstance(mounted, str):
+            pytest.skip(f"cannot mount a small tmpfs to fill (needs root): {mounted}")
+        yield mounted
+
+
+@pytest.fixture
+async def peers():
+    ami = await AmiServer().start()
+    smsc = SmscSim()
+    await smsc.start()
+    yield ami, smsc
+    await ami.stop()
+    await smsc.stop()
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def write_config(tmp_path: Path, disk: SmallDisk, ami: AmiServer, smsc: SmscSim, *,
+                 unwritten_max: int = 20000) -> tuple[Path, int]:
+    port = free_port()
+    path = tmp_path / "aftercalld.toml"
+    path.write_text(CONFIG.format(outbox=disk.path / "outbox.sqlite3", ami_port=ami.port, smpp_port=smsc.port,
+                                  metrics_port=port, unwritten_max=unwritten_max))
+    return path, port
+
+
+async def scrape(port: int, name: str) -> float:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /metrics HTTP/1.0\r\n\r\n")
+    body = (await asyncio.wait_for(reader.read(), 10)).decode()
+    writer.close()
+    for line in body.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no {name} in the metrics:\n{body}")
+
+
+async def until_metric(port: int, name: str, value: float, timeout: float = 20.0) -> None:
+    """Scrape until the gauge reads `value` (each scrape is a round trip to the daemon)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    seen = None
+    while loop.time() < deadline:
+        seen = await scrape(port, name)
+        if seen == value:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{name} is {seen}, not {value}, after {timeout}s")
+
+
+def calls_in_outbox(disk: SmallDisk) -> set[str]:
+    with sqlite3.connect(disk.path / "outbox.sqlite3") as db:
+        return {row[0] for row in db.execute("SELECT call_id FROM calls")}
+
+
+def texted(smsc: SmscSim) -> set[str]:
+    return {s.destination for s in smsc.accepted}
+
+
+async def send_calls(ami: AmiServer, ks: range) -> None:
+    for k in ks:
+        await ami.send(call_bytes(k))
+
+
+async def test_calls_during_a_full_disk_reach_the_outbox_and_the_smsc_once_space_is_back(tmp_path, disk, peers):
+    ami, smsc = peers
+    config, port = write_config(tmp_path, disk, ami, smsc)
+    daemon = await Daemon(config).start()
+    try:
+        await daemon.wait_for_line("aftercalld running")
+        await ami.wait_until(lambda: ami.ok_logins >= 1)
+        await send_calls(ami, range(5))
+        await smsc.wait_until(lambda: len(smsc.accepted) >= 5)
+
+        disk.fill()
+        await send_calls(ami, range(5, 305))
+        # Every one of them is held in memory: the outbox refused them.
+        await until_metric(port, "aftercalld_calls_waiting_for_outbox", 300)
+        assert "could not write finished calls to the outbox (database or disk is full)" in daemon.log
+        assert len(smsc.accepted) == 5
+
+        disk.free()
+        await daemon.wait_for_line("the outbox takes calls again")
+        await smsc.wait_until(lambda: len(smsc.accepted) >= 305, timeout=30)
+        await until_metric(port, "aftercalld_calls_waiting_for_outbox", 0)
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait() == 0, daemon.log
+    finally:
+        await daemon.kill()
+    assert calls_in_outbox(disk) == {call_id(k) for k in range(305)}
+    assert texted(smsc) == {"91" + caller(k) for k in range(305)}
+    assert len(smsc.accepted) == 305  # nothing twice
+    assert "Traceback" not in daemon.log
+    # Logged once when the disk filled and once when it emptied, not once per retry.
+    assert daemon.log.count("could not write finished calls to the outbox") == 1
+
+
+async def test_past_the_bound_the_oldest_waiting_calls_are_dropped_and_named(tmp_path, disk, peers):
+    ami, smsc = peers
+    config, port = write_config(tmp_path, disk, ami, smsc, unwritten_max=50)
+    daemon = await Daemon(config).start()
+    try:
+        await daemon.wait_for_line("aftercalld running")
+        await ami.wait_until(lambda: ami.ok_logins >= 1)
+        await send_calls(ami, range(1))
+        await smsc.wait_until(lambda: len(smsc.accepted) >= 1)
+        disk.fill()
+        await send_calls(ami, range(1, 81))
+        await daemon.wait_for_line("dropped the", count=1)
+        await until_metric(port, "aftercalld_calls_dropped_for_outbox", 30)
+        await until_metric(port, "aftercalld_calls_waiting_for_outbox", 50)
+        disk.free()
+        await smsc.wait_until(lambda: len(smsc.accepted) >= 51, timeout=30)
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait() == 0, daemon.log
+    finally:
+        await daemon.kill()
+    # The 30 oldest of the waiting calls were dropped, each named in the log; the newest 50 made it.
+    assert calls_in_outbox(disk) == {call_id(k) for k in [0, *range(31, 81)]}
+    for k in range(1, 31):
+        assert f"main/{call_id(k)}" in daemon.log
+    assert "Traceback" not in daemon.log
+
+
+async def calls_total(port: int) -> float:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /metrics HTTP/1.0\r\n\r\n")
+    body = (await asyncio.wait_for(reader.read(), 10)).decode()
+    writer.close()
+    return sum(float(line.split()[-1]) for line in body.splitlines() if line.startswith("aftercalld_calls_total{"))
+
+
+async def until_all_taken_in(port: int, count: int, timeout: float = 20.0) -> float:
+    """Until the daemon has every one of `count` calls either written or waiting; returns
+    how many wait."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        waiting = await scrape(port, "aftercalld_calls_waiting_for_outbox")
+        if await calls_total(port) + waiting == count:
+            return waiting
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the daemon did not take in {count} calls within {timeout}s")
+
+
+async def run_until_running(config: Path, ami: AmiServer, logins: int) -> Daemon:
+    daemon = await Daemon(config).start()
+    await daemon.wait_for_line("aftercalld running")
+    await ami.wait_until(lambda: ami.ok_logins >= logins)
+    return daemon
+
+
+async def test_restart_while_the_disk_is_full_loses_no_call(tmp_path, disk, peers):
+    """The issue's fault: the disk fills, the daemon is restarted while it is full, then
+    space is freed. The reserve writes the calls waiting at the stop and lets the next
+    start open the outbox; calls meanwhile wait in memory. 0 lost, no crash."""
+    ami, smsc = peers
+    config, port = write_config(tmp_path, disk, ami, smsc)
+    first = await run_until_running(config, ami, 1)
+    try:
+        assert (disk.path / "outbox.sqlite3.reserve").stat().st_size == 1048576
+        await send_calls(ami, range(3))
+        await smsc.wait_until(lambda: len(smsc.accepted) >= 3)
+        disk.fill()
+        await send_calls(ami, range(3, 103))
+        assert await until_all_taken_in(port, 103) > 0
+        first.signal(signal.SIGTERM)
+        assert await first.wait() == 0, first.log
+    finally:
+        await first.kill()
+    assert "released the 1.0 MiB reserve" in first.log
+    assert "stopping with" not in first.log
+    assert calls_in_outbox(disk) == {call_id(k) for k in range(103)}
+
+    disk.fill()  # whatever filled the disk takes what the stop left free
+    again = await run_until_running(config, ami, 2)
+    try:
+        await send_calls(ami, range(103, 203))
+        assert await until_all_taken_in(port, 100) == 100
+        disk.free()
+        await again.wait_for_line("the outbox takes calls again")
+        await smsc.wait_until(lambda: len(smsc.accepted) >= 203, timeout=30)
+        again.signal(signal.SIGTERM)
+        assert await again.wait() == 0, again.log
+    finally:
+        await again.kill()
+    assert calls_in_outbox(disk) == {call_id(k) for k in range(203)}
+    assert texted(smsc) == {"91" + caller(k) for k in range(203)}
+    assert len(smsc.accepted) == 203
+    assert "Traceback" not in first.log + again.log
+    assert (disk.path / "outbox.sqlite3.reserve").stat().st_size == 1048576  # made again
+
+
+async def test_a_start_that_cannot_open_the_outbox_waits_and_sigterm_names_calls_it_cannot_write(
+        tmp_path, disk, peers):
+    ami, smsc = peers
+    config, port = write_config(tmp_path, disk, ami, smsc)
+    config.write_text(config.read_text().replace("disk_reserve_mb = 1", "disk_reserve_mb = 0"))
+    first = await run_until_running(config, ami, 1)
+    try:
+        await send_calls(ami, range(3))
+        await smsc.wait_until(lambda: len(smsc.accepted) >= 3)
+        first.signal(signal.SIGTERM)
+        assert await first.wait() == 0, first.log
+    finally:
+        await first.kill()
+
+    disk.fill()  # no reserve: SQLite cannot even make its WAL index
+    again = await Daemon(config).start()
+    try:
+        await again.wait_for_line("cannot open the outbox")
+        assert again.proc.returncode is None  # it waits rather than exits
+        disk.free()
+        await again.wait_for_line("the outbox opens again")
+        await again.wait_for_line("aftercalld running")
+        await ami.wait_until(lambda: ami.ok_logins >= 2)
+        disk.fill()
+        await send_calls(ami, range(3, 103))
+        assert await until_all_taken_in(port, 100) > 0
+        again.signal(signal.SIGTERM)
+        assert await again.wait() == 0, again.log
+    finally:
+        await again.kill()
+    lost = {call_id(k) for k in range(103)} - calls_in_outbox(disk)
+    assert lost
+    # Every call it could not write is named, as an ERROR, with the count.
+    assert f"stopping with {len(lost)} finished call(s) the outbox would not take" in again.log
+    for k in lost:
+        assert f"main/{k}" in again.log
+    assert "Traceback" not in again.log
