@@ -122,7 +122,8 @@ class Daemon:
                     continue
                 delay = backoff.failed()
                 if str(exc) != reported:
-                    log.error("%s; retrying every %gs at most until it opens", exc, OUTBOX_RETRY_MAX_SECONDS)
+                    log.error("%s%s; retrying every %gs at most until it opens", exc,
+                              _free_space(self.config.outbox_path), OUTBOX_RETRY_MAX_SECONDS)
                     reported = str(exc)
                 notifier.notify(f"STATUS=waiting for the outbox: {exc}",
                                 f"EXTEND_TIMEOUT_USEC={int((delay + 10) * 1_000_000)}")
@@ -254,6 +255,15 @@ class Daemon:
             status_path(self.config).unlink()
         except OSError:
             pass
+
+
+def _free_space(path: str) -> str:
+    """What support staff check first when SQLite says only `disk I/O error`."""
+    try:
+        stat = os.statvfs(Path(path).parent)
+    except OSError:
+        return ""
+    return f" ({stat.f_bavail * stat.f_frsize} bytes free on its disk)"
 
 
 def _track_unwritten(metrics: Metrics, handler: CallHandler) -> None:

@@ -7,6 +7,7 @@ import sqlite3
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import islice
 
 from .backoff import Backoff
 from .clock import Clock, system_clock
@@ -148,14 +149,20 @@ class CallHandler:
                               record.call_id, record.pbx, _as_text(record),
                               extra=fields(call_id=record.call_id, pbx=record.pbx))
         self._drop_past_bound()
-        self._write_unwritten()
+        if self._retry_timer is None:
+            self._write_unwritten()
+        # else the outbox refused the last try: its retry timer writes these too. Trying on
+        # every new call would serialise a whole chunk per call only to roll it back.
 
-    def _write_unwritten(self) -> None:
+    def _cancel_retry(self) -> None:
         if self._retry_timer is not None:
             self._retry_timer.cancel()
             self._retry_timer = None
+
+    def _write_unwritten(self) -> None:
+        self._cancel_retry()
         while self._unwritten:
-            chunk = [self._unwritten[i] for i in range(min(CATCH_UP_CHUNK, len(self._unwritten)))]
+            chunk = list(islice(self._unwritten, CATCH_UP_CHUNK))
             try:
                 self._write(chunk)
             except sqlite3.Error as exc:
@@ -221,16 +228,13 @@ class CallHandler:
     def close(self) -> int:
         """At shutdown: one last write of the waiting calls; the ones it could not write are
         logged as lost, by call id. Returns how many were lost."""
-        if self._retry_timer is not None:
-            self._retry_timer.cancel()
-            self._retry_timer = None
+        self._cancel_retry()
         self.flush()
         if self._unwritten and self.reserve is not None and self.reserve.release(
                 f"to write the {len(self._unwritten)} finished call(s) waiting at shutdown"):
+            self._cancel_retry()
             self.flush()
-        if self._retry_timer is not None:
-            self._retry_timer.cancel()
-            self._retry_timer = None
+        self._cancel_retry()
         lost = list(self._unwritten)
         self._unwritten.clear()
         if lost:

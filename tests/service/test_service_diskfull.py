@@ -298,3 +298,19 @@ async def test_a_start_that_cannot_open_the_outbox_waits_and_sigterm_names_calls
     for k in lost:
         assert f"main/{k}" in again.log
     assert "Traceback" not in again.log
+
+
+async def test_sigterm_while_waiting_to_open_the_outbox_exits_0_at_once(tmp_path, disk, peers):
+    ami, smsc = peers
+    config, port = write_config(tmp_path, disk, ami, smsc)
+    config.write_text(config.read_text().replace("disk_reserve_mb = 1", "disk_reserve_mb = 0"))
+    disk.fill()  # no outbox yet and no byte free: it cannot be made
+    daemon = await Daemon(config).start()
+    try:
+        await daemon.wait_for_line("cannot open the outbox")
+        assert "(0 bytes free on its disk)" in daemon.log
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait(timeout=5) == 0, daemon.log
+    finally:
+        await daemon.kill()
+    assert "Traceback" not in daemon.log
