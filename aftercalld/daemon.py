@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -301,7 +302,7 @@ async def run(config: Config, config_path: str) -> int:
     loop.add_signal_handler(signal.SIGHUP, daemon.reload)
     try:
         await daemon.start()
-    except (StoreError, OSError) as exc:
+    except (StoreError, OSError, sqlite3.Error) as exc:
         log.error("cannot start: %s", exc)
         return 1
     gctune.tune_for_daemon()

@@ -83,6 +83,7 @@ class Dispatcher:
         self._timers: set[asyncio.TimerHandle] = set()  # flushes to come; cancelled by stop()
         self._closed = False  # stop() is done: the outbox may be closed from here on
         self._outbox_error = ""  # why the outbox last refused a write; "" once it takes them
+        self._requeue_wanted = False  # the requeue at start met a full disk: try it again
         self._idle = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task | None = None
@@ -92,11 +93,22 @@ class Dispatcher:
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        requeued = self.outbox.requeue_interrupted(self.clock())
-        if requeued:
-            log.warning("%d message(s) were being sent when the last run stopped; sending them again", requeued)
+        self._requeue_interrupted()
         await self.transport.start(self)
         self._task = asyncio.create_task(self._run(), name="dispatcher")
+
+    def _requeue_interrupted(self) -> None:
+        try:
+            requeued = self.outbox.requeue_interrupted(self.clock())
+        except sqlite3.Error as exc:
+            # A full disk at start: the daemon comes up anyway, and this is tried again
+            # before each claim until it succeeds.
+            self._outbox_refused(f"cannot requeue the messages the last run was sending ({exc})")
+            self._requeue_wanted = True
+            return
+        self._requeue_wanted = False
+        if requeued:
+            log.warning("%d message(s) were being sent when the last run stopped; sending them again", requeued)
 
     def wake(self) -> None:
         self._wake.set()
@@ -185,6 +197,8 @@ class Dispatcher:
         while not self._stopping:
             free = self.transport.max_in_flight - len(self._in_flight)
             claimed: list[OutboundMessage] = []
+            if self._requeue_wanted:
+                self._requeue_interrupted()
             if free > 0:
                 try:
                     claimed = self.outbox.claim_due(min(free, self.config.batch_size), self.clock())

@@ -314,3 +314,46 @@ async def test_sigterm_while_waiting_to_open_the_outbox_exits_0_at_once(tmp_path
     finally:
         await daemon.kill()
     assert "Traceback" not in daemon.log
+
+
+async def test_a_start_on_a_full_disk_with_messages_left_sending_comes_up_and_sends_them_later(disk, tmp_path):
+    """The dispatcher's requeue at start is a write: on a full disk it must wait, not fail
+    the start (a stop on a full disk leaves messages 'sending' when their outcomes could not
+    be written)."""
+    from datetime import UTC, datetime
+
+    from aftercalld.config import load
+    from aftercalld.dispatcher import Dispatcher
+    from aftercalld.logtransport import LogTransport
+    from aftercalld.model import CallRecord
+    from aftercalld.pipeline import CallHandler
+    from aftercalld.store import Outbox
+
+    path = tmp_path / "aftercalld.toml"
+    path.write_text(f'[general]\ndefault_region = "IN"\noutbox = "{disk.path / "outbox.sqlite3"}"\n'
+                    '[[rules]]\nname = "Missed"\nrecipients = ["caller"]\nwhen = { status = "missed" }\n'
+                    'caller = { text = "Sorry we missed your call.", sender = "ACME" }\n')
+    config = load(path)
+    now = datetime(2026, 11, 30, 10, tzinfo=UTC).timestamp()
+    outbox = Outbox.open(config.outbox_path)
+    CallHandler(config, outbox, clock=lambda: now).handle(CallRecord(
+        call_id="left.1", pbx="main", direction="inbound", status="missed", caller_number="9876543210",
+        dialled_number="18005550100", start_time=datetime.fromtimestamp(now - 30, UTC)))
+    assert len(outbox.claim_due(10, now)) == 1  # the last run was sending it when it stopped
+    outbox.close()
+
+    outbox = Outbox.open(config.outbox_path)
+    disk.fill()
+    transport = LogTransport()
+    dispatcher = Dispatcher(outbox, transport, config.dispatch, clock=lambda: now)
+    await dispatcher.start()  # came up on a full disk
+    try:
+        disk.free()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while outbox.counts_by_state() != {"submitted": 1}:
+            assert loop.time() < deadline, outbox.counts_by_state()
+            await asyncio.sleep(0.05)
+    finally:
+        await dispatcher.stop()
+        outbox.close()
