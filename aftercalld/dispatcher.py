@@ -342,7 +342,7 @@ class Dispatcher:
 
     def _outbox_takes_writes(self) -> None:
         if self._outbox_error:
-            log.warning("the outbox takes writes again (after: %s)", self._outbox_error)
+            log.warning("the outbox takes writes again; what waited in memory is written")
             self._outbox_error = ""
 
     def _emit(self, transitions: list[Transition]) -> None:

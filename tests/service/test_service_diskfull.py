@@ -357,3 +357,98 @@ async def test_a_start_on_a_full_disk_with_messages_left_sending_comes_up_and_se
     finally:
         await dispatcher.stop()
         outbox.close()
+
+
+def test_call_ids_in_log_lines_are_escaped_and_split():
+    from datetime import UTC, datetime
+
+    from aftercalld.model import CallRecord
+    from aftercalld.pipeline import IDS_PER_LOG_LINE, call_ids
+
+    start = datetime(2026, 11, 30, 10, tzinfo=UTC)
+    odd = CallRecord(call_id="a\nb, c\x1b[31m", pbx="main", direction="inbound", status="missed",
+                     caller_number="9876543210", start_time=start)
+    assert call_ids([odd]) == ["main/a\\nb\\x2c c\\x1b[31m"]
+    many = [CallRecord(call_id=str(i), pbx="p", direction="inbound", status="missed", start_time=start)
+            for i in range(IDS_PER_LOG_LINE + 1)]
+    lines = call_ids(many)
+    assert len(lines) == 2 and lines[1] == f"p/{IDS_PER_LOG_LINE}"
+
+
+async def dispatching_on_the_small_disk(disk: SmallDisk, tmp_path: Path, smsc: SmscSim, calls: int):
+    """An outbox on the small disk with `calls` missed calls queued, and a dispatcher sending
+    them over a real SMPP transport to the simulator."""
+    from datetime import UTC, datetime
+
+    from smpp_util import settings
+
+    from aftercalld.config import load
+    from aftercalld.dispatcher import Dispatcher
+    from aftercalld.model import CallRecord
+    from aftercalld.pipeline import CallHandler
+    from aftercalld.smpp import make_transport
+    from aftercalld.store import Outbox
+
+    path = tmp_path / "aftercalld.toml"
+    path.write_text(f'[general]\ndefault_region = "IN"\noutbox = "{disk.path / "outbox.sqlite3"}"\n'
+                    '[[rules]]\nname = "Missed"\nrecipients = ["caller"]\nwhen = { status = "missed" }\n'
+                    'caller = { text = "Sorry we missed your call.", sender = "ACME" }\n')
+    config = load(path)
+    outbox = Outbox.open(config.outbox_path)
+    start = datetime.now(UTC)
+    CallHandler(config, outbox).handle_many([
+        CallRecord(call_id=call_id(k), pbx="main", direction="inbound", status="missed", caller_number=caller(k),
+                   dialled_number="18005550100", start_time=start) for k in range(calls)])
+    transport = make_transport(settings(smsc.port, window=calls))
+    dispatcher = Dispatcher(outbox, transport, config.dispatch)
+    await dispatcher.start()
+    return outbox, dispatcher
+
+
+async def test_submit_outcomes_wait_for_a_full_disk_and_are_written_once_space_is_back(disk, tmp_path, caplog):
+    caplog.set_level("INFO", logger="aftercalld")
+    smsc = SmscSim(response_delay=1.0)
+    await smsc.start()
+    outbox, dispatcher = await dispatching_on_the_small_disk(disk, tmp_path, smsc, 50)
+    try:
+        await smsc.wait_until(lambda: smsc.submits_seen == 50)  # all on the wire, none answered
+        outbox.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the next write must grow the WAL
+        disk.fill()
+        await smsc.wait_until(lambda: len(smsc.accepted) == 50)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while "cannot write 50 outcome(s)" not in caplog.text:
+            assert loop.time() < deadline, caplog.text
+            await asyncio.sleep(0.05)
+        disk.free()
+        deadline = loop.time() + 10
+        while outbox.counts_by_state() != {"submitted": 50}:
+            assert loop.time() < deadline, outbox.counts_by_state()
+            await asyncio.sleep(0.05)
+    finally:
+        await dispatcher.stop()
+        outbox.close()
+        await smsc.stop()
+    assert smsc.submits_seen == 50  # nothing sent twice
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "cannot write 50 outcome(s)" in errors[0].getMessage()  # not every second
+    assert "the outbox takes writes again" in caplog.text
+    assert "Traceback" not in caplog.text
+
+
+async def test_a_stop_on_a_full_disk_names_the_messages_whose_outcome_it_could_not_write(disk, tmp_path, caplog):
+    caplog.set_level("INFO", logger="aftercalld")
+    smsc = SmscSim(response_delay=0.5)
+    await smsc.start()
+    outbox, dispatcher = await dispatching_on_the_small_disk(disk, tmp_path, smsc, 5)
+    try:
+        await smsc.wait_until(lambda: smsc.submits_seen == 5)
+        outbox.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        disk.fill()
+        await dispatcher.stop()  # waits for the answers, cannot write them
+    finally:
+        outbox.close()
+        await smsc.stop()
+    line = next(r.getMessage() for r in caplog.records if "stopping with" in r.getMessage())
+    assert line.startswith("stopping with 5 submit outcome(s) and 0 delivery report(s) the outbox would not take")
+    assert "message(s) 1, 2, 3, 4, 5 will be sent again at the next start" in line
