@@ -78,6 +78,7 @@ class CallHandler:
         self._retry_timer: asyncio.TimerHandle | None = None
         self._write_error = ""  # the outbox's last error while calls wait; "" when writes succeed
         self.dropped = 0  # calls dropped past `unwritten_max` since start
+        self._dropped_unlogged: list[CallRecord] = []  # named in the next summary line
         self.reserve = reserve  # released for the last write at shutdown, made again once space is back
 
     @property
@@ -175,6 +176,7 @@ class CallHandler:
                 continue
             for _ in chunk:
                 self._unwritten.popleft()
+        self._log_drops()
         if self._write_error:
             log.warning("the outbox takes calls again (after: %s); every waiting call is written",
                         self._write_error)
@@ -208,6 +210,7 @@ class CallHandler:
                       "(at most %d, then the oldest are dropped) and are retried every %gs at most until "
                       "it takes them", error, len(self._unwritten), self.unwritten_max, RETRY_MAX_SECONDS)
             self._write_error = error
+        self._log_drops()
         self._retry_timer = asyncio.get_running_loop().call_later(delay, self._retry_now)
 
     def _retry_now(self) -> None:
@@ -218,12 +221,19 @@ class CallHandler:
         excess = len(self._unwritten) - self.unwritten_max
         if excess <= 0:
             return
-        dropped = [self._unwritten.popleft() for _ in range(excess)]
+        self._dropped_unlogged.extend(self._unwritten.popleft().record for _ in range(excess))
         self.dropped += excess
+
+    def _log_drops(self) -> None:
+        """One summary per retry (every 2 s at most) rather than a line per call: each
+        dropped call is named once."""
+        if not self._dropped_unlogged:
+            return
+        dropped, self._dropped_unlogged = self._dropped_unlogged, []
         _log_ids(logging.ERROR,
                  f"the outbox still refuses calls ({self._write_error or '?'}) and {len(self._unwritten)} "
-                 f"wait in memory, the most allowed (unwritten_calls_max): dropped the {excess} oldest, "
-                 f"{self.dropped} since start; no text will be sent for them", (d.record for d in dropped))
+                 f"wait in memory, the most allowed (unwritten_calls_max): dropped the {len(dropped)} oldest, "
+                 f"{self.dropped} since start; no text will be sent for them", dropped)
 
     def close(self) -> int:
         """At shutdown: one last write of the waiting calls; the ones it could not write are
@@ -235,6 +245,7 @@ class CallHandler:
             self._cancel_retry()
             self.flush()
         self._cancel_retry()
+        self._log_drops()
         lost = list(self._unwritten)
         self._unwritten.clear()
         if lost:

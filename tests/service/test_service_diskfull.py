@@ -189,6 +189,10 @@ async def test_past_the_bound_the_oldest_waiting_calls_are_dropped_and_named(tmp
     assert calls_in_outbox(disk) == {call_id(k) for k in [0, *range(31, 81)]}
     for k in range(1, 31):
         assert f"main/{call_id(k)}" in daemon.log
+    # Named in a summary per retry, not a line per call that finished.
+    summaries = [line for line in daemon.lines if "dropped the" in line]
+    assert 1 <= len(summaries) <= 3, summaries
+    assert sum(int(line.split("dropped the ")[1].split()[0]) for line in summaries) == 30
     assert "Traceback" not in daemon.log
 
 
