@@ -88,6 +88,8 @@ class Config:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     metrics_listen: str | None = None  # "127.0.0.1:9469"
     log_level: str = "info"
+    unwritten_calls_max: int = 20_000  # finished calls held in memory while the outbox refuses writes
+    disk_reserve_mb: float = 8.0  # held next to the outbox, released when a full disk blocks a start or stop
     extra: Mapping[str, Any] = field(default_factory=dict)
     # `file: key.path: reason` for what is legal but surely not meant (check-config prints
     # them, the daemon logs them at start and reload).
@@ -202,6 +204,8 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
         policy=policy,
         metrics_listen=metrics_listen,
         log_level=general.log_level,
+        unwritten_calls_max=general.unwritten_calls_max,
+        disk_reserve_mb=general.disk_reserve_mb,
     )
     return replace(config, warnings=config_warnings(config, set(templates)))
 
@@ -215,6 +219,8 @@ class _General:
     keep_days: int
     log_level: str
     max_value_length: int
+    unwritten_calls_max: int
+    disk_reserve_mb: float
 
 
 def _general(root: Section) -> _General:
@@ -238,13 +244,16 @@ def _general(root: Section) -> _General:
     outbox_path = general.str("outbox", "/var/lib/aftercalld/outbox.sqlite3", nonempty=True)
     synchronous = general.str("sqlite_synchronous", "normal", choices=("normal", "full"))
     keep_days = general.int("keep_days", 0, min=0, max=36500)
+    unwritten_calls_max = general.int("unwritten_calls_max", 20_000, min=1, max=10_000_000)
+    disk_reserve_mb = general.float("disk_reserve_mb", 8.0, min=0, max=4096)
     if 0 < keep_days < MIN_KEEP_DAYS:
         general.report("keep_days", f"{keep_days} is less than {MIN_KEEP_DAYS}: delivery receipts can arrive "
                                     f"days after the text (0 keeps every call)")
     log_level = general.str("log_level", "info", choices=("debug", "info", "warning", "error"))
     max_value_length = general.int("template_value_max_length", 64, min=1, max=1000)
     general.done()
-    return _General(tz, phone, outbox_path, synchronous, keep_days, log_level, max_value_length)
+    return _General(tz, phone, outbox_path, synchronous, keep_days, log_level, max_value_length,
+                    unwritten_calls_max, disk_reserve_mb)
 
 
 def _metrics(root: Section) -> str | None:

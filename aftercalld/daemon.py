@@ -9,15 +9,20 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import Gauge
+
 from . import gctune, retention, systemd
+from .backoff import Backoff
 from .cdr.backfill import Backfill
 from .clock import Clock, system_clock, utc_now
 from .config import Config, load, log_config_warnings
 from .configreader import ConfigError
+from .diskreserve import DiskReserve
 from .dispatcher import Dispatcher
 from .instance import InstanceLock
 from .logtransport import LogTransport
@@ -25,13 +30,15 @@ from .metrics import Metrics
 from .pipeline import CallHandler
 from .policy import Policy
 from .source import CallSource
-from .store import Outbox, StoreError
+from .store import Outbox, OutboxUnavailable, StoreError
 from .supervisor import Supervisor
 from .transport import Transport
 
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_SECONDS = 5.0
+OUTBOX_RETRY_MIN_SECONDS = 0.5
+OUTBOX_RETRY_MAX_SECONDS = 5.0
 
 
 def make_transport(config: Config) -> Transport:
@@ -71,11 +78,14 @@ class Daemon:
         self.stop_signal = "SIGTERM"
         self._instance_lock: InstanceLock | None = None
         self.started_at = utc_now(clock)
+        self.reserve = DiskReserve(config.outbox_path, int(config.disk_reserve_mb * 1048576))
 
     async def start(self) -> None:
         self._instance_lock = InstanceLock.acquire(self.config.outbox_path)
         log_config_warnings(self.config, log)
-        self.outbox = Outbox.open(self.config.outbox_path, synchronous=self.config.sqlite_synchronous)
+        self.outbox = await self._open_outbox()
+        if self.outbox is None:  # stopped while waiting for it
+            return
         self.outbox.checkpoint_in_background()
         self.transport = make_transport(self.config)
         self.policy = Policy(self.config.policy, self.outbox, self.config.timezone)
@@ -83,9 +93,10 @@ class Daemon:
                                      default_region=self.config.phone.default_region, policy=self.policy,
                                      metrics=self.metrics, clock=self.clock)
         self.handler = CallHandler(self.config, self.outbox, on_queued=self.dispatcher.wake, metrics=self.metrics,
-                                   clock=self.clock)
+                                   clock=self.clock, reserve=self.reserve)
         self.metrics.track_queue_depth(self.outbox.queue_depth)
         self.metrics.track_sources(lambda: self.sources)
+        _track_unwritten(self.metrics, self.handler)
         if self.config.transport.type != "log":
             # The transport's own gauges (binds and window; modem signal and registration).
             transport_metrics = importlib.import_module(f"aftercalld.{self.config.transport.type}.metrics")
@@ -113,6 +124,39 @@ class Daemon:
         if self.backfill:
             self.backfill.start()
             self.supervisor.start("cdr backfill", functools.partial(self.backfill.watch, self.sources))
+
+    async def _open_outbox(self) -> Outbox | None:
+        """Open the outbox, waiting for as long as it cannot be (a full disk, an I/O error):
+        exiting would only have systemd start us again into the same wall, and the PBX's
+        calls meanwhile are better caught up by a daemon that comes up the moment it can.
+        systemd hears why in the status line, and its start timeout is extended."""
+        backoff = Backoff(OUTBOX_RETRY_MIN_SECONDS, OUTBOX_RETRY_MAX_SECONDS, jitter=lambda: 0.0)
+        notifier = systemd.Notifier()
+        reported = ""
+        while not self._stop.is_set():
+            try:
+                outbox = Outbox.open(self.config.outbox_path, synchronous=self.config.sqlite_synchronous)
+            except OutboxUnavailable as exc:
+                if self.reserve.release("to open the outbox"):
+                    continue
+                delay = backoff.failed()
+                if str(exc) != reported:
+                    log.error("%s%s; retrying every %gs at most until it opens", exc,
+                              _free_space(self.config.outbox_path), OUTBOX_RETRY_MAX_SECONDS)
+                    reported = str(exc)
+                notifier.notify(f"STATUS=waiting for the outbox: {exc}",
+                                f"EXTEND_TIMEOUT_USEC={int((delay + 10) * 1_000_000)}")
+                try:
+                    async with asyncio.timeout(delay):
+                        await self._stop.wait()
+                except TimeoutError:
+                    pass
+                continue
+            if reported:
+                log.warning("the outbox opens again: %s", self.config.outbox_path)
+            self.reserve.ensure()
+            return outbox
+        return None
 
     def reload(self) -> None:
         """SIGHUP: new rules, templates and limits, all at once; a bad file changes nothing."""
@@ -192,6 +236,7 @@ class Daemon:
             "queue_depth": self.outbox.queue_depth() if self.outbox else 0,
             "submitted_since_start": self.dispatcher.sent_total if self.dispatcher else 0,
             "task_restarts": restarts,
+            "calls_waiting_for_outbox": self.handler.unwritten if self.handler else 0,
         }
 
     def status_line(self) -> str:
@@ -199,8 +244,11 @@ class Daemon:
         self._write_status(info)
         pbx = ", ".join(f"{s.get('name')}: {s.get('state', '?')}" for s in info["sources"]) or "no PBX"
         transport = info["transport"].get("state", "?")
-        return (f"{pbx}; {info['transport'].get('name', 'transport')}: {transport}; "
+        line = (f"{pbx}; {info['transport'].get('name', 'transport')}: {transport}; "
                 f"queue {info['queue_depth']}; submitted {info['submitted_since_start']}")
+        if info["calls_waiting_for_outbox"]:
+            line += f"; {info['calls_waiting_for_outbox']} call(s) wait for the outbox (disk full?)"
+        return line
 
     def _write_status(self, info: dict[str, Any]) -> None:
         path = status_path(self.config)
@@ -224,7 +272,7 @@ class Daemon:
         if self.backfill:
             await self.backfill.stop()
         if self.handler:
-            self.handler.flush()
+            self.handler.close()  # a last write; calls it cannot write are logged as lost
         if self.dispatcher:
             await self.dispatcher.stop()
         if self.outbox:
@@ -236,6 +284,23 @@ class Daemon:
             status_path(self.config).unlink()
         except OSError:
             pass
+
+
+def _free_space(path: str) -> str:
+    """What support staff check first when SQLite says only `disk I/O error`."""
+    try:
+        stat = os.statvfs(Path(path).parent)
+    except OSError:
+        return ""
+    return f" ({stat.f_bavail * stat.f_frsize} bytes free on its disk)"
+
+
+def _track_unwritten(metrics: Metrics, handler: CallHandler) -> None:
+    Gauge("aftercalld_calls_waiting_for_outbox", "Finished calls held in memory: the outbox refuses writes",
+          registry=metrics.registry).set_function(lambda: handler.unwritten)
+    Gauge("aftercalld_calls_dropped_for_outbox", "Finished calls dropped since start: the outbox refused "
+          "writes for longer than unwritten_calls_max calls", registry=metrics.registry
+          ).set_function(lambda: handler.dropped)
 
 
 def _transport_tasks(transport: Transport | None) -> list[tuple[str, asyncio.Task]]:
@@ -289,7 +354,7 @@ async def run(config: Config, config_path: str) -> int:
     loop.add_signal_handler(signal.SIGHUP, daemon.reload)
     try:
         await daemon.start()
-    except (StoreError, OSError) as exc:
+    except (StoreError, OSError, sqlite3.Error) as exc:
         log.error("cannot start: %s", exc)
         return 1
     gctune.tune_for_daemon()

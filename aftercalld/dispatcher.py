@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -81,6 +82,8 @@ class Dispatcher:
         self._flush_scheduled = False
         self._timers: set[asyncio.TimerHandle] = set()  # flushes to come; cancelled by stop()
         self._closed = False  # stop() is done: the outbox may be closed from here on
+        self._outbox_error = ""  # why the outbox last refused a write; "" once it takes them
+        self._requeue_wanted = False  # the requeue at start met a full disk: try it again
         self._idle = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task | None = None
@@ -90,11 +93,22 @@ class Dispatcher:
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        requeued = self.outbox.requeue_interrupted(self.clock())
-        if requeued:
-            log.warning("%d message(s) were being sent when the last run stopped; sending them again", requeued)
+        self._requeue_interrupted()
         await self.transport.start(self)
         self._task = asyncio.create_task(self._run(), name="dispatcher")
+
+    def _requeue_interrupted(self) -> None:
+        try:
+            requeued = self.outbox.requeue_interrupted(self.clock())
+        except sqlite3.Error as exc:
+            # A full disk at start: the daemon comes up anyway, and this is tried again
+            # before each claim until it succeeds.
+            self._outbox_refused(f"cannot requeue the messages the last run was sending ({exc})")
+            self._requeue_wanted = True
+            return
+        self._requeue_wanted = False
+        if requeued:
+            log.warning("%d message(s) were being sent when the last run stopped; sending them again", requeued)
 
     def wake(self) -> None:
         self._wake.set()
@@ -127,6 +141,13 @@ class Dispatcher:
             timer.cancel()
         self._timers.clear()
         self._closed = True
+        if self._pending_outcomes or self._pending_reports:
+            # The outbox still refuses writes. A message whose outcome is lost stays 'sending'
+            # and is sent again at the next start (a possible duplicate rather than a loss).
+            log.error("stopping with %d submit outcome(s) and %d delivery report(s) the outbox would not take "
+                      "(%s): message(s) %s will be sent again at the next start",
+                      len(self._pending_outcomes), len(self._pending_reports), self._outbox_error or "?",
+                      ", ".join(str(o.message.id) for o in self._pending_outcomes) or "none")
 
     async def wait_idle(self) -> None:
         """Until nothing is due now and nothing is in flight (tests, benchmarks, drain)."""
@@ -176,13 +197,22 @@ class Dispatcher:
         while not self._stopping:
             free = self.transport.max_in_flight - len(self._in_flight)
             claimed: list[OutboundMessage] = []
+            if self._requeue_wanted:
+                self._requeue_interrupted()
             if free > 0:
                 try:
                     claimed = self.outbox.claim_due(min(free, self.config.batch_size), self.clock())
+                except sqlite3.Error as exc:
+                    # A full disk: claiming is a write. Nothing new goes out, so what waits to
+                    # be recorded stays bounded by the transport's window.
+                    self._outbox_refused(f"cannot claim messages from the outbox ({exc})")
+                    await asyncio.sleep(1)
+                    continue
                 except Exception:
                     log.exception("cannot read the outbox; retrying in 1s")
                     await asyncio.sleep(1)
                     continue
+                self._outbox_takes_writes()
             now = self.clock()
             for message, verdict in zip(claimed, self.policy.check(claimed, now), strict=True):
                 if verdict.defer_until is not None:
@@ -287,17 +317,33 @@ class Dispatcher:
             settle_before = self.clock() - self.orphan_grace
             if self.outbox.has_pending_orphans(settle_before):
                 transitions += self.outbox.resolve_orphans(settle_before, self.clock())
-        except Exception:
+        except Exception as exc:
             # Keep them for the next flush rather than lose them.
-            log.exception("cannot write %d outcome(s)/%d report(s) to the outbox; will retry",
-                          len(outcomes), len(reports))
+            if isinstance(exc, sqlite3.Error):
+                self._outbox_refused(f"cannot write {len(outcomes)} outcome(s)/{len(reports)} report(s) "
+                                     f"to the outbox ({exc}); they wait in memory and are retried every 1s")
+            else:
+                log.exception("cannot write %d outcome(s)/%d report(s) to the outbox; will retry",
+                              len(outcomes), len(reports))
             self._pending_outcomes[:0] = outcomes
             self._pending_reports[:0] = reports
             self._flush_later(1.0)
             return
+        self._outbox_takes_writes()
         self._emit(transitions)
         if outcomes:
             self._wake.set()
+
+    def _outbox_refused(self, what: str) -> None:
+        """Logged once until the outbox takes writes again, not once per retry."""
+        if not self._outbox_error:
+            log.error("%s", what)
+        self._outbox_error = what
+
+    def _outbox_takes_writes(self) -> None:
+        if self._outbox_error:
+            log.warning("the outbox takes writes again; what waited in memory is written")
+            self._outbox_error = ""
 
     def _emit(self, transitions: list[Transition]) -> None:
         log_info = log.isEnabledFor(logging.INFO)

@@ -8,10 +8,18 @@ is refused with the pid of the first.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
+import logging
 import os
 
 from .store import StoreError
+
+log = logging.getLogger(__name__)
+
+# The pid is written over a fixed width, so a restart on a full disk rewrites bytes the file
+# already has instead of asking the filesystem for a block.
+_PID_WIDTH = 16
 
 
 class AlreadyRunning(StoreError):
@@ -28,7 +36,16 @@ class InstanceLock:
         if outbox_path == ":memory:":
             return None
         path = outbox_path + ".lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                raise
+            # A first start on a full disk: the daemon's job (keeping the PBX's calls) comes
+            # before this guard; the lock file is made at the next start with room for it.
+            log.warning("cannot create %s (%s): a second aftercalld on this outbox would not be refused "
+                        "until the next start", path, exc.strerror)
+            return None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -36,8 +53,10 @@ class InstanceLock:
             os.close(fd)
             raise AlreadyRunning(f"another aftercalld (pid {other}) is already running on {outbox_path} "
                                  f"(it holds {path}); stop it first, or give this one its own outbox") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.pwrite(fd, f"{os.getpid()}\n".ljust(_PID_WIDTH).encode(), 0)
+        except OSError as exc:  # only the pid in the refusal message is lost
+            log.warning("cannot write the pid into %s: %s", path, exc.strerror)
         return cls(fd, path)
 
     def release(self) -> None:

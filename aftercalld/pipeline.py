@@ -4,11 +4,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from itertools import islice
 
+from .backoff import Backoff
 from .clock import Clock, system_clock
 from .config import Config
+from .diskreserve import DiskReserve
 from .logutil import fields
 from .model import CallRecord
 from .rules.engine import Selection
@@ -47,15 +51,42 @@ class Decision:
         return f"{head} → rule {self.selection.rule.name!r} → {outs or 'no recipients'}"
 
 
+# Finished calls the outbox cannot take yet (disk full, outbox unreadable) wait in memory,
+# decided, up to `[general] unwritten_calls_max` (default 20,000: 400 s of calls at 50/s).
+# Past it the oldest are dropped: the newest callers are the ones a text still helps, and
+# old ones are what a PBX CDR backfill (which never texts calls past its max age) is for.
+# Calls written per transaction when catching up: a partly freed disk still takes some, and
+# the event loop is not held for one huge transaction.
+CATCH_UP_CHUNK = 1_000
+RETRY_MIN_SECONDS = 0.25  # a failed write costs one rolled-back transaction: retrying is cheap
+RETRY_MAX_SECONDS = 2.0  # and the calls are written within this long after space is back
+IDS_PER_LOG_LINE = 200
+
+
 class CallHandler:
     def __init__(self, config: Config, outbox: Outbox, on_queued=None, metrics=None,
-                 clock: Clock = system_clock) -> None:
+                 clock: Clock = system_clock, *, unwritten_max: int | None = None,
+                 reserve: DiskReserve | None = None) -> None:
         self.config = config
         self.clock = clock
         self.metrics = metrics
         self.outbox = outbox
         self.on_queued = on_queued  # e.g. Dispatcher.wake
+        self.unwritten_max = config.unwritten_calls_max if unwritten_max is None else unwritten_max
         self._pending: list[CallRecord] = []
+        # Decided calls the outbox refused (sqlite3.Error), oldest first, and the retry timer.
+        self._unwritten: deque[Decision] = deque()
+        self._retry = Backoff(RETRY_MIN_SECONDS, RETRY_MAX_SECONDS, jitter=lambda: 0.0)
+        self._retry_timer: asyncio.TimerHandle | None = None
+        self._write_error = ""  # the outbox's last error while calls wait; "" when writes succeed
+        self.dropped = 0  # calls dropped past `unwritten_max` since start
+        self._dropped_unlogged: list[CallRecord] = []  # named in the next summary line
+        self.reserve = reserve  # released for the last write at shutdown, made again once space is back
+
+    @property
+    def unwritten(self) -> int:
+        """Finished calls decided but not yet in the outbox."""
+        return len(self._unwritten)
 
     def decide(self, record: CallRecord, *, explain: bool = False) -> Decision:
         record = enrich(record, self.config.render.agents)
@@ -79,6 +110,9 @@ class CallHandler:
                 reason = suppress.get(d.record.call_id)
                 if reason:
                     d.messages = tuple(m if m.suppressed else replace(m, suppressed=reason) for m in d.messages)
+        return self._write(decisions)
+
+    def _write(self, decisions: list[Decision]) -> list[Decision]:
         results = self.outbox.record_calls(
             [(d.record, d.selection.rule.name if d.selection.rule else None, d.selection.reason, d.messages)
              for d in decisions],
@@ -125,34 +159,138 @@ class CallHandler:
             asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
+        """Decide the calls that finished since the last flush and write them, after any
+        that still wait for the outbox (in the order they finished)."""
         batch, self._pending = self._pending, []
-        if not batch:
-            return
-        try:
-            self.handle_many(batch)
-            return
-        except sqlite3.Error as exc:
-            # The outbox could not take them (disk full, locked): keep them and try again,
-            # rather than drop calls on the floor.
-            log.error("could not write %d finished call(s) to the outbox (%s); retrying in 1s", len(batch), exc)
-            self._pending[:0] = batch
-            asyncio.get_running_loop().call_later(1.0, self.flush)
-            return
-        except Exception:
-            log.exception("could not handle %d finished call(s); trying them one by one", len(batch))
-        # A bug on one call must neither block the others nor loop forever: each call is
-        # tried alone, and one that still fails is logged whole so it can be replayed.
         for record in batch:
             try:
-                self.handle_many([record])
-            except sqlite3.Error:
-                self._pending.append(record)
+                self._unwritten.append(self.decide(record))
+            except Exception:
+                # A bug on one call must neither block the others nor loop forever: the
+                # call is logged whole so it can be replayed.
+                log.exception("call %s from %s could not be handled; record for replay: %s",
+                              record.call_id, record.pbx, _as_text(record),
+                              extra=fields(call_id=record.call_id, pbx=record.pbx))
+        self._drop_past_bound()
+        if self._retry_timer is None:
+            self._write_unwritten()
+        # else the outbox refused the last try: its retry timer writes these too. Trying on
+        # every new call would serialise a whole chunk per call only to roll it back.
+
+    def _cancel_retry(self) -> None:
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+            self._retry_timer = None
+
+    def _write_unwritten(self) -> None:
+        self._cancel_retry()
+        while self._unwritten:
+            chunk = list(islice(self._unwritten, CATCH_UP_CHUNK))
+            try:
+                self._write(chunk)
+            except sqlite3.Error as exc:
+                self._wait_for_outbox(exc)
+                return
+            except Exception:
+                log.exception("could not write %d finished call(s); trying them one by one", len(chunk))
+                if not self._write_one_by_one(chunk):
+                    return
+                continue
+            for _ in chunk:
+                self._unwritten.popleft()
+        self._log_drops()
+        if self._write_error:
+            log.warning("the outbox takes calls again (after: %s); every waiting call is written",
+                        self._write_error)
+            self._write_error = ""
+            if self.reserve is not None:
+                self.reserve.ensure()
+        self._retry.reset()
+
+    def _write_one_by_one(self, chunk: list[Decision]) -> bool:
+        """After an unexpected error: each call alone, so one broken call is logged and
+        skipped. False when the outbox itself refused (the rest keep waiting)."""
+        for decision in chunk:
+            record = decision.record
+            try:
+                self._write([decision])
+            except sqlite3.Error as exc:
+                self._wait_for_outbox(exc)
+                return False
             except Exception:
                 log.error("call %s from %s could not be handled; record for replay: %s",
                           record.call_id, record.pbx, _as_text(record),
                           extra=fields(call_id=record.call_id, pbx=record.pbx))
-        if self._pending:
-            asyncio.get_running_loop().call_later(1.0, self.flush)
+            self._unwritten.popleft()
+        return True
+
+    def _wait_for_outbox(self, exc: sqlite3.Error) -> None:
+        error = str(exc) or type(exc).__name__
+        delay = self._retry.failed()
+        if error != self._write_error:  # once per state change, not once per retry
+            log.error("could not write finished calls to the outbox (%s); %d call(s) wait in memory "
+                      "(at most %d, then the oldest are dropped) and are retried every %gs at most until "
+                      "it takes them", error, len(self._unwritten), self.unwritten_max, RETRY_MAX_SECONDS)
+            self._write_error = error
+        self._log_drops()
+        self._retry_timer = asyncio.get_running_loop().call_later(delay, self._retry_now)
+
+    def _retry_now(self) -> None:
+        self._retry_timer = None
+        self._write_unwritten()
+
+    def _drop_past_bound(self) -> None:
+        excess = len(self._unwritten) - self.unwritten_max
+        if excess <= 0:
+            return
+        self._dropped_unlogged.extend(self._unwritten.popleft().record for _ in range(excess))
+        self.dropped += excess
+
+    def _log_drops(self) -> None:
+        """One summary per retry (every 2 s at most) rather than a line per call: each
+        dropped call is named once."""
+        if not self._dropped_unlogged:
+            return
+        dropped, self._dropped_unlogged = self._dropped_unlogged, []
+        _log_ids(logging.ERROR,
+                 f"the outbox still refuses calls ({self._write_error or '?'}) and {len(self._unwritten)} "
+                 f"wait in memory, the most allowed (unwritten_calls_max): dropped the {len(dropped)} oldest, "
+                 f"{self.dropped} since start; no text will be sent for them", dropped)
+
+    def close(self) -> int:
+        """At shutdown: one last write of the waiting calls; the ones it could not write are
+        logged as lost, by call id. Returns how many were lost."""
+        self._cancel_retry()
+        self.flush()
+        if self._unwritten and self.reserve is not None and self.reserve.release(
+                f"to write the {len(self._unwritten)} finished call(s) waiting at shutdown"):
+            self._cancel_retry()
+            self.flush()
+        self._cancel_retry()
+        self._log_drops()
+        lost = list(self._unwritten)
+        self._unwritten.clear()
+        if lost:
+            _log_ids(logging.ERROR,
+                     f"stopping with {len(lost)} finished call(s) the outbox would not take "
+                     f"({self._write_error or '?'}): they are lost, no text will be sent for them",
+                     (d.record for d in lost))
+        return len(lost)
+
+
+def call_ids(records: Iterable[CallRecord]) -> list[str]:
+    """Call ids for log lines, escaped (they come from the PBX), as `pbx/call_id`, in lines
+    of at most IDS_PER_LOG_LINE (journald splits longer lines)."""
+    ids = [f"{r.pbx}/{r.call_id}".encode("unicode_escape").decode("ascii").replace(",", "\\x2c")
+           for r in records]
+    return [", ".join(ids[i:i + IDS_PER_LOG_LINE]) for i in range(0, len(ids), IDS_PER_LOG_LINE)]
+
+
+def _log_ids(level: int, head: str, records: Iterable[CallRecord]) -> None:
+    lines = call_ids(records)
+    for n, line in enumerate(lines, 1):
+        part = f" ({n}/{len(lines)})" if len(lines) > 1 else ""
+        log.log(level, "%s%s: %s", head, part, line)
 
 
 def _as_text(record: CallRecord) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
@@ -145,9 +146,21 @@ _MESSAGE_COLUMNS = (
     "attempts, options, created_at"
 )
 
+# Every table and index the schema creates: an outbox lacking one gets the schema script.
+_SCHEMA_NAMES = frozenset(re.findall(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (\w+)", _SCHEMA))
+
+
+def _names_in(conn: sqlite3.Connection) -> set[str]:
+    return {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")}
+
 
 class StoreError(Exception):
     pass
+
+
+class OutboxUnavailable(StoreError):
+    """SQLite could not open or read the outbox (disk full, I/O error, permissions): a state
+    that can pass, unlike a schema from a newer aftercalld."""
 
 
 class NoOutboxError(StoreError):
@@ -227,12 +240,15 @@ class Outbox:
                     f"{path}: outbox schema version {version} is newer than this aftercalld "
                     f"understands ({SCHEMA_VERSION}); upgrade aftercalld"
                 )
-            conn.executescript(
-                f"BEGIN IMMEDIATE; {_SCHEMA} INSERT OR REPLACE INTO meta (key, value) "
-                f"VALUES ('schema_version', '{SCHEMA_VERSION}'); COMMIT;"
-            )
+            if version < SCHEMA_VERSION or not _SCHEMA_NAMES <= _names_in(conn):
+                # Only a new or incomplete outbox is written to at open: one that is up to
+                # date opens on a full disk, and the calls wait for space in the daemon.
+                conn.executescript(
+                    f"BEGIN IMMEDIATE; {_SCHEMA} INSERT OR REPLACE INTO meta (key, value) "
+                    f"VALUES ('schema_version', '{SCHEMA_VERSION}'); COMMIT;"
+                )
         except sqlite3.Error as exc:
-            raise StoreError(f"{path}: cannot open the outbox: {exc}") from None
+            raise OutboxUnavailable(f"{path}: cannot open the outbox: {exc}") from None
         if path != ":memory:":
             for companion in (path + "-wal", path + "-shm"):
                 _tighten(Path(companion))  # left 0644 by an older version

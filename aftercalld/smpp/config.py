@@ -46,6 +46,10 @@ class SmppSettings:
     enquire_link_timeout: float = 10.0
     reconnect_min: float = 1.0
     reconnect_max: float = 60.0
+    # While no SMSC host even accepts a connection, one is tried this often: a refused or
+    # unanswered TCP connect costs the SMSC nothing, and a SMSC that comes back is bound
+    # within this long rather than after a backoff grown to reconnect_max.
+    probe_interval: float = 2.0
     throttle_pause: float = 1.0
     part_attempts: int = 5
     drain_timeout: float = 10.0
@@ -159,6 +163,7 @@ def parse_settings(section: Section) -> SmppSettings:
         enquire_link_timeout=section.float("enquire_link_timeout", 10.0, min=0.1, max=600.0),
         reconnect_min=backoff[0],
         reconnect_max=backoff[1],
+        probe_interval=section.float("probe_interval", 2.0, min=0.05, max=600.0),
         throttle_pause=section.float("throttle_pause", 1.0, min=0.0, max=600.0),
         part_attempts=section.int("part_attempts", 5, min=1, max=100),
         drain_timeout=section.float("drain_timeout", 10.0, min=0.0, max=600.0),

@@ -90,6 +90,7 @@ class Session(asyncio.Protocol):
         self.enquire_link_timeout = enquire_link_timeout
         self.on_message = on_message
         self.peer = ""
+        self.connected = False  # the TCP (and TLS) connection came up: the SMSC was reachable
         self.bound = False
         self._transport: asyncio.Transport | None = None
         self._frames = pdu.FrameBuffer()
@@ -278,6 +279,7 @@ class Session(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        self.connected = True
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:

@@ -185,19 +185,24 @@ class SmppTransport(Transport):
         # A bind that ends within this is no success: an SMSC that takes the bind and then
         # sends garbage (or unbinds at once) must meet the growing delay, not a storm.
         healthy_after = min(s.reconnect_max, HEALTHY_BIND_SECONDS)
-        problem = ""  # the trouble last logged: the same again on every retry stays at debug
+        # The trouble last logged per SMSC host: the same again on every retry stays at debug
+        # (hosts tried in turn would otherwise each log on every round).
+        problems: dict[str, str] = {}
         short_binds = 0  # in a row
 
-        def report(level: int, text: str, *args: Any, **kw: Any) -> None:
-            nonlocal problem
+        def report(where: str, level: int, text: str, *args: Any, **kw: Any) -> None:
             line = text % args
-            if line == problem:
+            if problems.get(where) == line:
                 level = logging.DEBUG
-            problem = line
+            problems[where] = line
             log.log(level, "%s", line, **kw)
 
         try:
             while not self._closing:
+                # Whether every host of this round was unreachable (no TCP connection came up):
+                # then the next round comes after probe_interval, not after the growing backoff
+                # that an SMSC refusing binds or dropping links must meet.
+                unreachable = True
                 for host, port in s.hosts:
                     session = Session(
                         label=f"{self.name} {slot.label}", mode=slot.mode, window=s.window,
@@ -213,16 +218,25 @@ class SmppTransport(Transport):
                             address_range=s.address_range, connect_timeout=s.connect_timeout,
                             tls=self._tls)
                     except BindError as exc:
-                        report(logging.ERROR, "%s %s: bind_%s refused by %s: %s (system_id %s, password %s); "
-                               "retrying with backoff", self.name, slot.label, slot.mode, where, exc, s.system_id,
-                               redact(s.password), extra=fields(transport=self.name, smsc=where))
+                        unreachable = False
+                        report(where, logging.ERROR, "%s %s: bind_%s refused by %s: %s (system_id %s, password %s); "
+                               "retrying with backoff (up to %gs)", self.name, slot.label, slot.mode, where, exc,
+                               s.system_id, redact(s.password), s.reconnect_max,
+                               extra=fields(transport=self.name, smsc=where))
                         continue
                     except (OSError, TimeoutError, ResponseTimeout, LinkLost, pdu.PduError) as exc:
-                        report(logging.WARNING, "%s %s: cannot bind to %s: %s", self.name, slot.label, where,
-                               str(exc) or type(exc).__name__, extra=fields(transport=self.name, smsc=where))
+                        # A TLS handshake that fails is no cheap probe: it backs off too.
+                        probe = not session.connected and not isinstance(exc, ssl.SSLError)
+                        unreachable = unreachable and probe
+                        report(where, logging.WARNING, "%s %s: cannot bind to %s: %s; %s", self.name, slot.label,
+                               where, str(exc) or type(exc).__name__,
+                               f"trying to connect every {s.probe_interval:g}s" if probe
+                               else f"retrying with backoff (up to {s.reconnect_max:g}s)",
+                               extra=fields(transport=self.name, smsc=where))
                         session.abort("bind failed")
                         continue
                     except Exception:
+                        unreachable = False
                         # A bug must not silently end this session's supervisor for good.
                         log.exception("%s %s: unexpected error binding to %s", self.name,
                                       slot.label, where)
@@ -235,7 +249,7 @@ class SmppTransport(Transport):
                     log.log(logging.DEBUG if short_binds else logging.INFO, "%s %s: bound to %s (SMSC system_id %s)",
                             self.name, slot.label, where, smsc_id or "-", extra=fields(transport=self.name, smsc=where))
                     if not short_binds:
-                        problem = ""
+                        problems.clear()
                     if slot.mode != "receiver":
                         self._wake(all_=True)
                     watchers, self._bind_watchers = self._bind_watchers, []
@@ -248,13 +262,20 @@ class SmppTransport(Transport):
                         failures = short_binds = 0
                     else:
                         short_binds += 1
+                    unreachable = False
                     if not self._closing:
-                        report(logging.WARNING, "%s %s: link to %s lost (%s); re-binding%s", self.name, slot.label,
+                        report(where, logging.WARNING, "%s %s: link to %s lost (%s); re-binding%s", self.name,
+                               slot.label,
                                where, reason, " with backoff (binds end within seconds)" if short_binds else "",
                                extra=fields(transport=self.name, smsc=where))
                     break
                 if self._closing:
                     return
+                if unreachable:
+                    # The backoff stays where it was: an SMSC that comes back refusing binds
+                    # meets it where it left off.
+                    await asyncio.sleep(s.probe_interval * random.uniform(0.8, 1.0))
+                    continue
                 delay = min(s.reconnect_max, s.reconnect_min * (2 ** min(failures, 20)))
                 failures += 1
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
