@@ -16,7 +16,8 @@ While no daemon is logged in to the AMI server (a restart), the replay pauses, a
 whose events are held does (`--no-pause`: events go to nobody, as on a PBX that does not
 wait). A fault is one async function taking the `Run`; add one with `@fault("name")`.
 
-    python bench/faults.py [--calls 2000] [--rate 50] [--in-progress 300] [--faults none,sigterm,disk_full]
+    python bench/faults.py [--calls 2000] [--rate 50] [--in-progress 300] [--no-pause]
+                            [--faults none,sigterm,kill9,link_drop,disk_full]
 """
 from __future__ import annotations
 
@@ -99,6 +100,7 @@ class Run:
     daemon: asyncio.subprocess.Process | None = None
     exit_codes: list[int] = field(default_factory=list)
     failed_exits: int = 0  # non-zero, or without being told to (then started again after 1 s)
+    kills: int = 0  # kill -9 sent by a fault: their exits are not the daemon's failures
     started: int = 0  # calls whose first event was sent
     _progress: asyncio.Event = field(default_factory=asyncio.Event)
     _service: asyncio.Task | None = None
@@ -121,7 +123,8 @@ class Run:
                     env={**os.environ, "PYTHONPATH": str(REPO)})
             code = await self.daemon.wait()
             self.exit_codes.append(code)
-            if code != 0 or not self._stopping:
+            killed = self._stopping and code == -signal.SIGKILL and self.kills > 0
+            if (code != 0 and not killed) or not self._stopping:
                 self.failed_exits += 1
             if self._stopping:
                 return
@@ -137,6 +140,8 @@ class Run:
 
     async def restart(self, sig: int = signal.SIGTERM) -> None:
         """Stop, then start without waiting for the new process to come up."""
+        if sig == signal.SIGKILL:
+            self.kills += 1
         await self.stop_daemon(sig)
         self._stopping = False
         self._service = asyncio.create_task(self._keep_running())
@@ -164,6 +169,27 @@ async def sigterm_and_start(run: Run) -> None:
     """A routine restart (an upgrade) in the middle of the burst."""
     await run.at(0.5)
     await run.restart()
+
+
+@fault("kill9")
+async def kill_9_five_times(run: Run) -> None:
+    """A crash (or the OOM killer) five times in the burst, restarted at once: what was in
+    flight in the process is gone, the PBX still has its calls."""
+    for fraction in (0.15, 0.3, 0.45, 0.6, 0.75):
+        await run.at(fraction)
+        await run.restart(signal.SIGKILL)
+
+
+@fault("link_drop")
+async def ami_link_dropped_four_times(run: Run) -> None:
+    """The AMI connection drops four times (a network blip); the daemon reconnects. With the
+    replay paused while nobody is logged in no event is lost on the PBX's side; with
+    --no-pause the events of the gap go to nobody."""
+    for fraction in (0.2, 0.4, 0.6, 0.8):
+        await run.at(fraction)
+        logins = run.ami.ok_logins
+        run.ami.drop_clients()
+        await run.ami.wait_until(lambda logins=logins: run.ami.ok_logins > logins, timeout=60)
 
 
 @fault("disk_full", needs_disk=True)
