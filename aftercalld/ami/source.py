@@ -15,9 +15,15 @@ Lifecycle, on asyncio streams with our own framing (`protocol.py` says why not p
 * the reader never awaits the core: parsing and tracking are synchronous, finished calls go
   through a queue to a separate task. Asterisk drops managers that read slower than its
   ``writetimeout`` (100 ms by default), so the reader must not block on SQLite or SMPP;
-* ``FullyBooted`` carries the PBX uptime: if it shows Asterisk restarted while we were away,
-  calls in progress can never end and are dropped at once (with a warning) instead of
-  lingering until ``call_timeout_seconds``.
+* on every connect, ``CoreStatus`` tells a link loss from an Asterisk restart (its
+  ``CoreStartupDate``/``CoreStartupTime`` change only when Asterisk restarts): on a plain
+  reconnect every call is kept; after a restart the calls in progress were cut by the
+  shutdown and are recorded as interrupted. Then ``CoreShowChannels`` lists the live
+  channels and the tracker reconciles with it (`reconcile.py`). Both need ``write =
+  reporting`` in manager.conf; without it the refusal is logged once as an error, and
+  ``FullyBooted``'s uptime still tells a restart (less precisely);
+* the reader handles the channel list in stream order (synchronously, like events), so the
+  list and the events around it describe one consistent state.
 """
 from __future__ import annotations
 
@@ -31,9 +37,13 @@ from ..logutil import fields
 from ..model import CallRecord
 from ..pbxconfig import PbxConfig
 from ..source import CallSink, CallSource, status_time
+from . import reconcile
 from .config import AmiSettings
 from .protocol import MAX_MESSAGE_BYTES, AmiParser, encode_action, next_action_id
 from .tracker import CallTracker
+
+# The answer to CoreShowChannels: one event per channel, then the end of the list.
+_LIST_EVENTS = frozenset({"CoreShowChannel", "CoreShowChannelsComplete"})
 
 log = logging.getLogger("aftercalld.ami.source")
 
@@ -102,6 +112,10 @@ class AmiSource(CallSource):
         self.calls_emitted = 0
         self.sessions = 0
         self._boot_epoch: float | None = None
+        self.startup: str | None = None  # CoreStatus's startup date and time: which Asterisk run
+        self._lists: dict[str, list[dict[str, str]]] = {}  # ActionID -> CoreShowChannel events so far
+        self._queue: asyncio.Queue[CallRecord] | None = None
+        self._refused: set[str] = set()  # actions refused for permission, logged once each
         self._logged: tuple[str, str] | None = None
         self._where = f"{settings.host}:{settings.port}"
         self._backoff = Backoff(settings.reconnect_min, settings.reconnect_max,
@@ -113,6 +127,7 @@ class AmiSource(CallSource):
 
     async def run(self, on_call: CallSink) -> None:
         queue: asyncio.Queue[CallRecord] = asyncio.Queue()
+        self._queue = queue
         deliver = asyncio.create_task(self._deliver(queue, on_call), name=f"ami-deliver-{self.name}")
         loop = asyncio.get_running_loop()
         backoff = self._backoff
@@ -138,7 +153,6 @@ class AmiSource(CallSource):
                     self._skipped_closed += conn.parser.skipped
                     self._conn = None
                     self.connected_since = None
-                    self.tracker.connection_lost()
                 lasted = loop.time() - started
                 delay = backoff.ended(lasted)
                 self._short_sessions = self._short_sessions + 1 if delay else 0
@@ -231,7 +245,7 @@ class AmiSource(CallSource):
         async with asyncio.timeout(s.connect_timeout):
             reader, writer = await asyncio.open_connection(s.host, s.port, limit=READ_SIZE)
         tracker = self.tracker
-        parser = AmiParser(events=tracker.wanted_events | {"FullyBooted"},
+        parser = AmiParser(events=tracker.wanted_events | {"FullyBooted"} | _LIST_EVENTS,
                            variables=tracker.wanted_variables)
         conn = _Conn(reader, writer, parser)
         try:
@@ -279,6 +293,8 @@ class AmiSource(CallSource):
         stable = (asyncio.get_running_loop().call_later(self._backoff.healthy_after, self._stable)
                   if flapping else None)
         pinger = asyncio.create_task(self._pinger(conn), name=f"ami-ping-{self.name}")
+        self._lists.clear()
+        reconciler = asyncio.create_task(self._reconcile(conn), name=f"ami-reconcile-{self.name}")
         try:
             if conn.backlog:
                 self._handle(conn, conn.backlog, queue, self.clock())
@@ -300,6 +316,7 @@ class AmiSource(CallSource):
                                 MAX_MESSAGE_BYTES // 1024, dropped, extra=fields(pbx=self.name))
         finally:
             pinger.cancel()
+            reconciler.cancel()
             if stable is not None:
                 stable.cancel()
 
@@ -311,8 +328,12 @@ class AmiSource(CallSource):
     def _handle(self, conn: _Conn, messages: list[dict[str, str]],
                 queue: asyncio.Queue[CallRecord], now: float) -> None:
         tracker = self.tracker
+        lists = self._lists
         for msg in messages:
             if "Event" in msg:
+                if lists and msg.get("ActionID") in lists:
+                    self._list_item(msg, queue, now)
+                    continue
                 self.events += 1
                 if msg["Event"] == "FullyBooted":
                     self._check_restart(msg, now)
@@ -332,9 +353,67 @@ class AmiSource(CallSource):
         boot = now - uptime
         previous, self._boot_epoch = self._boot_epoch, boot
         if previous is not None and abs(boot - previous) > RESTART_SLACK_SECONDS:
-            dropped = self.tracker.drop_all("Asterisk restarted; the call's end will never come")
-            log.warning("AMI %s: Asterisk at %s restarted; %d call(s) in progress dropped",
-                        self.name, self._where, dropped, extra=fields(pbx=self.name))
+            self._restarted(now)
+
+    def _restarted(self, now: float) -> None:
+        records = reconcile.interrupt_all(self.tracker, now)
+        for record in records:
+            self.calls_emitted += 1
+            assert self._queue is not None
+            self._queue.put_nowait(record)
+        log.warning("AMI %s: Asterisk at %s restarted; %d call(s) in progress recorded as interrupted",
+                    self.name, self._where, len(records), extra=fields(pbx=self.name))
+
+    async def _reconcile(self, conn: _Conn) -> None:
+        """Which Asterisk this is (a restart?), then its live channels (`reconcile.py`)."""
+        timeout = self.settings.connect_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                status = await conn.send({"Action": "CoreStatus"})
+            if self._allowed("CoreStatus", status):
+                startup = f"{status.get('CoreStartupDate', '')} {status.get('CoreStartupTime', '')}"
+                previous, self.startup = self.startup, startup
+                if previous is not None and previous != startup:
+                    self._restarted(self.clock())
+            action_id = next_action_id("channels")
+            self._lists[action_id] = []
+            async with asyncio.timeout(timeout):
+                reply = await conn.send({"Action": "CoreShowChannels", "ActionID": action_id})
+            if not self._allowed("CoreShowChannels", reply):
+                self._lists.pop(action_id, None)
+        except TimeoutError:
+            log.warning("AMI %s: no answer from %s to CoreStatus/CoreShowChannels within %g s; calls in "
+                        "progress are not reconciled on this connection", self.name, self._where, timeout,
+                        extra=fields(pbx=self.name))
+
+    def _allowed(self, action: str, reply: dict[str, str]) -> bool:
+        if reply.get("Response") == "Success":
+            return True
+        if action not in self._refused:
+            self._refused.add(action)
+            message = reply.get("Message", "") or reply.get("Response", "no answer")
+            log.error("AMI %s: Asterisk at %s refused %s for user %r (%s): give that manager.conf user "
+                      "`write = reporting`; without it calls in progress at a connect are not reconciled "
+                      "(calls that began while aftercalld was away are not recorded)", self.name, self._where,
+                      action, self.settings.username, message, extra=fields(pbx=self.name))
+        return False
+
+    def _list_item(self, msg: dict[str, str], queue: asyncio.Queue[CallRecord], now: float) -> None:
+        action_id = msg["ActionID"]
+        if msg["Event"] == "CoreShowChannel":
+            self._lists[action_id].append(msg)
+            return
+        if msg["Event"] != "CoreShowChannelsComplete":
+            return
+        rows = self._lists.pop(action_id)
+        before = dict(self.tracker.stats)
+        for record in self.tracker.reconcile(rows, now):
+            self.calls_emitted += 1
+            queue.put_nowait(record)
+        stats = self.tracker.stats
+        log.info("AMI %s: reconciled with Asterisk's %d live channel(s): %d call(s) adopted, %d ended while "
+                 "aftercalld was not connected", self.name, len(rows), stats["adopted"] - before["adopted"],
+                 stats["ended_unseen"] - before["ended_unseen"], extra=fields(pbx=self.name))
 
     async def _pinger(self, conn: _Conn) -> None:
         s = self.settings

@@ -88,18 +88,6 @@ def test_stale_calls_are_evicted_with_a_warning(caplog):
     assert tracker.active_calls == 0
 
 
-def test_call_live_across_a_disconnect_is_not_classified(caplog):
-    tracker = CallTracker(PBX)
-    events = list(read_trace(TRACES / "inbound_connected.ami"))
-    half = len(events) // 2
-    for ts, ev in events[:half]:
-        tracker.feed(ev, ts)
-    tracker.connection_lost()
-    with caplog.at_level(logging.WARNING):
-        out = [r for ts, ev in events[half:] for r in tracker.feed(ev, ts)]
-    assert out == [] and "lost while disconnected" in caplog.text
-
-
 def test_call_joined_midway_is_not_classified(caplog):
     tracker = CallTracker(PBX)
     events = list(read_trace(TRACES / "inbound_connected.ami"))
