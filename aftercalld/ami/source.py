@@ -352,7 +352,9 @@ class AmiSource(CallSource):
             return
         boot = now - uptime
         previous, self._boot_epoch = self._boot_epoch, boot
-        if previous is not None and abs(boot - previous) > RESTART_SLACK_SECONDS:
+        # CoreStatus's startup time is the word on restarts; an uptime is only an estimate,
+        # the fallback for an AMI user that may not run CoreStatus.
+        if "CoreStatus" in self._refused and previous is not None and abs(boot - previous) > RESTART_SLACK_SECONDS:
             self._restarted(now)
 
     def _restarted(self, now: float) -> None:

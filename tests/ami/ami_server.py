@@ -85,6 +85,18 @@ class AmiServer:
             writer.transport.abort()
         self._clients.clear()
 
+    async def close_clients(self) -> None:
+        """Close every connection after what was sent has gone out (a link drop that loses
+        no event: the PBX keeps what happens next for the next connection)."""
+        for writer in self._clients:
+            writer.close()
+        for writer in list(self._clients):
+            try:
+                await writer.wait_closed()
+            except (ConnectionError, OSError):
+                pass
+        self._clients.clear()
+
     @property
     def ok_logins(self) -> int:
         return sum(1 for _, _, ok in self.login_attempts if ok)
