@@ -116,6 +116,7 @@ class AmiSource(CallSource):
         self._lists: dict[str, list[dict[str, str]]] = {}  # ActionID -> CoreShowChannel events so far
         self._queue: asyncio.Queue[CallRecord] | None = None
         self._refused: set[str] = set()  # actions refused for permission, logged once each
+        self._login_boot = False  # the next FullyBooted is the one that greets this login
         self._logged: tuple[str, str] | None = None
         self._where = f"{settings.host}:{settings.port}"
         self._backoff = Backoff(settings.reconnect_min, settings.reconnect_max,
@@ -294,6 +295,7 @@ class AmiSource(CallSource):
                   if flapping else None)
         pinger = asyncio.create_task(self._pinger(conn), name=f"ami-ping-{self.name}")
         self._lists.clear()
+        self._login_boot = True
         reconciler = asyncio.create_task(self._reconcile(conn), name=f"ami-reconcile-{self.name}")
         try:
             if conn.backlog:
@@ -335,7 +337,9 @@ class AmiSource(CallSource):
                     self._list_item(msg, queue, now)
                     continue
                 self.events += 1
-                if msg["Event"] == "FullyBooted":
+                if msg["Event"] == "FullyBooted" and self._login_boot:
+                    # Only the one that greets a login: its uptime is this Asterisk's now.
+                    self._login_boot = False
                     self._check_restart(msg, now)
                 for record in tracker.feed(msg, now):
                     self.calls_emitted += 1
@@ -352,9 +356,9 @@ class AmiSource(CallSource):
             return
         boot = now - uptime
         previous, self._boot_epoch = self._boot_epoch, boot
-        # CoreStatus's startup time is the word on restarts; an uptime is only an estimate,
-        # the fallback for an AMI user that may not run CoreStatus.
-        if "CoreStatus" in self._refused and previous is not None and abs(boot - previous) > RESTART_SLACK_SECONDS:
+        # CoreStatus's startup time, once known, is the word on restarts; an uptime is only
+        # an estimate, for when CoreStatus is refused or did not answer before the link went.
+        if self.startup is None and previous is not None and abs(boot - previous) > RESTART_SLACK_SECONDS:
             self._restarted(now)
 
     def _restarted(self, now: float) -> None:
