@@ -158,7 +158,10 @@ class AmiSource(CallSource):
                 delay = backoff.ended(lasted)
                 self._short_sessions = self._short_sessions + 1 if delay else 0
                 if delay:
-                    self._change("disconnected", reason, logging.WARNING,
+                    # Once per streak of short sessions, whatever each one's reason (a peer that
+                    # hangs up on us resets some connections and closes others).
+                    streak = self._short_sessions > 1
+                    self._change("disconnected", reason, logging.DEBUG if streak else logging.WARNING,
                                  "AMI %s: connection to %s lost after %.1f s: %s; sessions this short count as "
                                  "failures, reconnecting with backoff", self.name, self._where, lasted, reason)
                 else:
