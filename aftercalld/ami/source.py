@@ -194,6 +194,9 @@ class AmiSource(CallSource):
             "calls_emitted": self.calls_emitted,
             "active_calls": self.tracker.active_calls,
             "sessions": self.sessions,
+            # Issue 12: calls the daemon did not see whole, each also logged with its id.
+            **{f"calls_{key}": self.tracker.stats[key] for key in ("adopted", "ended_unseen", "interrupted",
+                                                                  "unclassified")},
         }
 
     @property

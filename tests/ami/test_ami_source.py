@@ -153,6 +153,7 @@ async def test_server_restart_mid_call(server, caplog):
         cut, record = got["1796012880.0"], got["1796012927.12"]
     # The call the restart cut is recorded, as interrupted (not texted by default).
     assert cut.call_id == "1796012880.0" and cut.status == "interrupted"
+    assert h.source.status()["calls_interrupted"] == 1
     assert cut.caller_number == EXPECTED["inbound_connected.ami"]["1796012880.0"]["caller_number"]
     assert record.call_id == "1796012927.12"
     check_record(record, EXPECTED["outbound_connected.ami"][record.call_id])
@@ -359,6 +360,8 @@ async def test_call_begun_while_nobody_listened_is_adopted_and_classified(server
         assert getattr(record, key) == want[key], key
     assert "adopted from Asterisk's list of live channels" in caplog.text
     assert "not classified" not in caplog.text
+    status = h.source.status()
+    assert (status["calls_adopted"], status["calls_unclassified"]) == (1, 0)
     await h.stop()
 
 
@@ -377,7 +380,7 @@ async def test_call_that_ended_while_the_link_was_down_is_recorded_with_what_is_
     assert record.call_id == "1796012880.0" and record.status == "connected"
     assert record.caller_number == "9876543210" and record.agent_extension == "201"
     assert record.hangup_cause == "unknown (ended while aftercalld was not connected)"
-    assert h.source.tracker.active_calls == 0 and h.source.tracker.stats["ended_unseen"] == 1
+    assert h.source.tracker.active_calls == 0 and h.source.status()["calls_ended_unseen"] == 1
     assert "ended while aftercalld was not connected" in caplog.text
     await h.stop()
 
