@@ -28,6 +28,7 @@ Lifecycle, on asyncio streams with our own framing (`protocol.py` says why not p
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
@@ -37,7 +38,7 @@ from ..logutil import fields
 from ..model import CallRecord
 from ..pbxconfig import PbxConfig
 from ..source import CallSink, CallSource, status_time
-from . import reconcile
+from . import handover, reconcile
 from .config import AmiSettings
 from .protocol import MAX_MESSAGE_BYTES, AmiParser, encode_action, next_action_id
 from .tracker import CallTracker
@@ -198,6 +199,28 @@ class AmiSource(CallSource):
             **{f"calls_{key}": self.tracker.stats[key] for key in ("adopted", "ended_unseen", "interrupted",
                                                                   "unclassified")},
         }
+
+    def handover_state(self) -> str | None:
+        """The calls in progress, as JSON for the outbox at a clean stop (None: no call)."""
+        if not self.tracker.active_calls:
+            return None
+        return json.dumps(handover.dump(self.tracker.book, self.startup), separators=(",", ":"))
+
+    def take_over(self, state: str) -> int:
+        """Calls in progress that the last clean stop handed over; the first connect
+        reconciles them with Asterisk's live channels."""
+        try:
+            count, startup = handover.load(self.tracker.book, json.loads(state))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("AMI %s: the calls handed over at the last stop cannot be read (%s: %s); "
+                        "the channel list on connect adopts those still up", self.name, type(exc).__name__, exc,
+                        extra=fields(pbx=self.name))
+            return 0
+        if self.startup is None:
+            self.startup = startup
+        log.info("AMI %s: %d call(s) in progress handed over from the last stop", self.name, count,
+                 extra=fields(pbx=self.name))
+        return count
 
     @property
     def events_received(self) -> int:

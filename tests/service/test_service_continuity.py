@@ -8,6 +8,7 @@ from them as Asterisk does.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sqlite3
 import sys
@@ -124,3 +125,39 @@ async def test_ami_link_dropped_mid_call_with_no_event_lost_classifies_every_cal
     outbox = await run_through(link_drop, tmp_path, ami, smsc, traces)
     calls = recorded(outbox)
     assert calls == {call_id: want["status"] for call_id, want in EXPECTED[TRACE].items()}
+
+
+async def test_calls_that_end_while_the_daemon_is_stopped_are_handed_over_and_recorded(tmp_path, peers, traces):
+    """SIGTERM writes the calls in progress to the outbox; the next start reads them back and
+    finds on the PBX that they ended meanwhile: recorded with what was seen, none lost."""
+    ami, smsc = peers
+    data = stream(TRACE)
+    cut = split_in_progress(data)
+
+    async def stop_while_calls_end(daemon: Daemon, config: Path) -> Daemon:
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait() == 0
+        assert "calls in progress handed over to the next start" in daemon.log
+        ami.advance(data[cut:])  # every call ends while aftercalld is stopped
+        again = await Daemon(config).start()
+        await again.wait_for_line("call(s) in progress handed over from the last stop")
+        await again.wait_for_line("6 ended while aftercalld was not connected")
+        return again
+
+    config = write_config(tmp_path, ami, smsc)
+    daemon = await Daemon(config).start()
+    try:
+        await daemon.wait_for_line("reconciled with Asterisk's 0 live channel(s)")
+        await ami.send(data[:cut])
+        await asyncio.sleep(0.2)  # the daemon reads what was sent (nothing announces it)
+        daemon = await stop_while_calls_end(daemon, config)
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait() == 0
+    finally:
+        await daemon.kill()
+    outbox = tmp_path / "outbox.sqlite3"
+    assert set(recorded(outbox)) == CALLS
+    with sqlite3.connect(f"file:{outbox}?mode=ro", uri=True) as db:
+        causes = {json.loads(r)["hangup_cause"] for (r,) in db.execute("SELECT record FROM calls")}
+        assert db.execute("SELECT COUNT(*) FROM handover").fetchone()[0] == 0  # taken once
+    assert causes == {"unknown (ended while aftercalld was not connected)"}
