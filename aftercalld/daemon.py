@@ -106,6 +106,7 @@ class Daemon:
         # Sources first: a transport that is slow to come up must not hold back the PBX
         # connections (calls ending meanwhile would be missed); texts wait in the outbox.
         self.sources = make_sources(self.config, self.clock)
+        self._take_handover()
         for source in self.sources:
             self.supervisor.start(f"source {source.name}", functools.partial(source.run, self.handler))
         self._start_backfill()
@@ -157,6 +158,32 @@ class Daemon:
             self.reserve.ensure()
             return outbox
         return None
+
+    def _take_handover(self) -> None:
+        """Calls in progress that the last clean stop wrote to the outbox, back to their
+        sources before they connect (issue 12)."""
+        assert self.outbox is not None
+        for source in self.sources:
+            take_over = getattr(source, "take_over", None)
+            if take_over is None:
+                continue
+            saved = self.outbox.take_handover(source.name)
+            if saved is not None:
+                take_over(saved[0])
+
+    def _hand_over(self) -> None:
+        """SIGTERM, sources stopped: their calls in progress go to the outbox for the next
+        start, which would otherwise see them only as far as the PBX's channel list tells."""
+        assert self.outbox is not None
+        for source in self.sources:
+            state = getattr(source, "handover_state", lambda: None)()
+            if state is not None:
+                try:
+                    self.outbox.save_handover(source.name, state, self.clock())
+                except Exception as exc:  # the stop goes on: the channel list covers most of it
+                    log.error("could not hand over %s's calls in progress: %s", source.name, exc)
+                    continue
+                log.info("%s: calls in progress handed over to the next start", source.name)
 
     def reload(self) -> None:
         """SIGHUP: new rules, templates and limits, all at once; a bad file changes nothing."""
@@ -271,6 +298,8 @@ class Daemon:
         await self.supervisor.stop()
         if self.backfill:
             await self.backfill.stop()
+        if self.outbox:
+            self._hand_over()
         if self.handler:
             self.handler.close()  # a last write; calls it cannot write are logged as lost
         if self.dispatcher:

@@ -128,6 +128,11 @@ CREATE TABLE IF NOT EXISTS replies (        -- every text a customer sent back
     received_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS replies_number ON replies (number, received_at);
+CREATE TABLE IF NOT EXISTS handover (       -- calls in progress at a clean stop, per PBX
+    pbx      TEXT PRIMARY KEY,
+    state    TEXT NOT NULL,                 -- the tracker's open calls, as JSON
+    saved_at REAL NOT NULL
+);
 """
 
 _REPORT_TO_STATE = {
@@ -339,6 +344,22 @@ class Outbox:
             thread.join(timeout=10)
             self._checkpointer = None
         self.conn.close()
+
+    # -- calls in progress across a restart ---------------------------------------------
+
+    def save_handover(self, pbx: str, state: str, now: float) -> None:
+        """A PBX source's calls in progress at a clean stop, for the next start."""
+        with _tx(self) as conn:
+            conn.execute("INSERT OR REPLACE INTO handover (pbx, state, saved_at) VALUES (?, ?, ?)",
+                         (pbx, state, now))
+
+    def take_handover(self, pbx: str) -> tuple[str, float] | None:
+        """What the last clean stop left for this PBX (state, saved at), and forget it: a
+        crash after taking it must not hand the same calls over twice."""
+        with _tx(self) as conn:
+            row = conn.execute("SELECT state, saved_at FROM handover WHERE pbx = ?", (pbx,)).fetchone()
+            conn.execute("DELETE FROM handover WHERE pbx = ?", (pbx,))
+        return (row[0], row[1]) if row else None
 
     # -- calls -------------------------------------------------------------------------
 

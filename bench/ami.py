@@ -135,7 +135,7 @@ def server_process(conn, mode: str, copies: int, rate: float, filtered: bool) ->
 
     async def main() -> None:
         tpl = Template(filtered)
-        srv = await AmiServer(secret=SECRET).start()
+        srv = await AmiServer(secret=SECRET, live_state=False).start()
         conn.send(srv.port)
         await srv.wait_until(lambda: srv.clients == 1, timeout=30)
         sent_events = 0

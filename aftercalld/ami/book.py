@@ -92,8 +92,9 @@ class CallBook:
         you" is worse than none)."""
         self.forget(call)
         self.stats["dropped_calls"] += 1
-        why = "it began before the AMI connection" if call.partial else "AMI events were lost while disconnected"
-        log.warning("AMI call %s ended but is not classified: %s", call.linkedid, why,
+        self.stats["unclassified"] += 1
+        log.warning("AMI call %s ended but is not classified: it began before the AMI connection and "
+                    "Asterisk's list of live channels was not available to adopt it", call.linkedid,
                     extra=fields(call_id=call.linkedid, pbx=self.pbx))
 
     # ------------------------------------------------------------------ channels

@@ -12,6 +12,12 @@ from . import dialstring
 from .causes import cause_name
 
 
+def voicemail_box(appdata: str) -> str:
+    """The first mailbox of a ``VoiceMail()`` application's data, with its context."""
+    box = appdata.split(",", 1)[0].split("&", 1)[0].strip()
+    return box if not box or "@" in box else f"{box}@default"
+
+
 class Chan:
     __slots__ = ("uid", "name", "call", "hung", "context", "exten", "cid_num", "cid_name",
                  "cl_num", "cl_name", "account", "vars", "cause", "up_at", "ran_vm")
@@ -46,7 +52,7 @@ class Dial:
 
 
 class Call:
-    __slots__ = ("linkedid", "start", "seen", "end", "channels", "by_name", "live", "partial", "gap",
+    __slots__ = ("linkedid", "start", "seen", "end", "channels", "by_name", "live", "partial",
                  "main", "dials", "bridges", "talk_peer", "talk_from", "stretches", "vm_box",
                  "vm_ran", "vm_status", "vm_waiting", "queue", "member_names", "shutdown")
 
@@ -59,7 +65,6 @@ class Call:
         self.by_name: dict[str, Chan] = {}
         self.live = 0
         self.partial = partial
-        self.gap = False
         self.main: Chan | None = None
         self.dials: list[Dial] = []
         self.bridges: dict[str, list[str]] | None = None
@@ -106,6 +111,15 @@ class Call:
         self.channels = {}
         self.by_name = {}
         self.main = None
+
+    def cut(self, end: float) -> None:
+        """Its end was not seen: every channel still up counts as hung up at ``end``."""
+        for chan in self.channels.values():
+            if not chan.hung:
+                chan.hung = True
+                self.leave_all_bridges(chan.uid, end)
+        self.live = 0
+        self.end = max(self.end, end)
 
     # ------------------------------------------------------------------ bridges and talk
 

@@ -15,13 +15,20 @@ Lifecycle, on asyncio streams with our own framing (`protocol.py` says why not p
 * the reader never awaits the core: parsing and tracking are synchronous, finished calls go
   through a queue to a separate task. Asterisk drops managers that read slower than its
   ``writetimeout`` (100 ms by default), so the reader must not block on SQLite or SMPP;
-* ``FullyBooted`` carries the PBX uptime: if it shows Asterisk restarted while we were away,
-  calls in progress can never end and are dropped at once (with a warning) instead of
-  lingering until ``call_timeout_seconds``.
+* on every connect, ``CoreStatus`` tells a link loss from an Asterisk restart (its
+  ``CoreStartupDate``/``CoreStartupTime`` change only when Asterisk restarts): on a plain
+  reconnect every call is kept; after a restart the calls in progress were cut by the
+  shutdown and are recorded as interrupted. Then ``CoreShowChannels`` lists the live
+  channels and the tracker reconciles with it (`reconcile.py`). Both need ``write =
+  reporting`` in manager.conf; without it the refusal is logged once as an error, and
+  ``FullyBooted``'s uptime still tells a restart (less precisely);
+* the reader handles the channel list in stream order (synchronously, like events), so the
+  list and the events around it describe one consistent state.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
@@ -31,9 +38,13 @@ from ..logutil import fields
 from ..model import CallRecord
 from ..pbxconfig import PbxConfig
 from ..source import CallSink, CallSource, status_time
+from . import handover, reconcile
 from .config import AmiSettings
 from .protocol import MAX_MESSAGE_BYTES, AmiParser, encode_action, next_action_id
 from .tracker import CallTracker
+
+# The answer to CoreShowChannels: one event per channel, then the end of the list.
+_LIST_EVENTS = frozenset({"CoreShowChannel", "CoreShowChannelsComplete"})
 
 log = logging.getLogger("aftercalld.ami.source")
 
@@ -102,6 +113,11 @@ class AmiSource(CallSource):
         self.calls_emitted = 0
         self.sessions = 0
         self._boot_epoch: float | None = None
+        self.startup: str | None = None  # CoreStatus's startup date and time: which Asterisk run
+        self._lists: dict[str, list[dict[str, str]]] = {}  # ActionID -> CoreShowChannel events so far
+        self._queue: asyncio.Queue[CallRecord] | None = None
+        self._refused: set[str] = set()  # actions refused for permission, logged once each
+        self._login_boot = False  # the next FullyBooted is the one that greets this login
         self._logged: tuple[str, str] | None = None
         self._where = f"{settings.host}:{settings.port}"
         self._backoff = Backoff(settings.reconnect_min, settings.reconnect_max,
@@ -113,6 +129,7 @@ class AmiSource(CallSource):
 
     async def run(self, on_call: CallSink) -> None:
         queue: asyncio.Queue[CallRecord] = asyncio.Queue()
+        self._queue = queue
         deliver = asyncio.create_task(self._deliver(queue, on_call), name=f"ami-deliver-{self.name}")
         loop = asyncio.get_running_loop()
         backoff = self._backoff
@@ -138,12 +155,14 @@ class AmiSource(CallSource):
                     self._skipped_closed += conn.parser.skipped
                     self._conn = None
                     self.connected_since = None
-                    self.tracker.connection_lost()
                 lasted = loop.time() - started
                 delay = backoff.ended(lasted)
                 self._short_sessions = self._short_sessions + 1 if delay else 0
                 if delay:
-                    self._change("disconnected", reason, logging.WARNING,
+                    # Once per streak of short sessions, whatever each one's reason (a peer that
+                    # hangs up on us resets some connections and closes others).
+                    streak = self._short_sessions > 1
+                    self._change("disconnected", reason, logging.DEBUG if streak else logging.WARNING,
                                  "AMI %s: connection to %s lost after %.1f s: %s; sessions this short count as "
                                  "failures, reconnecting with backoff", self.name, self._where, lasted, reason)
                 else:
@@ -176,7 +195,32 @@ class AmiSource(CallSource):
             "calls_emitted": self.calls_emitted,
             "active_calls": self.tracker.active_calls,
             "sessions": self.sessions,
+            # Issue 12: calls the daemon did not see whole, each also logged with its id.
+            **{f"calls_{key}": self.tracker.stats[key] for key in ("adopted", "ended_unseen", "interrupted",
+                                                                  "unclassified")},
         }
+
+    def handover_state(self) -> str | None:
+        """The calls in progress, as JSON for the outbox at a clean stop (None: no call)."""
+        if not self.tracker.active_calls:
+            return None
+        return json.dumps(handover.dump(self.tracker.book, self.startup), separators=(",", ":"))
+
+    def take_over(self, state: str) -> int:
+        """Calls in progress that the last clean stop handed over; the first connect
+        reconciles them with Asterisk's live channels."""
+        try:
+            count, startup = handover.load(self.tracker.book, json.loads(state))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("AMI %s: the calls handed over at the last stop cannot be read (%s: %s); "
+                        "the channel list on connect adopts those still up", self.name, type(exc).__name__, exc,
+                        extra=fields(pbx=self.name))
+            return 0
+        if self.startup is None:
+            self.startup = startup
+        log.info("AMI %s: %d call(s) in progress handed over from the last stop", self.name, count,
+                 extra=fields(pbx=self.name))
+        return count
 
     @property
     def events_received(self) -> int:
@@ -231,7 +275,7 @@ class AmiSource(CallSource):
         async with asyncio.timeout(s.connect_timeout):
             reader, writer = await asyncio.open_connection(s.host, s.port, limit=READ_SIZE)
         tracker = self.tracker
-        parser = AmiParser(events=tracker.wanted_events | {"FullyBooted"},
+        parser = AmiParser(events=tracker.wanted_events | {"FullyBooted"} | _LIST_EVENTS,
                            variables=tracker.wanted_variables)
         conn = _Conn(reader, writer, parser)
         try:
@@ -279,6 +323,9 @@ class AmiSource(CallSource):
         stable = (asyncio.get_running_loop().call_later(self._backoff.healthy_after, self._stable)
                   if flapping else None)
         pinger = asyncio.create_task(self._pinger(conn), name=f"ami-ping-{self.name}")
+        self._lists.clear()
+        self._login_boot = True
+        reconciler = asyncio.create_task(self._reconcile(conn), name=f"ami-reconcile-{self.name}")
         try:
             if conn.backlog:
                 self._handle(conn, conn.backlog, queue, self.clock())
@@ -300,6 +347,7 @@ class AmiSource(CallSource):
                                 MAX_MESSAGE_BYTES // 1024, dropped, extra=fields(pbx=self.name))
         finally:
             pinger.cancel()
+            reconciler.cancel()
             if stable is not None:
                 stable.cancel()
 
@@ -311,10 +359,16 @@ class AmiSource(CallSource):
     def _handle(self, conn: _Conn, messages: list[dict[str, str]],
                 queue: asyncio.Queue[CallRecord], now: float) -> None:
         tracker = self.tracker
+        lists = self._lists
         for msg in messages:
             if "Event" in msg:
+                if lists and msg.get("ActionID") in lists:
+                    self._list_item(msg, queue, now)
+                    continue
                 self.events += 1
-                if msg["Event"] == "FullyBooted":
+                if msg["Event"] == "FullyBooted" and self._login_boot:
+                    # Only the one that greets a login: its uptime is this Asterisk's now.
+                    self._login_boot = False
                     self._check_restart(msg, now)
                 for record in tracker.feed(msg, now):
                     self.calls_emitted += 1
@@ -331,10 +385,70 @@ class AmiSource(CallSource):
             return
         boot = now - uptime
         previous, self._boot_epoch = self._boot_epoch, boot
-        if previous is not None and abs(boot - previous) > RESTART_SLACK_SECONDS:
-            dropped = self.tracker.drop_all("Asterisk restarted; the call's end will never come")
-            log.warning("AMI %s: Asterisk at %s restarted; %d call(s) in progress dropped",
-                        self.name, self._where, dropped, extra=fields(pbx=self.name))
+        # CoreStatus's startup time, once known, is the word on restarts; an uptime is only
+        # an estimate, for when CoreStatus is refused or did not answer before the link went.
+        if self.startup is None and previous is not None and abs(boot - previous) > RESTART_SLACK_SECONDS:
+            self._restarted(now)
+
+    def _restarted(self, now: float) -> None:
+        records = reconcile.interrupt_all(self.tracker, now)
+        for record in records:
+            self.calls_emitted += 1
+            assert self._queue is not None
+            self._queue.put_nowait(record)
+        log.warning("AMI %s: Asterisk at %s restarted; %d call(s) in progress recorded as interrupted",
+                    self.name, self._where, len(records), extra=fields(pbx=self.name))
+
+    async def _reconcile(self, conn: _Conn) -> None:
+        """Which Asterisk this is (a restart?), then its live channels (`reconcile.py`)."""
+        timeout = self.settings.connect_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                status = await conn.send({"Action": "CoreStatus"})
+            if self._allowed("CoreStatus", status):
+                startup = f"{status.get('CoreStartupDate', '')} {status.get('CoreStartupTime', '')}"
+                previous, self.startup = self.startup, startup
+                if previous is not None and previous != startup:
+                    self._restarted(self.clock())
+            action_id = next_action_id("channels")
+            self._lists[action_id] = []
+            async with asyncio.timeout(timeout):
+                reply = await conn.send({"Action": "CoreShowChannels", "ActionID": action_id})
+            if not self._allowed("CoreShowChannels", reply):
+                self._lists.pop(action_id, None)
+        except TimeoutError:
+            log.warning("AMI %s: no answer from %s to CoreStatus/CoreShowChannels within %g s; calls in "
+                        "progress are not reconciled on this connection", self.name, self._where, timeout,
+                        extra=fields(pbx=self.name))
+
+    def _allowed(self, action: str, reply: dict[str, str]) -> bool:
+        if reply.get("Response") == "Success":
+            return True
+        if action not in self._refused:
+            self._refused.add(action)
+            message = reply.get("Message", "") or reply.get("Response", "no answer")
+            log.error("AMI %s: Asterisk at %s refused %s for user %r (%s): give that manager.conf user "
+                      "`write = reporting`; without it calls in progress at a connect are not reconciled "
+                      "(calls that began while aftercalld was away are not recorded)", self.name, self._where,
+                      action, self.settings.username, message, extra=fields(pbx=self.name))
+        return False
+
+    def _list_item(self, msg: dict[str, str], queue: asyncio.Queue[CallRecord], now: float) -> None:
+        action_id = msg["ActionID"]
+        if msg["Event"] == "CoreShowChannel":
+            self._lists[action_id].append(msg)
+            return
+        if msg["Event"] != "CoreShowChannelsComplete":
+            return
+        rows = self._lists.pop(action_id)
+        before = dict(self.tracker.stats)
+        for record in self.tracker.reconcile(rows, now):
+            self.calls_emitted += 1
+            queue.put_nowait(record)
+        stats = self.tracker.stats
+        log.info("AMI %s: reconciled with Asterisk's %d live channel(s): %d call(s) adopted, %d ended while "
+                 "aftercalld was not connected", self.name, len(rows), stats["adopted"] - before["adopted"],
+                 stats["ended_unseen"] - before["ended_unseen"], extra=fields(pbx=self.name))
 
     async def _pinger(self, conn: _Conn) -> None:
         s = self.settings

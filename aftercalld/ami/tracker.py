@@ -19,9 +19,13 @@ How a call is read (Asterisk semantics, not the test simulation's):
   whether VoiceMail ran and what ``VMSTATUS`` it set, whether the PBX's shutdown hung it up
   (``SoftHangupRequest`` with ``Cause: 4``, Asterisk's AST_SOFTHANGUP_SHUTDOWN). What the
   call *was* is decided in `aftercalld.classify`, the same rules as for FreeSWITCH.
-* Calls we did not see start (joined mid-call) or that were live while the AMI link was
-  down (events lost) are not classified: a wrong "sorry we missed you" is worse than none.
-  They are logged with a warning when they end.
+* A reconnect to the same Asterisk keeps every call: what was missed in between is usually
+  nothing (Asterisk queues events for a while) or a few events, and a record with the facts
+  known beats no record. On every connect the source reconciles the calls with Asterisk's
+  own list of live channels (`reconcile.py`): calls that began while nobody listened are
+  adopted, calls that ended meanwhile are finished. Only a call joined mid-way without that
+  list (the AMI user may not run CoreShowChannels) is not classified, counted in
+  ``stats["unclassified"]``: a wrong "sorry we missed you" is worse than none.
 """
 from __future__ import annotations
 
@@ -33,8 +37,9 @@ from ..classify import build_record
 from ..logutil import fields
 from ..model import CallRecord
 from ..pbxconfig import PbxConfig
+from . import reconcile
 from .book import CallBook
-from .calls import Chan, Dial
+from .calls import Call, Chan, Dial, voicemail_box
 from .config import AmiSettings
 
 log = logging.getLogger("aftercalld.ami.tracker")
@@ -82,7 +87,8 @@ class CallTracker:
             pbx.settings if isinstance(pbx.settings, AmiSettings) else AmiSettings())
         self.tz: tzinfo = pbx.timezone or UTC
         self.stats = {"events": 0, "calls": 0, "dropped_calls": 0, "evicted": 0, "overflow": 0,
-                      "errors": 0, "bad_timestamps": 0}
+                      "errors": 0, "bad_timestamps": 0, "unclassified": 0, "adopted": 0,
+                      "ended_unseen": 0, "interrupted": 0}
         self.book = CallBook(pbx.name, timeout=float(pbx.call_timeout_seconds), max_calls=max_calls,
                              remember_finished=self.settings.remember_finished, stats=self.stats)
         self._next_expiry = 0.0
@@ -144,19 +150,14 @@ class CallTracker:
         """Drop calls that started more than ``call_timeout_seconds`` ago (on our clock)."""
         return self.book.expire(now if isinstance(now, float) else now.timestamp())
 
-    def connection_lost(self) -> None:
-        """Events are lost while the link is down: mark live calls so they are not
-        classified on half the story."""
-        for call in self.book.calls.values():
-            call.gap = True
-
-    def drop_all(self, reason: str) -> int:
-        """Forget every live call (the PBX restarted: their ends will never come)."""
-        return self.book.drop_all(reason)
+    def reconcile(self, channels: list[dict[str, str]], now: float) -> list[CallRecord]:
+        """Asterisk's live channels (CoreShowChannel events): see `reconcile.apply`."""
+        self.book.arrival = now
+        return reconcile.apply(self, channels, now)
 
     def flush(self, reason: str = "end of input") -> int:
         """At end of a trace: calls that never ended are reported, not emitted."""
-        return self.drop_all(f"never ended ({reason})")
+        return self.book.drop_all(f"never ended ({reason})")
 
     # ------------------------------------------------------------------ handlers
 
@@ -231,13 +232,8 @@ class CallTracker:
             chan = self.book.chan(ev, ts)
             if chan is not None:
                 chan.ran_vm = True
-                call = chan.call
-                call.vm_ran = True
-                if not call.vm_box:
-                    box = ev.get("AppData", "").split(",", 1)[0].split("&", 1)[0].strip()
-                    if box and "@" not in box:
-                        box += "@default"
-                    call.vm_box = box
+                chan.call.vm_ran = True
+                chan.call.vm_box = chan.call.vm_box or voicemail_box(ev.get("AppData", ""))
         elif app == "Queue":
             chan = self.book.chan(ev, ts)
             if chan is not None and not chan.call.queue:
@@ -350,18 +346,27 @@ class CallTracker:
         call.leave_all_bridges(chan.uid, ts)  # a hangup ends its bridges even if BridgeLeave was lost
         if call.live > 0:
             return None
-        if call.partial or call.gap:
+        if call.partial:
             self.book.drop_unclassified(call)
             return None
+        return self.finish(call, ts)
+
+    def finish(self, call: Call, end: float, cause: str = "") -> list[CallRecord]:
+        """The call's record (forgetting the call); ``cause`` replaces the hangup cause when
+        its end was not seen, and every channel still up counts as hung up at ``end``."""
+        if cause:
+            call.cut(end)
         try:
             facts = call.facts(self.pbx.name, self.settings.is_extension, self._dept_var,
                                self._wanted_vars, self._account_var)
+            if cause:
+                facts.hangup_cause = cause
             record = build_record(facts, self.settings, self.tz)
         except Exception:
             self.stats["errors"] += 1
             log.warning("AMI call %s could not be turned into a record", call.linkedid,
                         exc_info=True, extra=fields(call_id=call.linkedid, pbx=self.pbx.name))
-            return None
+            return []
         finally:
             self.book.forget(call)
         self.stats["calls"] += 1

@@ -7,11 +7,18 @@ clients; can be stopped and restarted on the same port (a new boot), cut the str
 answering pings (a dead link). As a hostile peer it can greet the next connections with junk
 instead of the banner (`greetings`), or accept their login and then send junk and hang up
 (`after_login`).
+
+It also keeps the live channel state of what it replayed (`send`, or `advance` for events the
+PBX had while no client listened) and answers ``CoreStatus``, ``CoreShowChannels`` and
+``BridgeList`` from it in the exact shape a real Asterisk 22.10.1 does
+(tests/data/traces/asterisk-actions/answers.jsonl); actions named in `refused` get
+Asterisk's ``Permission denied`` (an AMI user without ``write = reporting``).
 """
 from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 
 from aftercalld.ami.protocol import AmiParser
 
@@ -19,7 +26,7 @@ BANNER = b"Asterisk Call Manager/11.0.0\r\n"
 
 
 class AmiServer:
-    def __init__(self, username: str = "aftercalld", secret: str = "test") -> None:
+    def __init__(self, username: str = "aftercalld", secret: str = "test", *, live_state: bool = True) -> None:
         self.username = username
         self.secret = secret
         self.host = "127.0.0.1"
@@ -34,6 +41,13 @@ class AmiServer:
         self.greetings: list[bytes] = []
         # One entry per coming login: bytes sent after the login reply, then hang up.
         self.after_login: list[bytes] = []
+        # Following the channels costs a parse of every event sent: the benchmark's server,
+        # whose speed must not limit the daemon's, plays a PBX that is never asked for them.
+        self.live_state = live_state
+        self.refused: set[str] = set()  # lower-case action names answered "Permission denied"
+        self.channels: dict[str, dict[str, str]] = {}  # Uniqueid -> CoreShowChannel fields
+        self._created: dict[str, float] = {}  # Uniqueid -> when the channel appeared
+        self._state_parser = AmiParser()
         self._server: asyncio.base_events.Server | None = None
         self._clients: list[asyncio.StreamWriter] = []
         self._tasks: set[asyncio.Task] = set()
@@ -62,12 +76,25 @@ class AmiServer:
         """Asterisk restart: every connection drops, the next login sees a fresh uptime."""
         await self.stop()
         self.boot_time = time.time()
+        self.channels.clear()  # the restart hung every channel up
         await self.start()
 
     def drop_clients(self) -> None:
         """Cut every connection at once (TCP reset), wherever the stream is."""
         for writer in self._clients:
             writer.transport.abort()
+        self._clients.clear()
+
+    async def close_clients(self) -> None:
+        """Close every connection after what was sent has gone out (a link drop that loses
+        no event: the PBX keeps what happens next for the next connection)."""
+        for writer in self._clients:
+            writer.close()
+        for writer in list(self._clients):
+            try:
+                await writer.wait_closed()
+            except (ConnectionError, OSError):
+                pass
         self._clients.clear()
 
     @property
@@ -90,8 +117,80 @@ class AmiServer:
 
     # -------------------------------------------------------------- streaming
 
+    def advance(self, data: bytes) -> None:
+        """The PBX lives through these events (its channel state changes) but no client
+        hears them: what happens while the link is down or the daemon is away."""
+        if not self.live_state:
+            return
+        for ev in self._state_parser.feed(data):
+            self._apply(ev)
+
+    def _apply(self, ev: dict[str, str]) -> None:
+        name, uid = ev.get("Event"), ev.get("Uniqueid", "")
+        if not uid or name is None:
+            return
+        if name == "Hangup":
+            self.channels.pop(uid, None)
+            return
+        row = self.channels.get(uid)
+        if name == "Newchannel":
+            row = self.channels[uid] = {
+                key: ev.get(key, "") for key in (
+                    "Channel", "ChannelState", "ChannelStateDesc", "CallerIDNum", "CallerIDName",
+                    "ConnectedLineNum", "ConnectedLineName", "Language", "AccountCode", "Context", "Exten",
+                    "Priority", "Uniqueid", "Linkedid")}
+            row.update(Application="", ApplicationData="", BridgeId="")
+            self._created[uid] = time.time()
+        if row is None:
+            return
+        for key in ("Linkedid", "ChannelState", "ChannelStateDesc", "CallerIDNum", "CallerIDName",
+                    "ConnectedLineNum", "ConnectedLineName", "AccountCode", "Context", "Exten", "Priority"):
+            if key in ev and (name != "Newexten" or key not in ("CallerIDNum", "CallerIDName")):
+                row[key] = ev[key]
+        if name == "Newexten":
+            row["Application"], row["ApplicationData"] = ev.get("Application", ""), ev.get("AppData", "")
+        elif name == "BridgeEnter":
+            row["BridgeId"] = ev.get("BridgeUniqueid", "")
+        elif name == "BridgeLeave":
+            row["BridgeId"] = ""
+
+    def _list(self, head: str) -> str:
+        now = time.time()
+        out = [f"Response: Success\r\n{head}EventList: start\r\nMessage: Channels will follow\r\n\r\n"]
+        for uid, row in self.channels.items():
+            age = int(now - self._created.get(uid, now))
+            fields = dict(row, Duration=f"{age // 3600:02d}:{age // 60 % 60:02d}:{age % 60:02d}")
+            body = "".join(f"{key}: {fields[key]}\r\n" for key in (
+                "Channel", "ChannelState", "ChannelStateDesc", "CallerIDNum", "CallerIDName", "ConnectedLineNum",
+                "ConnectedLineName", "Language", "AccountCode", "Context", "Exten", "Priority", "Uniqueid",
+                "Linkedid", "Application", "ApplicationData", "Duration", "BridgeId"))
+            out.append(f"Event: CoreShowChannel\r\n{head}{body}\r\n")
+        out.append(f"Event: CoreShowChannelsComplete\r\n{head}EventList: Complete\r\n"
+                   f"ListItems: {len(self.channels)}\r\n\r\n")
+        return "".join(out)
+
+    def _bridges(self, head: str) -> str:
+        members: dict[str, int] = {}
+        for row in self.channels.values():
+            if row["BridgeId"]:
+                members[row["BridgeId"]] = members.get(row["BridgeId"], 0) + 1
+        out = [f"Response: Success\r\n{head}EventList: start\r\nMessage: Bridge listing will follow\r\n\r\n"]
+        for bid, count in members.items():
+            out.append(f"Event: BridgeListItem\r\n{head}BridgeUniqueid: {bid}\r\nBridgeType: basic\r\n"
+                       f"BridgeTechnology: simple_bridge\r\nBridgeCreator: <unknown>\r\nBridgeName: <unknown>\r\n"
+                       f"BridgeNumChannels: {count}\r\nBridgeVideoSourceMode: none\r\n\r\n")
+        out.append(f"Event: BridgeListComplete\r\n{head}EventList: Complete\r\nListItems: {len(members)}\r\n\r\n")
+        return "".join(out)
+
+    def _core_status(self, head: str) -> str:
+        boot = datetime.fromtimestamp(int(self.boot_time), UTC)
+        return (f"Response: Success\r\n{head}CoreStartupDate: {boot:%Y-%m-%d}\r\nCoreStartupTime: {boot:%H:%M:%S}\r\n"
+                f"CoreReloadDate: {boot:%Y-%m-%d}\r\nCoreReloadTime: {boot:%H:%M:%S}\r\n"
+                f"CoreCurrentCalls: {len(self.channels)}\r\nCoreProcessedCalls: {len(self._created)}\r\n\r\n")
+
     async def send(self, data: bytes, chunk: int = 0) -> None:
         """Send raw bytes to every logged-in client (in ``chunk``-sized writes if given)."""
+        self.advance(data)
         for writer in list(self._clients):
             if chunk:
                 for i in range(0, len(data), chunk):
@@ -167,6 +266,14 @@ class AmiServer:
                             writer.write(f"Response: Success\r\n{head}Ping: Pong\r\n"
                                          f"Timestamp: {time.time():.6f}\r\n\r\n".encode())
                         await self._notify()
+                    elif name in self.refused:
+                        writer.write(f"Response: Error\r\n{head}Message: Permission denied\r\n\r\n".encode())
+                    elif name == "corestatus":
+                        writer.write(self._core_status(head).encode())
+                    elif name == "coreshowchannels":
+                        writer.write(self._list(head).encode())
+                    elif name == "bridgelist":
+                        writer.write(self._bridges(head).encode())
                     elif name == "logoff":
                         writer.write(f"Response: Goodbye\r\n{head}Message: Thanks for all the fish.\r\n\r\n".encode())
                         await writer.drain()
