@@ -83,6 +83,7 @@ class Config:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     metrics_listen: str | None = None  # "127.0.0.1:9469"
     log_level: str = "info"
+    sqlite_cache_mib: int = 32  # SQLite page cache of the outbox connection
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def timezone_for(self, pbx_name: str) -> ZoneInfo:
@@ -162,6 +163,7 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
     )
     outbox_path = general.str("outbox", "/var/lib/aftercalld/outbox.sqlite3", nonempty=True)
     synchronous = general.str("sqlite_synchronous", "normal", choices=("normal", "full"))
+    sqlite_cache_mib = general.int("sqlite_cache_mib", 32, min=1, max=4096)
     keep_days = general.int("keep_days", 0, min=0, max=36500)
     if 0 < keep_days < MIN_KEEP_DAYS:
         raise general.error("keep_days", f"{keep_days} is less than {MIN_KEEP_DAYS}: delivery receipts can arrive "
@@ -196,6 +198,7 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
         timezone=tz,
         outbox_path=outbox_path,
         sqlite_synchronous=synchronous,
+        sqlite_cache_mib=sqlite_cache_mib,
         keep_days=keep_days,
         phone=phone,
         render=RenderContext(phone, constants, agents, max_value_length, transport.segmenting),

@@ -74,7 +74,8 @@ class Daemon:
 
     async def start(self) -> None:
         self._instance_lock = InstanceLock.acquire(self.config.outbox_path)
-        self.outbox = Outbox.open(self.config.outbox_path, synchronous=self.config.sqlite_synchronous)
+        self.outbox = Outbox.open(self.config.outbox_path, synchronous=self.config.sqlite_synchronous,
+                                  cache_mib=self.config.sqlite_cache_mib)
         self.outbox.checkpoint_in_background()
         self.transport = make_transport(self.config)
         self.policy = Policy(self.config.policy, self.outbox, self.config.timezone)
