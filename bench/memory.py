@@ -18,7 +18,7 @@ the outbox (`calls` rows = calls sent, one text per customer call).
 
 --debug-memory starts the daemon under tracemalloc and, at each sample, has it write the
 allocation sites that grew most since the first sample plus gc counts and the commonest live
-object types (slow: use it with --calls 100000 or so).
+object types (slow, ~30 calls/s: use it with --calls 20000 or so).
 
     python bench/memory.py [--calls 1000000] [--rate 0] [--window 3000] [--debug-memory]
 """
@@ -243,7 +243,8 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=3000, help="most calls sent but not yet recorded")
     parser.add_argument("--debug-memory", action="store_true", help="tracemalloc/gc report from the daemon")
     args = parser.parse_args()
-    samples = asyncio.run(run(args.calls, args.rate, args.window, args.debug_memory))
+    window = min(args.window, 300) if args.debug_memory else args.window  # tracemalloc: a slow reader
+    samples = asyncio.run(run(args.calls, args.rate, window, args.debug_memory))
     ok = verdict(samples, samples[-1][0])
     sys.exit(0 if ok else 1)
 
