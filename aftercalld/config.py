@@ -90,6 +90,7 @@ class Config:
     log_level: str = "info"
     unwritten_calls_max: int = 20_000  # finished calls held in memory while the outbox refuses writes
     disk_reserve_mb: float = 8.0  # held next to the outbox, released when a full disk blocks a start or stop
+    sqlite_cache_mib: int = 32  # SQLite page cache of the outbox connection
     extra: Mapping[str, Any] = field(default_factory=dict)
     # `file: key.path: reason` for what is legal but surely not meant (check-config prints
     # them, the daemon logs them at start and reload).
@@ -206,6 +207,7 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
         log_level=general.log_level,
         unwritten_calls_max=general.unwritten_calls_max,
         disk_reserve_mb=general.disk_reserve_mb,
+        sqlite_cache_mib=general.sqlite_cache_mib,
     )
     return replace(config, warnings=config_warnings(config, set(templates)))
 
@@ -221,6 +223,7 @@ class _General:
     max_value_length: int
     unwritten_calls_max: int
     disk_reserve_mb: float
+    sqlite_cache_mib: int
 
 
 def _general(root: Section) -> _General:
@@ -243,6 +246,8 @@ def _general(root: Section) -> _General:
     )
     outbox_path = general.str("outbox", "/var/lib/aftercalld/outbox.sqlite3", nonempty=True)
     synchronous = general.str("sqlite_synchronous", "normal", choices=("normal", "full"))
+    sqlite_cache_mib = general.int("sqlite_cache_mib", 32, min=1, max=4096)
+    sqlite_cache_mib = general.int("sqlite_cache_mib", 32, min=1, max=4096)
     keep_days = general.int("keep_days", 0, min=0, max=36500)
     unwritten_calls_max = general.int("unwritten_calls_max", 20_000, min=1, max=10_000_000)
     disk_reserve_mb = general.float("disk_reserve_mb", 8.0, min=0, max=4096)
@@ -253,7 +258,7 @@ def _general(root: Section) -> _General:
     max_value_length = general.int("template_value_max_length", 64, min=1, max=1000)
     general.done()
     return _General(tz, phone, outbox_path, synchronous, keep_days, log_level, max_value_length,
-                    unwritten_calls_max, disk_reserve_mb)
+                    unwritten_calls_max, disk_reserve_mb, sqlite_cache_mib)
 
 
 def _metrics(root: Section) -> str | None:

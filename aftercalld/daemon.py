@@ -136,7 +136,8 @@ class Daemon:
         reported = ""
         while not self._stop.is_set():
             try:
-                outbox = Outbox.open(self.config.outbox_path, synchronous=self.config.sqlite_synchronous)
+                outbox = Outbox.open(self.config.outbox_path, synchronous=self.config.sqlite_synchronous,
+                                     cache_mib=self.config.sqlite_cache_mib)
             except OutboxUnavailable as exc:
                 if self.reserve.release("to open the outbox"):
                     continue

@@ -55,7 +55,9 @@ class Policy:
         self._day: str | None = None
         self._sent_today = 0
         self._sent_today_by_rule: dict[str, int] = {}
-        self._recent: dict[str, float] = {}  # destination -> last send, for this run
+        # destination -> last send, oldest first; only sends within the cooldown, so that a
+        # daemon texting a new caller every call does not keep every number it ever texted.
+        self._recent: dict[str, float] = {}
 
     def _roll_day(self, now: float) -> None:
         local = datetime.fromtimestamp(now, UTC).astimezone(self.tz)
@@ -85,9 +87,25 @@ class Policy:
             if verdict.send:
                 self._sent_today += 1
                 self._sent_today_by_rule[m.rule] = self._sent_today_by_rule.get(m.rule, 0) + 1
-                self._recent[m.destination] = now
+                if cooldown:
+                    self._recent.pop(m.destination, None)  # re-insert: keeps the dict oldest first
+                    self._recent[m.destination] = now
             verdicts.append(verdict)
+        if cooldown:
+            self._forget_before(now - cooldown)
         return verdicts
+
+    def _forget_before(self, cutoff: float) -> None:
+        while self._recent:
+            destination, sent_at = next(iter(self._recent.items()))
+            if sent_at >= cutoff:
+                return
+            del self._recent[destination]
+
+    @property
+    def remembered(self) -> int:
+        """How many recent sends the cooldown keeps in memory."""
+        return len(self._recent)
 
     def _verdict(self, m: OutboundMessage, now: float, opted_out: set[str], dnd: set[str],
                  last_sent: Mapping[str, float]) -> Verdict:

@@ -79,6 +79,28 @@ async def test_cooldown_expires(tmp_path):
     assert [r["state"] for r in outbox.messages()] == ["submitted", "submitted"]
 
 
+async def test_policy_remembers_only_sends_within_the_cooldown(tmp_path):
+    """Issue 13 item 17: every number ever texted stayed in memory (~80 MiB after 1M calls)."""
+    clock = Clock(datetime(2026, 11, 30, 12, 0, tzinfo=UTC))
+    for extra, remembered_after in (("", (0, 0)), ("\n[policy]\ncooldown_minutes = 30\n", (3, 1))):
+        config = load(write_config(tmp_path, rules=rules(extra=extra)))
+        outbox = Outbox.open(config.outbox_path)
+        policy = Policy(config.policy, outbox, LONDON)
+        dispatcher = Dispatcher(outbox, ScriptedTransport([]), config.dispatch, clock=clock, policy=policy)
+        handler = CallHandler(config, outbox, on_queued=dispatcher.wake, clock=clock)
+        await dispatcher.start()
+        for i in range(3):
+            handler.handle(call(call_id=f"first{extra!r}{i}", caller_number=NUMBERS[i]))
+        await dispatcher.wait_idle()
+        first = policy.remembered
+        clock.now += 31 * 60
+        handler.handle(call(call_id=f"later{extra!r}", caller_number=NUMBERS[5]))
+        await dispatcher.wait_idle()
+        await dispatcher.stop()
+        outbox.close()
+        assert (first, policy.remembered) == remembered_after
+
+
 async def test_daily_quotas_global_and_per_rule_reset_at_local_midnight(tmp_path):
     clock = Clock(datetime(2026, 11, 30, 12, 0, tzinfo=UTC))
     toml = rules(extra_rule_keys="daily_quota = 2", extra="\n[policy]\ndaily_quota = 3\n")
