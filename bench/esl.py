@@ -116,6 +116,11 @@ def _handshake(conn: socket.socket) -> None:
         while f.readline() not in (b"\n", b""):
             pass
         conn.sendall(b"Content-Type: command/reply\nReply-Text: " + reply + b"\n\n")
+    # Then the live channels the source reconciles with on every connect: none yet.
+    while f.readline() not in (b"\n", b""):
+        pass
+    body = b'{"row_count":0}'
+    conn.sendall(b"Content-Type: api/response\nContent-Length: %d\n\n%s" % (len(body), body))
 
 
 def server_flood(port_q: mp.Queue, calls: int, only_subscribed: bool, stats_q: mp.Queue) -> None:

@@ -140,11 +140,12 @@ def _adopt(tracker: CallTracker, call: Call, chans: list[tuple[Chan, dict[str, s
              call.linkedid, len(chans), oldest, extra=fields(call_id=call.linkedid, pbx=tracker.pbx.name))
 
 
-def interrupt_all(tracker: CallTracker, now: float) -> list[CallRecord]:
-    """Asterisk restarted: its calls in progress were cut by the shutdown. Recorded as
-    interrupted (not texted by default) rather than dropped."""
+def interrupt_all(tracker: CallTracker, now: float, seen_before: float) -> list[CallRecord]:
+    """Asterisk restarted: its calls in progress (first seen before ``seen_before``, our
+    clock: not those of the new Asterisk whose events came before its CoreStatus answer)
+    were cut by the shutdown. Recorded as interrupted (not texted by default)."""
     out: list[CallRecord] = []
-    for call in list(tracker.book.calls.values()):
+    for call in [c for c in tracker.book.calls.values() if c.seen < seen_before]:
         call.shutdown = True
         tracker.stats["interrupted"] += 1
         out += tracker.finish(call, now, "unknown (Asterisk restarted while the call was up)")

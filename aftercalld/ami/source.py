@@ -391,7 +391,8 @@ class AmiSource(CallSource):
             self._restarted(now)
 
     def _restarted(self, now: float) -> None:
-        records = reconcile.interrupt_all(self.tracker, now)
+        since = self.connected_since if self.connected_since is not None else now
+        records = reconcile.interrupt_all(self.tracker, now, since)
         for record in records:
             self.calls_emitted += 1
             assert self._queue is not None

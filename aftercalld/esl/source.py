@@ -22,6 +22,7 @@ from ..logutil import fields
 from ..model import CallRecord
 from ..pbxconfig import PbxConfig
 from ..source import CallSink, CallSource, status_time
+from . import reconcile
 from .config import DEFAULT_PASSWORD, EslSettings
 from .protocol import AccessDenied, AuthError, ConnectionLost, EslConnection, EslError, Event, ProtocolError
 from .tracker import SUBSCRIBE_EVENTS, EslTracker
@@ -52,6 +53,7 @@ class EslSource(CallSource):
         self._short_sessions = 0  # in a row: sessions that ended before they were healthy
         self.events = 0
         self.delivered = 0
+        self._reconcile_refused = False  # the missing channel list is logged once
 
     # ------------------------------------------------------------------ CallSource
 
@@ -69,6 +71,8 @@ class EslSource(CallSource):
             "calls_reported": self.delivered,
             "calls_in_progress": self.tracker.active_calls(),
             "calls_dropped": self.tracker.stats["evicted"],
+            # Issue 12: calls the daemon did not see whole, each also logged with its id.
+            **{f"calls_{key}": self.tracker.stats[key] for key in ("adopted", "ended_unseen", "interrupted")},
         }
 
     def _last_event_wall_time(self) -> str | None:
@@ -143,6 +147,7 @@ class EslSource(CallSource):
             else:
                 self._connected_log()
             try:
+                await self._reconcile(conn)
                 reason = await self._watch(conn)
             finally:
                 if stable is not None:
@@ -156,6 +161,29 @@ class EslSource(CallSource):
         self._report(f"connection lost{' within seconds, again and again' if short and self._short_sessions else ''}: "
                      f"{reason}{'; reconnecting with backoff' if short else ''}", logging.WARNING)
         return lasted
+
+    async def _reconcile(self, conn: EslConnection) -> None:
+        """FreeSWITCH's live channels, once subscribed: adopt calls that began while nobody
+        listened, finish those that ended meanwhile (`reconcile.py`)."""
+        asked_after = self.tracker._seq
+        try:
+            body = await conn.api(reconcile.SHOW_CHANNELS, self.settings.connect_timeout)
+            rows = reconcile.parse_channels(body)
+        except (EslError, ValueError) as exc:
+            if not self._reconcile_refused:
+                self._reconcile_refused = True
+                log.warning("ESL %s: `api %s` gave no channel list (%s); calls in progress at a connect are not "
+                            "reconciled", self.name, reconcile.SHOW_CHANNELS, exc, extra=fields(pbx=self.name))
+            return
+        now = asyncio.get_running_loop().time()
+        before = dict(self.tracker.stats)
+        for record in reconcile.apply(self.tracker, rows, asked_after, now, int(self.clock() * 1e6), self._core_uuid):
+            assert self._records is not None
+            self._records.put_nowait(record)
+        stats = self.tracker.stats
+        log.info("ESL %s: reconciled with FreeSWITCH's %d live channel(s): %d adopted, %d call(s) ended while "
+                 "aftercalld was not connected", self.name, len(rows), stats["adopted"] - before["adopted"],
+                 stats["ended_unseen"] - before["ended_unseen"], extra=fields(pbx=self.name))
 
     def _connected_log(self) -> None:
         log.info("ESL %s: connected to %s%s", self.name, self.settings.describe(),
@@ -196,7 +224,9 @@ class EslSource(CallSource):
             if self._core_uuid:
                 log.warning("ESL %s: FreeSWITCH restarted (Core-UUID %s -> %s)", self.name, self._core_uuid, core,
                             extra=fields(pbx=self.name))
-                self.tracker.drop_core(core, now)
+                for record in self.tracker.drop_core(core, now, int(self.clock() * 1e6)):
+                    assert self._records is not None
+                    self._records.put_nowait(record)
             self._core_uuid = core
         # A plain event is a read-only mapping, not a dict; the tracker only reads it.
         for record in self.tracker.feed(cast(dict[str, str], event), now):

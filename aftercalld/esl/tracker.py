@@ -23,6 +23,7 @@ from ..evictions import OverflowLog
 from ..logutil import fields
 from ..model import CallRecord
 from ..pbxconfig import PbxConfig
+from . import reconcile
 from .config import EslSettings
 from .legs import FactsReader, Leg, call_leg, on_bridge_event, originated_legs, us
 
@@ -63,6 +64,7 @@ _EVENT_LINKS = {
 _PARENT_HEADERS = ("variable_originator", "variable_originating_leg_uuid")
 # A channel's first event when we see it from its start (CHANNEL_UUID: originate renames it).
 _FIRST_EVENTS = frozenset({"CHANNEL_CREATE", "CHANNEL_UUID"})
+_STATS = ("events", "calls", "evicted", "overflow", "malformed", "late", "adopted", "ended_unseen", "interrupted")
 class _Call:
     __slots__ = ("key", "uuids", "legs", "open", "started", "core", "partial")
 
@@ -124,7 +126,7 @@ class EslTracker:
         self._seq = 0
         self._next_key = 0
         self._next_sweep = 0.0
-        self.stats = {"events": 0, "calls": 0, "evicted": 0, "overflow": 0, "malformed": 0, "late": 0}
+        self.stats = dict.fromkeys(_STATS, 0)
 
     # ------------------------------------------------------------------ public API
 
@@ -170,10 +172,11 @@ class EslTracker:
             out.append(self._evict(call, f"no hangup within {self._timeout:g}s", now))
         return out
 
-    def drop_core(self, core_uuid: str, now: float) -> list[Evicted]:
-        """FreeSWITCH restarted (new Core-UUID): the old instance's calls can never end."""
+    def drop_core(self, core_uuid: str, now: float, now_us: int) -> list[CallRecord]:
+        """FreeSWITCH restarted (new Core-UUID): its calls were cut, recorded as interrupted."""
         stale = [c for c in self._calls.values() if c.core and c.core != core_uuid]
-        return [self._evict(c, "FreeSWITCH restarted while the call was up", now) for c in stale]
+        self.stats["interrupted"] += len(stale)
+        return [r for c in stale for r in reconcile.interrupted(self, c, now, now_us)]
 
     def connection_gap(self) -> None:
         """The source reconnected: events of calls in progress may have been lost."""

@@ -6,6 +6,12 @@ It speaks what FreeSWITCH 1.10 speaks to an ESL client: ``auth/request`` on conn
 bodies, ``text/disconnect-notice`` before it closes, ``text/rude-rejection`` for a refused
 address. It reads traces on its own (it is a peer, not a user of aftercalld's code) and can
 replay their recorded bytes exactly as FreeSWITCH sent them.
+
+It follows the live channels of the events it sent (or, with `advance`, of events the PBX
+had while no client listened) and answers ``api show channels as json`` from them in
+FreeSWITCH's shape: ``{"row_count": N, "rows": [{"uuid", "direction", "created",
+"created_epoch", "name", "state", "cid_name", "cid_num", "dest", "application",
+"context", "callstate", "call_uuid", ...}]}``, or ``{"row_count": 0}`` when there is none.
 """
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ import asyncio
 import json
 import re
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from testdata import FREESWITCH_TRACES
 
@@ -73,6 +79,7 @@ class Session:
         self.closed = asyncio.Event()
 
     async def send(self, data: bytes) -> None:
+        self.server.advance([data])
         self.writer.write(data)
         await self.writer.drain()
 
@@ -133,6 +140,8 @@ class Session:
                     await self.send(self.reply(f"+OK filter added. [{header}]=[{value}]"))
                 elif verb == "api":
                     body = self.server.api_replies.get(rest, "-ERR " + rest.split(" ")[0] + " Command not found!\n")
+                    if rest == "show channels as json" and rest not in self.server.api_replies:
+                        body = self.server.show_channels()
                     await self.send(frame({"Content-Type": "api/response"}, body.encode()))
                 elif verb == "exit":
                     await self.send(self.reply("+OK bye"))
@@ -155,6 +164,7 @@ class EslServer:
         self.auth_failures = 0
         self.api_replies = {"status": "UP 0 years, 0 days\nFreeSWITCH (Version 1.10.12) is ready\n"}
         self.sessions: list[Session] = []
+        self.channels: dict[str, dict[str, str]] = {}  # Unique-ID -> its `show channels` row
         self._server: asyncio.AbstractServer | None = None
         self._new_session = asyncio.Condition()
 
@@ -172,6 +182,66 @@ class EslServer:
                     await session.disconnect()
             await self._server.wait_closed()
             self._server = None
+
+    def advance(self, frames: list[bytes]) -> None:
+        """FreeSWITCH lives through these event frames: its channels change."""
+        for data in frames:
+            head, _, body = data.partition(b"\n\n")
+            if b"text/event-json" in head:
+                try:
+                    event = json.loads(body)
+                except (ValueError, RecursionError):  # hostile tests send such events on purpose
+                    continue
+                if not isinstance(event, dict):
+                    continue
+            elif b"text/event-plain" in head:
+                event = {}
+                for line in body.decode(errors="replace").split("\n"):
+                    key, sep, value = line.partition(": ")
+                    if sep:
+                        event.setdefault(key, unquote(value))
+            else:
+                continue
+            self._apply(event)
+
+    def _apply(self, ev: dict[str, str]) -> None:
+        name, uuid = ev.get("Event-Name"), ev.get("Unique-ID", "")
+        if not uuid:
+            return
+        if name in ("CHANNEL_HANGUP_COMPLETE", "CHANNEL_DESTROY"):
+            self.channels.pop(uuid, None)
+            return
+        if name == "CHANNEL_UUID" and ev.get("Old-Unique-ID") in self.channels:
+            self.channels[uuid] = dict(self.channels.pop(ev["Old-Unique-ID"]), uuid=uuid)
+        row = self.channels.get(uuid)
+        if name == "CHANNEL_CREATE" and row is None:
+            created = int(ev.get("Caller-Channel-Created-Time", "0") or 0) // 1_000_000
+            row = self.channels[uuid] = {
+                "uuid": uuid, "direction": ev.get("Call-Direction", ""), "created": "", "created_epoch": str(created),
+                "name": ev.get("Channel-Name", ""), "state": ev.get("Channel-State", ""),
+                "cid_name": ev.get("Caller-Caller-ID-Name", ""), "cid_num": ev.get("Caller-Caller-ID-Number", ""),
+                "ip_addr": ev.get("Caller-Network-Addr", ""), "dest": ev.get("Caller-Destination-Number", ""),
+                "application": "", "application_data": "", "dialplan": ev.get("Caller-Dialplan", ""),
+                "context": ev.get("Caller-Context", ""), "read_codec": "", "read_rate": "", "read_bit_rate": "",
+                "write_codec": "", "write_rate": "", "write_bit_rate": "", "secure": "", "hostname": "",
+                "presence_id": "", "presence_data": "", "accountcode": "", "callstate": "DOWN",
+                "callee_name": "", "callee_num": "", "callee_direction": "", "call_uuid": "",
+                "sent_callee_name": "", "sent_callee_num": "", "initial_cid_name": "", "initial_cid_num": "",
+                "initial_ip_addr": "", "initial_dest": "", "initial_dialplan": "", "initial_context": ""}
+            parent = ev.get("variable_originator") or ev.get("Other-Leg-Unique-ID") or ""
+            row["call_uuid"] = parent
+        if row is None:
+            return
+        row["state"] = ev.get("Channel-State", row["state"])
+        if name == "CHANNEL_ANSWER":
+            row["callstate"] = "ACTIVE"
+        elif name == "CHANNEL_BRIDGE":
+            row["callstate"] = "ACTIVE"
+            row["call_uuid"] = row["call_uuid"] or ev.get("Other-Leg-Unique-ID", "")
+
+    def show_channels(self) -> str:
+        rows = list(self.channels.values())
+        return json.dumps({"row_count": len(rows), "rows": rows} if rows else {"row_count": 0})
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session = Session(self, reader, writer)

@@ -259,3 +259,60 @@ async def test_call_already_up_at_connect_is_settled_by_the_idle_tick(server: Es
     (call,) = await sink.wait_for(1, timeout=5)
     assert call.call_id == "d2a23454-311a-42c8-b6fc-4dee4c4a5892" and call.status is CallStatus.CONNECTED
     await stop(task)
+
+
+# ---------------------------------------------------------------- issue 12: reconciliation
+
+def before_first_end(events: list[bytes]) -> int:
+    return next(i for i, raw in enumerate(events) if b"CHANNEL_HANGUP_COMPLETE" in raw)
+
+
+async def test_call_begun_while_nobody_listened_is_adopted_and_needs_no_grace(server: EslServer, caplog) -> None:
+    """A fresh process (after kill -9 or a restart) joined calls mid-way and held them 5 s
+    in memory waiting for legs it never saw: a kill in that window lost them."""
+    events = trace_events(TRACES / "inbound_connected.esl")
+    cut = before_first_end(events)
+    server.advance(events[:cut])  # the caller talks to 1001; nobody listens
+    caplog.set_level(logging.INFO)
+    source, sink = make(server), Collector()
+    source.tracker.PARTIAL_GRACE_SECONDS = 60.0  # a joined call would wait that long
+    task = await run_source(source, sink)
+    try:
+        session = await server.session(0)
+        await asyncio.wait_for(_until(lambda: source.tracker.stats["adopted"] == 4), 5)  # two loopback halves, two legs
+        for raw in events[cut:]:
+            await session.send(raw)
+        (record,) = await sink.wait_for(1, timeout=5)
+        assert record.call_id == "8ce581dd-ae3c-47ac-9521-9e2fc6a157b8"
+        assert (record.status, record.caller_number, record.dialled_number, record.agent_extension) == (
+            CallStatus.CONNECTED, "9876543210", "18005550100", "1001")
+        assert "adopted from FreeSWITCH's list of live channels" in caplog.text
+        assert source.status()["calls_adopted"] == 4
+    finally:
+        await stop(task)
+
+
+async def test_call_that_ended_while_the_link_was_down_is_recorded_with_what_is_known(server: EslServer) -> None:
+    events = trace_events(TRACES / "inbound_connected.esl")
+    cut = before_first_end(events)
+    source, sink = make(server), Collector()
+    task = await run_source(source, sink)
+    try:
+        session = await server.session(0)
+        for raw in events[:cut]:
+            await session.send(raw)
+        await asyncio.wait_for(_until(lambda: source.tracker.active_calls() == 1), 5)
+        await server.stop()  # the link is down ...
+        server.advance(events[cut:])  # ... while the call ends
+        await server.start()
+        (record,) = await sink.wait_for(1, timeout=5)
+        assert record.call_id == "8ce581dd-ae3c-47ac-9521-9e2fc6a157b8" and record.status is CallStatus.CONNECTED
+        assert record.hangup_cause == "unknown (ended while aftercalld was not connected)"
+        assert source.tracker.active_calls() == 0 and source.status()["calls_ended_unseen"] == 1
+    finally:
+        await stop(task)
+
+
+async def _until(predicate) -> None:
+    while not predicate():
+        await asyncio.sleep(0.005)  # a state of the source that no event announces

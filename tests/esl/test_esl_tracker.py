@@ -165,11 +165,15 @@ def test_cap_evictions_are_counted_and_logged_as_a_rate_limited_summary(caplog: 
     assert lines[0].startswith("1 call(s) in progress dropped") and lines[1].startswith("4899 call(s)")
 
 
-def test_restarted_freeswitch_drops_its_calls(tracker: EslTracker) -> None:
+def test_restarted_freeswitch_records_its_calls_as_interrupted(tracker: EslTracker) -> None:
+    """Issue 12: a FreeSWITCH restart used to drop the calls it cut, without a record."""
     _, events = inbound_call("connected", core="old")
     feed_all(tracker, events[:3])
-    assert [e.reason for e in tracker.drop_core("new", 0.0)] == ["FreeSWITCH restarted while the call was up"]
-    assert tracker.active_calls() == 0
+    (record,) = tracker.drop_core("new", 0.0, 1_796_000_000_000_000)
+    assert record.status is CallStatus.INTERRUPTED
+    assert record.hangup_cause == "unknown (FreeSWITCH restarted while the call was up)"
+    assert record.caller_number and record.end_time is not None
+    assert tracker.active_calls() == 0 and tracker.stats["interrupted"] == 1
 
 
 def test_malformed_events_are_skipped(tracker: EslTracker, caplog: pytest.LogCaptureFixture) -> None:
