@@ -31,6 +31,12 @@ class PbxConfig:
     # A call recovered from the CDRs that ended longer ago than this is recorded, not texted.
     backfill_max_age: float = 600.0
 
+    @property
+    def backfills_from_cdr(self) -> bool:
+        """A call that ended while aftercalld was not connected is then the CDR backfill's
+        to record (with what the CDR knows), not the reconciliation's (with what we knew)."""
+        return self.cdr is not None
+
 
 def default_pbx(type_: str, name: str = "replay", timezone: str = "UTC") -> PbxConfig:
     """What `aftercalld replay` uses when no config file is given."""

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 
 from ..logutil import fields
 from ..model import CallRecord
-from ..pbxconfig import PbxConfig
 from .calls import Call, Chan, Dial, voicemail_box
 
 if TYPE_CHECKING:
@@ -35,10 +34,6 @@ _UNKNOWN = ("", "<unknown>", "<Unknown>")
 # Local channel's ;1 half), with "(Outgoing Line)" as data.
 _OUTGOING = ("AppDial", "AppDial2")
 
-
-def leave_to_cdr_backfill(pbx: PbxConfig) -> bool:
-    """A call that ended unseen is the CDR backfill's when the PBX's CDRs are read."""
-    return bool(getattr(pbx, "cdr", None))
 
 
 def age_seconds(duration: str) -> float:
@@ -154,7 +149,7 @@ def interrupt_all(tracker: CallTracker, now: float, seen_before: float) -> list[
 
 def _ended_unseen(tracker: CallTracker, call: Call, now: float) -> list[CallRecord]:
     tracker.stats["ended_unseen"] += 1
-    if leave_to_cdr_backfill(tracker.pbx):
+    if tracker.pbx.backfills_from_cdr:
         log.info("AMI call %s ended while aftercalld was not connected; left to the CDR backfill",
                  call.linkedid, extra=fields(call_id=call.linkedid, pbx=tracker.pbx.name))
         tracker.book.forget(call)

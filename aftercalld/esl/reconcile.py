@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING
 from ..classify import build_record
 from ..logutil import fields
 from ..model import CallRecord
-from ..pbxconfig import PbxConfig
 from .legs import call_leg
 
 if TYPE_CHECKING:
@@ -34,10 +33,6 @@ ENDED_UNSEEN_CAUSE = "unknown (ended while aftercalld was not connected)"
 RESTARTED_CAUSE = "unknown (FreeSWITCH restarted while the call was up)"
 SHOW_CHANNELS = "show channels as json"
 
-
-def leave_to_cdr_backfill(pbx: PbxConfig) -> bool:
-    """A call that ended unseen is the CDR backfill's when the PBX's CDRs are read."""
-    return bool(getattr(pbx, "cdr", None))
 
 
 def parse_channels(body: str) -> list[dict[str, str]]:
@@ -95,7 +90,7 @@ def _create_event(row: dict[str, str], core: str) -> dict[str, str]:
 def ended_unseen(tracker: EslTracker, call: _Call, now: float, now_us: int) -> list[CallRecord]:
     tracker.stats["ended_unseen"] += 1
     ident = next(iter(sorted(call.legs)), "?")
-    if leave_to_cdr_backfill(tracker.pbx):
+    if tracker.pbx.backfills_from_cdr:
         log.info("ESL call %s ended while aftercalld was not connected; left to the CDR backfill", ident,
                  extra=fields(call_id=ident, pbx=tracker.pbx.name))
         tracker._forget(call, now)
