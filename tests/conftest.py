@@ -7,11 +7,31 @@ from pathlib import Path
 import pytest
 from testdata import TRACES
 
+# The protocol peers (tests/ami/ami_server.py, tests/smpp/smsc_sim.py) import as top-level
+# modules, as the test files of their folders import them.
+_TESTS = Path(__file__).resolve().parent
+sys.path[:0] = [str(_TESTS / "ami"), str(_TESTS / "smpp")]
+
 
 @pytest.fixture(scope="session")
 def traces() -> Path:
     """The recorded PBX traces inside the checkout (tests/data/traces)."""
     return TRACES
+
+
+@pytest.fixture
+async def peers():
+    """The repo's AMI test server and SMSC simulator on 127.0.0.1, for one test that runs a
+    daemon between them."""
+    from ami_server import AmiServer
+    from smsc_sim import SmscSim
+
+    ami = await AmiServer().start()
+    smsc = SmscSim()
+    await smsc.start()
+    yield ami, smsc
+    await ami.stop()
+    await smsc.stop()
 
 
 @pytest.fixture

@@ -18,12 +18,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
-
 TESTS = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(TESTS / "ami"), str(TESTS / "smpp"), str(TESTS / "service")]
 
-from ami_server import AmiServer  # noqa: E402
 from smsc_sim import SmscSim, decode  # noqa: E402
 from test_service_daemon import Daemon  # noqa: E402
 
@@ -89,15 +86,6 @@ def shifted_calls(traces: Path, ended_at: float, id_prefix: str) -> str:
         out.write(line + "\n")
     return out.getvalue()
 
-
-@pytest.fixture
-async def peers():
-    ami = await AmiServer().start()
-    smsc = SmscSim()
-    await smsc.start()
-    yield ami, smsc
-    await ami.stop()
-    await smsc.stop()
 
 
 def texts(smsc: SmscSim) -> list[tuple[str, str]]:

@@ -14,8 +14,6 @@ import sqlite3
 import sys
 from pathlib import Path
 
-import pytest
-
 TESTS = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(TESTS / "ami"), str(TESTS / "smpp")]
 
@@ -29,15 +27,6 @@ from test_service_daemon import write_config  # noqa: E402
 TRACE = "mixed_concurrent.ami"
 CALLS = set(EXPECTED[TRACE])
 
-
-@pytest.fixture
-async def peers():
-    ami = await AmiServer().start()
-    smsc = SmscSim()
-    await smsc.start()
-    yield ami, smsc
-    await ami.stop()
-    await smsc.stop()
 
 
 def split_in_progress(data: bytes) -> int:

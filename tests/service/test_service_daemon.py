@@ -20,8 +20,6 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
-
 TESTS = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(TESTS / "ami"), str(TESTS / "smpp")]
 
@@ -86,15 +84,6 @@ def trace_bytes(name: str, traces: Path) -> bytes:
     raw = (traces / "asterisk" / name).read_bytes()
     return b"\r\n".join(line for line in raw.split(b"\r\n") if not line.startswith(b"#"))
 
-
-@pytest.fixture
-async def peers():
-    ami = await AmiServer().start()
-    smsc = SmscSim()
-    await smsc.start()
-    yield ami, smsc
-    await ami.stop()
-    await smsc.stop()
 
 
 def write_config(tmp_path: Path, ami: AmiServer, smsc: SmscSim,

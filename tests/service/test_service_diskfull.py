@@ -68,15 +68,6 @@ def disk():
         yield mounted
 
 
-@pytest.fixture
-async def peers():
-    ami = await AmiServer().start()
-    smsc = SmscSim()
-    await smsc.start()
-    yield ami, smsc
-    await ami.stop()
-    await smsc.stop()
-
 
 def free_port() -> int:
     import socket

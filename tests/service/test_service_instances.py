@@ -8,25 +8,12 @@ import socket
 import sys
 from pathlib import Path
 
-import pytest
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ami"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "smpp"))
 
-from ami_server import AmiServer  # noqa: E402
 from daemon_proc import Daemon  # noqa: E402
 from smsc_sim import SmscSim  # noqa: E402
 from test_service_daemon import write_config  # noqa: E402
-
-
-@pytest.fixture
-async def peers():
-    ami, smsc = AmiServer(), SmscSim()
-    await ami.start()
-    await smsc.start()
-    yield ami, smsc
-    await ami.stop()
-    await smsc.stop()
 
 
 async def test_a_second_daemon_on_the_same_outbox_is_refused_naming_the_first(tmp_path, peers):
