@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import logging
 import socket
-import struct
 
 import pytest
+from journal_wire import parse_entry
 
 from aftercalld.logsetup import JournalHandler, setup_logging
 from aftercalld.logutil import fields
@@ -77,7 +77,7 @@ def test_journal_entries_carry_escaped_messages_and_fields(tmp_path):
     logger.addHandler(handler)
     try:
         logger.warning("missed call from %s", NASTY, extra=fields(recipient=NASTY, call_id="main/1\n2"))
-        entry = _parse_entry(journal.recv(65536))
+        entry = parse_entry(journal.recv(65536))
     finally:
         logger.removeHandler(handler)
         handler.close()
@@ -88,21 +88,6 @@ def test_journal_entries_carry_escaped_messages_and_fields(tmp_path):
     assert entry["RECIPIENT"].endswith("\\r\\x1b[2J\\u202e\\u2028")
     assert entry["CALL_ID"] == "1\\n2"
 
-
-def _parse_entry(data: bytes) -> dict[str, str]:
-    out, pos = {}, 0
-    while pos < len(data):
-        end = data.index(b"\n", pos)
-        line = data[pos:end]
-        if b"=" in line:
-            key, _, value = line.partition(b"=")
-            out[key.decode()] = value.decode()
-            pos = end + 1
-        else:  # binary form: KEY\n<u64 length><value>\n
-            size = struct.unpack("<Q", data[end + 1:end + 9])[0]
-            out[line.decode()] = data[end + 9:end + 9 + size].decode()
-            pos = end + 9 + size + 1
-    return out
 
 
 
