@@ -414,6 +414,35 @@ class Outbox:
             )
         return results
 
+    def queue_messages(self, batch: Sequence[tuple[str, RenderedMessage]], *, ttl_seconds: float,
+                       now: float) -> list[tuple[int, bool]]:
+        """Texts that no call rule produced (the HTTP API's, replies forwarded to an agent),
+        each with the call key it belongs to ("" for none), in one transaction. They take
+        the same path as a rule's texts from here: dispatcher, policy, transports.
+        Returns (message id, newly queued) per entry: an idempotency key seen before gives
+        the existing message's id and False, and changes nothing."""
+        out: list[tuple[int, bool]] = []
+        with _tx(self) as conn:
+            for call_key, m in batch:
+                state = MessageState.SUPPRESSED if m.suppressed else MessageState.QUEUED
+                row = conn.execute(
+                    "INSERT INTO messages (key, call_key, rule, recipient_kind, raw_number, "
+                    "destination, sender, text, encoding, segments, options, state, reason, "
+                    "next_attempt_at, expires_at, created_at, updated_at, final_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (key) DO NOTHING RETURNING id",
+                    (m.key, call_key, m.rule, m.kind.value, m.raw_number, m.destination, m.sender,
+                     m.text, m.encoding.value, m.segments, json.dumps(dict(m.options)) if m.options else "{}",
+                     state.value, m.suppressed, None if m.suppressed else now,
+                     now + ttl_seconds, now, now, now if m.suppressed else None),
+                ).fetchone()
+                if row is not None:
+                    out.append((row[0], True))
+                else:
+                    (existing,) = conn.execute("SELECT id FROM messages WHERE key = ?", (m.key,)).fetchone()
+                    out.append((existing, False))
+        return out
+
     def _present(self, table: str, column: str, values: Iterable[str]) -> set[str]:
         """Which of `values` the table has in `column` (its key): one query per 500, the
         most bound parameters old SQLite builds allow being 999."""

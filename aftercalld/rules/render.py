@@ -124,3 +124,24 @@ def _render_one(rule: Rule, spec: RecipientSpec, raw: str, record: CallRecord,
         suppressed=suppressed,
         options=spec.options,
     )
+
+
+def render_adhoc(key: str, rule: str, kind: RecipientKind, raw: str, text: str, sender: str,
+                 ctx: RenderContext, *, max_segments: int = 10,
+                 options: Mapping[str, Any] | None = None) -> RenderedMessage:
+    """A text that no call rule rendered (the HTTP API's, a reply forwarded to an agent),
+    checked as a rule's would be: the number by the same phone rules, the length in
+    the transport's parts. `key` is its idempotency key, whole (e.g. "api/<key>")."""
+    text = replace_surrogates(text)
+    analysed = segment(text, ctx.segmenting)
+    check = ctx.phone.check(raw)
+    suppressed = check.reason
+    if not suppressed and analysed.segments > max_segments:
+        suppressed = f"too long: {analysed.segments} segments, at most {max_segments}"
+    if not suppressed and not text.strip():
+        suppressed = "empty text"
+    return RenderedMessage(
+        key=key, rule=rule, kind=kind, raw_number=raw, destination=check.e164, sender=sender,
+        text=text, encoding=analysed.encoding, segments=analysed.segments, suppressed=suppressed,
+        options=options or {},
+    )

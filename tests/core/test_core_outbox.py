@@ -463,3 +463,21 @@ def test_a_receipt_row_that_breaks_matching_is_set_aside_and_survives_no_restart
         assert not outbox.has_pending_orphans(received_before=now + 2)
     finally:
         outbox.close()
+
+
+def test_an_adhoc_text_is_queued_once_per_idempotency_key(setup):
+    from aftercalld.model import RecipientKind
+    from aftercalld.rules.render import render_adhoc
+
+    config, outbox = setup
+    ctx = config.render
+    first = render_adhoc("api/order-17", "api", RecipientKind.FIXED, "+447400123456", "Table ready", "Cafe", ctx)
+    again = render_adhoc("api/order-17", "api", RecipientKind.FIXED, "+447400123456", "changed text", "Cafe", ctx)
+    refused = render_adhoc("api/bad", "api", RecipientKind.FIXED, "12", "hello", "Cafe", ctx)
+    [(first_id, new)] = outbox.queue_messages([("", first)], ttl_seconds=60, now=NOW.timestamp())
+    [(again_id, new_again), (refused_id, _)] = outbox.queue_messages(
+        [("", again), ("", refused)], ttl_seconds=60, now=NOW.timestamp())
+    assert new and not new_again and again_id == first_id
+    assert outbox.counts_by_state() == {"queued": 1, "suppressed": 1}
+    assert [m["text"] for m in outbox.messages() if m["id"] == first_id] == ["Table ready"]
+    assert [m["state"] for m in outbox.messages() if m["id"] == refused_id] == ["suppressed"]
