@@ -37,11 +37,11 @@ class PolicyConfig:
     rules: Mapping[str, RulePolicy] = field(default_factory=dict)
 
 
-@dataclass(slots=True)  # built per message on the hot path: frozen costs a setattr per field
 # The rules of texts that replies cause (replies.py): "reply:forward", "reply:help".
 ANSWER_RULE_PREFIX = "reply:"
 
 
+@dataclass(slots=True)  # built per message on the hot path: frozen costs a setattr per field
 class Verdict:
     send: bool
     reason: str = ""

@@ -162,7 +162,7 @@ class WebhookWorker:
             log.exception("posting webhook %s to %s failed unexpectedly", delivery.event_id, endpoint.name)
             error = f"{type(exc).__name__}: {exc}"[:300]
         finally:
-            self._in_flight[delivery.endpoint].discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._in_flight[delivery.endpoint].discard(asyncio.current_task())
         if not error and 200 <= status < 300:
             if len(self.latencies) < 100_000:
                 self.latencies.append(time.perf_counter() - began)
