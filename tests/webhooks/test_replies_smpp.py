@@ -4,6 +4,7 @@ receiver (signature checked) and the agent's mobile as an SMS; STOP, START and H
 in two languages."""
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -13,6 +14,7 @@ from smsc_sim import SmscSim, decode
 from aftercalld.config import loads
 from aftercalld.daemon import Daemon
 from aftercalld.model import CallRecord
+from aftercalld.report import why
 
 SECRET = "replies-test-secret-0123456789"
 
@@ -119,6 +121,19 @@ async def test_a_reply_reaches_the_webhook_and_the_agent_and_is_not_forwarded_tw
     assert agent_reply["in_reply_to"]["rule"] == "reply:forward" and agent_reply["forwarded_to"] == []
     await daemon.dispatcher.wait_idle()
     assert len(sim.accepted) == 2
+
+    # `why NUMBER`: the conversation in time order.
+    shown = io.StringIO()
+    assert why(daemon.outbox, daemon.config, "07400 123456", shown) == 0
+    thread = shown.getvalue().split("thread with +447400123456, oldest first:\n")[1].splitlines()
+    assert thread[0].startswith("  text to +447400123456") and "(rule Missed, call main/c1): delivered" in thread[0]
+    assert thread[1].startswith("  reply from +447400123456") and "'Please call me after 5'" in thread[1]
+    assert len(thread) == 2
+    shown = io.StringIO()
+    assert why(daemon.outbox, daemon.config, AGENT_MOBILE, shown) == 0
+    agent_thread = shown.getvalue().split(f"thread with {AGENT_MOBILE}, oldest first:\n")[1].splitlines()
+    assert "(rule reply:forward, call main/c1)" in agent_thread[0]
+    assert agent_thread[1].startswith(f"  reply from {AGENT_MOBILE}") and "'ok, will do'" in agent_thread[1]
 
 
 async def test_help_is_answered_once_per_cooldown_in_the_words_language(running):
