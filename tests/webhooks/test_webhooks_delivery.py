@@ -14,7 +14,7 @@ from receiver import Receiver
 from aftercalld.metrics import Metrics
 from aftercalld.model import MessageState, RecipientKind
 from aftercalld.phone import PhoneRules
-from aftercalld.rules.render import render_adhoc, RenderContext
+from aftercalld.rules.render import RenderContext, render_adhoc
 from aftercalld.store import Outbox, OutcomeRecord
 from aftercalld.webhooks.config import WebhookEndpoint
 from aftercalld.webhooks.events import WebhookEvents
