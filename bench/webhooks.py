@@ -61,19 +61,6 @@ concurrency = 16
 '''
 
 
-class TimedReceiver(Receiver):
-    """Answers after `answer_ms`, so that posts are in flight when the daemon is killed."""
-
-    def __init__(self, *args, answer_ms: float = 0.0, **kw) -> None:
-        super().__init__(*args, **kw)
-        self.answer_ms = answer_ms
-
-    async def _hook(self, request):
-        if self.answer_ms:
-            await asyncio.sleep(self.answer_ms / 1000)
-        return await super()._hook(request)
-
-
 async def start_daemon(tmp: Path, sim: SmscSim, receiver: Receiver, log_level: str) -> Daemon:
     (tmp / "secret").write_text(SECRET)
     config = tmp / "aftercalld.toml"
@@ -162,7 +149,7 @@ async def latency(args) -> None:
 async def kill9(args) -> None:
     sim = SmscSim()
     await sim.start()
-    receiver = await TimedReceiver(SECRET.encode(), answer_ms=args.answer_ms).start()
+    receiver = await Receiver(SECRET.encode(), answer_delay=args.answer_ms / 1000).start()
     with tempfile.TemporaryDirectory() as tmp:
         daemon = await start_daemon(Path(tmp), sim, receiver, args.log_level)
         try:

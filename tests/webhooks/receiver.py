@@ -25,9 +25,11 @@ class Received:
 
 class Receiver:
     def __init__(self, secret: bytes, *, answers: list[int] | None = None, default: int = 200,
-                 clock: Callable[[], float] = time.time) -> None:
-        """`answers`: the HTTP statuses to give, in order, before `default` for the rest."""
+                 clock: Callable[[], float] = time.time, answer_delay: float = 0.0) -> None:
+        """`answers`: the HTTP statuses to give, in order, before `default` for the rest.
+        `answer_delay`: seconds between taking an event and answering (posts stay in flight)."""
         self.secret = secret
+        self.answer_delay = answer_delay
         self.answers = list(answers or [])
         self.default = default
         self.clock = clock
@@ -66,6 +68,8 @@ class Receiver:
             status = self.answers.pop(0) if self.answers else self.default
         self.received.append(Received(json.loads(body), dict(request.headers), signed, status))
         self._changed.set()
+        if self.answer_delay:
+            await asyncio.sleep(self.answer_delay)
         return web.Response(status=status, text="ok" if status < 300 else "no")
 
     def accepted(self) -> list[dict[str, Any]]:
