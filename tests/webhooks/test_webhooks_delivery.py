@@ -224,3 +224,18 @@ def test_signature_check_refuses_old_timestamps_and_changed_bodies():
     assert not verify(SECRET, header, body + b" ", now=1_800_000_010)
     assert not verify(b"wrong-secret-0123456789", header, body, now=1_800_000_010)
     assert not verify(SECRET, "v1=abc", body, now=1_800_000_010)
+
+
+def test_the_readme_snippet_verifies_our_signature():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("**Checking the signature.**", 1)[1]
+    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(snippet.replace("# e.g. in Flask", "# "), "README.md", "exec"), namespace)
+    body = b'{"id":"evt_1","type":"reply.received"}'
+    now = int(time.time())
+    assert namespace["verify"](SECRET, header_value(SECRET, now, body), body)
+    assert not namespace["verify"](SECRET, header_value(SECRET, now - 600, body), body)
+    assert not namespace["verify"](SECRET, header_value(b"x" * 20, now, body), body)
