@@ -165,12 +165,20 @@ async def test_an_endpoint_that_never_answers_is_given_up_after_its_time_to_live
     with socket.socket() as s:  # a port nobody listens on: connection refused
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    h = Harness(tmp_path, [endpoint(f"http://127.0.0.1:{port}/hook", ttl_seconds=0.3)]).start()
+    h = Harness(tmp_path, [endpoint(f"http://127.0.0.1:{port}/hook", ttl_seconds=0.3)])
+    gave_up = asyncio.Event()
+    record = h.outbox.record_webhook_results
+
+    def recorded(results, now):
+        record(results, now)
+        if any(r.state == "failed" for r in results):
+            gave_up.set()
+
+    h.outbox.record_webhook_results = recorded
+    h.start()
     try:
         h.reply_event()
-        while h.outbox.webhook_deliveries()[0]["state"] != "failed":
-            await h.worker.wait_idle()
-            await asyncio.sleep(0.02)  # the next retry is due in the future: let the worker's timer fire
+        await asyncio.wait_for(gave_up.wait(), 10)
         row = h.outbox.webhook_deliveries()[0]
         assert row["last_error"].startswith("gave up after ") and "time-to-live 0.3s" in row["last_error"]
         assert "ClientConnectorError" in row["last_error"]
@@ -183,6 +191,7 @@ async def test_concurrency_per_endpoint_is_bounded(tmp_path):
     in_flight = 0
     peak = 0
     gate = asyncio.Event()
+    three = asyncio.Event()
 
     from aiohttp import web
 
@@ -190,6 +199,8 @@ async def test_concurrency_per_endpoint_is_bounded(tmp_path):
         nonlocal in_flight, peak
         in_flight += 1
         peak = max(peak, in_flight)
+        if in_flight == 3:
+            three.set()
         await gate.wait()
         in_flight -= 1
         return web.Response(text="ok")
@@ -204,9 +215,10 @@ async def test_concurrency_per_endpoint_is_bounded(tmp_path):
     h = Harness(tmp_path, [endpoint(f"http://127.0.0.1:{port}/hook", concurrency=3)]).start()
     try:
         h.reply_event(20)
-        while in_flight < 3:
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.1)  # time for a fourth post, were one allowed
+        await asyncio.wait_for(three.wait(), 10)
+        # The worker claims only for free slots: three rows are out, the rest wait their turn.
+        states = [r["state"] for r in h.outbox.webhook_deliveries()]
+        assert (states.count("sending"), states.count("queued")) == (3, 17)
         assert peak == 3
         gate.set()
         await h.worker.wait_idle()
