@@ -11,7 +11,7 @@ import pytest
 from receiver import Receiver
 from smsc_sim import SmscSim, decode
 
-from aftercalld.config import loads
+from aftercalld.config import load
 from aftercalld.daemon import Daemon
 from aftercalld.model import CallRecord
 from aftercalld.report import why
@@ -83,11 +83,13 @@ async def running(tmp_path):
     sim = SmscSim(receipts="tlv")
     await sim.start()
     receiver = await Receiver(SECRET.encode()).start()
-    config = loads(CONFIG.format(outbox=tmp_path / "outbox.sqlite3", smpp_port=sim.port, url=receiver.url,
-                                 secret=SECRET), str(tmp_path / "aftercalld.toml"))
-    daemon = Daemon(config, str(tmp_path / "aftercalld.toml"))
+    path = tmp_path / "aftercalld.toml"
+    path.write_text(CONFIG.format(outbox=tmp_path / "outbox.sqlite3", smpp_port=sim.port, url=receiver.url,
+                                  secret=SECRET))
+    daemon = Daemon(load(path), str(path))
     await daemon.start()
     assert await daemon.transport.until_bound(10)
+    assert "webhooks" in daemon.supervisor.status()  # the worker is a supervised task
     yield daemon, sim, receiver
     await daemon.stop()
     await receiver.stop()
@@ -172,3 +174,18 @@ async def test_stop_and_start_are_opt_out_events_not_forwarded_replies(running):
     assert len(sim.accepted) == 1  # nothing forwarded to the agent
     assert receiver.events("reply.received") == []
     assert [r["keyword"] for r in daemon.outbox.replies()] == ["STOPP", "START"]
+
+
+async def test_a_reload_changes_what_an_endpoint_hears(running, tmp_path):
+    daemon, sim, receiver = running
+    daemon.handler.handle(a_call())
+    await receiver.wait_until(lambda: receiver.events("message.delivered"))
+    path = tmp_path / "aftercalld.toml"
+    path.write_text(path.read_text().replace('"message.delivered"]', '"message.submitted"]'))
+    daemon.reload()
+    daemon.handler.handle(a_call().with_text(call_id="c2"))
+    await receiver.wait_until(lambda: receiver.events("message.submitted"))
+    await daemon.dispatcher.wait_idle()
+    await sim.wait_until(lambda: len(sim.accepted) == 2)
+    assert len(receiver.events("message.delivered")) == 1
+    assert receiver.events("message.submitted")[0]["data"]["call_id"] == "main/c2"
