@@ -86,14 +86,11 @@ class ReplyHandler:
         def effects(reply_id: int, answered: Answered | None) -> ReplyEffects:
             return self._effects(reply_id, answered, number, message, match, now, outcome)
 
-        try:
-            outcome.reply_id, outcome.call_key = self.outbox.record_reply(
-                number, text, message.transport, match.word if match else "", now, REPLY_WINDOW_SECONDS,
-                optout=optout, effects=effects)
-        except Exception:
-            # The transport answers the SMSC with an error, which delivers the reply again.
-            log.exception("cannot store the reply from %s", number, extra=fields(recipient=number))
-            raise
+        # A failure here (disk full) reaches the dispatcher, which logs it: nothing of the
+        # reply was written, neither the opt-out change nor a forward.
+        outcome.reply_id, outcome.call_key = self.outbox.record_reply(
+            number, text, message.transport, match.word if match else "", now, REPLY_WINDOW_SECONDS,
+            optout=optout, effects=effects)
         if outcome.forwarded or outcome.answered_help:
             if self.on_queued is not None:
                 self.on_queued()
