@@ -22,11 +22,13 @@ from .model import CallStatus, Direction, RecipientKind
 from .pbxconfig import PBX_TYPES, PbxConfig
 from .phone import DEFAULT_CACHE_SIZE, PhoneRules
 from .policy import PolicyConfig, QuietAction, RulePolicy
+from .replyconfig import RepliesConfig, parse_replies
 from .retention import MIN_KEEP_DAYS
 from .rules.encoding import DEFAULT_PROFILE, SegmentingProfile, segment
 from .rules.engine import Conditions, RecipientSpec, Rule, RuleSet, TimeWindow
 from .rules.render import AgentEntry, RenderContext
 from .rules.templates import Template, TemplateError, known_placeholders, parse_template
+from .webhooks.config import WebhookEndpoint, parse_webhooks
 
 DEFAULT_PATH = "/etc/aftercalld/aftercalld.toml"
 TRANSPORT_TYPES = ("log", "smpp", "modem")
@@ -69,6 +71,8 @@ class DispatchConfig:
 class OptOutConfig:
     stop_keywords: frozenset[str] = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT"})
     start_keywords: frozenset[str] = frozenset({"START", "UNSTOP", "SUBSCRIBE", "OPTIN"})
+    help_keywords: frozenset[str] = frozenset({"HELP", "INFO"})
+    help_text: str = ""  # the auto-answer to a help word; "" answers nothing
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,8 @@ class Config:
     unwritten_calls_max: int = 20_000  # finished calls held in memory while the outbox refuses writes
     disk_reserve_mb: float = 8.0  # held next to the outbox, released when a full disk blocks a start or stop
     sqlite_cache_mib: int = 32  # SQLite page cache of the outbox connection
+    replies: RepliesConfig = field(default_factory=RepliesConfig)
+    webhooks: tuple[WebhookEndpoint, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
     # `file: key.path: reason` for what is legal but surely not meant (check-config prints
     # them, the daemon logs them at start and reload).
@@ -186,6 +192,9 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
         problems.attempt(lambda: _check_rule_variables(root, rules, set(channel_vars)), None)
     policy = problems.attempt(lambda: _policy(root, rule_policies), PolicyConfig())
     metrics_listen = problems.attempt(lambda: _metrics(root), None)
+    webhooks = problems.attempt(lambda: parse_webhooks(root), None)
+    replies = problems.attempt(lambda: parse_replies(
+        root, optout, {w.name for w in webhooks} if webhooks is not None else None), RepliesConfig())
     root.done()
     problems.raise_if_any()
     assert general is not None and transport is not None  # else raise_if_any raised
@@ -208,6 +217,8 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
         unwritten_calls_max=general.unwritten_calls_max,
         disk_reserve_mb=general.disk_reserve_mb,
         sqlite_cache_mib=general.sqlite_cache_mib,
+        replies=replies,
+        webhooks=webhooks or (),
     )
     return replace(config, warnings=config_warnings(config, set(templates)))
 
@@ -374,8 +385,12 @@ def _optout(root: Section) -> OptOutConfig:
     both = stop & start
     if both:
         sec.report("start_keywords", f"{sorted(both)[0]} is also a stop keyword")
+    help_ = frozenset(k.strip().upper() for k in sec.str_list("help_keywords", sorted(default.help_keywords)))
+    if help_ & (stop | start):
+        sec.report("help_keywords", f"{sorted(help_ & (stop | start))[0]} is also a stop or start keyword")
+    help_text = sec.str("help_text", "")
     sec.done()
-    return OptOutConfig(stop, start)
+    return OptOutConfig(stop, start, help_, help_text)
 
 
 @dataclass(frozen=True)
@@ -477,6 +492,7 @@ def _rule(sec: Section, templates: dict[str, _TemplateDef | None], known: frozen
             names.add(name)
             sec.renamed(rule_path(name))
     enabled = sec.bool("enabled", True)
+    sec.skip("replies")  # where replies to this rule's texts go: read by replyconfig
     conditions = problems.attempt(lambda: _conditions(sec.section("when"), pbx_names), None)
     kinds = problems.attempt(lambda: _recipient_kinds(sec), None)
     specs: list[RecipientSpec | None] = []

@@ -29,10 +29,13 @@ from .logtransport import LogTransport
 from .metrics import Metrics
 from .pipeline import CallHandler
 from .policy import Policy
+from .replies import ReplyHandler
 from .source import CallSource
 from .store import Outbox, OutboxUnavailable, StoreError
 from .supervisor import Supervisor
 from .transport import Transport
+from .webhooks.events import WebhookEvents
+from .webhooks.worker import WebhookWorker
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,9 @@ class Daemon:
         self.sources: list[CallSource] = []
         self.supervisor = Supervisor()
         self.backfill: Backfill | None = None
+        self.webhook_events = WebhookEvents(())
+        self.webhooks: WebhookWorker | None = None
+        self.replies: ReplyHandler | None = None
         self._stop = asyncio.Event()
         self.stop_signal = "SIGTERM"
         self._instance_lock: InstanceLock | None = None
@@ -89,9 +95,14 @@ class Daemon:
         self.outbox.checkpoint_in_background()
         self.transport = make_transport(self.config)
         self.policy = Policy(self.config.policy, self.outbox, self.config.timezone)
+        self.replies = ReplyHandler(self.outbox, optout=self.config.optout, replies=self.config.replies,
+                                    render=self.config.render, default_region=self.config.phone.default_region,
+                                    clock=self.clock, webhooks=self.webhook_events)
         self.dispatcher = Dispatcher(self.outbox, self.transport, self.config.dispatch, optout=self.config.optout,
                                      default_region=self.config.phone.default_region, policy=self.policy,
-                                     metrics=self.metrics, clock=self.clock)
+                                     metrics=self.metrics, clock=self.clock, replies=self.replies)
+        self.replies.on_queued = self.dispatcher.wake
+        self._configure_webhooks()
         self.handler = CallHandler(self.config, self.outbox, on_queued=self.dispatcher.wake, metrics=self.metrics,
                                    clock=self.clock, reserve=self.reserve)
         self.metrics.track_queue_depth(self.outbox.queue_depth)
@@ -116,6 +127,20 @@ class Daemon:
         log.info("aftercalld running: %d PBX(s), transport %s, %d rule(s), outbox %s, %d message(s) waiting",
                  len(self.sources), self.transport.name, len(self.config.rules.rules), self.config.outbox_path,
                  self.outbox.queue_depth())
+
+    def _configure_webhooks(self) -> None:
+        """At start and on reload: message events reach the outbox's transactions only when
+        some endpoint listens (the hot path pays nothing otherwise)."""
+        assert self.outbox is not None
+        endpoints = self.config.webhooks
+        self.webhook_events.configure(endpoints)
+        self.outbox.events = self.webhook_events if endpoints else None
+        if self.webhooks is not None:
+            self.webhooks.configure(endpoints)
+        elif endpoints:
+            self.webhooks = WebhookWorker(self.outbox, endpoints, clock=self.clock, metrics=self.metrics)
+            self.webhook_events.on_written = self.webhooks.wake
+            self.supervisor.start("webhooks", self.webhooks.run)
 
     def _start_backfill(self) -> None:
         """Calls that ended while nobody listened, from the PBXs' CDRs: now, and after each
@@ -209,7 +234,7 @@ class Daemon:
         render = replace(new.render, segmenting=self.config.render.segmenting)
         self.config = replace(self.config, rules=new.rules, render=render, phone=new.phone,
                               optout=new.optout, policy=new.policy, dispatch=new.dispatch,
-                              keep_days=new.keep_days)
+                              keep_days=new.keep_days, replies=new.replies, webhooks=new.webhooks)
         if keep_days_changed:
             self._start_pruning()
         if self.handler:
@@ -217,6 +242,10 @@ class Daemon:
         if self.dispatcher:
             self.dispatcher.optout = new.optout
             self.dispatcher.policy.config = new.policy
+        if self.replies:
+            self.replies.configure(new.optout, new.replies, render)
+        if self.outbox:
+            self._configure_webhooks()
         log.info("reloaded %s: %d rule(s)", self.config_path, len(new.rules.rules))
 
     def _supervise_parts(self) -> None:

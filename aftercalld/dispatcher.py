@@ -29,8 +29,8 @@ from .model import (
     OutcomeKind,
     SubmitOutcome,
 )
-from .phone import normalise_for_list
 from .policy import Policy, PolicyConfig
+from .replies import ReplyHandler
 from .store import Outbox, OutcomeRecord, Transition
 from .transport import Transport
 
@@ -42,10 +42,6 @@ log = logging.getLogger(__name__)
 # How long a receipt that matched no part exactly waits for its submit response to be
 # recorded before an id in another base (hex/decimal) or without leading zeros is accepted.
 ORPHAN_GRACE_SECONDS = 2.0
-
-
-# A reply is taken to answer the last text sent to its number within this window.
-REPLY_WINDOW_SECONDS = 7 * 86400
 
 
 @dataclass
@@ -60,7 +56,7 @@ class Dispatcher:
                  optout: OptOutConfig | None = None, default_region: str = "US",
                  clock: Clock = system_clock, policy: Policy | None = None,
                  on_transition: Callable[[Transition], None] | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, replies: ReplyHandler | None = None) -> None:
         self.outbox = outbox
         self.transport = transport
         self.config = config
@@ -70,6 +66,9 @@ class Dispatcher:
         self.on_transition = on_transition
         self.metrics = metrics
         self.policy = policy or Policy(PolicyConfig(), outbox, ZoneInfo("UTC"))
+        # What customers' replies do (opt-out, HELP, forwarding, webhooks): replies.py.
+        self.replies = replies or ReplyHandler(outbox, optout=self.optout, default_region=default_region,
+                                               clock=clock, on_queued=self.wake)
         self._backoff = tenacity.wait_exponential_jitter(
             multiplier=config.retry_initial_seconds,
             max=config.retry_max_seconds,
@@ -166,30 +165,10 @@ class Dispatcher:
         self._schedule_flush()
 
     def inbound_message(self, message: InboundMessage) -> None:
-        word = message.text.strip().split(maxsplit=1)[0].strip(".!,;:").upper() if message.text.strip() else ""
-        number = normalise_for_list(message.sender, self.default_region) or message.sender
-        keyword = word if word in self.optout.stop_keywords | self.optout.start_keywords else ""
-        now = self.clock()
         try:
-            _, call_key = self.outbox.record_reply(number, message.text, message.transport, keyword, now,
-                                                   REPLY_WINDOW_SECONDS)
+            self.replies.receive(message)
         except Exception:
-            log.exception("cannot store the reply from %s", number, extra=fields(recipient=number))
-            call_key = None
-        about = f" to the text about call {call_key}" if call_key else ""
-        if word in self.optout.stop_keywords:
-            self.outbox.optout_add([number], f"reply {word} via {message.transport}", now)
-            log.info("reply %s from %s%s: added to the opt-out list", word, number, about,
-                     extra=fields(recipient=number, state="optout", call_id=call_key or ""))
-        elif word in self.optout.start_keywords:
-            self.outbox.optout_remove([number])
-            log.info("reply %s from %s%s: removed from the opt-out list", word, number, about,
-                     extra=fields(recipient=number, state="optin", call_id=call_key or ""))
-        else:
-            # The words are the customer's: stored for `why`, never logged at info level.
-            log.info("reply from %s%s stored (%d characters); `aftercalld why %s` shows it", number, about,
-                     len(message.text), number, extra=fields(recipient=number, call_id=call_key or ""))
-            log.debug("reply from %s: %r", number, message.text)
+            log.exception("cannot store the reply from %s", message.sender, extra=fields(recipient=message.sender))
 
     # -- the loop ----------------------------------------------------------------------
 

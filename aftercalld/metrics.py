@@ -56,6 +56,8 @@ class Metrics:
         self.transport_up = Gauge("aftercalld_transport_up", "1 when the transport can send", ["transport"], registry=r)
         self.task_restarts = Gauge("aftercalld_task_restarts", "Times a supervised task was restarted after "
                                    "an unexpected exit", ["task"], registry=r)
+        self.webhook_deliveries = Counter("aftercalld_webhook_deliveries_total", "Webhook posts by endpoint and "
+                                          "result (delivered, retry, failed)", ["endpoint", "result"], registry=r)
         self.server_thread: threading.Thread | None = None
 
     def track_queue_depth(self, depth: Callable[[], int]) -> None:

@@ -37,6 +37,10 @@ class PolicyConfig:
     rules: Mapping[str, RulePolicy] = field(default_factory=dict)
 
 
+# The rules of texts that replies cause (replies.py): "reply:forward", "reply:help".
+ANSWER_RULE_PREFIX = "reply:"
+
+
 @dataclass(slots=True)  # built per message on the hot path: frozen costs a setattr per field
 class Verdict:
     send: bool
@@ -121,6 +125,10 @@ class Policy:
                 if rule.quiet_action is QuietAction.DROP:
                     return Verdict(False, f"quiet hours {window}")
                 return Verdict(False, f"quiet hours {window}", defer_until=_window_end(local, window))
+        if m.rule.startswith(ANSWER_RULE_PREFIX):
+            # A forwarded reply or a HELP answer answers a person: no cooldown or quota
+            # holds it back (a HELP answer has its own cooldown).
+            return SEND
         cooldown = self.config.cooldown_seconds
         if cooldown:
             last = max(last_sent.get(m.destination, 0.0), self._recent.get(m.destination, 0.0))

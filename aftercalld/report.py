@@ -211,21 +211,46 @@ def _when(moment: float | datetime | None, tz: tzinfo, *, zone: bool = True) -> 
 def why(outbox: Outbox, config: Config, what: str, out: TextIO) -> int:
     calls = outbox.calls(call_key=what)
     replies: list[dict[str, Any]] = []
+    number = None
+    texted = False
     if not calls:
         number = normalise_for_list(what, config.phone.default_region)
         calls = outbox.calls(callers=[what, *caller_id_forms(number)] if number else [what], texted=number)
         replies = outbox.replies(numbers=[what] + ([number] if number and number != what else []))
-    if not calls and not replies:
+        texted = bool(number and outbox.messages(destination=number, limit=1))
+    if not calls and not replies and not texted:
         out.write(f"no call with id or caller {escape_controls(repr(what))} in {config.outbox_path}\n")
         return 1
     for call in calls:
         _why_call(outbox, config, call, out)
-    for reply in replies:
-        about = f" to the text about call {escape_controls(reply['call_key'])}" if reply["call_key"] else ""
-        acted = f" ({escape_controls(reply['keyword'])})" if reply["keyword"] else ""
-        out.write(f"reply from {escape_controls(reply['number'])} at {_when(reply['received_at'], config.timezone)}"
-                  f"{about}{acted}: {escape_controls(repr(reply['text']))}\n")
+    if number or replies:
+        _why_thread(outbox, config, number or what, replies, out)
     return 0
+
+
+def _why_thread(outbox: Outbox, config: Config, number: str, replies: list[dict[str, Any]], out: TextIO) -> None:
+    """The conversation with one number, oldest first: every text sent to it (a rule's,
+    a HELP answer, a forwarded reply) and every reply it sent."""
+    esc = escape_controls
+    tz = config.timezone
+    items: list[tuple[float, int, str]] = []
+    for m in outbox.messages(destination=number):
+        at = m["submitted_at"] or m["created_at"]
+        about = f", call {esc(m['call_key'])}" if m["call_key"] else ""
+        state = esc(m["state"]) + (f" ({esc(m['reason'])})" if m["reason"] else "")
+        items.append((at, 0, f"text to {esc(number)} at {_when(at, tz)} (rule {esc(m['rule'])}{about}): {state}: "
+                             f"{esc(repr(m['text']))}"))
+    for reply in replies:
+        about = f" to the text about call {esc(reply['call_key'])}" if reply["call_key"] else ""
+        acted = f" ({esc(reply['keyword'])})" if reply["keyword"] else ""
+        items.append((reply["received_at"], 1, f"reply from {esc(reply['number'])} at "
+                                               f"{_when(reply['received_at'], tz)}{about}{acted}: "
+                                               f"{esc(repr(reply['text']))}"))
+    if not items:
+        return
+    out.write(f"thread with {esc(number)}, oldest first:\n")
+    for _, _, line in sorted(items, key=lambda item: (item[0], item[1])):
+        out.write(f"  {line}\n")
 
 
 def _why_call(outbox: Outbox, config: Config, call: dict[str, Any], out: TextIO) -> None:

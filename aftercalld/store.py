@@ -16,11 +16,11 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from . import msgid
 from .model import (
@@ -122,12 +122,28 @@ CREATE TABLE IF NOT EXISTS replies (        -- every text a customer sent back
     number      TEXT NOT NULL,              -- E.164 when it could be normalised, else as received
     text        TEXT NOT NULL,
     transport   TEXT NOT NULL,
-    keyword     TEXT NOT NULL DEFAULT '',   -- STOP/START word acted on, '' for a plain reply
+    keyword     TEXT NOT NULL DEFAULT '',   -- STOP/START/HELP word acted on, '' for a plain reply
     message_id  INTEGER,                    -- the last text sent to that number within the window
     call_key    TEXT,                       -- and the call it was about
     received_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS replies_number ON replies (number, received_at);
+CREATE TABLE IF NOT EXISTS webhook_deliveries (  -- the webhook outbox: one row per event and endpoint
+    id              INTEGER PRIMARY KEY,
+    event_id        TEXT NOT NULL,          -- the same in every attempt: receivers drop duplicates by it
+    event_type      TEXT NOT NULL,
+    endpoint        TEXT NOT NULL,          -- [[webhook]] name
+    payload         TEXT NOT NULL,          -- the JSON body, byte for byte what is posted
+    state           TEXT NOT NULL,          -- queued, sending, retrying, delivered, failed
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL,
+    last_error      TEXT NOT NULL DEFAULT '',
+    created_at      REAL NOT NULL,
+    updated_at      REAL NOT NULL,
+    UNIQUE (event_id, endpoint)
+);
+CREATE INDEX IF NOT EXISTS webhook_due ON webhook_deliveries (endpoint, next_attempt_at)
+    WHERE state IN ('queued', 'retrying');
 CREATE TABLE IF NOT EXISTS handover (       -- calls in progress at a clean stop, per PBX
     pbx      TEXT PRIMARY KEY,
     state    TEXT NOT NULL,                 -- the tracker's open calls, as JSON
@@ -205,6 +221,60 @@ class Pruned:
         return f"{self.calls} call(s), {self.messages} message(s) and {self.receipts} unmatched receipt(s)"
 
 
+# A webhook delivery to write: (event id, event type, endpoint, JSON payload).
+WebhookRow = tuple[str, str, str, str]
+
+
+class EventSink(Protocol):
+    """Turns message state changes into webhook rows, written in the transaction that made
+    the changes: a crash cannot keep the one without the other."""
+
+    wanted: frozenset[MessageState]  # states some endpoint listens to; empty: none
+
+    def message_rows(self, transitions: Sequence[Transition], now: float) -> list[WebhookRow]: ...
+
+    def written(self) -> None:
+        """Rows were committed: time to post them."""
+
+
+@dataclass(slots=True)
+class Answered:
+    """The text a reply most likely answers."""
+
+    message_id: int
+    call_key: str
+    rule: str
+    sender: str
+
+
+@dataclass(slots=True)
+class ReplyEffects:
+    """What a reply causes, written with it: texts to queue and webhook rows."""
+
+    messages: list[tuple[str, RenderedMessage]] = field(default_factory=list)
+    webhooks: list[WebhookRow] = field(default_factory=list)
+    ttl_seconds: float = 3600.0
+
+
+@dataclass(slots=True)
+class WebhookDelivery:
+    id: int
+    event_id: str
+    event_type: str
+    endpoint: str
+    payload: str
+    attempts: int
+    created_at: float
+
+
+@dataclass(slots=True)
+class WebhookResult:
+    delivery_id: int
+    state: str  # delivered, retrying or failed
+    error: str = ""
+    next_attempt_at: float | None = None
+
+
 @dataclass(slots=True)  # built per message on the hot path: frozen costs a setattr per field
 class OutcomeRecord:
     message: OutboundMessage
@@ -222,6 +292,8 @@ class Outbox:
         self._checkpointer: tuple[threading.Event, threading.Thread] | None = None
         # Set by the background checkpointer when the WAL should start over (see below).
         self.wal_restart_wanted = False
+        # Set by the daemon when [[webhook]] endpoints listen to message events.
+        self.events: EventSink | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -412,6 +484,9 @@ class Outbox:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
+            wrote = self._queued_events([row[0] for row in rows], now) if rows else False
+        if wrote:
+            self._events_written()
         return results
 
     def queue_messages(self, batch: Sequence[tuple[str, RenderedMessage]], *, ttl_seconds: float,
@@ -421,26 +496,144 @@ class Outbox:
         the same path as a rule's texts from here: dispatcher, policy, transports.
         Returns (message id, newly queued) per entry: an idempotency key seen before gives
         the existing message's id and False, and changes nothing."""
+        with _tx(self):
+            out, new_keys = self._insert_adhoc(batch, ttl_seconds, now)
+            wrote = self._queued_events(new_keys, now) if new_keys else False
+        if wrote:
+            self._events_written()
+        return out
+
+    def _insert_adhoc(self, batch: Sequence[tuple[str, RenderedMessage]], ttl_seconds: float,
+                      now: float) -> tuple[list[tuple[int, bool]], list[str]]:
         out: list[tuple[int, bool]] = []
-        with _tx(self) as conn:
-            for call_key, m in batch:
-                state = MessageState.SUPPRESSED if m.suppressed else MessageState.QUEUED
-                row = conn.execute(
-                    "INSERT INTO messages (key, call_key, rule, recipient_kind, raw_number, "
-                    "destination, sender, text, encoding, segments, options, state, reason, "
-                    "next_attempt_at, expires_at, created_at, updated_at, final_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (key) DO NOTHING RETURNING id",
-                    (m.key, call_key, m.rule, m.kind.value, m.raw_number, m.destination, m.sender,
-                     m.text, m.encoding.value, m.segments, json.dumps(dict(m.options)) if m.options else "{}",
-                     state.value, m.suppressed, None if m.suppressed else now,
-                     now + ttl_seconds, now, now, now if m.suppressed else None),
-                ).fetchone()
-                if row is not None:
-                    out.append((row[0], True))
-                else:
-                    (existing,) = conn.execute("SELECT id FROM messages WHERE key = ?", (m.key,)).fetchone()
-                    out.append((existing, False))
+        new_keys: list[str] = []
+        conn = self.conn
+        for call_key, m in batch:
+            state = MessageState.SUPPRESSED if m.suppressed else MessageState.QUEUED
+            row = conn.execute(
+                "INSERT INTO messages (key, call_key, rule, recipient_kind, raw_number, "
+                "destination, sender, text, encoding, segments, options, state, reason, "
+                "next_attempt_at, expires_at, created_at, updated_at, final_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (key) DO NOTHING RETURNING id",
+                (m.key, call_key, m.rule, m.kind.value, m.raw_number, m.destination, m.sender,
+                 m.text, m.encoding.value, m.segments, json.dumps(dict(m.options)) if m.options else "{}",
+                 state.value, m.suppressed, None if m.suppressed else now,
+                 now + ttl_seconds, now, now, now if m.suppressed else None),
+            ).fetchone()
+            if row is not None:
+                out.append((row[0], True))
+                new_keys.append(m.key)
+            else:
+                (existing,) = conn.execute("SELECT id FROM messages WHERE key = ?", (m.key,)).fetchone()
+                out.append((existing, False))
+        return out, new_keys
+
+    # -- webhook events ------------------------------------------------------------------
+
+    def _queued_events(self, keys: Sequence[str], now: float) -> bool:
+        """Inside a transaction: the webhook rows for messages just queued or suppressed."""
+        events = self.events
+        if events is None or not events.wanted & {MessageState.QUEUED, MessageState.SUPPRESSED}:
+            return False
+        transitions = []
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            for id_, call_key, rule, destination, state, reason in self.conn.execute(
+                    "SELECT id, call_key, rule, destination, state, reason FROM messages "
+                    f"WHERE key IN ({','.join('?' * len(chunk))})", chunk):
+                transitions.append(Transition(id_, call_key, rule, destination or "", MessageState(state), reason))
+        return self._message_events(transitions, now)
+
+    def _message_events(self, transitions: Sequence[Transition], now: float) -> bool:
+        """Inside a transaction: the webhook rows for these state changes. True when any."""
+        events = self.events
+        if events is None or not transitions or not events.wanted:
+            return False
+        rows = events.message_rows(transitions, now)
+        if rows:
+            self._insert_webhooks(rows, now)
+        return bool(rows)
+
+    def _events_written(self) -> None:
+        if self.events is not None:
+            self.events.written()
+
+    def _insert_webhooks(self, rows: Iterable[WebhookRow], now: float) -> None:
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO webhook_deliveries (event_id, event_type, endpoint, payload, state, "
+            "next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
+            [(event_id, event_type, endpoint, payload, now, now, now)
+             for event_id, event_type, endpoint, payload in rows])
+
+    def queue_webhooks(self, rows: Sequence[WebhookRow], now: float) -> None:
+        """Webhook rows for something that wrote nothing else (rare: most come with the
+        change they report, in its transaction)."""
+        if not rows:
+            return
+        with _tx(self):
+            self._insert_webhooks(rows, now)
+        self._events_written()
+
+    def requeue_webhooks(self, now: float) -> int:
+        """Deliveries a previous run was posting when it stopped: posted again (the
+        receiver may have had them: at-least-once, the event id tells)."""
+        with _tx(self):
+            cur = self.conn.execute(
+                "UPDATE webhook_deliveries SET state = 'retrying', next_attempt_at = ?, updated_at = ? "
+                "WHERE state = 'sending'", (now, now))
+        return cur.rowcount
+
+    def claim_webhooks(self, free: dict[str, int], now: float) -> list[WebhookDelivery]:
+        """Due deliveries, at most `free[endpoint]` per endpoint, marked as being sent."""
+        claimed: list[WebhookDelivery] = []
+        with _tx(self):
+            for endpoint, limit in free.items():
+                if limit <= 0:
+                    continue
+                rows = self.conn.execute(
+                    "UPDATE webhook_deliveries SET state = 'sending', attempts = attempts + 1, updated_at = ? "
+                    "WHERE id IN (SELECT id FROM webhook_deliveries WHERE endpoint = ? "
+                    "AND state IN ('queued', 'retrying') AND next_attempt_at <= ? "
+                    "ORDER BY next_attempt_at, id LIMIT ?) "
+                    "RETURNING id, event_id, event_type, endpoint, payload, attempts, created_at",
+                    (now, endpoint, now, limit)).fetchall()
+                claimed.extend(WebhookDelivery(*row) for row in sorted(rows))
+        return claimed
+
+    def record_webhook_results(self, results: Sequence[WebhookResult], now: float) -> None:
+        with _tx(self):
+            self.conn.executemany(
+                "UPDATE webhook_deliveries SET state = ?, last_error = ?, next_attempt_at = ?, updated_at = ? "
+                "WHERE id = ?",
+                [(r.state, r.error, r.next_attempt_at, now, r.delivery_id) for r in results])
+
+    def next_webhook_due(self, endpoints: Iterable[str]) -> float | None:
+        names = list(endpoints)
+        if not names:
+            return None
+        return self.conn.execute(
+            "SELECT MIN(next_attempt_at) FROM webhook_deliveries WHERE state IN ('queued', 'retrying') "
+            f"AND endpoint IN ({','.join('?' * len(names))})", names).fetchone()[0]
+
+    def webhook_deliveries(self, *, event_type: str | None = None, endpoint: str | None = None,
+                           state: str | None = None) -> list[dict[str, Any]]:
+        where, args = [], []
+        for column, value in (("event_type", event_type), ("endpoint", endpoint), ("state", state)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        cur = self.conn.execute("SELECT * FROM webhook_deliveries" + (" WHERE " + " AND ".join(where) if where
+                                                                      else "") + " ORDER BY id", args)
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur]
+
+    def webhook_counts(self) -> dict[str, dict[str, int]]:
+        """Deliveries per endpoint and state, for `status`."""
+        out: dict[str, dict[str, int]] = {}
+        for endpoint, state, count in self.conn.execute(
+                "SELECT endpoint, state, COUNT(*) FROM webhook_deliveries GROUP BY endpoint, state"):
+            out.setdefault(endpoint, {})[state] = count
         return out
 
     def _present(self, table: str, column: str, values: Iterable[str]) -> set[str]:
@@ -562,17 +755,24 @@ class Outbox:
                 "next_attempt_at = NULL, transport = ? WHERE id = ?", final)
             if new_keys:
                 transitions.extend(self._apply_orphans(new_keys, now))
+            wrote = self._message_events(transitions, now)
+        if wrote:
+            self._events_written()
         return transitions
 
     def suppress(self, message: OutboundMessage, reason: str, now: float) -> Transition:
+        transition = Transition(message.id, message.call_id, message.rule, message.destination,
+                                MessageState.SUPPRESSED, reason)
         with _tx(self):
             self.conn.execute(
                 "UPDATE messages SET state = 'suppressed', reason = ?, updated_at = ?, final_at = ?, "
                 "next_attempt_at = NULL WHERE id = ?",
                 (reason, now, now, message.id),
             )
-        return Transition(message.id, message.call_id, message.rule, message.destination,
-                          MessageState.SUPPRESSED, reason)
+            wrote = self._message_events([transition], now)
+        if wrote:
+            self._events_written()
+        return transition
 
     def defer(self, message: OutboundMessage, until: float, reason: str, now: float) -> None:
         """Put a claimed message back without counting an attempt (quiet hours, rate)."""
@@ -603,6 +803,9 @@ class Outbox:
                     continue
                 if transition:
                     transitions.append(transition)
+            wrote = self._message_events(transitions, now)
+        if wrote:
+            self._events_written()
         return transitions
 
     def _apply_report(self, report: DeliveryReport, now: float) -> Transition | None:
@@ -733,6 +936,9 @@ class Outbox:
                     continue
                 if transition:
                     transitions.append(transition)
+            wrote = self._message_events(transitions, now)
+        if wrote:
+            self._events_written()
         return transitions
 
     def _give_up_orphan(self, orphan_id: int, transport_id: str, exc: Exception) -> None:
@@ -822,18 +1028,52 @@ class Outbox:
     # -- replies -----------------------------------------------------------------------
 
     def record_reply(self, number: str, text: str, transport: str, keyword: str, now: float,
-                     window_seconds: float) -> tuple[int, str | None]:
+                     window_seconds: float, *, optout: str = "",
+                     effects: Callable[[int, Answered | None], ReplyEffects] | None = None) -> tuple[int, str | None]:
         """Store a reply with the message it most likely answers: the last text handed to
-        a transport for that number within the window. Returns (reply id, its call key)."""
-        answered = self.conn.execute(
-            "SELECT id, call_key FROM messages WHERE destination = ? AND submitted_at >= ? "
+        a transport for that number within the window. Returns (reply id, its call key).
+
+        In the same transaction: `optout` ("add" with the source, or "remove") changes the
+        opt-out list, and `effects(reply id, answered)` gives the texts and webhook rows the
+        reply causes, so that a crash keeps all of them or none."""
+        answered_row = self.conn.execute(
+            "SELECT id, call_key, rule, sender FROM messages WHERE destination = ? AND submitted_at >= ? "
             "ORDER BY submitted_at DESC LIMIT 1", (number, now - window_seconds)).fetchone()
-        message_id, call_key = answered if answered else (None, None)
+        answered = Answered(*answered_row) if answered_row else None
+        message_id, call_key = (answered.message_id, answered.call_key) if answered else (None, None)
+        wrote = False
         with _tx(self):
             cur = self.conn.execute(
                 "INSERT INTO replies (number, text, transport, keyword, message_id, call_key, received_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)", (number, text, transport, keyword, message_id, call_key, now))
-        return int(cur.lastrowid or 0), call_key
+            reply_id = int(cur.lastrowid or 0)
+            if optout == "remove":
+                self.conn.execute("DELETE FROM optout WHERE number = ?", (number,))
+            elif optout:
+                self.conn.execute("INSERT OR IGNORE INTO optout (number, source, created_at) VALUES (?, ?, ?)",
+                                  (number, optout, now))
+            if effects is not None:
+                caused = effects(reply_id, answered)
+                if caused.messages:
+                    _, new_keys = self._insert_adhoc(caused.messages, caused.ttl_seconds, now)
+                    wrote = self._queued_events(new_keys, now) if new_keys else False
+                if caused.webhooks:
+                    self._insert_webhooks(caused.webhooks, now)
+                    wrote = True
+        if wrote:
+            self._events_written()
+        return reply_id, call_key
+
+    def call_record(self, call_key: str) -> str | None:
+        """The CallRecord JSON of one call, by its key (the primary key: one lookup)."""
+        row = self.conn.execute("SELECT record FROM calls WHERE call_key = ?", (call_key,)).fetchone()
+        return row[0] if row else None
+
+    def last_created(self, destination: str, rule: str, since: float) -> float | None:
+        """When a text of `rule` was last queued for `destination` (the HELP answer's cooldown)."""
+        return self.conn.execute(
+            "SELECT MAX(created_at) FROM messages WHERE destination = ? AND rule = ? AND created_at >= ?",
+            (destination, rule, since)).fetchone()[0]
 
     def replies(self, *, numbers: Iterable[str] = (), since: float | None = None,
                 until: float | None = None) -> list[dict[str, Any]]:
@@ -868,6 +1108,8 @@ class Outbox:
                 pruned.receipts = self.conn.execute(
                     "DELETE FROM orphan_reports WHERE received_at < ?", (before,)).rowcount
                 self.conn.execute("DELETE FROM replies WHERE received_at < ?", (before,))
+                self.conn.execute("DELETE FROM webhook_deliveries WHERE created_at < ? "
+                                  "AND state IN ('delivered', 'failed')", (before,))
             # Calls are appended in time order, so rowid order is time order: stop at the
             # first one that is too new rather than scan the rest of the table.
             rows = self.conn.execute(
