@@ -26,9 +26,6 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
-import psycopg
-from psycopg.rows import dict_row
-
 from .. import msgid
 from ..model import CallRecord, DeliveryReport, MessageState, OutboundMessage, ReportState
 from ..rules.render import RenderedMessage
@@ -44,6 +41,12 @@ from .types import (
     outbound_from_row,
     settle,
 )
+
+try:
+    import psycopg
+    from psycopg.rows import dict_row
+except ImportError:  # an optional extra: say how to get it, not a traceback
+    raise StoreError("the PostgreSQL outbox needs psycopg: pip install 'aftercalld[postgresql]'") from None
 
 log = logging.getLogger(__name__)
 
@@ -268,9 +271,9 @@ class PgOutbox:
                 _columns(call_rows, 11))
             new = {k for (k,) in await cur.fetchall()}
             rows = []
-            for key in new:
-                for m in batch[first[key]][3]:
-                    rows.append(_message_row(key, m, ttl_seconds, now))
+            for key, i in first.items():  # in the batch's order: message ids are FIFO order
+                if key in new:
+                    rows.extend(_message_row(key, m, ttl_seconds, now) for m in batch[i][3])
             if rows:
                 await self.conn.execute(_INSERT_MESSAGES, _columns(rows, 18))
         return [
