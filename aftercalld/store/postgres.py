@@ -270,7 +270,7 @@ class PgOutbox:
                 "ON CONFLICT (call_key) DO NOTHING RETURNING call_key",
                 _columns(call_rows, 11))
             new = {k for (k,) in await cur.fetchall()}
-            rows = []
+            rows: list[tuple] = []
             for key, i in first.items():  # in the batch's order: message ids are FIFO order
                 if key in new:
                     rows.extend(_message_row(key, m, ttl_seconds, now) for m in batch[i][3])
