@@ -108,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("why", "Explain what happened after a call: by call id or caller number.")
     p.add_argument("what", help="a call id (e.g. 1796012880.0) or the caller's number")
 
+    p = add("migrate", "Copy the SQLite outbox into a PostgreSQL one (safe to run again; stop the daemon first).")
+    p.add_argument("--to", required=True, metavar="URL",
+                   help="the PostgreSQL outbox: a libpq URL or connection string, e.g. "
+                        "postgresql://aftercalld@db.example.net/aftercalld (password from ~/.pgpass or PGPASSFILE)")
+    p.add_argument("--from", dest="source", metavar="FILE",
+                   help="the SQLite outbox to copy (default: [general] outbox of the config)")
+
     p = add("files", "List, print or install what the package ships: the example config and the systemd files.",
             config_help="not used (accepted like every command's)")
     p.add_argument("names", nargs="*", metavar="NAME",
@@ -515,6 +522,19 @@ def cmd_why(args) -> int:
     return _on_outbox(args, lambda outbox, config: why(outbox, config, args.what, sys.stdout))
 
 
+def cmd_migrate(args) -> int:
+    from .store.migrate import copy_outbox
+    from .store.postgres import shown_dsn
+
+    source = args.source or str(_load(args.config).outbox_path)
+    target = shown_dsn(args.to)
+    print(f"copying {source} to {target}")
+    copied = asyncio.run(copy_outbox(source, args.to))
+    print(f"copied {copied}")
+    print("rows already there were left as they were; running this again copies only what is missing")
+    return EXIT_OK
+
+
 # Each subcommand of build_parser() and the function that runs it.
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "check-config": cmd_check_config,
@@ -530,6 +550,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "report": cmd_report,
     "why": cmd_why,
     "files": cmd_files,
+    "migrate": cmd_migrate,
     "man": cmd_man,
     "completion": cmd_completion,
 }

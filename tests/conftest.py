@@ -37,3 +37,21 @@ async def peers():
 @pytest.fixture
 def python_exe() -> str:
     return sys.executable
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One real PostgreSQL server for the session (tests/pgserver.py)."""
+    from pgserver import PgServer, server_programs
+
+    if server_programs() is None:
+        pytest.skip("PostgreSQL server programs not found: install Debian's postgresql package")
+    server = PgServer().start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def pg_dsn(pg_server) -> str:
+    """The connection string of a fresh, empty database on the session's server."""
+    return pg_server.new_database()

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from core_helpers import NOW, call, write_config
 
-from aftercalld import store
 from aftercalld.config import load
 from aftercalld.dispatcher import Dispatcher
 from aftercalld.model import CallRecord, DeliveryReport, InboundMessage, MessageState, ReportState, SubmitOutcome
 from aftercalld.pipeline import CallHandler
 from aftercalld.store import Outbox, OutcomeRecord
+from aftercalld.store import sqlite as store
 from aftercalld.transport import Transport
 
 

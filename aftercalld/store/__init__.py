@@ -1,0 +1,23 @@
+"""The durable outbox: every message is written here, under its idempotency key, before any
+transport sees it. `sqlite` is the embedded default; `types` holds what every implementation
+shares."""
+from .sqlite import SCHEMA_VERSION, Outbox
+from .types import (
+    Answered,
+    EventSink,
+    NoOutboxError,
+    OutboxUnavailable,
+    OutcomeRecord,
+    Pruned,
+    ReplyEffects,
+    StoreError,
+    Transition,
+    WebhookDelivery,
+    WebhookResult,
+    WebhookRow,
+)
+
+__all__ = [
+    "SCHEMA_VERSION", "Answered", "EventSink", "NoOutboxError", "Outbox", "OutboxUnavailable", "OutcomeRecord",
+    "Pruned", "ReplyEffects", "StoreError", "Transition", "WebhookDelivery", "WebhookResult", "WebhookRow",
+]

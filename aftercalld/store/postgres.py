@@ -1,0 +1,806 @@
+"""The outbox on PostgreSQL, shared by any number of aftercalld instances.
+
+Every method is a coroutine: a round trip to the server, even on loopback, must never hold
+the event loop (the SQLite outbox is synchronous because a local transaction is cheaper
+than a hop to a thread). The methods mirror `store.sqlite.Outbox`, with what sharing needs:
+
+- every instance sees every hangup; the unique call key and message key let exactly one of
+  them record the call and queue its texts (``ON CONFLICT DO NOTHING``);
+- sending is claimed with a lease (``FOR UPDATE SKIP LOCKED``, ``claimed_by``,
+  ``lease_until``): a message claimed by an instance that died is claimed again by another
+  once its lease has run out, so it is sent at least once;
+- receipts, replies, opt-outs and DND entries are rows like any other, so a receipt that
+  arrives on one instance's bind settles a message another instance sent;
+- each instance writes a heartbeat row (`heartbeat`), which `status` lists.
+
+Times are Unix seconds (double precision), as in SQLite, and always passed in: the clock
+is the caller's (aftercalld/clock.py), never the server's.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+from .. import msgid
+from ..model import CallRecord, DeliveryReport, MessageState, OutboundMessage, ReportState
+from ..rules.render import RenderedMessage
+from ..textsafety import bounded
+from .types import (
+    MESSAGE_COLUMNS,
+    REPORT_TO_STATE,
+    OutboxUnavailable,
+    OutcomeRecord,
+    Pruned,
+    StoreError,
+    Transition,
+    outbound_from_row,
+    settle,
+)
+
+try:
+    import psycopg
+    from psycopg.rows import dict_row
+except ImportError:  # an optional extra: say how to get it, not a traceback
+    raise StoreError("the PostgreSQL outbox needs psycopg: pip install 'aftercalld[postgresql]'") from None
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+# Taken while the schema is created or upgraded, so that instances starting together do
+# not race each other's DDL. Any constant works; this one spells "acd".
+_SCHEMA_LOCK = 0x616364
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS calls (
+    call_key   TEXT PRIMARY KEY,
+    seq        BIGSERIAL,                 -- insertion order, as SQLite's rowid
+    pbx        TEXT NOT NULL,
+    call_id    TEXT NOT NULL,
+    status     TEXT NOT NULL,
+    direction  TEXT NOT NULL,
+    caller     TEXT NOT NULL,
+    rule       TEXT,
+    decision   TEXT NOT NULL,
+    record     TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    instance   TEXT NOT NULL DEFAULT ''   -- the instance that recorded it
+);
+CREATE INDEX IF NOT EXISTS calls_seq ON calls (seq);
+CREATE INDEX IF NOT EXISTS calls_caller ON calls (caller);
+CREATE TABLE IF NOT EXISTS messages (
+    id              BIGSERIAL PRIMARY KEY,
+    key             TEXT NOT NULL UNIQUE,
+    call_key        TEXT NOT NULL,
+    rule            TEXT NOT NULL,
+    recipient_kind  TEXT NOT NULL,
+    raw_number      TEXT NOT NULL,
+    destination     TEXT,
+    sender          TEXT NOT NULL,
+    text            TEXT NOT NULL,
+    encoding        TEXT NOT NULL,
+    segments        INTEGER NOT NULL,
+    options         TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    reason          TEXT NOT NULL DEFAULT '',
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at DOUBLE PRECISION,
+    expires_at      DOUBLE PRECISION NOT NULL,
+    created_at      DOUBLE PRECISION NOT NULL,
+    updated_at      DOUBLE PRECISION NOT NULL,
+    submitted_at    DOUBLE PRECISION,
+    final_at        DOUBLE PRECISION,
+    transport       TEXT,
+    claimed_by      TEXT,                 -- the instance sending it (state 'sending')
+    lease_until     DOUBLE PRECISION      -- past this, another instance may claim it
+);
+CREATE INDEX IF NOT EXISTS messages_due ON messages (next_attempt_at) WHERE state IN ('queued', 'retrying');
+CREATE INDEX IF NOT EXISTS messages_leased ON messages (lease_until) WHERE state = 'sending';
+CREATE INDEX IF NOT EXISTS messages_destination ON messages (destination);
+CREATE INDEX IF NOT EXISTS messages_call_key ON messages (call_key);
+CREATE INDEX IF NOT EXISTS messages_submitted ON messages (submitted_at);
+CREATE TABLE IF NOT EXISTS parts (
+    message_id   BIGINT NOT NULL REFERENCES messages (id),
+    part         INTEGER NOT NULL,
+    transport_id TEXT NOT NULL,
+    match_key    TEXT NOT NULL,
+    state        TEXT NOT NULL DEFAULT 'submitted',
+    error        TEXT NOT NULL DEFAULT '',
+    updated_at   DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (message_id, part)
+);
+CREATE INDEX IF NOT EXISTS parts_match ON parts (match_key);
+CREATE TABLE IF NOT EXISTS orphan_reports (
+    id           BIGSERIAL PRIMARY KEY,
+    transport    TEXT NOT NULL,
+    transport_id TEXT NOT NULL,
+    match_key    TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    error        TEXT NOT NULL,
+    raw          TEXT NOT NULL,
+    received_at  DOUBLE PRECISION NOT NULL,
+    matched      INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS orphan_reports_key ON orphan_reports (match_key) WHERE matched <= 0;
+CREATE INDEX IF NOT EXISTS orphan_reports_waiting ON orphan_reports (received_at) WHERE matched = 0;
+CREATE TABLE IF NOT EXISTS dnd (entry TEXT PRIMARY KEY, source TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL);
+CREATE TABLE IF NOT EXISTS optout (number TEXT PRIMARY KEY, source TEXT NOT NULL,
+                                   created_at DOUBLE PRECISION NOT NULL);
+CREATE TABLE IF NOT EXISTS replies (
+    id          BIGSERIAL PRIMARY KEY,
+    number      TEXT NOT NULL,
+    text        TEXT NOT NULL,
+    transport   TEXT NOT NULL,
+    keyword     TEXT NOT NULL DEFAULT '',
+    message_id  BIGINT,
+    call_key    TEXT,
+    received_at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS replies_number ON replies (number, received_at);
+CREATE TABLE IF NOT EXISTS handover (pbx TEXT PRIMARY KEY, state TEXT NOT NULL, saved_at DOUBLE PRECISION NOT NULL);
+CREATE TABLE IF NOT EXISTS instances (
+    instance     TEXT PRIMARY KEY,
+    started_at   DOUBLE PRECISION NOT NULL,
+    heartbeat_at DOUBLE PRECISION NOT NULL,
+    info         TEXT NOT NULL DEFAULT '{}'  -- binds, PBX links, queue: what `status` shows
+);
+"""
+
+
+def _one_at_a_time(cls: type[PgOutbox]) -> type[PgOutbox]:
+    """Every public coroutine of the class holds the instance's lock while it runs.
+
+    psycopg runs one statement at a time on a connection, but a transaction is several:
+    without this, a coroutine's statement could land inside another's transaction (and
+    commit or roll back with it)."""
+    def locked(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        @functools.wraps(method)
+        async def run(self: PgOutbox, *args: Any, **kwargs: Any) -> Any:
+            async with self.lock:
+                return await method(self, *args, **kwargs)
+        return run
+
+    for name, member in list(vars(cls).items()):
+        if not name.startswith("_") and inspect.iscoroutinefunction(member):
+            setattr(cls, name, locked(member))
+    return cls
+
+
+@_one_at_a_time
+class PgOutbox:
+    """One instance's view of the shared outbox: one connection, in autocommit mode, with
+    explicit transactions, used by one coroutine at a time."""
+
+    def __init__(self, conn: psycopg.AsyncConnection, dsn_shown: str, instance: str) -> None:
+        self.conn = conn
+        self.lock = asyncio.Lock()
+        self.path = dsn_shown  # for messages: the DSN without its password
+        self.instance = instance
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, dsn: str, *, instance: str, connect_timeout: float = 10.0) -> PgOutbox:
+        shown = shown_dsn(dsn)
+        try:
+            conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True, connect_timeout=int(connect_timeout))
+        except psycopg.Error as exc:
+            raise OutboxUnavailable(f"{shown}: cannot connect to the outbox: {_reason(exc)}") from None
+        try:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                await conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+                cur = await conn.execute("SELECT value FROM meta WHERE key = 'schema_version'")
+                row = await cur.fetchone()
+                version = int(row[0]) if row else 0
+                if version > SCHEMA_VERSION:
+                    raise StoreError(f"{shown}: outbox schema version {version} is newer than this aftercalld "
+                                     f"understands ({SCHEMA_VERSION}); upgrade aftercalld")
+                if version < SCHEMA_VERSION:
+                    await conn.execute(_SCHEMA)
+                    await conn.execute(
+                        "INSERT INTO meta (key, value) VALUES ('schema_version', %s) "
+                        "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", (str(SCHEMA_VERSION),))
+        except psycopg.Error as exc:
+            await conn.close()
+            raise OutboxUnavailable(f"{shown}: cannot prepare the outbox: {_reason(exc)}") from None
+        except BaseException:
+            await conn.close()
+            raise
+        return cls(conn, shown, instance)
+
+    async def close(self) -> None:
+        await self.conn.close()
+
+    # -- instances ---------------------------------------------------------------------
+
+    async def heartbeat(self, info: dict[str, Any], now: float) -> None:
+        await self.conn.execute(
+            "INSERT INTO instances (instance, started_at, heartbeat_at, info) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (instance) DO UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at, info = EXCLUDED.info",
+            (self.instance, now, now, json.dumps(info, default=str)))
+
+    async def instances(self) -> list[dict[str, Any]]:
+        """Every instance that ever wrote a heartbeat, newest heartbeat first."""
+        rows = await self._dicts("SELECT * FROM instances ORDER BY heartbeat_at DESC")
+        for row in rows:
+            row["info"] = json.loads(row["info"])
+        return rows
+
+    # -- calls in progress across a restart ---------------------------------------------
+
+    async def save_handover(self, pbx: str, state: str, now: float) -> None:
+        await self.conn.execute(
+            "INSERT INTO handover (pbx, state, saved_at) VALUES (%s, %s, %s) "
+            "ON CONFLICT (pbx) DO UPDATE SET state = EXCLUDED.state, saved_at = EXCLUDED.saved_at",
+            (pbx, state, now))
+
+    async def take_handover(self, pbx: str) -> tuple[str, float] | None:
+        cur = await self.conn.execute("DELETE FROM handover WHERE pbx = %s RETURNING state, saved_at", (pbx,))
+        row = await cur.fetchone()
+        return (row[0], row[1]) if row else None
+
+    # -- calls -------------------------------------------------------------------------
+
+    async def record_calls(self, batch: Sequence[tuple[CallRecord, str | None, str, Sequence[RenderedMessage]]],
+                           *, ttl_seconds: float, now: float) -> list[list[str] | None]:
+        """As `Outbox.record_calls`. With several instances recording the same hangup,
+        the one whose insert of the call lands first queues its texts; the others get None
+        for it, as for a replayed event."""
+        keys = [f"{record.pbx}/{record.call_id}" for record, *_ in batch]
+        first: dict[str, int] = {}
+        for i, key in enumerate(keys):
+            first.setdefault(key, i)
+        call_rows = []
+        for key, i in first.items():
+            record, rule, decision, _ = batch[i]
+            call_rows.append((key, record.pbx, record.call_id, record.status.value, record.direction.value,
+                              record.customer_number, rule, decision, record.to_json(), now, self.instance))
+        async with self.conn.transaction():
+            cur = await self.conn.execute(
+                "INSERT INTO calls (call_key, pbx, call_id, status, direction, caller, rule, decision, record, "
+                "created_at, instance) SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], "
+                "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::text[]) "
+                "ON CONFLICT (call_key) DO NOTHING RETURNING call_key",
+                _columns(call_rows, 11))
+            new = {k for (k,) in await cur.fetchall()}
+            rows: list[tuple] = []
+            for key, i in first.items():  # in the batch's order: message ids are FIFO order
+                if key in new:
+                    rows.extend(_message_row(key, m, ttl_seconds, now) for m in batch[i][3])
+            if rows:
+                await self.conn.execute(_INSERT_MESSAGES, _columns(rows, 18))
+        return [
+            [m.key for m in batch[i][3] if not m.suppressed] if key in new and first[key] == i else None
+            for i, key in enumerate(keys)
+        ]
+
+    async def queue_messages(self, batch: Sequence[tuple[str, RenderedMessage]], *, ttl_seconds: float,
+                             now: float) -> list[tuple[int, bool]]:
+        out: list[tuple[int, bool]] = []
+        async with self.conn.transaction():
+            for call_key, m in batch:
+                cur = await self.conn.execute(
+                    _INSERT_MESSAGES + " RETURNING id",
+                    _columns([_message_row(call_key, m, ttl_seconds, now)], 18))
+                row = await cur.fetchone()
+                if row is not None:
+                    out.append((row[0], True))
+                    continue
+                cur = await self.conn.execute("SELECT id FROM messages WHERE key = %s", (m.key,))
+                (existing,) = await cur.fetchone() or (0,)
+                out.append((existing, False))
+        return out
+
+    async def meta_get(self, key: str) -> str | None:
+        cur = await self.conn.execute("SELECT value FROM meta WHERE key = %s", (key,))
+        row = await cur.fetchone()
+        return row[0] if row else None
+
+    async def meta_set(self, key: str, value: str) -> None:
+        await self.conn.execute("INSERT INTO meta (key, value) VALUES (%s, %s) "
+                                "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", (key, value))
+
+    async def backfilled_among(self, call_keys: Iterable[str]) -> set[str]:
+        cur = await self.conn.execute(
+            "SELECT call_key FROM calls WHERE call_key = ANY(%s) AND record LIKE '%%\"source\":\"cdr\"%%'",
+            (list(set(call_keys)),))
+        return {k for (k,) in await cur.fetchall()}
+
+    async def callers_since(self, pbx: str, since: float, *, disorder: float = 3600.0) -> list[tuple[str, float]]:
+        cur = await self.conn.execute(
+            "SELECT caller, created_at FROM calls WHERE pbx = %s AND created_at >= %s ORDER BY seq DESC",
+            (pbx, since))
+        return [(c, t) for c, t in await cur.fetchall()]
+
+    # -- dispatching -------------------------------------------------------------------
+
+    async def requeue_interrupted(self, now: float) -> int:
+        """This instance's claims from before its restart, and every claim whose lease ran
+        out (its instance died): sending again is the lesser evil than losing them."""
+        cur = await self.conn.execute(
+            "UPDATE messages SET state = 'queued', next_attempt_at = %s, updated_at = %s, claimed_by = NULL, "
+            "lease_until = NULL, reason = 'requeued after restart' "
+            "WHERE state = 'sending' AND (claimed_by = %s OR lease_until <= %s)",
+            (now, now, self.instance, now))
+        return cur.rowcount
+
+    async def claim_due(self, limit: int, now: float, *, lease_seconds: float = 60.0) -> list[OutboundMessage]:
+        """Claim up to `limit` due messages for this instance: queued or retrying ones whose
+        time has come, and claims of other instances whose lease ran out. SKIP LOCKED lets
+        instances claim side by side without waiting for each other."""
+        async with self.conn.transaction():
+            cur = await self.conn.execute(
+                f"UPDATE messages SET state = 'sending', attempts = attempts + 1, updated_at = %s, "
+                f"claimed_by = %s, lease_until = %s "
+                f"WHERE id IN (SELECT id FROM messages WHERE "
+                f"(state IN ('queued', 'retrying') AND next_attempt_at <= %s) "
+                f"OR (state = 'sending' AND lease_until <= %s) "
+                f"ORDER BY next_attempt_at NULLS FIRST, id LIMIT %s FOR UPDATE SKIP LOCKED) "
+                f"RETURNING {MESSAGE_COLUMNS}",
+                (now, self.instance, now + lease_seconds, now, now, limit))
+            rows = await cur.fetchall()
+        rows.sort(key=lambda r: r[0])
+        return [outbound_from_row(r) for r in rows]
+
+    async def opted_out_among(self, numbers: Iterable[str]) -> set[str]:
+        cur = await self.conn.execute("SELECT number FROM optout WHERE number = ANY(%s)", (list(set(numbers)),))
+        return {n for (n,) in await cur.fetchall()}
+
+    async def next_due(self) -> float | None:
+        cur = await self.conn.execute(
+            "SELECT LEAST((SELECT MIN(next_attempt_at) FROM messages WHERE state IN ('queued', 'retrying')), "
+            "(SELECT MIN(lease_until) FROM messages WHERE state = 'sending' AND claimed_by <> %s))",
+            (self.instance,))
+        row = await cur.fetchone()
+        return row[0] if row else None
+
+    async def expires_at(self, message_id: int) -> float:
+        cur = await self.conn.execute("SELECT expires_at FROM messages WHERE id = %s", (message_id,))
+        row = await cur.fetchone()
+        return row[0] if row else 0.0
+
+    async def record_outcomes(self, outcomes: Sequence[OutcomeRecord], now: float) -> list[Transition]:
+        transitions: list[Transition] = []
+        new_keys: list[str] = []
+        submitted, parts, retrying, final = [], [], [], []
+        for o in outcomes:
+            m = o.message
+            if o.state is MessageState.SUBMITTED:
+                submitted.append((now, now, o.transport, m.id))
+                for part, transport_id in enumerate(o.transport_ids, start=1):
+                    key = msgid.match_key(transport_id)
+                    parts.append((m.id, part, transport_id, key, now))
+                    new_keys.append(key)
+            elif o.state is MessageState.RETRYING:
+                retrying.append((o.reason, now, o.next_attempt_at, o.transport, m.id))
+            else:
+                final.append((o.state.value, o.reason, now, now, o.transport, m.id))
+            transitions.append(Transition(m.id, m.call_id, m.rule, m.destination, o.state, o.reason, o.transport_ids))
+        async with self.conn.transaction(), self.conn.cursor() as cur:
+            if submitted:
+                await cur.executemany(
+                    "UPDATE messages SET state = 'submitted', reason = '', updated_at = %s, submitted_at = %s, "
+                    "next_attempt_at = NULL, transport = %s, claimed_by = NULL, lease_until = NULL WHERE id = %s",
+                    submitted)
+            if parts:
+                await cur.executemany(
+                    "INSERT INTO parts (message_id, part, transport_id, match_key, updated_at) "
+                    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (message_id, part) DO UPDATE SET "
+                    "transport_id = EXCLUDED.transport_id, match_key = EXCLUDED.match_key, "
+                    "state = 'submitted', error = '', updated_at = EXCLUDED.updated_at", parts)
+            if retrying:
+                await cur.executemany(
+                    "UPDATE messages SET state = 'retrying', reason = %s, updated_at = %s, next_attempt_at = %s, "
+                    "transport = %s, claimed_by = NULL, lease_until = NULL WHERE id = %s", retrying)
+            if final:
+                await cur.executemany(
+                    "UPDATE messages SET state = %s, reason = %s, updated_at = %s, final_at = %s, "
+                    "next_attempt_at = NULL, transport = %s, claimed_by = NULL, lease_until = NULL WHERE id = %s",
+                    final)
+            if new_keys:
+                transitions.extend(await self._apply_orphans(new_keys, now))
+        return transitions
+
+    async def suppress(self, message: OutboundMessage, reason: str, now: float) -> Transition:
+        await self.conn.execute(
+            "UPDATE messages SET state = 'suppressed', reason = %s, updated_at = %s, final_at = %s, "
+            "next_attempt_at = NULL, claimed_by = NULL, lease_until = NULL WHERE id = %s",
+            (reason, now, now, message.id))
+        return Transition(message.id, message.call_id, message.rule, message.destination,
+                          MessageState.SUPPRESSED, reason)
+
+    async def defer(self, message: OutboundMessage, until: float, reason: str, now: float) -> None:
+        await self.conn.execute(
+            "UPDATE messages SET state = 'queued', reason = %s, updated_at = %s, next_attempt_at = %s, "
+            "attempts = GREATEST(attempts - 1, 0), claimed_by = NULL, lease_until = NULL WHERE id = %s",
+            (reason, now, until, message.id))
+
+    # -- delivery reports --------------------------------------------------------------
+
+    async def apply_reports(self, reports: Sequence[DeliveryReport], now: float) -> list[Transition]:
+        transitions: list[Transition] = []
+        async with self.conn.transaction():
+            for report in reports:
+                try:
+                    async with self.conn.transaction():  # a savepoint: one bad row is undone alone
+                        transition = await self._apply_report(report, now)
+                except Exception as exc:
+                    if not _row_fault(exc):
+                        raise
+                    await self._keep_unmatchable_report(report, exc, now)
+                    continue
+                if transition:
+                    transitions.append(transition)
+        return transitions
+
+    async def _apply_report(self, report: DeliveryReport, now: float) -> Transition | None:
+        target = await self._match_part(report.message_id, loose=False)
+        if target is None:
+            if report.state in REPORT_TO_STATE:
+                await self.conn.execute(
+                    "INSERT INTO orphan_reports (transport, transport_id, match_key, state, error, raw, "
+                    "received_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    (report.transport, report.message_id, msgid.match_key(report.message_id),
+                     report.state.value, report.error, report.raw, now))
+            return None
+        return await self._apply_to_part(target, report.state, report.error, now)
+
+    async def _keep_unmatchable_report(self, report: DeliveryReport, exc: Exception, now: float) -> None:
+        reason = _fault_reason(exc)
+        log.warning("delivery report for message id %s cannot be matched (%s); kept for support",
+                    bounded(str(report.message_id)), reason)
+        await self.conn.execute(
+            "INSERT INTO orphan_reports (transport, transport_id, match_key, state, error, raw, received_at, "
+            "matched) VALUES (%s, %s, '', %s, %s, %s, %s, -1)",
+            (_storable(report.transport), _storable(report.message_id), str(getattr(report.state, "value", "")),
+             _storable(f"unmatchable: {reason}"), _storable(report.raw, 4096), now))
+
+    async def _match_part(self, transport_id: str, *, loose: bool) -> tuple[int, int] | None:
+        keys = msgid.candidate_keys(transport_id) if loose else [msgid.match_key(transport_id)]
+        for key in keys:
+            cur = await self.conn.execute(
+                "SELECT message_id, part FROM parts WHERE match_key = %s ORDER BY message_id DESC LIMIT 1", (key,))
+            row = await cur.fetchone()
+            if row:
+                return row[0], row[1]
+        return None
+
+    async def _apply_to_part(self, target: tuple[int, int], state: ReportState, error: str,
+                             now: float) -> Transition | None:
+        message_id, part = target
+        await self.conn.execute(
+            "UPDATE parts SET state = %s, error = %s, updated_at = %s WHERE message_id = %s AND part = %s",
+            (state.value, error, now, message_id, part))
+        if state not in REPORT_TO_STATE:
+            return None
+        # FOR UPDATE: two instances settling the same message's last two parts at once
+        # must not both see the other part as still open.
+        cur = await self.conn.execute(
+            "SELECT state, call_key, rule, destination, submitted_at FROM messages WHERE id = %s FOR UPDATE",
+            (message_id,))
+        row = await cur.fetchone()
+        if row is None or row[0] != MessageState.SUBMITTED.value:
+            return None
+        cur = await self.conn.execute("SELECT state, error FROM parts WHERE message_id = %s", (message_id,))
+        outcome = settle(await cur.fetchall())
+        if outcome is None:
+            return None
+        settled, reason = outcome
+        await self.conn.execute(
+            "UPDATE messages SET state = %s, reason = %s, updated_at = %s, final_at = %s WHERE id = %s",
+            (settled.value, reason, now, now, message_id))
+        return Transition(message_id, row[1], row[2], row[3] or "", settled, reason, submitted_at=row[4])
+
+    async def _apply_orphans(self, match_keys: Iterable[str], now: float) -> list[Transition]:
+        transitions: list[Transition] = []
+        cur = await self.conn.execute(
+            "SELECT id, transport_id, state, error FROM orphan_reports WHERE matched <= 0 "
+            "AND match_key = ANY(%s) ORDER BY id", (sorted(set(match_keys)),))
+        for orphan_id, transport_id, state, error in await cur.fetchall():
+            try:
+                async with self.conn.transaction():
+                    target = await self._match_part(transport_id, loose=False)
+                    if target is None:
+                        continue
+                    await self.conn.execute("UPDATE orphan_reports SET matched = 1 WHERE id = %s", (orphan_id,))
+                    transition = await self._apply_to_part(target, ReportState(state), error, now)
+            except Exception as exc:
+                if not _row_fault(exc):
+                    raise
+                await self._give_up_orphan(orphan_id, transport_id, exc)
+                continue
+            if transition:
+                transitions.append(transition)
+        return transitions
+
+    async def resolve_orphans(self, received_before: float, now: float) -> list[Transition]:
+        transitions: list[Transition] = []
+        async with self.conn.transaction():
+            cur = await self.conn.execute(
+                "SELECT id, transport_id, state, error FROM orphan_reports WHERE matched = 0 AND received_at <= %s "
+                "ORDER BY id FOR UPDATE SKIP LOCKED", (received_before,))
+            for orphan_id, transport_id, state, error in await cur.fetchall():
+                try:
+                    async with self.conn.transaction():
+                        target = await self._match_part(transport_id, loose=True)
+                        await self.conn.execute("UPDATE orphan_reports SET matched = %s WHERE id = %s",
+                                                (1 if target else -1, orphan_id))
+                        if target is None:
+                            log.info("delivery report for unknown message id %s (%s); kept for support",
+                                     transport_id, state)
+                            continue
+                        transition = await self._apply_to_part(target, ReportState(state), error, now)
+                except Exception as exc:
+                    if not _row_fault(exc):
+                        raise
+                    await self._give_up_orphan(orphan_id, transport_id, exc)
+                    continue
+                if transition:
+                    transitions.append(transition)
+        return transitions
+
+    async def _give_up_orphan(self, orphan_id: int, transport_id: str, exc: Exception) -> None:
+        reason = _fault_reason(exc)
+        log.warning("delivery report for message id %s cannot be matched (%s); kept for support",
+                    bounded(transport_id), reason)
+        await self.conn.execute("UPDATE orphan_reports SET matched = -1, error = %s WHERE id = %s",
+                                (_storable(f"unmatchable: {reason}"), orphan_id))
+
+    async def has_pending_orphans(self, received_before: float) -> bool:
+        cur = await self.conn.execute(
+            "SELECT 1 FROM orphan_reports WHERE matched = 0 AND received_at <= %s LIMIT 1", (received_before,))
+        return await cur.fetchone() is not None
+
+    # -- opt-out and DND ---------------------------------------------------------------
+
+    async def optout_add(self, numbers: Iterable[str], source: str, now: float) -> int:
+        return await self._add("optout", "number", numbers, source, now)
+
+    async def optout_remove(self, numbers: Iterable[str]) -> list[str]:
+        return await self._remove("optout", "number", numbers)
+
+    async def is_opted_out(self, number: str) -> bool:
+        cur = await self.conn.execute("SELECT 1 FROM optout WHERE number = %s", (number,))
+        return await cur.fetchone() is not None
+
+    async def optout_list(self) -> list[tuple[str, str, float]]:
+        cur = await self.conn.execute("SELECT number, source, created_at FROM optout ORDER BY number")
+        return [tuple(r) for r in await cur.fetchall()]
+
+    async def dnd_add(self, entries: Iterable[str], source: str, now: float) -> int:
+        return await self._add("dnd", "entry", entries, source, now)
+
+    async def dnd_remove(self, entries: Iterable[str]) -> list[str]:
+        return await self._remove("dnd", "entry", entries)
+
+    async def dnd_list(self) -> list[tuple[str, str, float]]:
+        cur = await self.conn.execute("SELECT entry, source, created_at FROM dnd ORDER BY entry")
+        return [tuple(r) for r in await cur.fetchall()]
+
+    async def dnd_matches(self, destinations: Iterable[str]) -> set[str]:
+        numbers = list(set(destinations))
+        if not numbers:
+            return set()
+        # An entry ending in * is a prefix; others match whole numbers.
+        cur = await self.conn.execute(
+            "SELECT n FROM unnest(%s::text[]) AS n WHERE EXISTS (SELECT 1 FROM dnd WHERE entry = n "
+            "OR (right(entry, 1) = '*' AND starts_with(n, left(entry, -1))))", (numbers,))
+        return {n for (n,) in await cur.fetchall()}
+
+    async def _add(self, table: str, column: str, entries: Iterable[str], source: str, now: float) -> int:
+        cur = await self.conn.execute(
+            f"INSERT INTO {table} ({column}, source, created_at) SELECT e, %s, %s FROM unnest(%s::text[]) AS e "
+            f"ON CONFLICT ({column}) DO NOTHING", (source, now, list(dict.fromkeys(entries))))
+        return cur.rowcount
+
+    async def _remove(self, table: str, column: str, entries: Iterable[str]) -> list[str]:
+        wanted = list(dict.fromkeys(entries))
+        cur = await self.conn.execute(f"DELETE FROM {table} WHERE {column} = ANY(%s) RETURNING {column}", (wanted,))
+        gone = {e for (e,) in await cur.fetchall()}
+        return [e for e in wanted if e in gone]
+
+    # -- policy ------------------------------------------------------------------------
+
+    async def submitted_counts_since(self, since: float) -> tuple[int, dict[str, int]]:
+        cur = await self.conn.execute(
+            "SELECT rule, COUNT(*) FROM messages WHERE submitted_at >= %s GROUP BY rule", (since,))
+        by_rule = {rule: int(n) for rule, n in await cur.fetchall()}
+        return sum(by_rule.values()), by_rule
+
+    async def last_submitted_to(self, destinations: Iterable[str], since: float) -> dict[str, float]:
+        cur = await self.conn.execute(
+            "SELECT destination, MAX(submitted_at) FROM messages WHERE destination = ANY(%s) "
+            "AND submitted_at >= %s GROUP BY destination", (list(set(destinations)), since))
+        return {d: t for d, t in await cur.fetchall()}
+
+    # -- replies -----------------------------------------------------------------------
+
+    async def record_reply(self, number: str, text: str, transport: str, keyword: str, now: float,
+                           window_seconds: float) -> tuple[int, str | None]:
+        cur = await self.conn.execute(
+            "INSERT INTO replies (number, text, transport, keyword, message_id, call_key, received_at) "
+            "SELECT %s, %s, %s, %s, m.id, m.call_key, %s FROM (SELECT 1) AS one LEFT JOIN LATERAL "
+            "(SELECT id, call_key FROM messages WHERE destination = %s AND submitted_at >= %s "
+            "ORDER BY submitted_at DESC LIMIT 1) AS m ON true RETURNING id, call_key",
+            (_storable(number), _storable(text, 4096), transport, keyword, now, number, now - window_seconds))
+        row = await cur.fetchone()
+        assert row is not None  # INSERT … RETURNING of one row
+        return int(row[0]), row[1]
+
+    async def replies(self, *, numbers: Iterable[str] = (), since: float | None = None,
+                      until: float | None = None) -> list[dict[str, Any]]:
+        where, args = _where((("number", "= ANY", list(numbers) or None), ("received_at", ">=", since),
+                              ("received_at", "<", until)))
+        return await self._dicts(f"SELECT * FROM replies{where} ORDER BY received_at, id", args)
+
+    # -- retention ---------------------------------------------------------------------
+
+    async def prune(self, before: float, *, after_rowid: int = 0, limit: int = 500) -> tuple[Pruned, int | None]:
+        pruned = Pruned()
+        async with self.conn.transaction():
+            if after_rowid == 0:
+                cur = await self.conn.execute("DELETE FROM orphan_reports WHERE received_at < %s", (before,))
+                pruned.receipts = cur.rowcount
+                await self.conn.execute("DELETE FROM replies WHERE received_at < %s", (before,))
+            cur = await self.conn.execute(
+                "SELECT seq, call_key, created_at FROM calls WHERE seq > %s ORDER BY seq LIMIT %s",
+                (after_rowid, limit))
+            rows = await cur.fetchall()
+            for seq, call_key, created_at in rows:
+                if created_at >= before:
+                    return pruned, None
+                after_rowid = seq
+                cur = await self.conn.execute(
+                    "SELECT 1 FROM messages WHERE call_key = %s AND state IN ('queued', 'retrying', 'sending') "
+                    "LIMIT 1", (call_key,))
+                if await cur.fetchone():
+                    pruned.kept += 1
+                    continue
+                await self.conn.execute(
+                    "DELETE FROM parts WHERE message_id IN (SELECT id FROM messages WHERE call_key = %s)", (call_key,))
+                cur = await self.conn.execute("DELETE FROM messages WHERE call_key = %s", (call_key,))
+                pruned.messages += cur.rowcount
+                await self.conn.execute("DELETE FROM calls WHERE call_key = %s", (call_key,))
+                pruned.calls += 1
+        return pruned, (after_rowid if len(rows) == limit else None)
+
+    # -- reading, for reports and support ----------------------------------------------
+
+    async def counts_by_state(self) -> dict[str, int]:
+        cur = await self.conn.execute("SELECT state, COUNT(*) FROM messages GROUP BY state")
+        return {state: int(n) for state, n in await cur.fetchall()}
+
+    async def last_call_time(self) -> float | None:
+        cur = await self.conn.execute("SELECT MAX(created_at) FROM calls")
+        row = await cur.fetchone()
+        return row[0] if row else None
+
+    async def queue_depth(self) -> int:
+        cur = await self.conn.execute(
+            "SELECT COUNT(*) FROM messages WHERE state IN ('queued', 'retrying', 'sending')")
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def messages(self, *, call_key: str | None = None, destination: str | None = None,
+                       since: float | None = None, until: float | None = None, rule: str | None = None,
+                       state: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        where, args = _where((("m.call_key", "=", call_key), ("m.destination", "=", destination),
+                              ("m.created_at", ">=", since), ("m.created_at", "<", until),
+                              ("m.rule", "=", rule), ("m.state", "=", state)))
+        return await self._dicts(
+            "SELECT m.*, (SELECT string_agg(p.transport_id, ' ' ORDER BY p.part) FROM parts p "
+            f"WHERE p.message_id = m.id) AS transport_ids FROM messages m{where} ORDER BY m.id"
+            + (f" LIMIT {int(limit)}" if limit else ""), args)
+
+    async def calls(self, *, call_key: str | None = None, callers: Sequence[str] = (), texted: str | None = None,
+                    limit: int = 50) -> list[dict[str, Any]]:
+        where: list[str] = []
+        args: list[Any] = []
+        if call_key is not None:
+            where.append("(call_key = %s OR call_id = %s)")
+            args += [call_key, call_key]
+        who = []
+        if callers:
+            who.append("caller = ANY(%s)")
+            args.append(list(callers))
+        if texted:
+            who.append("call_key IN (SELECT call_key FROM messages WHERE destination = %s)")
+            args.append(texted)
+        if who:
+            where.append("(" + " OR ".join(who) + ")")
+        rows = await self._dicts(
+            "SELECT * FROM calls" + (" WHERE " + " AND ".join(where) if where else "")
+            + f" ORDER BY created_at DESC LIMIT {int(limit)}", args)
+        for row in rows:
+            del row["seq"], row["instance"]  # the same columns as the SQLite outbox's
+        return rows
+
+    async def parts(self, message_ids: Iterable[int]) -> dict[int, list[dict[str, Any]]]:
+        found: dict[int, list[dict[str, Any]]] = {}
+        for part in await self._dicts(
+                "SELECT message_id, part, transport_id, state, error, updated_at FROM parts "
+                "WHERE message_id = ANY(%s) ORDER BY message_id, part", [sorted(set(message_ids))]):
+            found.setdefault(part["message_id"], []).append(part)
+        return found
+
+    async def orphan_reports(self) -> list[dict[str, Any]]:
+        return await self._dicts("SELECT * FROM orphan_reports WHERE matched <= 0 ORDER BY id")
+
+    async def _dicts(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        async with self.conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(sql, args)
+            return await cur.fetchall()
+
+
+_INSERT_MESSAGES = (
+    "INSERT INTO messages (key, call_key, rule, recipient_kind, raw_number, destination, sender, text, encoding, "
+    "segments, options, state, reason, next_attempt_at, expires_at, created_at, updated_at, final_at) "
+    "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
+    "%s::text[], %s::text[], %s::int[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::float8[], "
+    "%s::float8[], %s::float8[], %s::float8[]) ON CONFLICT (key) DO NOTHING"
+)
+
+
+def _message_row(call_key: str, m: RenderedMessage, ttl_seconds: float, now: float) -> tuple:
+    state = MessageState.SUPPRESSED if m.suppressed else MessageState.QUEUED
+    return (m.key, call_key, m.rule, m.kind.value, _storable(m.raw_number), m.destination, m.sender,
+            _storable(m.text, 1 << 20), m.encoding.value, m.segments,
+            json.dumps(dict(m.options)) if m.options else "{}", state.value, m.suppressed,
+            None if m.suppressed else now, now + ttl_seconds, now, now, now if m.suppressed else None)
+
+
+def _columns(rows: Sequence[tuple], width: int) -> list[list[Any]]:
+    """Rows as one array per column, for INSERT … SELECT FROM unnest(…): one statement and
+    one round trip for a whole batch."""
+    return [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
+
+
+def _where(conditions: Iterable[tuple[str, str, Any]]) -> tuple[str, list[Any]]:
+    parts, args = [], []
+    for column, op, value in conditions:
+        if value is None:
+            continue
+        parts.append(f"{column} = ANY(%s)" if op == "= ANY" else f"{column} {op} %s")
+        args.append(value)
+    return (" WHERE " + " AND ".join(parts) if parts else ""), args
+
+
+def _storable(value: object, limit: int = 256) -> str:
+    """PostgreSQL refuses NUL in text, which a hostile peer can send; SQLite stores it."""
+    return bounded(str(value), limit).replace("\x00", "\\x00")
+
+
+def _row_fault(exc: Exception) -> bool:
+    """True when `exc` is about one row's data rather than the connection or the server."""
+    if isinstance(exc, psycopg.Error):
+        return isinstance(exc, psycopg.DataError)
+    return isinstance(exc, (ValueError, TypeError, KeyError))
+
+
+def _fault_reason(exc: Exception) -> str:
+    return bounded(f"{type(exc).__name__}: {exc}", 200)
+
+
+def _reason(exc: psycopg.Error) -> str:
+    """The server's or libpq's own words, first line: they name what is wrong (host,
+    authentication, database) and never carry the password."""
+    return bounded(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, 300)
+
+
+def shown_dsn(dsn: str) -> str:
+    """The connection string as logs and errors may show it: without the password."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "postgresql://(unparsable connection string)"
+    info.pop("password", None)
+    host = info.get("host", "")
+    where = f"{host}:{info['port']}" if "port" in info else str(host)
+    return f"postgresql://{info.get('user', '')}@{where}/{info.get('dbname', '')}"

@@ -1,0 +1,317 @@
+"""One set of outbox tests, run against both implementations: SQLite (inline, the embedded
+default) and PostgreSQL (a real server started by the tests, tests/pgserver.py).
+
+Then what only a shared outbox must do: several instances recording the same hangup,
+claiming side by side, taking over a dead instance's claims, settling each other's texts.
+"""
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from aftercalld.model import CallRecord, DeliveryReport, Encoding, MessageState, RecipientKind, ReportState
+from aftercalld.rules.render import RenderedMessage
+from aftercalld.store import Outbox, OutboxUnavailable, OutcomeRecord
+from aftercalld.store.inline import InlineOutbox
+
+T0 = datetime(2026, 11, 30, 10, 0, tzinfo=UTC).timestamp()
+TTL = 3600.0
+
+
+def record(call_id: str, caller: str = "+447400123456", pbx: str = "main") -> CallRecord:
+    start = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
+    return CallRecord(call_id=call_id, pbx=pbx, direction="inbound", status="missed", caller_number=caller,
+                      dialled_number="442071234567", start_time=start, end_time=start + timedelta(seconds=30))
+
+
+def text_for(call: CallRecord, to: str | None = None, *, suppressed: str = "", text: str = "Sorry we missed you"
+             ) -> RenderedMessage:
+    to = to or call.caller_number
+    return RenderedMessage(key=f"{call.pbx}/{call.call_id}/Missed/caller:{to}", rule="Missed",
+                           kind=RecipientKind.CALLER, raw_number=to, destination=None if suppressed else to,
+                           sender="Acme", text=text, encoding=Encoding.GSM7, segments=1, suppressed=suppressed)
+
+
+def entry(call: CallRecord, *messages: RenderedMessage):
+    return (call, "Missed", "rule Missed matched", list(messages) or [text_for(call)])
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def backend(request, tmp_path):
+    """A factory of outboxes on one database: each call is another instance (PostgreSQL) or
+    the same file opened again (SQLite, where one process owns the outbox)."""
+    opened = []
+    if request.param == "sqlite":
+        path = tmp_path / "outbox.sqlite3"
+
+        async def open_one(instance: str = "a"):
+            outbox = InlineOutbox(Outbox.open(path))
+            opened.append(outbox)
+            return outbox
+    else:
+        from aftercalld.store.postgres import PgOutbox
+
+        dsn = request.getfixturevalue("pg_dsn")
+
+        async def open_one(instance: str = "a"):
+            outbox = await PgOutbox.open(dsn, instance=instance)
+            opened.append(outbox)
+            return outbox
+    open_one.kind = request.param
+    yield open_one
+    for outbox in opened:
+        await outbox.close()
+
+
+async def submit(outbox, now: float, *ids_per_message: tuple[str, ...]) -> list:
+    claimed = await outbox.claim_due(10, now)
+    outcomes = [OutcomeRecord(m, MessageState.SUBMITTED, transport_ids=ids, transport="smpp")
+                for m, ids in zip(claimed, ids_per_message, strict=False)]
+    await outbox.record_outcomes(outcomes, now)
+    return claimed
+
+
+async def test_a_call_recorded_twice_queues_its_text_once(backend):
+    outbox = await backend()
+    first = await outbox.record_calls([entry(record("c1")), entry(record("c2"))], ttl_seconds=TTL, now=T0)
+    again = await outbox.record_calls([entry(record("c1")), entry(record("c3")), entry(record("c3"))],
+                                      ttl_seconds=TTL, now=T0 + 1)
+    assert first == [["main/c1/Missed/caller:+447400123456"], ["main/c2/Missed/caller:+447400123456"]]
+    assert again == [None, ["main/c3/Missed/caller:+447400123456"], None]
+    assert await outbox.counts_by_state() == {"queued": 3}
+    assert [c["call_id"] for c in await outbox.calls()] .count("c3") == 1
+
+
+async def test_a_suppressed_text_is_kept_with_its_reason_and_never_claimed(backend):
+    outbox = await backend()
+    call = record("c1")
+    await outbox.record_calls([entry(call, text_for(call, "12", suppressed="not a mobile number"))],
+                              ttl_seconds=TTL, now=T0)
+    assert await outbox.claim_due(10, T0 + 1) == []
+    (stored,) = await outbox.messages(call_key="main/c1")
+    assert (stored["state"], stored["reason"]) == ("suppressed", "not a mobile number")
+
+
+async def test_adhoc_texts_are_idempotent_by_key(backend):
+    outbox = await backend()
+    message = RenderedMessage(key="api/crm/42", rule="api", kind=RecipientKind.FIXED, raw_number="+447400123999",
+                              destination="+447400123999", sender="Acme", text="Your table is ready",
+                              encoding=Encoding.GSM7, segments=1)
+    [(first, new)] = await outbox.queue_messages([("", message)], ttl_seconds=TTL, now=T0)
+    [(again, new_again)] = await outbox.queue_messages([("", message)], ttl_seconds=TTL, now=T0 + 5)
+    assert new and not new_again and again == first
+    (claimed,) = await outbox.claim_due(10, T0 + 6)
+    assert claimed.id == first and claimed.key == "api/crm/42"
+
+
+async def test_submit_then_receipts_for_every_part_settle_on_the_worst(backend):
+    outbox = await backend()
+    await outbox.record_calls([entry(record("c1"))], ttl_seconds=TTL, now=T0)
+    (message,) = await submit(outbox, T0 + 1, ("A1", "A2"))
+    assert await outbox.queue_depth() == 0
+    first = await outbox.apply_reports([DeliveryReport("smpp", "A1", ReportState.DELIVERED)], T0 + 2)
+    assert first == []  # one part still open
+    (settled,) = await outbox.apply_reports(
+        [DeliveryReport("smpp", "a2", ReportState.UNDELIVERABLE, error="err:001")], T0 + 3)
+    assert (settled.message_id, settled.state, settled.reason) == (message.id, MessageState.UNDELIVERABLE, "err:001")
+    parts = (await outbox.parts([message.id]))[message.id]
+    assert [(p["part"], p["transport_id"], p["state"]) for p in parts] == [
+        (1, "A1", "delivered"), (2, "A2", "undeliverable")]
+    (stored,) = await outbox.messages(call_key="main/c1")
+    assert stored["transport_ids"] == "A1 A2" and stored["transport"] == "smpp"
+
+
+async def test_a_receipt_before_its_submit_waits_and_then_settles(backend):
+    outbox = await backend()
+    await outbox.record_calls([entry(record("c1"))], ttl_seconds=TTL, now=T0)
+    assert await outbox.apply_reports([DeliveryReport("smpp", "0x1F", ReportState.DELIVERED)], T0 + 1) == []
+    assert [o["transport_id"] for o in await outbox.orphan_reports()] == ["0x1F"]
+    claimed = await outbox.claim_due(10, T0 + 2)
+    transitions = await outbox.record_outcomes(
+        [OutcomeRecord(claimed[0], MessageState.SUBMITTED, transport_ids=("0x1F",), transport="smpp")], T0 + 2)
+    assert [t.state for t in transitions] == [MessageState.SUBMITTED, MessageState.DELIVERED]
+    assert await outbox.orphan_reports() == []
+
+
+async def test_an_unmatched_receipt_is_resolved_loosely_later_or_kept(backend):
+    outbox = await backend()
+    await outbox.record_calls([entry(record("c1"))], ttl_seconds=TTL, now=T0)
+    await submit(outbox, T0 + 1, ("1F",))
+    await outbox.apply_reports([DeliveryReport("smpp", "31", ReportState.DELIVERED),  # 0x1F in decimal
+                                DeliveryReport("smpp", "nothing-like-it", ReportState.DELIVERED)], T0 + 2)
+    assert await outbox.has_pending_orphans(T0 + 100)
+    (settled,) = await outbox.resolve_orphans(T0 + 100, T0 + 100)
+    assert settled.state is MessageState.DELIVERED
+    assert not await outbox.has_pending_orphans(T0 + 100)
+    assert [o["transport_id"] for o in await outbox.orphan_reports()] == ["nothing-like-it"]
+
+
+async def test_retry_defer_and_suppress_move_the_next_due_time(backend):
+    outbox = await backend()
+    await outbox.record_calls([entry(record(f"c{i}")) for i in range(3)], ttl_seconds=TTL, now=T0)
+    a, b, c = await outbox.claim_due(10, T0)
+    await outbox.record_outcomes([OutcomeRecord(a, MessageState.RETRYING, "throttled", next_attempt_at=T0 + 30)], T0)
+    await outbox.defer(b, T0 + 20, "quiet hours", T0)
+    transition = await outbox.suppress(c, "opted out", T0)
+    assert transition.state is MessageState.SUPPRESSED
+    assert await outbox.next_due() == T0 + 20
+    assert await outbox.claim_due(10, T0 + 10) == []
+    assert [m.id for m in await outbox.claim_due(10, T0 + 30)] == [a.id, b.id]
+    counts = await outbox.counts_by_state()
+    assert counts == {"sending": 2, "suppressed": 1}
+    assert [m["attempts"] for m in await outbox.messages()] == [2, 1, 1]
+
+
+async def test_lists_policy_counts_and_replies(backend):
+    outbox = await backend()
+    assert await outbox.optout_add(["+447400000001", "+447400000002"], "cli", T0) == 2
+    assert await outbox.optout_add(["+447400000001"], "reply STOP", T0) == 0
+    assert await outbox.opted_out_among(["+447400000001", "+447400000003"]) == {"+447400000001"}
+    assert await outbox.optout_remove(["+447400000002", "+447400000009"]) == ["+447400000002"]
+    assert [n for n, *_ in await outbox.optout_list()] == ["+447400000001"]
+    await outbox.dnd_add(["+4420*", "+447400000005"], "cli", T0)
+    assert await outbox.dnd_matches(["+442071234567", "+447400000005", "+447400000006"]) == {
+        "+442071234567", "+447400000005"}
+    call = record("c1")
+    await outbox.record_calls([entry(call)], ttl_seconds=TTL, now=T0)
+    await submit(outbox, T0 + 1, ("X1",))
+    assert await outbox.submitted_counts_since(T0) == (1, {"Missed": 1})
+    assert await outbox.last_submitted_to([call.caller_number, "+447400000009"], T0) == {call.caller_number: T0 + 1}
+    reply_id, call_key = await outbox.record_reply(call.caller_number, "Thanks!", "smpp", "", T0 + 60, 86400)
+    assert call_key == "main/c1"
+    (reply,) = await outbox.replies(numbers=[call.caller_number])
+    assert (reply["id"], reply["text"], reply["call_key"]) == (reply_id, "Thanks!", "main/c1")
+    _, nothing = await outbox.record_reply("+447400000077", "who is this", "smpp", "", T0 + 60, 86400)
+    assert nothing is None
+
+
+async def test_handover_is_taken_once(backend):
+    outbox = await backend()
+    await outbox.save_handover("main", '{"calls": []}', T0)
+    assert await outbox.take_handover("main") == ('{"calls": []}', T0)
+    assert await outbox.take_handover("main") is None
+
+
+async def test_prune_keeps_calls_with_a_text_still_to_send(backend):
+    outbox = await backend()
+    await outbox.record_calls([entry(record("old")), entry(record("waiting"))], ttl_seconds=TTL, now=T0)
+    await outbox.record_calls([entry(record("new"))], ttl_seconds=TTL, now=T0 + 10_000)
+    claimed = await outbox.claim_due(1, T0)
+    await outbox.record_outcomes([OutcomeRecord(claimed[0], MessageState.FAILED, "refused")], T0)
+    pruned, more = await outbox.prune(T0 + 5_000)
+    assert (pruned.calls, pruned.messages, pruned.kept, more) == (1, 1, 1, None)
+    assert sorted(c["call_id"] for c in await outbox.calls()) == ["new", "waiting"]
+
+
+async def test_both_outboxes_show_support_the_same_columns(backend, pg_dsn):
+    from aftercalld.store.postgres import PgOutbox
+
+    outbox = await backend()
+    await outbox.record_calls([entry(record("c1"))], ttl_seconds=TTL, now=T0)
+    pg = await PgOutbox.open(pg_dsn, instance="x")
+    try:
+        await pg.record_calls([entry(record("c1"))], ttl_seconds=TTL, now=T0)
+        assert set((await outbox.calls())[0]) == set((await pg.calls())[0])
+        assert set((await outbox.messages())[0]) - {"claimed_by", "lease_until"} == \
+            set((await pg.messages())[0]) - {"claimed_by", "lease_until"}
+    finally:
+        await pg.close()
+
+
+# -- what only a shared outbox must do ----------------------------------------------------
+
+@pytest.fixture
+async def shared(pg_dsn):
+    from aftercalld.store.postgres import PgOutbox
+
+    a = await PgOutbox.open(pg_dsn, instance="host-a")
+    b = await PgOutbox.open(pg_dsn, instance="host-b")
+    yield a, b
+    await a.close()
+    await b.close()
+
+
+async def test_two_instances_recording_the_same_hangups_queue_each_text_once(shared):
+    a, b = shared
+    calls = [record(f"c{i}") for i in range(200)]
+    results = await asyncio.gather(*(
+        outbox.record_calls([entry(call) for call in calls[i:i + 20]], ttl_seconds=TTL, now=T0)
+        for i in range(0, 200, 20) for outbox in (a, b)))
+    queued = [keys for batch in results for keys in batch if keys is not None]
+    assert len(queued) == 200
+    assert await a.counts_by_state() == {"queued": 200}
+
+
+async def test_instances_claim_side_by_side_without_taking_the_same_message(shared):
+    a, b = shared
+    await a.record_calls([entry(record(f"c{i}")) for i in range(300)], ttl_seconds=TTL, now=T0)
+    claims: dict[str, list[int]] = {"host-a": [], "host-b": []}
+
+    async def drain(outbox):
+        while batch := await outbox.claim_due(7, T0 + 1):
+            claims[outbox.instance] += [m.id for m in batch]
+            await asyncio.sleep(0)
+
+    await asyncio.gather(drain(a), drain(b))
+    assert len(claims["host-a"]) + len(claims["host-b"]) == 300
+    assert not set(claims["host-a"]) & set(claims["host-b"])
+    assert claims["host-a"] and claims["host-b"]
+
+
+async def test_a_dead_instances_claims_pass_to_another_when_the_lease_runs_out(shared):
+    a, b = shared
+    await a.record_calls([entry(record("c1"))], ttl_seconds=TTL, now=T0)
+    (taken,) = await a.claim_due(10, T0, lease_seconds=30)
+    assert await b.claim_due(10, T0 + 29) == []  # a may still be sending it
+    assert await b.next_due() == T0 + 30
+    (again,) = await b.claim_due(10, T0 + 30)
+    assert again.id == taken.id and again.attempts == 2
+    (row,) = await b.messages()
+    assert row["claimed_by"] == "host-b"
+
+
+async def test_an_instance_restarting_requeues_its_own_claims_at_once(shared, pg_dsn):
+    from aftercalld.store.postgres import PgOutbox
+
+    a, b = shared
+    await a.record_calls([entry(record("mine")), entry(record("theirs"))], ttl_seconds=TTL, now=T0)
+    await a.claim_due(1, T0, lease_seconds=600)
+    await b.claim_due(1, T0, lease_seconds=600)
+    restarted = await PgOutbox.open(pg_dsn, instance="host-a")
+    try:
+        assert await restarted.requeue_interrupted(T0 + 5) == 1  # not host-b's, whose lease runs
+        assert await restarted.counts_by_state() == {"queued": 1, "sending": 1}
+    finally:
+        await restarted.close()
+
+
+async def test_a_receipt_on_one_instance_settles_a_text_another_sent(shared):
+    a, b = shared
+    await a.record_calls([entry(record("c1"))], ttl_seconds=TTL, now=T0)
+    (message,) = await submit(a, T0 + 1, ("77",))
+    (settled,) = await b.apply_reports([DeliveryReport("smpp", "77", ReportState.DELIVERED)], T0 + 2)
+    assert settled.message_id == message.id and settled.state is MessageState.DELIVERED
+    await a.heartbeat({"binds": 1}, T0 + 3)
+    await b.heartbeat({"binds": 2}, T0 + 4)
+    assert [(i["instance"], i["info"]) for i in await a.instances()] == [
+        ("host-b", {"binds": 2}), ("host-a", {"binds": 1})]
+
+
+async def test_an_unreachable_server_is_a_clear_error_without_the_password(tmp_path):
+    from aftercalld.store.postgres import PgOutbox
+
+    dsn = f"host={tmp_path} port=1 user=acd password=s3cr3t-pw dbname=outbox"
+    with pytest.raises(OutboxUnavailable) as caught:
+        await PgOutbox.open(dsn, instance="a", connect_timeout=2)
+    message = str(caught.value)
+    assert "s3cr3t-pw" not in message
+    assert message.startswith("postgresql://acd@") and "cannot connect to the outbox" in message
+
+
+async def test_a_hostile_reply_with_a_nul_byte_is_stored_not_refused(backend):
+    outbox = await backend()
+    _, call_key = await outbox.record_reply("+447400000001", "STOP\x00now", "smpp", "", T0, 60)
+    (reply,) = await outbox.replies()
+    assert reply["text"].startswith("STOP") and call_key is None
