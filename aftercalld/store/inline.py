@@ -6,19 +6,37 @@ microseconds, less than handing it to a thread would, and it keeps today's speed
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..model import CallRecord, DeliveryReport, OutboundMessage
 from ..rules.render import RenderedMessage
 from .sqlite import Outbox
-from .types import OutcomeRecord, Pruned, Transition
+from .types import (
+    Answered,
+    EventSink,
+    OutcomeRecord,
+    Pruned,
+    ReplyEffects,
+    Transition,
+    WebhookDelivery,
+    WebhookResult,
+    WebhookRow,
+)
 
 
 class InlineOutbox:
     def __init__(self, outbox: Outbox) -> None:
         self.sync = outbox
         self.path = outbox.path
+
+    @property
+    def events(self) -> EventSink | None:
+        return self.sync.events
+
+    @events.setter
+    def events(self, sink: EventSink | None) -> None:
+        self.sync.events = sink
 
     async def close(self) -> None:
         self.sync.close()
@@ -114,8 +132,40 @@ class InlineOutbox:
         return self.sync.last_submitted_to(destinations, since)
 
     async def record_reply(self, number: str, text: str, transport: str, keyword: str, now: float,
-                           window_seconds: float) -> tuple[int, str | None]:
-        return self.sync.record_reply(number, text, transport, keyword, now, window_seconds)
+                           window_seconds: float, *, optout: str = "",
+                           effects: Callable[[int, Answered | None], ReplyEffects] | None = None
+                           ) -> tuple[int, str | None]:
+        return self.sync.record_reply(number, text, transport, keyword, now, window_seconds, optout=optout,
+                                      effects=effects)
+
+    async def call_record(self, call_key: str) -> str | None:
+        return self.sync.call_record(call_key)
+
+    async def last_created(self, destination: str, rule: str, since: float) -> float | None:
+        return self.sync.last_created(destination, rule, since)
+
+    async def queue_webhooks(self, rows: Sequence[WebhookRow], now: float) -> None:
+        return self.sync.queue_webhooks(rows, now)
+
+    async def requeue_webhooks(self, now: float) -> int:
+        return self.sync.requeue_webhooks(now)
+
+    async def claim_webhooks(self, free: dict[str, int], now: float, *,
+                             lease_seconds: float = 120.0) -> list[WebhookDelivery]:
+        return self.sync.claim_webhooks(free, now)  # one process owns a SQLite outbox: no lease
+
+    async def record_webhook_results(self, results: Sequence[WebhookResult], now: float) -> None:
+        return self.sync.record_webhook_results(results, now)
+
+    async def next_webhook_due(self, endpoints: Iterable[str]) -> float | None:
+        return self.sync.next_webhook_due(endpoints)
+
+    async def webhook_deliveries(self, *, event_type: str | None = None, endpoint: str | None = None,
+                                 state: str | None = None) -> list[dict[str, Any]]:
+        return self.sync.webhook_deliveries(event_type=event_type, endpoint=endpoint, state=state)
+
+    async def webhook_counts(self) -> dict[str, dict[str, int]]:
+        return self.sync.webhook_counts()
 
     async def replies(self, *, numbers: Iterable[str] = (), since: float | None = None,
                       until: float | None = None) -> list[dict[str, Any]]:

@@ -33,11 +33,17 @@ from ..textsafety import bounded
 from .types import (
     MESSAGE_COLUMNS,
     REPORT_TO_STATE,
+    Answered,
+    EventSink,
     OutboxUnavailable,
     OutcomeRecord,
     Pruned,
+    ReplyEffects,
     StoreError,
     Transition,
+    WebhookDelivery,
+    WebhookResult,
+    WebhookRow,
     outbound_from_row,
     settle,
 )
@@ -143,6 +149,24 @@ CREATE TABLE IF NOT EXISTS replies (
     received_at DOUBLE PRECISION NOT NULL
 );
 CREATE INDEX IF NOT EXISTS replies_number ON replies (number, received_at);
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    id              BIGSERIAL PRIMARY KEY,
+    event_id        TEXT NOT NULL,
+    event_type      TEXT NOT NULL,
+    endpoint        TEXT NOT NULL,
+    payload         TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at DOUBLE PRECISION,
+    last_error      TEXT NOT NULL DEFAULT '',
+    created_at      DOUBLE PRECISION NOT NULL,
+    updated_at      DOUBLE PRECISION NOT NULL,
+    claimed_by      TEXT,
+    lease_until     DOUBLE PRECISION,
+    UNIQUE (event_id, endpoint)
+);
+CREATE INDEX IF NOT EXISTS webhook_due ON webhook_deliveries (endpoint, next_attempt_at)
+    WHERE state IN ('queued', 'retrying');
 CREATE TABLE IF NOT EXISTS handover (pbx TEXT PRIMARY KEY, state TEXT NOT NULL, saved_at DOUBLE PRECISION NOT NULL);
 CREATE TABLE IF NOT EXISTS instances (
     instance     TEXT PRIMARY KEY,
@@ -182,6 +206,8 @@ class PgOutbox:
         self.lock = asyncio.Lock()
         self.path = dsn_shown  # for messages: the DSN without its password
         self.instance = instance
+        # Set by the daemon when [[webhook]] endpoints listen to message events.
+        self.events: EventSink | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -274,8 +300,9 @@ class PgOutbox:
             for key, i in first.items():  # in the batch's order: message ids are FIFO order
                 if key in new:
                     rows.extend(_message_row(key, m, ttl_seconds, now) for m in batch[i][3])
-            if rows:
-                await self.conn.execute(_INSERT_MESSAGES, _columns(rows, 18))
+            wrote = await self._insert_messages(rows, now) if rows else False
+        if wrote:
+            self._events_written()
         return [
             [m.key for m in batch[i][3] if not m.suppressed] if key in new and first[key] == i else None
             for i, key in enumerate(keys)
@@ -283,19 +310,137 @@ class PgOutbox:
 
     async def queue_messages(self, batch: Sequence[tuple[str, RenderedMessage]], *, ttl_seconds: float,
                              now: float) -> list[tuple[int, bool]]:
-        out: list[tuple[int, bool]] = []
         async with self.conn.transaction():
-            for call_key, m in batch:
-                cur = await self.conn.execute(
-                    _INSERT_MESSAGES + " RETURNING id",
-                    _columns([_message_row(call_key, m, ttl_seconds, now)], 18))
-                row = await cur.fetchone()
-                if row is not None:
-                    out.append((row[0], True))
+            out, wrote = await self._insert_adhoc(batch, ttl_seconds, now)
+        if wrote:
+            self._events_written()
+        return out
+
+    async def _insert_adhoc(self, batch: Sequence[tuple[str, RenderedMessage]], ttl_seconds: float,
+                            now: float) -> tuple[list[tuple[int, bool]], bool]:
+        out: list[tuple[int, bool]] = []
+        born: list[Transition] = []
+        for call_key, m in batch:
+            cur = await self.conn.execute(_INSERT_MESSAGES + _RETURNING_TRANSITION,
+                                          _columns([_message_row(call_key, m, ttl_seconds, now)], 18))
+            row = await cur.fetchone()
+            if row is not None:
+                out.append((row[0], True))
+                born.append(_transition(row))
+                continue
+            cur = await self.conn.execute("SELECT id FROM messages WHERE key = %s", (m.key,))
+            (existing,) = await cur.fetchone() or (0,)
+            out.append((existing, False))
+        return out, await self._born_events(born, now)
+
+    async def _insert_messages(self, rows: list[tuple], now: float) -> bool:
+        """Inside a transaction: the messages of newly recorded calls, with the webhook rows
+        for their birth (queued or suppressed) when an endpoint listens. True when any."""
+        if not self._wants_births():
+            await self.conn.execute(_INSERT_MESSAGES, _columns(rows, 18))
+            return False
+        cur = await self.conn.execute(_INSERT_MESSAGES + _RETURNING_TRANSITION, _columns(rows, 18))
+        return await self._born_events([_transition(r) for r in await cur.fetchall()], now)
+
+    # -- webhook events ------------------------------------------------------------------
+
+    def _wants_births(self) -> bool:
+        events = self.events
+        return events is not None and bool(events.wanted & {MessageState.QUEUED, MessageState.SUPPRESSED})
+
+    async def _born_events(self, transitions: Sequence[Transition], now: float) -> bool:
+        return await self._message_events(transitions, now) if self._wants_births() else False
+
+    async def _message_events(self, transitions: Sequence[Transition], now: float) -> bool:
+        """Inside a transaction: the webhook rows for these state changes. True when any."""
+        events = self.events
+        if events is None or not transitions or not events.wanted:
+            return False
+        rows = events.message_rows(transitions, now)
+        if rows:
+            await self._insert_webhooks(rows, now)
+        return bool(rows)
+
+    def _events_written(self) -> None:
+        if self.events is not None:
+            self.events.written()
+
+    async def _insert_webhooks(self, rows: Iterable[WebhookRow], now: float) -> None:
+        rows = list(rows)
+        await self.conn.execute(
+            "INSERT INTO webhook_deliveries (event_id, event_type, endpoint, payload, state, next_attempt_at, "
+            "created_at, updated_at) SELECT e, t, p_endpoint, body, 'queued', %s, %s, %s FROM unnest(%s::text[], "
+            "%s::text[], %s::text[], %s::text[]) AS w (e, t, p_endpoint, body) "
+            "ON CONFLICT (event_id, endpoint) DO NOTHING",
+            (now, now, now, *_columns(rows, 4)))
+
+    async def queue_webhooks(self, rows: Sequence[WebhookRow], now: float) -> None:
+        if not rows:
+            return
+        async with self.conn.transaction():
+            await self._insert_webhooks(rows, now)
+        self._events_written()
+
+    async def requeue_webhooks(self, now: float) -> int:
+        """This instance's deliveries from before its restart, and those of instances whose
+        lease ran out: posted again (at-least-once; the event id tells the receiver)."""
+        cur = await self.conn.execute(
+            "UPDATE webhook_deliveries SET state = 'retrying', next_attempt_at = %s, updated_at = %s, "
+            "claimed_by = NULL, lease_until = NULL WHERE state = 'sending' AND (claimed_by = %s OR lease_until <= %s)",
+            (now, now, self.instance, now))
+        return cur.rowcount
+
+    async def claim_webhooks(self, free: dict[str, int], now: float, *,
+                             lease_seconds: float = 120.0) -> list[WebhookDelivery]:
+        claimed: list[WebhookDelivery] = []
+        async with self.conn.transaction():
+            for endpoint, limit in free.items():
+                if limit <= 0:
                     continue
-                cur = await self.conn.execute("SELECT id FROM messages WHERE key = %s", (m.key,))
-                (existing,) = await cur.fetchone() or (0,)
-                out.append((existing, False))
+                cur = await self.conn.execute(
+                    "UPDATE webhook_deliveries SET state = 'sending', attempts = attempts + 1, updated_at = %s, "
+                    "claimed_by = %s, lease_until = %s WHERE id IN (SELECT id FROM webhook_deliveries "
+                    "WHERE endpoint = %s AND ((state IN ('queued', 'retrying') AND next_attempt_at <= %s) "
+                    "OR (state = 'sending' AND lease_until <= %s)) ORDER BY next_attempt_at, id LIMIT %s "
+                    "FOR UPDATE SKIP LOCKED) "
+                    "RETURNING id, event_id, event_type, endpoint, payload, attempts, created_at",
+                    (now, self.instance, now + lease_seconds, endpoint, now, now, limit))
+                claimed.extend(WebhookDelivery(*row) for row in sorted(await cur.fetchall()))
+        return claimed
+
+    async def record_webhook_results(self, results: Sequence[WebhookResult], now: float) -> None:
+        if not results:
+            return
+        async with self.conn.transaction(), self.conn.cursor() as cur:
+            await cur.executemany(
+                "UPDATE webhook_deliveries SET state = %s, last_error = %s, next_attempt_at = %s, updated_at = %s, "
+                "claimed_by = NULL, lease_until = NULL WHERE id = %s",
+                [(r.state, r.error, r.next_attempt_at, now, r.delivery_id) for r in results])
+
+    async def next_webhook_due(self, endpoints: Iterable[str]) -> float | None:
+        names = list(endpoints)
+        if not names:
+            return None
+        cur = await self.conn.execute(
+            "SELECT MIN(next_attempt_at) FROM webhook_deliveries WHERE state IN ('queued', 'retrying') "
+            "AND endpoint = ANY(%s)", (names,))
+        row = await cur.fetchone()
+        return row[0] if row else None
+
+    async def webhook_deliveries(self, *, event_type: str | None = None, endpoint: str | None = None,
+                                 state: str | None = None) -> list[dict[str, Any]]:
+        where, args = _where((("event_type", "=", event_type), ("endpoint", "=", endpoint), ("state", "=", state)))
+        rows = await self._dicts(f"SELECT * FROM webhook_deliveries{where} ORDER BY id", args)
+        for row in rows:
+            del row["claimed_by"], row["lease_until"]
+        return rows
+
+    async def webhook_counts(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        cur = await self.conn.execute(
+            "SELECT endpoint, state, COUNT(*) FROM webhook_deliveries GROUP BY endpoint, state")
+        for endpoint, state, count in await cur.fetchall():
+            out.setdefault(endpoint, {})[state] = int(count)
         return out
 
     async def meta_get(self, key: str) -> str | None:
@@ -406,15 +551,23 @@ class PgOutbox:
                     final)
             if new_keys:
                 transitions.extend(await self._apply_orphans(new_keys, now))
+            wrote = await self._message_events(transitions, now)
+        if wrote:
+            self._events_written()
         return transitions
 
     async def suppress(self, message: OutboundMessage, reason: str, now: float) -> Transition:
-        await self.conn.execute(
-            "UPDATE messages SET state = 'suppressed', reason = %s, updated_at = %s, final_at = %s, "
-            "next_attempt_at = NULL, claimed_by = NULL, lease_until = NULL WHERE id = %s",
-            (reason, now, now, message.id))
-        return Transition(message.id, message.call_id, message.rule, message.destination,
-                          MessageState.SUPPRESSED, reason)
+        transition = Transition(message.id, message.call_id, message.rule, message.destination,
+                                MessageState.SUPPRESSED, reason)
+        async with self.conn.transaction():
+            await self.conn.execute(
+                "UPDATE messages SET state = 'suppressed', reason = %s, updated_at = %s, final_at = %s, "
+                "next_attempt_at = NULL, claimed_by = NULL, lease_until = NULL WHERE id = %s",
+                (reason, now, now, message.id))
+            wrote = await self._message_events([transition], now)
+        if wrote:
+            self._events_written()
+        return transition
 
     async def defer(self, message: OutboundMessage, until: float, reason: str, now: float) -> None:
         await self.conn.execute(
@@ -438,6 +591,9 @@ class PgOutbox:
                     continue
                 if transition:
                     transitions.append(transition)
+            wrote = await self._message_events(transitions, now)
+        if wrote:
+            self._events_written()
         return transitions
 
     async def _apply_report(self, report: DeliveryReport, now: float) -> Transition | None:
@@ -544,6 +700,9 @@ class PgOutbox:
                     continue
                 if transition:
                     transitions.append(transition)
+            wrote = await self._message_events(transitions, now)
+        if wrote:
+            self._events_written()
         return transitions
 
     async def _give_up_orphan(self, orphan_id: int, transport_id: str, exc: Exception) -> None:
@@ -623,16 +782,52 @@ class PgOutbox:
     # -- replies -----------------------------------------------------------------------
 
     async def record_reply(self, number: str, text: str, transport: str, keyword: str, now: float,
-                           window_seconds: float) -> tuple[int, str | None]:
+                           window_seconds: float, *, optout: str = "",
+                           effects: Callable[[int, Answered | None], ReplyEffects] | None = None
+                           ) -> tuple[int, str | None]:
+        """As `Outbox.record_reply`: the reply, the opt-out change and what the reply causes
+        (texts, webhook rows) in one transaction."""
         cur = await self.conn.execute(
-            "INSERT INTO replies (number, text, transport, keyword, message_id, call_key, received_at) "
-            "SELECT %s, %s, %s, %s, m.id, m.call_key, %s FROM (SELECT 1) AS one LEFT JOIN LATERAL "
-            "(SELECT id, call_key FROM messages WHERE destination = %s AND submitted_at >= %s "
-            "ORDER BY submitted_at DESC LIMIT 1) AS m ON true RETURNING id, call_key",
-            (_storable(number), _storable(text, 4096), transport, keyword, now, number, now - window_seconds))
+            "SELECT id, call_key, rule, sender FROM messages WHERE destination = %s AND submitted_at >= %s "
+            "ORDER BY submitted_at DESC LIMIT 1", (number, now - window_seconds))
         row = await cur.fetchone()
-        assert row is not None  # INSERT … RETURNING of one row
-        return int(row[0]), row[1]
+        answered = Answered(*row) if row else None
+        message_id, call_key = (answered.message_id, answered.call_key) if answered else (None, None)
+        wrote = False
+        async with self.conn.transaction():
+            cur = await self.conn.execute(
+                "INSERT INTO replies (number, text, transport, keyword, message_id, call_key, received_at) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
+                (_storable(number), _storable(text, 4096), transport, keyword, message_id, call_key, now))
+            inserted = await cur.fetchone()
+            reply_id = int(inserted[0]) if inserted else 0
+            if optout == "remove":
+                await self.conn.execute("DELETE FROM optout WHERE number = %s", (number,))
+            elif optout:
+                await self.conn.execute("INSERT INTO optout (number, source, created_at) VALUES (%s, %s, %s) "
+                                        "ON CONFLICT (number) DO NOTHING", (number, optout, now))
+            if effects is not None:
+                caused = effects(reply_id, answered)
+                if caused.messages:
+                    _, wrote = await self._insert_adhoc(caused.messages, caused.ttl_seconds, now)
+                if caused.webhooks:
+                    await self._insert_webhooks(caused.webhooks, now)
+                    wrote = True
+        if wrote:
+            self._events_written()
+        return reply_id, call_key
+
+    async def call_record(self, call_key: str) -> str | None:
+        cur = await self.conn.execute("SELECT record FROM calls WHERE call_key = %s", (call_key,))
+        row = await cur.fetchone()
+        return row[0] if row else None
+
+    async def last_created(self, destination: str, rule: str, since: float) -> float | None:
+        cur = await self.conn.execute(
+            "SELECT MAX(created_at) FROM messages WHERE destination = %s AND rule = %s AND created_at >= %s",
+            (destination, rule, since))
+        row = await cur.fetchone()
+        return row[0] if row else None
 
     async def replies(self, *, numbers: Iterable[str] = (), since: float | None = None,
                       until: float | None = None) -> list[dict[str, Any]]:
@@ -649,6 +844,8 @@ class PgOutbox:
                 cur = await self.conn.execute("DELETE FROM orphan_reports WHERE received_at < %s", (before,))
                 pruned.receipts = cur.rowcount
                 await self.conn.execute("DELETE FROM replies WHERE received_at < %s", (before,))
+                await self.conn.execute("DELETE FROM webhook_deliveries WHERE created_at < %s "
+                                        "AND state IN ('delivered', 'failed')", (before,))
             cur = await self.conn.execute(
                 "SELECT seq, call_key, created_at FROM calls WHERE seq > %s ORDER BY seq LIMIT %s",
                 (after_rowid, limit))
@@ -746,6 +943,15 @@ _INSERT_MESSAGES = (
     "%s::text[], %s::text[], %s::int[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::float8[], "
     "%s::float8[], %s::float8[], %s::float8[]) ON CONFLICT (key) DO NOTHING"
 )
+
+
+# What a message's birth looks like to webhooks: the columns of `_transition`.
+_RETURNING_TRANSITION = " RETURNING id, call_key, rule, destination, state, reason"
+
+
+def _transition(row: tuple) -> Transition:
+    id_, call_key, rule, destination, state, reason = row
+    return Transition(id_, call_key, rule, destination or "", MessageState(state), reason)
 
 
 def _message_row(call_key: str, m: RenderedMessage, ttl_seconds: float, now: float) -> tuple:

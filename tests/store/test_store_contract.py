@@ -315,3 +315,89 @@ async def test_a_hostile_reply_with_a_nul_byte_is_stored_not_refused(backend):
     _, call_key = await outbox.record_reply("+447400000001", "STOP\x00now", "smpp", "", T0, 60)
     (reply,) = await outbox.replies()
     assert reply["text"].startswith("STOP") and call_key is None
+
+
+# -- webhook rows, written with the change they report -------------------------------------
+
+def webhook_sink(written: list[int], events=("message.*", "reply.received")):
+    from aftercalld.webhooks.config import WebhookEndpoint
+    from aftercalld.webhooks.events import WebhookEvents
+
+    endpoint = WebhookEndpoint(name="crm", url="http://127.0.0.1:9/hook", secret=b"0123456789abcdef", events=events)
+    return WebhookEvents([endpoint], on_written=lambda: written.append(1))
+
+
+async def test_message_state_changes_write_their_webhook_rows_in_the_same_transaction(backend):
+    from aftercalld.store import WebhookResult
+
+    outbox = await backend()
+    written: list[int] = []
+    outbox.events = webhook_sink(written)
+    call = record("c1")
+    await outbox.record_calls([entry(call, text_for(call), text_for(call, "12", suppressed="not a number"))],
+                              ttl_seconds=TTL, now=T0)
+    await submit(outbox, T0 + 1, ("W1",))
+    await outbox.apply_reports([DeliveryReport("smpp", "W1", ReportState.DELIVERED)], T0 + 2)
+    rows = await outbox.webhook_deliveries()
+    assert [r["event_type"] for r in rows] == [
+        "message.queued", "message.suppressed", "message.submitted", "message.delivered"]
+    assert len(written) == 3 and {r["endpoint"] for r in rows} == {"crm"}
+    assert await outbox.webhook_counts() == {"crm": {"queued": 4}}
+
+    claimed = await outbox.claim_webhooks({"crm": 3}, T0 + 3)
+    assert [d.event_type for d in claimed] == ["message.queued", "message.suppressed", "message.submitted"]
+    await outbox.record_webhook_results([WebhookResult(claimed[0].id, "delivered"),
+                                         WebhookResult(claimed[1].id, "retrying", "503", next_attempt_at=T0 + 60),
+                                         WebhookResult(claimed[2].id, "failed", "410 Gone")], T0 + 4)
+    assert await outbox.next_webhook_due(["crm"]) == T0 + 2
+    assert await outbox.webhook_counts() == {"crm": {"delivered": 1, "retrying": 1, "failed": 1, "queued": 1}}
+    (left,) = await outbox.claim_webhooks({"crm": 5}, T0 + 5)
+    assert left.event_type == "message.delivered"
+    assert await outbox.requeue_webhooks(T0 + 6) == 1  # the run stopped while posting it
+
+
+async def test_a_reply_its_optout_and_what_it_causes_are_written_together(backend):
+    from aftercalld.model import Encoding
+    from aftercalld.store import ReplyEffects
+
+    outbox = await backend()
+    written: list[int] = []
+    sink = webhook_sink(written, events=("reply.received",))
+    outbox.events = sink
+    call = record("c1")
+    await outbox.record_calls([entry(call)], ttl_seconds=TTL, now=T0)
+    await submit(outbox, T0 + 1, ("R1",))
+    seen = []
+
+    def effects(reply_id, answered):
+        seen.append((reply_id, answered.call_key, answered.rule, answered.sender))
+        forward = RenderedMessage(key=f"reply/{reply_id}/agent:+447400123201", rule="reply:forward",
+                                  kind=RecipientKind.AGENT, raw_number="+447400123201",
+                                  destination="+447400123201", sender="Acme", text="Reply from caller: STOP",
+                                  encoding=Encoding.GSM7, segments=1)
+        return ReplyEffects(messages=[("main/c1", forward)],
+                            webhooks=sink.rows("reply.received", {"reply_id": reply_id}, T0 + 5))
+
+    reply_id, call_key = await outbox.record_reply(call.caller_number, "STOP", "smpp", "STOP", T0 + 5, 86400,
+                                                   optout="reply STOP via smpp", effects=effects)
+    assert seen == [(reply_id, "main/c1", "Missed", "Acme")] and call_key == "main/c1"
+    assert await outbox.is_opted_out(call.caller_number)
+    forwarded = await outbox.messages(rule="reply:forward")
+    assert [(m["destination"], m["state"]) for m in forwarded] == [("+447400123201", "queued")]
+    assert [r["event_type"] for r in await outbox.webhook_deliveries()] == ["reply.received"]
+    assert written == [1]
+    assert await outbox.last_created("+447400123201", "reply:forward", T0) == T0 + 5
+    assert CallRecord.from_json(await outbox.call_record("main/c1")).call_id == "c1"
+    await outbox.record_reply(call.caller_number, "START", "smpp", "START", T0 + 6, 86400, optout="remove")
+    assert not await outbox.is_opted_out(call.caller_number)
+
+
+async def test_a_dead_instances_webhook_posts_pass_to_another(shared):
+    written: list[int] = []
+    a, b = shared
+    a.events = webhook_sink(written)
+    await a.record_calls([entry(record("c1"))], ttl_seconds=TTL, now=T0)
+    (taken,) = await a.claim_webhooks({"crm": 5}, T0, lease_seconds=30)
+    assert await b.claim_webhooks({"crm": 5}, T0 + 29) == []
+    (again,) = await b.claim_webhooks({"crm": 5}, T0 + 30)
+    assert again.event_id == taken.event_id and again.attempts == 2
