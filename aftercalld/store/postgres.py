@@ -187,11 +187,18 @@ def _one_at_a_time(cls: type[PgOutbox]) -> type[PgOutbox]:
         @functools.wraps(method)
         async def run(self: PgOutbox, *args: Any, **kwargs: Any) -> Any:
             async with self.lock:
-                return await method(self, *args, **kwargs)
+                if self.conn.broken or self.conn.closed:
+                    await self._reconnect()
+                try:
+                    return await method(self, *args, **kwargs)
+                except psycopg.OperationalError as exc:
+                    # The server went away (restart, failover, network): the caller keeps
+                    # what it wanted written and tries again; the next call reconnects.
+                    raise OutboxUnavailable(f"{self.path}: {_reason(exc)}") from None
         return run
 
     for name, member in list(vars(cls).items()):
-        if not name.startswith("_") and inspect.iscoroutinefunction(member):
+        if not name.startswith("_") and name != "close" and inspect.iscoroutinefunction(member):
             setattr(cls, name, locked(member))
     return cls
 
@@ -201,8 +208,11 @@ class PgOutbox:
     """One instance's view of the shared outbox: one connection, in autocommit mode, with
     explicit transactions, used by one coroutine at a time."""
 
-    def __init__(self, conn: psycopg.AsyncConnection, dsn_shown: str, instance: str) -> None:
+    def __init__(self, conn: psycopg.AsyncConnection, dsn_shown: str, instance: str, dsn: str = "",
+                 connect_timeout: float = 10.0) -> None:
         self.conn = conn
+        self._dsn = dsn  # holds the password when the URL does: never logged, not in repr
+        self._connect_timeout = connect_timeout
         self.lock = asyncio.Lock()
         self.path = dsn_shown  # for messages: the DSN without its password
         self.instance = instance
@@ -239,10 +249,21 @@ class PgOutbox:
         except BaseException:
             await conn.close()
             raise
-        return cls(conn, shown, instance)
+        return cls(conn, shown, instance, dsn, connect_timeout)
+
+    async def _reconnect(self) -> None:
+        try:
+            self.conn = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True,
+                                                              connect_timeout=int(self._connect_timeout))
+        except psycopg.Error as exc:
+            raise OutboxUnavailable(f"{self.path}: cannot connect to the outbox: {_reason(exc)}") from None
+        log.warning("connected to the outbox %s again", self.path)
 
     async def close(self) -> None:
         await self.conn.close()
+
+    def __repr__(self) -> str:
+        return f"<PgOutbox {self.path} instance={self.instance!r}>"
 
     # -- instances ---------------------------------------------------------------------
 

@@ -401,3 +401,29 @@ async def test_a_dead_instances_webhook_posts_pass_to_another(shared):
     assert await b.claim_webhooks({"crm": 5}, T0 + 29) == []
     (again,) = await b.claim_webhooks({"crm": 5}, T0 + 30)
     assert again.event_id == taken.event_id and again.attempts == 2
+
+
+async def test_a_server_restart_is_an_outbox_unavailable_then_the_next_call_reconnects(caplog):
+    from pgserver import PgServer
+
+    from aftercalld.store.postgres import PgOutbox
+
+    server = PgServer().start()  # its own: stopping the session's would break other tests
+    try:
+        outbox = await PgOutbox.open(server.new_database(), instance="a")
+        await outbox.record_calls([entry(record("before"))], ttl_seconds=TTL, now=T0)
+        # "fast": the test server runs without fsync, so only a clean stop keeps what it took.
+        server.stop("fast")
+        with pytest.raises(OutboxUnavailable) as caught:
+            await outbox.record_calls([entry(record("during"))], ttl_seconds=TTL, now=T0 + 1)
+        assert str(caught.value).startswith("postgresql://aftercalld@")
+        with pytest.raises(OutboxUnavailable, match="cannot connect to the outbox"):
+            await outbox.queue_depth()
+        server.start()
+        assert await outbox.record_calls([entry(record("during"))], ttl_seconds=TTL, now=T0 + 2) == [
+            ["main/during/Missed/caller:+447400123456"]]
+        assert await outbox.queue_depth() == 2
+        assert "connected to the outbox" in caplog.text
+        await outbox.close()
+    finally:
+        server.remove()
