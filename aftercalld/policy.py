@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 from .model import OutboundMessage
 from .rules.engine import TimeWindow
-from .store import Outbox
+from .store import Outbox, Store, as_store
 
 
 class QuietAction(enum.StrEnum):
@@ -52,9 +52,9 @@ SEND = Verdict(True)
 
 
 class Policy:
-    def __init__(self, config: PolicyConfig, outbox: Outbox, tz: ZoneInfo) -> None:
+    def __init__(self, config: PolicyConfig, outbox: Outbox | Store, tz: ZoneInfo) -> None:
         self.config = config
-        self.outbox = outbox
+        self.outbox = as_store(outbox)
         self.tz = tz
         self._day: str | None = None
         self._sent_today = 0
@@ -63,28 +63,28 @@ class Policy:
         # daemon texting a new caller every call does not keep every number it ever texted.
         self._recent: dict[str, float] = {}
 
-    def _roll_day(self, now: float) -> None:
+    async def _roll_day(self, now: float) -> None:
         local = datetime.fromtimestamp(now, UTC).astimezone(self.tz)
         day = local.strftime("%Y-%m-%d")
         if day == self._day:
             return
         self._day = day
         midnight = local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
-        self._sent_today, self._sent_today_by_rule = self.outbox.submitted_counts_since(midnight)
+        self._sent_today, self._sent_today_by_rule = await self.outbox.submitted_counts_since(midnight)
         self._recent.clear()
 
-    def check(self, messages: Iterable[OutboundMessage], now: float) -> list[Verdict]:
+    async def check(self, messages: Iterable[OutboundMessage], now: float) -> list[Verdict]:
         """Verdicts for a claimed batch, in order. Messages that are sent count against the
         cooldown and quotas at once, so a batch cannot overrun them."""
         messages = list(messages)
         if not messages:
             return []
-        self._roll_day(now)
+        await self._roll_day(now)
         destinations = [m.destination for m in messages]
-        opted_out = self.outbox.opted_out_among(destinations)
-        dnd = self.outbox.dnd_matches(destinations)
+        opted_out = await self.outbox.opted_out_among(destinations)
+        dnd = await self.outbox.dnd_matches(destinations)
         cooldown = self.config.cooldown_seconds
-        last_sent = self.outbox.last_submitted_to(destinations, now - cooldown) if cooldown else {}
+        last_sent = await self.outbox.last_submitted_to(destinations, now - cooldown) if cooldown else {}
         verdicts = []
         for m in messages:
             verdict = self._verdict(m, now, opted_out, dnd, last_sent)

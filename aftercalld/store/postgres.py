@@ -809,8 +809,9 @@ class PgOutbox:
         """As `Outbox.record_reply`: the reply, the opt-out change and what the reply causes
         (texts, webhook rows) in one transaction."""
         cur = await self.conn.execute(
-            "SELECT id, call_key, rule, sender FROM messages WHERE destination = %s AND submitted_at >= %s "
-            "ORDER BY submitted_at DESC LIMIT 1", (number, now - window_seconds))
+            "SELECT m.id, m.call_key, m.rule, m.sender, c.record FROM messages m "
+            "LEFT JOIN calls c ON c.call_key = m.call_key WHERE m.destination = %s AND m.submitted_at >= %s "
+            "ORDER BY m.submitted_at DESC LIMIT 1", (number, now - window_seconds))
         row = await cur.fetchone()
         answered = Answered(*row) if row else None
         message_id, call_key = (answered.message_id, answered.call_key) if answered else (None, None)
