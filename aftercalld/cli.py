@@ -17,6 +17,7 @@ from .clock import Clock, system_clock, utc_now
 from .configreader import ConfigError
 from .ownership import OwnershipError
 from .store import Outbox, StoreError
+from .store.location import shown
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
@@ -327,7 +328,8 @@ def cmd_run(args) -> int:
     from .ownership import refuse_daemon_as_root
 
     config = _load(args.config)
-    refuse_daemon_as_root(config.outbox_path)
+    if not config.outbox_is_postgres:  # a PostgreSQL outbox leaves no file behind to chown
+        refuse_daemon_as_root(config.outbox_path)
     if not args.verbose:
         logging.getLogger().setLevel(config.log_level.upper())
     # What the daemon writes (status.json, the outbox) holds phone numbers: never
@@ -343,6 +345,14 @@ def _open_outbox(config, *, write: bool) -> Iterator[Outbox]:
     from .ownership import give_back
     from .store import Outbox
 
+    if config.outbox_is_postgres:
+        from .store.blocking import open_configured
+        shared = open_configured(config.outbox_path, config.outbox_password_file, config.instance)
+        try:
+            yield shared  # type: ignore[misc]  # the same methods, run to their end
+        finally:
+            shared.close()
+        return
     outbox = Outbox.open(config.outbox_path, synchronous=config.sqlite_synchronous) if write \
         else Outbox.open_readonly(config.outbox_path)
     try:
@@ -457,8 +467,9 @@ def cmd_prune(args) -> int:
               f"days after the text", file=sys.stderr)
         return EXIT_CONFIG
     with _open_outbox(config, write=True) as outbox:
-        pruned = asyncio.run(prune(outbox, days, system_clock()))
-    print(f"removed {pruned} older than {days:g} days from {config.outbox_path}")
+        run = getattr(outbox, "run", asyncio.run)  # PostgreSQL: on the loop its connection lives on
+        pruned = run(prune(getattr(outbox, "store", outbox), days, system_clock()))
+    print(f"removed {pruned} older than {days:g} days from {shown(config.outbox_path)}")
     if pruned.kept:
         print(f"kept {pruned.kept} call(s) older than that with a message still to send")
     return EXIT_OK
