@@ -103,7 +103,7 @@ CREATE TABLE IF NOT EXISTS messages (
     submitted_at    DOUBLE PRECISION,
     final_at        DOUBLE PRECISION,
     transport       TEXT,
-    claimed_by      TEXT,                 -- the instance sending it (state 'sending')
+    claimed_by      TEXT,                 -- the instance sending it, or that last sent it
     lease_until     DOUBLE PRECISION      -- past this, another instance may claim it
 );
 CREATE INDEX IF NOT EXISTS messages_due ON messages (next_attempt_at) WHERE state IN ('queued', 'retrying');
@@ -553,7 +553,7 @@ class PgOutbox:
             if submitted:
                 await cur.executemany(
                     "UPDATE messages SET state = 'submitted', reason = '', updated_at = %s, submitted_at = %s, "
-                    "next_attempt_at = NULL, transport = %s, claimed_by = NULL, lease_until = NULL WHERE id = %s",
+                    "next_attempt_at = NULL, transport = %s, lease_until = NULL WHERE id = %s",
                     submitted)
             if parts:
                 await cur.executemany(
@@ -564,11 +564,11 @@ class PgOutbox:
             if retrying:
                 await cur.executemany(
                     "UPDATE messages SET state = 'retrying', reason = %s, updated_at = %s, next_attempt_at = %s, "
-                    "transport = %s, claimed_by = NULL, lease_until = NULL WHERE id = %s", retrying)
+                    "transport = %s, lease_until = NULL WHERE id = %s", retrying)
             if final:
                 await cur.executemany(
                     "UPDATE messages SET state = %s, reason = %s, updated_at = %s, final_at = %s, "
-                    "next_attempt_at = NULL, transport = %s, claimed_by = NULL, lease_until = NULL WHERE id = %s",
+                    "next_attempt_at = NULL, transport = %s, lease_until = NULL WHERE id = %s",
                     final)
             if new_keys:
                 transitions.extend(await self._apply_orphans(new_keys, now))
