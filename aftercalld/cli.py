@@ -183,7 +183,12 @@ def cmd_check_config(args) -> int:
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     warned = f", {len(config.warnings)} warning(s)" if config.warnings else ""
-    print(f"{path}: ok ({len(config.pbxs)} PBX(s), transport {config.transport.type}, "
+    if len(config.all_transports) == 1:
+        transports = f"transport {config.transport.type}"
+    else:
+        transports = "transports " + ", ".join(f"{t.label} ({t.type})" for t in config.all_transports)
+    routes = f", {len(config.routes)} route(s)" if config.routes else ""
+    print(f"{path}: ok ({len(config.pbxs)} PBX(s), {transports}{routes}, "
           f"{len(config.rules.rules)} rule(s){warned})")
     return EXIT_OK
 

@@ -328,6 +328,8 @@ def status(outbox: Outbox, config: Config, fmt: str, out: TextIO, clock: Clock =
         "last_call": _iso(outbox.last_call_time(), config) or None,
         "pbxs": [{"name": p.name, "type": p.type} for p in config.pbxs],
         "transport": config.transport.type,
+        "transports": [{"name": t.label, "type": t.type} for t in config.all_transports],
+        "routes": [r.name for r in config.routes],
     }
     code = 0 if down is None else EXIT_NOT_RUNNING
     if fmt == "json":
@@ -348,7 +350,10 @@ def status(outbox: Outbox, config: Config, fmt: str, out: TextIO, clock: Clock =
                       + "\n")
         for source in live.get("sources") or []:
             _block(out, "pbx", source, tz)
-        if live.get("transport"):
+        if live.get("transports"):  # several, behind routes: one block each
+            for transport in live["transports"]:
+                _block(out, "transport", transport, tz)
+        elif live.get("transport"):
             _block(out, "transport", live["transport"], tz)
     out.write(f"\noutbox {info['outbox']}\n")
     out.write(f"  {info['queue_depth']} waiting to be sent; {sent_today} submitted today"
@@ -358,9 +363,15 @@ def status(outbox: Outbox, config: Config, fmt: str, out: TextIO, clock: Clock =
     out.write("  messages by state: " + (", ".join(f"{k} {v}" for k, v in sorted(info["states"].items()))
                                          or "none") + "\n")
     if down is not None:
-        out.write(f"\nconfigured: transport {config.transport.type}; PBXs: "
+        out.write(f"\nconfigured: transport {_configured_transports(config)}; PBXs: "
                   + (", ".join(f"{p.name} ({p.type})" for p in config.pbxs) or "none") + "\n")
     return code
+
+
+def _configured_transports(config: Config) -> str:
+    if len(config.all_transports) == 1:
+        return config.transport.type
+    return ", ".join(f"{t.label} ({t.type})" for t in config.all_transports)
 
 
 # Fields of the daemon's status record that hold a time: epochs or UTC ISO strings.

@@ -112,7 +112,8 @@ async def send_test(config: Config, number: str, *, rule_name: str | None, text:
     finally:
         await transport.close()
     if outcome.message_ids:
-        print(f"{outcome.kind.value}: message id(s) {', '.join(outcome.message_ids)}")
+        via = f" via {outcome.via}" if outcome.via else ""
+        print(f"{outcome.kind.value}{via}: message id(s) {', '.join(outcome.message_ids)}")
     else:
         print(f"{outcome.kind.value}: {outcome.reason}")
     return 0 if outcome.kind.value == "submitted" else 1
