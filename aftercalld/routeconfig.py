@@ -76,7 +76,8 @@ def _route(sec: Section, index: int, transport_names: Collection[str] | None, ru
             problems.add(sec.error("name", f'duplicate route name "{name}"'))
         else:
             seen.add(name)
-            sec.renamed(route_path(name))
+            if sec.has("name"):  # an unnamed one is named by its place: route[2]
+                sec.renamed(route_path(name))
     transports = problems.attempt(lambda: sec.str_list("transports"), None) or []
     if sec.has("transports") and not sec.data["transports"]:
         problems.add(sec.error("transports", "must list at least one transport, in failover order"))
