@@ -747,6 +747,12 @@ def config_warnings(config: Config, template_names: set[str]) -> tuple[str, ...]
                 where = f"{key}.text" if spec.template_name.endswith(".text") else f"{key}.template"
                 warn(where, f"the text is {segments} segments before any value is filled in, over the rule's "
                             f"max_segments = {rule.max_segments}: every such text is suppressed as too long")
+    first = config.transport
+    for index, other in enumerate(config.all_transports[1:], start=1):
+        if other.segmenting != first.segmenting:
+            warn(f"transport[{index}]", f"{other.label} splits texts differently from {first.label}: segments are "
+                                        f"counted as {first.label} sends them, so a text within max_segments "
+                                        f"may take more parts over {other.label}")
     used = {spec.template_name for rule in rules for spec in rule.recipients}
     for name in sorted(template_names - used):
         warn(f"templates.{name}", "not used by any rule")

@@ -157,7 +157,6 @@ class RoutedTransport(Transport):
         by_name = {m.name: m for m in self.members}
         self.routes = [(route, tuple(by_name[n] for n in route.transports)) for route in routes]
         self._default = tuple(self.members)
-        self.max_in_flight = sum(m.capacity for m in self.members)
         shortest = min(m.failover_after for m in self.members)
         self._watch_every = min(WATCH_MAX_SECONDS, max(WATCH_MIN_SECONDS, shortest / 10))
         self._closing = asyncio.Event()
@@ -186,6 +185,23 @@ class RoutedTransport(Transport):
     def is_up(self) -> bool:
         return any(m.transport.is_up() for m in self.members)
 
+    @property
+    def max_in_flight(self) -> int:  # the dispatcher reads it before each claim
+        """The windows of the transports texts can go to now. Sends still held by one that
+        was passed over (waiting out its response_timeout) are added back: they must not
+        shrink the window of the one that took over."""
+        usable = held = 0
+        for member in self.members:
+            if member.passed_over:
+                held += member.in_flight
+            else:
+                usable += member.capacity
+        return (usable or sum(m.capacity for m in self.members)) + held
+
+    @max_in_flight.setter
+    def max_in_flight(self, value: int) -> None:
+        raise AttributeError("a routed transport's window is its transports'")
+
     async def _watch(self) -> None:
         while not self._closing.is_set():
             try:
@@ -198,9 +214,6 @@ class RoutedTransport(Transport):
         now = asyncio.get_running_loop().time()
         for member in self.members:
             member.observe(now)
-        # The dispatcher claims for the transports texts can go to now.
-        self.max_in_flight = sum(m.capacity for m in self.members if not m.passed_over) or \
-            sum(m.capacity for m in self.members)
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -229,6 +242,11 @@ class RoutedTransport(Transport):
                     index = self._usable(order, index + 1, loop.time())
                     continue
             await member.take(self._closing)
+            if later and not self._closing.is_set():
+                member.observe(loop.time())
+                if member.down_since is not None:  # it went down while the text waited for its window
+                    member.release()
+                    continue
             try:
                 outcome = await self._send_on(member, message)
             finally:
@@ -236,7 +254,7 @@ class RoutedTransport(Transport):
             if outcome.kind is OutcomeKind.SUBMITTED:
                 member.submitted += 1
                 return dataclasses.replace(outcome, via=member.name)
-            if later and self._passes_on(member, outcome, loop.time()):
+            if later and await self._passes_on(member, outcome):
                 member.failed_over += 1
                 reasons.append(f"{member.name}: {outcome.reason}")
                 index = self._usable(order, index + 1, loop.time())
@@ -259,15 +277,17 @@ class RoutedTransport(Transport):
             log.exception("transport %s raised on message %d; will retry", member.name, message.id)
             return SubmitOutcome.transient(f"transport error: {type(exc).__name__}: {exc}")
 
-    @staticmethod
-    def _passes_on(member: Member, outcome: SubmitOutcome, now: float) -> bool:
+    async def _passes_on(self, member: Member, outcome: SubmitOutcome) -> bool:
         """Whether the next transport of the route gets the text now."""
         if outcome.partly_sent:
             return False
         if outcome.kind is OutcomeKind.PERMANENT:
             return True  # rejected here (a destination it cannot reach): another may take it
-        member.observe(now)
-        return member.passed_over  # it went down while the text waited for it
+        # Transient. A transport that went down under the text (its link lost while the
+        # submit was out): wait here until it is back or passed over, rather than retry
+        # later on a transport the text would leave anyway.
+        await member.until_up_or_passed_over(self._closing)
+        return member.passed_over
 
     @staticmethod
     def _usable(order: tuple[Member, ...], start: int, now: float) -> int:

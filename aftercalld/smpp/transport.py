@@ -117,7 +117,7 @@ class SmppTransport(Transport):
             slot.task = asyncio.create_task(self._supervise(slot), name=f"{self.name}:{slot.label}")
 
     def is_up(self) -> bool:
-        return not self._closing and any(slot.session is not None and slot.session.bound for slot in self._senders)
+        return not self._closing and any(slot.session is not None and slot.session.can_send for slot in self._senders)
 
     def all_bound(self) -> bool:
         return all(slot.session is not None and slot.session.bound for slot in self._slots)

@@ -166,3 +166,21 @@ async def test_log_transports_behind_routes_send_and_say_which(tmp_path):
             ("primary", 1, True), ("backup", 1, True)]
     finally:
         await transport.close()
+
+
+def test_shipped_routes_example_loads_into_the_example_config():
+    import tomllib
+
+    from testdata import SHIPPED
+
+    from aftercalld.config import parse
+
+    data = tomllib.loads((SHIPPED / "aftercalld.example.toml").read_text())
+    fragment = tomllib.loads((SHIPPED / "examples" / "routes.toml").read_text())
+    data["transport"], data["route"] = fragment["transport"], fragment["route"]
+    config = parse(data, "example+routes")
+    assert [(t.label, t.type) for t in config.all_transports] == [
+        ("primary", "smpp"), ("secondary", "smpp"), ("modem", "modem")]
+    assert [r.name for r in config.routes] == ["Ireland by provider B", "UK mobiles", "Agents by modem"]
+    transport = make_transport(config)
+    assert isinstance(transport, RoutedTransport) and transport.max_in_flight == 10 + 10 + 1
