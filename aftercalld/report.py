@@ -284,7 +284,8 @@ def _why_message(m: dict[str, Any], parts: list[dict[str, Any]], tz: ZoneInfo, o
     esc = escape_controls
     out.write(f"  {m['recipient_kind']} {esc(m['destination'] or m['raw_number'] or '?')}: {esc(m['state'])}"
               + (f" ({esc(m['reason'])})" if m["reason"] else "") + "\n")
-    out.write(f"    from {esc(m['sender'])}, {m['segments']} segment(s) {m['encoding']}, "
+    via = f" via {esc(m['transport'])}" if m.get("transport") else ""  # the transport that last tried it
+    out.write(f"    from {esc(m['sender'])}{via}, {m['segments']} segment(s) {m['encoding']}, "
               f"{m['attempts']} attempt(s)\n")
     for line in m["text"].splitlines() or [""]:
         out.write(f"    | {esc(line)}\n")

@@ -184,3 +184,38 @@ def test_shipped_routes_example_loads_into_the_example_config():
     assert [r.name for r in config.routes] == ["Ireland by provider B", "UK mobiles", "Agents by modem"]
     transport = make_transport(config)
     assert isinstance(transport, RoutedTransport) and transport.max_in_flight == 10 + 10 + 1
+
+
+async def test_status_and_metrics_show_each_transport(tmp_path, capsys):
+    from prometheus_client import generate_latest
+    from smpp_util import Events, message
+
+    from aftercalld import cli
+    from aftercalld.daemon import Daemon, _register_transport_metrics
+
+    started = 1_782_892_800.0  # 2026-07-01 08:00 UTC
+    config = load(routed_config(tmp_path, routes='[[route]]\nprefixes = ["+44"]\ntransports = ["backup"]\n'))
+    from aftercalld.store import Outbox
+
+    Outbox.open(config.outbox_path).close()  # status reads the outbox's counts
+    daemon = Daemon(config, config.file, clock=lambda: started)
+    daemon.transport = transport = make_transport(config)
+    assert isinstance(transport, RoutedTransport)
+    _register_transport_metrics(daemon.metrics, transport)
+    await transport.start(Events())
+    try:
+        await transport.send(message(destination="+447700900123"))
+        await transport.send(message(destination="+447700900124"))
+        daemon._write_status(daemon.status())
+    finally:
+        await transport.close()
+    assert cli.main(["status", "-c", config.file], clock=lambda: started + 2) == 0
+    out = capsys.readouterr().out
+    blocks = out.split("\ntransport ")[1:]
+    assert [b.splitlines()[0] for b in blocks] == ["primary (log): dry run", "backup (log): dry run"]
+    assert "  up: yes\n  in flight: 0\n  submitted: 2\n  failed over: 0\n  failover after: 30\n" in blocks[1]
+    scraped = generate_latest(daemon.metrics.registry).decode()
+    assert 'aftercalld_transport_submitted_total{transport="backup"} 2.0' in scraped
+    assert 'aftercalld_transport_submitted_total{transport="primary"} 0.0' in scraped
+    assert 'aftercalld_transport_up{transport="backup"} 1.0' in scraped
+    assert 'aftercalld_transport_failovers_total{transport="primary"} 0.0' in scraped
