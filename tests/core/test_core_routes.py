@@ -219,3 +219,15 @@ async def test_status_and_metrics_show_each_transport(tmp_path, capsys):
     assert 'aftercalld_transport_submitted_total{transport="primary"} 0.0' in scraped
     assert 'aftercalld_transport_up{transport="backup"} 1.0' in scraped
     assert 'aftercalld_transport_failovers_total{transport="primary"} 0.0' in scraped
+
+
+def test_a_transport_that_splits_texts_differently_is_warned_about(tmp_path):
+    smpp = ('[[transport]]\nname = "latin"\ntype = "smpp"\nhosts = ["h"]\nsystem_id = "x"\ngsm_data_coding = 3\n'
+            '[[transport]]\nname = "plain"\ntype = "log"\n')
+    def about_transports(config) -> list[list[str]]:
+        return [w.split(": ", 2)[1:] for w in config.warnings if ": transport" in w]
+
+    assert about_transports(load(routed_config(tmp_path, transports=smpp))) == [
+        ["transport[1]", "plain splits texts differently from latin: segments are counted as latin sends them, "
+                         "so a text within max_segments may take more parts over plain"]]
+    assert about_transports(load(routed_config(tmp_path))) == []
