@@ -258,8 +258,8 @@ class Daemon:
         transport = self.transport.status() if self.transport else {}
         # Several transports (routes): one entry each, beside routing's summary.
         transports: list[dict[str, Any]] = transport.pop("transports", None) or ([transport] if transport else [])
-        for each in transports:
-            self.metrics.transport_up.labels(each.get("name", "?")).set(1 if _is_up(each) else 0)
+        for each in transports:  # routing says "up" itself: what it fails over on
+            self.metrics.transport_up.labels(each.get("name", "?")).set(1 if each.get("up", _is_up(each)) else 0)
         restarts = self.supervisor.status()
         for task, count in restarts.items():
             self.metrics.task_restarts.labels(task).set(count)
