@@ -46,11 +46,12 @@ def make_transport(config: Config) -> Transport:
     """The one transport, as it is (the hot path), or several behind their routes."""
     transports = config.all_transports
     if len(transports) == 1 and not config.routes:
-        return _make_one(transports[0])
-    return RoutedTransport([(_make_one(t), t.failover_after) for t in transports], config.routes)
+        return build_transport(transports[0])
+    return RoutedTransport([(build_transport(t), t.failover_after) for t in transports], config.routes)
 
 
-def _make_one(config: TransportConfig) -> Transport:
+def build_transport(config: TransportConfig) -> Transport:
+    """One transport of the config, by itself (no routing)."""
     if config.type == "log":
         return LogTransport(config.label)
     module = importlib.import_module(f"aftercalld.{config.type}")

@@ -231,3 +231,20 @@ def test_a_transport_that_splits_texts_differently_is_warned_about(tmp_path):
         ["transport[1]", "plain splits texts differently from latin: segments are counted as latin sends them, "
                          "so a text within max_segments may take more parts over plain"]]
     assert about_transports(load(routed_config(tmp_path))) == []
+
+
+def test_send_test_goes_through_the_numbers_route_or_the_transport_asked_for(tmp_path):
+    path = routed_config(tmp_path, routes='[[route]]\nprefixes = ["+44"]\ntransports = ["backup", "primary"]\n')
+
+    def send_test(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "aftercalld", "send-test", "07400123456", "-c", str(path), *args],
+                              capture_output=True, text=True)
+
+    routed = send_test()
+    assert routed.returncode == 0, routed.stderr
+    assert "to +447400123456 from aftercalld via backup (log): gsm7" in routed.stdout
+    asked = send_test("--transport", "primary")
+    assert asked.returncode == 0 and "via primary (log)" in asked.stdout
+    unknown = send_test("--transport", "secondary")
+    assert unknown.returncode == 2
+    assert "--transport: no transport named 'secondary' (defined: primary, backup)" in unknown.stderr
