@@ -248,3 +248,15 @@ def test_send_test_goes_through_the_numbers_route_or_the_transport_asked_for(tmp
     unknown = send_test("--transport", "secondary")
     assert unknown.returncode == 2
     assert "--transport: no transport named 'secondary' (defined: primary, backup)" in unknown.stderr
+
+
+def test_a_reload_says_transports_and_routes_need_a_restart(tmp_path):
+    from aftercalld.daemon import _needs_restart
+
+    route = '[[route]]\nprefixes = ["+44"]\ntransports = ["backup"]\n'
+    old = load(routed_config(tmp_path, routes=route))
+    assert _needs_restart(old, load(routed_config(tmp_path, routes=route))) == []
+    assert _needs_restart(old, load(routed_config(tmp_path, routes=route.replace("+44", "+353")))) == [
+        "[[route]] was changed"]
+    assert _needs_restart(old, load(routed_config(tmp_path, transports=TWO.replace("= 5", "= 6"), routes=route))) \
+        == ["[transport] was changed"]
