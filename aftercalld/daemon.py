@@ -20,7 +20,7 @@ from . import gctune, retention, systemd
 from .backoff import Backoff
 from .cdr.backfill import Backfill
 from .clock import Clock, system_clock, utc_now
-from .config import Config, load, log_config_warnings
+from .config import Config, TransportConfig, load, log_config_warnings
 from .configreader import ConfigError
 from .diskreserve import DiskReserve
 from .dispatcher import Dispatcher
@@ -30,6 +30,7 @@ from .metrics import Metrics
 from .pipeline import CallHandler
 from .policy import Policy
 from .replies import ReplyHandler
+from .routing import RoutedTransport
 from .source import CallSource
 from .store import Outbox, OutboxUnavailable, StoreError
 from .supervisor import Supervisor
@@ -45,10 +46,19 @@ OUTBOX_RETRY_MAX_SECONDS = 5.0
 
 
 def make_transport(config: Config) -> Transport:
-    if config.transport.type == "log":
-        return LogTransport()
-    module = importlib.import_module(f"aftercalld.{config.transport.type}")
-    return module.make_transport(config.transport.settings)
+    """The one transport, as it is (the hot path), or several behind their routes."""
+    transports = config.all_transports
+    if len(transports) == 1 and not config.routes:
+        return build_transport(transports[0])
+    return RoutedTransport([(build_transport(t), t.failover_after) for t in transports], config.routes)
+
+
+def build_transport(config: TransportConfig) -> Transport:
+    """One transport of the config, by itself (no routing)."""
+    if config.type == "log":
+        return LogTransport(config.label)
+    module = importlib.import_module(f"aftercalld.{config.type}")
+    return module.make_transport(config.settings, config.label)
 
 
 def make_sources(config: Config, clock: Clock) -> list[CallSource]:
@@ -108,10 +118,7 @@ class Daemon:
         self.metrics.track_queue_depth(self.outbox.queue_depth)
         self.metrics.track_sources(lambda: self.sources)
         _track_unwritten(self.metrics, self.handler)
-        if self.config.transport.type != "log":
-            # The transport's own gauges (binds and window; modem signal and registration).
-            transport_metrics = importlib.import_module(f"aftercalld.{self.config.transport.type}.metrics")
-            transport_metrics.register_metrics(self.metrics.registry, self.transport)
+        _register_transport_metrics(self.metrics, self.transport)
         if self.config.metrics_listen:
             self.metrics.serve(self.config.metrics_listen)
         # Sources first: a transport that is slow to come up must not hold back the PBX
@@ -125,8 +132,8 @@ class Daemon:
         self._supervise_parts()
         self._start_pruning()
         log.info("aftercalld running: %d PBX(s), transport %s, %d rule(s), outbox %s, %d message(s) waiting",
-                 len(self.sources), self.transport.name, len(self.config.rules.rules), self.config.outbox_path,
-                 self.outbox.queue_depth())
+                 len(self.sources), ", ".join(t.name for t in _members(self.transport)),
+                 len(self.config.rules.rules), self.config.outbox_path, self.outbox.queue_depth())
 
     def _configure_webhooks(self) -> None:
         """At start and on reload: message events reach the outbox's transactions only when
@@ -279,8 +286,10 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         sources = [s.status() for s in self.sources]
         transport = self.transport.status() if self.transport else {}
-        if self.transport:
-            self.metrics.transport_up.labels(self.transport.name).set(1 if _is_up(transport) else 0)
+        # Several transports (routes): one entry each, beside routing's summary.
+        transports: list[dict[str, Any]] = transport.pop("transports", None) or ([transport] if transport else [])
+        for each in transports:  # routing says "up" itself: what it fails over on
+            self.metrics.transport_up.labels(each.get("name", "?")).set(1 if each.get("up", _is_up(each)) else 0)
         restarts = self.supervisor.status()
         for task, count in restarts.items():
             self.metrics.task_restarts.labels(task).set(count)
@@ -290,6 +299,7 @@ class Daemon:
             "updated": utc_now(self.clock).isoformat(timespec="seconds"),
             "sources": sources,
             "transport": transport,
+            **({"transports": transports} if len(transports) > 1 or "routes" in transport else {}),
             "queue_depth": self.outbox.queue_depth() if self.outbox else 0,
             "submitted_since_start": self.dispatcher.sent_total if self.dispatcher else 0,
             "task_restarts": restarts,
@@ -362,16 +372,42 @@ def _track_unwritten(metrics: Metrics, handler: CallHandler) -> None:
           ).set_function(lambda: handler.dropped)
 
 
+def _members(transport: Transport | None) -> list[Transport]:
+    """The transports that send: routing's members, or the one transport."""
+    if isinstance(transport, RoutedTransport):
+        return [m.transport for m in transport.members]
+    return [transport] if transport is not None else []
+
+
+def _register_transport_metrics(metrics: Metrics, transport: Transport | None) -> None:
+    """Each transport's own gauges (binds and window; modem signal and registration), one
+    collector per type, and routing's per-transport counts."""
+    by_type: dict[str, list[Transport]] = {}
+    for member in _members(transport):
+        kind = str(member.status().get("type", "log"))
+        if kind in ("smpp", "modem"):
+            by_type.setdefault(kind, []).append(member)
+    for kind, members in by_type.items():
+        importlib.import_module(f"aftercalld.{kind}.metrics").register_metrics(metrics.registry, *members)
+    if isinstance(transport, RoutedTransport):
+        from .routing import register_metrics
+
+        register_metrics(metrics.registry, transport)
+
+
 def _transport_tasks(transport: Transport | None) -> list[tuple[str, asyncio.Task]]:
     """The tasks a transport keeps running for its whole life (its links to the SMSC or
-    the modem). They catch their own errors; one that ends anyway is a bug."""
+    the modem, routing's watch). They catch their own errors; one that ends anyway is a bug."""
     tasks: list[tuple[str, asyncio.Task]] = []
-    link = getattr(transport, "link", None)
-    if link is not None and getattr(link, "task", None) is not None:
-        tasks.append((f"transport {transport.name} (modem link)", link.task))  # type: ignore[union-attr]
-    for slot in getattr(transport, "_slots", ()):
-        if getattr(slot, "task", None) is not None:
-            tasks.append((f"transport {transport.name} {slot.label}", slot.task))  # type: ignore[union-attr]
+    if isinstance(transport, RoutedTransport) and transport.task is not None:
+        tasks.append((f"transport {transport.name} (failover watch)", transport.task))
+    for member in _members(transport):
+        link = getattr(member, "link", None)
+        if link is not None and getattr(link, "task", None) is not None:
+            tasks.append((f"transport {member.name} (modem link)", link.task))
+        for slot in getattr(member, "_slots", ()):
+            if getattr(slot, "task", None) is not None:
+                tasks.append((f"transport {member.name} {slot.label}", slot.task))
     return tasks
 
 
@@ -388,10 +424,12 @@ def _needs_restart(old: Config, new: Config) -> list[str]:
                 after, getattr(after, "settings", None), getattr(after, "cdr", None)):
             verb = "added" if name not in old_pbxs else "removed" if name not in new_pbxs else "changed"
             changed.append(f"[[pbx]] {name!r} was {verb}")
-    if old.transport.type != new.transport.type:
+    if len(old.all_transports) == len(new.all_transports) == 1 and old.transport.type != new.transport.type:
         changed.append(f"[transport] type was changed ({old.transport.type} → {new.transport.type})")
-    elif old.transport != new.transport:
+    elif old.all_transports != new.all_transports:
         changed.append("[transport] was changed")
+    if old.routes != new.routes:
+        changed.append("[[route]] was changed")
     if old.outbox_path != new.outbox_path:
         changed.append("[general] outbox was changed")
     if old.metrics_listen != new.metrics_listen:

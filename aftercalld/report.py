@@ -309,7 +309,8 @@ def _why_message(m: dict[str, Any], parts: list[dict[str, Any]], tz: ZoneInfo, o
     esc = escape_controls
     out.write(f"  {m['recipient_kind']} {esc(m['destination'] or m['raw_number'] or '?')}: {esc(m['state'])}"
               + (f" ({esc(m['reason'])})" if m["reason"] else "") + "\n")
-    out.write(f"    from {esc(m['sender'])}, {m['segments']} segment(s) {m['encoding']}, "
+    via = f" via {esc(m['transport'])}" if m.get("transport") else ""  # the transport that last tried it
+    out.write(f"    from {esc(m['sender'])}{via}, {m['segments']} segment(s) {m['encoding']}, "
               f"{m['attempts']} attempt(s)\n")
     for line in m["text"].splitlines() or [""]:
         out.write(f"    | {esc(line)}\n")
@@ -353,6 +354,8 @@ def status(outbox: Outbox, config: Config, fmt: str, out: TextIO, clock: Clock =
         "last_call": _iso(outbox.last_call_time(), config) or None,
         "pbxs": [{"name": p.name, "type": p.type} for p in config.pbxs],
         "transport": config.transport.type,
+        "transports": [{"name": t.label, "type": t.type} for t in config.all_transports],
+        "routes": [r.name for r in config.routes],
     }
     code = 0 if down is None else EXIT_NOT_RUNNING
     if fmt == "json":
@@ -373,7 +376,10 @@ def status(outbox: Outbox, config: Config, fmt: str, out: TextIO, clock: Clock =
                       + "\n")
         for source in live.get("sources") or []:
             _block(out, "pbx", source, tz)
-        if live.get("transport"):
+        if live.get("transports"):  # several, behind routes: one block each
+            for transport in live["transports"]:
+                _block(out, "transport", transport, tz)
+        elif live.get("transport"):
             _block(out, "transport", live["transport"], tz)
     out.write(f"\noutbox {info['outbox']}\n")
     out.write(f"  {info['queue_depth']} waiting to be sent; {sent_today} submitted today"
@@ -383,9 +389,15 @@ def status(outbox: Outbox, config: Config, fmt: str, out: TextIO, clock: Clock =
     out.write("  messages by state: " + (", ".join(f"{k} {v}" for k, v in sorted(info["states"].items()))
                                          or "none") + "\n")
     if down is not None:
-        out.write(f"\nconfigured: transport {config.transport.type}; PBXs: "
+        out.write(f"\nconfigured: transport {_configured_transports(config)}; PBXs: "
                   + (", ".join(f"{p.name} ({p.type})" for p in config.pbxs) or "none") + "\n")
     return code
+
+
+def _configured_transports(config: Config) -> str:
+    if len(config.all_transports) == 1:
+        return config.transport.type
+    return ", ".join(f"{t.label} ({t.type})" for t in config.all_transports)
 
 
 # Fields of the daemon's status record that hold a time: epochs or UTC ISO strings.
