@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
 
+from .api.config import ApiConfig, parse_api
 from .cdr.config import parse_backfill_keys
 from .configreader import ConfigError, DependsOnFailedPart, Problems, Section, format_problem
 from .model import CallStatus, Direction, RecipientKind
@@ -92,6 +93,7 @@ class Config:
     disk_reserve_mb: float = 8.0  # held next to the outbox, released when a full disk blocks a start or stop
     sqlite_cache_mib: int = 32  # SQLite page cache of the outbox connection
     extra: Mapping[str, Any] = field(default_factory=dict)
+    api: ApiConfig | None = None  # [api]: None while the HTTP API is off
     # `file: key.path: reason` for what is legal but surely not meant (check-config prints
     # them, the daemon logs them at start and reload).
     warnings: tuple[str, ...] = ()
@@ -186,6 +188,7 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
         problems.attempt(lambda: _check_rule_variables(root, rules, set(channel_vars)), None)
     policy = problems.attempt(lambda: _policy(root, rule_policies), PolicyConfig())
     metrics_listen = problems.attempt(lambda: _metrics(root), None)
+    api = problems.attempt(lambda: parse_api(root), None)
     root.done()
     problems.raise_if_any()
     assert general is not None and transport is not None  # else raise_if_any raised
@@ -208,6 +211,7 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
         unwritten_calls_max=general.unwritten_calls_max,
         disk_reserve_mb=general.disk_reserve_mb,
         sqlite_cache_mib=general.sqlite_cache_mib,
+        api=api,
     )
     return replace(config, warnings=config_warnings(config, set(templates)))
 
@@ -701,4 +705,6 @@ def config_warnings(config: Config, template_names: set[str]) -> tuple[str, ...]
             check = config.phone.check(agent.mobile)
             if check.e164 is None:
                 warn(f"agents.{ext}.mobile", f'"{agent.mobile}" cannot be texted ({check.reason})')
+    for key, reason in config.api.warnings if config.api else ():
+        warn(key, reason)
     return tuple(out)
