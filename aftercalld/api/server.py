@@ -105,26 +105,28 @@ class _GroupWriter:
         if not batch:
             return
         outbox = self.host.outbox
+        failure: BaseException
         try:
             if outbox is None:
                 raise OutboxRefused("the outbox is closed (the daemon is stopping)")
-            try:
-                results = outbox.queue_messages([(key, message) for key, message, _ in batch],
-                                                ttl_seconds=self.host.config.dispatch.ttl_seconds,
-                                                now=self.host.clock())
-            except sqlite3.Error as exc:
-                raise OutboxRefused(f"the outbox refuses writes ({exc})") from None
-        except OutboxRefused as exc:
-            log.error("HTTP API: %d text(s) not queued, the clients were told to try again: %s", len(batch), exc)
-            for _, _, future in batch:
-                if not future.done():
-                    future.set_exception(OutboxRefused(str(exc)))
+            results = outbox.queue_messages([(key, message) for key, message, _ in batch],
+                                            ttl_seconds=self.host.config.dispatch.ttl_seconds, now=self.host.clock())
+        except (OutboxRefused, sqlite3.Error) as exc:
+            failure = exc if isinstance(exc, OutboxRefused) else OutboxRefused(f"the outbox refuses writes ({exc})")
+            log.error("HTTP API: %d text(s) not queued, the clients were told to try again: %s", len(batch), failure)
+        except Exception as exc:  # a bug: every request waiting on this batch must still be answered
+            log.exception("HTTP API: %d text(s) not queued", len(batch))
+            failure = exc
+        else:
+            for (_, _, future), result in zip(batch, results, strict=True):
+                if not future.done():  # a client that went away: its text is queued all the same
+                    future.set_result(result)
+            if any(new for _, new in results) and self.host.dispatcher is not None:
+                self.host.dispatcher.wake()
             return
-        for (_, _, future), result in zip(batch, results, strict=True):
-            if not future.done():  # a client that went away: its text is queued all the same
-                future.set_result(result)
-        if any(new for _, new in results) and self.host.dispatcher is not None:
-            self.host.dispatcher.wake()
+        for _, _, future in batch:
+            if not future.done():
+                future.set_exception(failure)
 
 
 class _Reader:

@@ -109,6 +109,8 @@ async def test_missing_or_wrong_tokens_get_401_with_a_challenge(tmp_path, smsc, 
 @pytest.mark.parametrize(("body", "headers", "status", "error"), [
     (b"{not json", {}, 400, "not JSON"),
     (b"[1, 2]", {}, 400, "must be a JSON object"),
+    (b'{"to": "+447400123456", "text": "\\ud800"}', {}, 400, "not JSON"),
+    (b'{"to": "+447400123456", "text": "\xff"}', {}, 400, "not JSON"),
     (b'{"text": "x"}', {}, 422, "to: missing"),
     (b'{"to": 447400123456, "text": "x"}', {}, 422, "to: must be a string"),
     (b'{"to": "+447400123456", "text": "x", "colour": "red"}', {}, 422, "unknown field(s): colour"),
@@ -296,3 +298,26 @@ async def test_junk_on_the_socket_gets_a_4xx_and_the_api_keeps_serving(tmp_path,
             assert b"Traceback" not in head
             writer.close()
         assert (await api.call("GET", "/v1/status"))[0] == 200
+
+
+async def test_an_outbox_that_refuses_writes_gets_503_and_the_same_key_later_queues_once(tmp_path, smsc):
+    import sqlite3
+
+    async with running_daemon(write_config(tmp_path, smsc)) as (daemon, api):
+        await smsc.wait_until(lambda: len(smsc.bound()) >= 1)
+        # Another writer holds the outbox longer than SQLite's busy timeout.
+        blocker = sqlite3.connect(daemon.config.outbox_path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            status, body, headers = await api.call("POST", "/v1/messages", headers={"Idempotency-Key": "late-1"},
+                                                   json={"to": "+447400123456", "text": "later"})
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert status == 503 and "try again with the same Idempotency-Key" in body["error"]
+        assert headers["Retry-After"] == "5"
+        status, message, _ = await api.call("POST", "/v1/messages", headers={"Idempotency-Key": "late-1"},
+                                            json={"to": "+447400123456", "text": "later"})
+        assert status == 201
+        await smsc.wait_until(lambda: len(smsc.accepted) >= 1)
+        assert texts(smsc) == [("Acme", "447400123456", "later")]
