@@ -28,6 +28,7 @@ from aiohttp import web
 
 from ..clock import Clock
 from ..config import Config, sender_problem
+from ..logutil import fields
 from ..model import CallRecord, MessageState, RecipientKind
 from ..report import call_view, message_view
 from ..rules.render import RenderedMessage, render_adhoc
@@ -314,8 +315,11 @@ class ApiServer:
         except OutboxRefused as exc:
             raise ApiError(503, f"{exc}; try again with the same Idempotency-Key", {"Retry-After": "5"}) from None
         if new:
-            log.debug("HTTP API: %s queued message %d to %s%s", name, message_id, message.destination or to,
-                      f" (suppressed: {message.suppressed})" if message.suppressed else "")
+            if log.isEnabledFor(logging.INFO):  # one line per text, as the pipeline logs one per call
+                log.info("HTTP API: %s queued message %d to %s%s", name, message_id,
+                         escape_controls(message.destination or to),
+                         f" (suppressed: {message.suppressed})" if message.suppressed else "",
+                         extra=fields(call_id=call_key, rule=message.rule, recipient=message.destination))
             view = message_view(_written_row(message_id, call_key, message, self.host.clock(),
                                              config.dispatch.ttl_seconds), [], config.timezone)
         else:

@@ -244,31 +244,17 @@ async def test_concurrent_requests_share_transactions_and_all_go_out(tmp_path, s
         assert sorted(s.destination for s in smsc.accepted) == sorted(n.lstrip("+") for n in numbers)
 
 
-def test_every_route_is_in_the_document():
-    from aftercalld.api.server import ApiServer
-
-    class Host:
-        config = None
-
-    from aftercalld.config import loads
-
-    host = Host()
-    host.config = loads('[general]\ndefault_region = "GB"\n[transport]\ntype = "log"\n')
-    from dataclasses import replace
-
-    from aftercalld.api.config import ApiConfig
-
-    host.config = replace(host.config, api=ApiConfig("127.0.0.1", 1, "/x", ()))
-    server = ApiServer(host)
-    routes = set()
-    for resource in server.app.router.resources():
-        info = resource.get_info()
-        path = info.get("path") or info.get("formatter")
-        path = path.replace("{id:\\d+}", "{id}").replace("{call_id:.+}", "{call_id}")
-        for route in resource:
-            routes.add((route.method.lower(), path))
-    documented = {(method, path) for path, ops in DOCUMENT["paths"].items() for method in ops}
-    assert routes - {("head", p) for _, p in routes} == documented
+async def test_every_route_is_in_the_document(tmp_path, smsc):
+    async with running_daemon(write_config(tmp_path, smsc)) as (daemon, _):
+        routes = set()
+        for resource in daemon.api.app.router.resources():
+            info = resource.get_info()
+            path = (info.get("path") or info["formatter"]).replace("{id:\\d+}", "{id}")
+            for route in resource:
+                if route.method != "HEAD":  # aiohttp's own, with each GET
+                    routes.add((route.method.lower(), path.replace("{call_id:.+}", "{call_id}")))
+    documented = {(method, path) for path, operations in DOCUMENT["paths"].items() for method in operations}
+    assert routes == documented
 
 
 async def test_the_client_can_go_away_mid_request_and_the_text_is_still_queued_once(tmp_path, smsc):
