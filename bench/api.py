@@ -98,8 +98,9 @@ def generator(index: int, port: int, mode: str, seconds: float, connections: int
     read by hand on asyncio streams: a full HTTP client costs several times the CPU, and
     on 2 cores that CPU is taken from the daemon being measured."""
 
-    async def main() -> tuple[list[float], int]:
+    async def main() -> tuple[list[float], list[float], int]:
         latencies: list[float] = []
+        answer_times: list[float] = []
         failures = 0
         links = [await asyncio.open_connection("127.0.0.1", port) for _ in range(connections)]
         await asyncio.sleep(max(0.0, start_at - time.time()))
@@ -111,6 +112,7 @@ def generator(index: int, port: int, mode: str, seconds: float, connections: int
         async def one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int, due: float) -> None:
             nonlocal failures
             body = b'{"to": "+4474%08d", "text": "Your order %d is ready."}' % (n % 10**8, n)
+            sent = time.perf_counter()
             writer.write(head + b"Idempotency-Key: g%d-%d\r\nContent-Length: %d\r\n\r\n" % (index, n, len(body))
                          + body)
             answer = await reader.readuntil(b"\r\n\r\n")
@@ -118,7 +120,9 @@ def generator(index: int, port: int, mode: str, seconds: float, connections: int
             await reader.readexactly(length)
             if not answer.startswith(b"HTTP/1.1 201"):
                 failures += 1
-            latencies.append(time.perf_counter() - due)
+            answered = time.perf_counter()
+            latencies.append(answered - due)
+            answer_times.append(answered - sent)
 
         async def worker(w: int) -> None:
             reader, writer = links[w]
@@ -140,7 +144,7 @@ def generator(index: int, port: int, mode: str, seconds: float, connections: int
                 due += interval
 
         await asyncio.gather(*(worker(w) for w in range(connections)))
-        return latencies, failures
+        return latencies, answer_times, failures
 
     out.put(asyncio.run(main()))
 
@@ -175,14 +179,21 @@ def main() -> None:
         db = sqlite3.connect(Path(tmp) / "outbox.sqlite3")
         stored = dict(db.execute("SELECT state, COUNT(*) FROM messages GROUP BY state").fetchall())
         db.close()
-    latencies = sorted(x for lat, _ in results for x in lat)
-    failures = sum(f for _, f in results)
+    latencies = sorted(x for lat, _, _ in results for x in lat)
+    answer_times = sorted(x for _, answers, _ in results for x in answers)
+    failures = sum(f for _, _, f in results)
     total = len(latencies)
     p = statistics.quantiles(latencies, n=100) if total >= 100 else [float("nan")] * 99
+    a = statistics.quantiles(answer_times, n=100) if total >= 100 else [float("nan")] * 99
     print(f"mode {args.mode}: {args.procs} process(es) x {args.connections} connection(s), {args.seconds:g} s"
           + (f", paced at {args.rate:g}/s" if args.mode == "latency" else ""))
     print(f"requests: {total} ({failures} not 201), {total / args.seconds:,.0f} requests/s")
     print(f"latency: p50 {p[49] * 1000:.2f} ms, p99 {p[98] * 1000:.2f} ms, max {latencies[-1] * 1000:.2f} ms")
+    if args.mode == "latency":
+        # The part of it from the request's write to its answer: what is left is time the
+        # request waited to be written (its connection busy, or the load process itself late).
+        print(f"  of which write to answer: p50 {a[49] * 1000:.2f} ms, p99 {a[98] * 1000:.2f} ms, "
+              f"max {answer_times[-1] * 1000:.2f} ms")
     print(f"outbox after the run: {stored}")
 
 
