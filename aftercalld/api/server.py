@@ -208,8 +208,16 @@ class ApiServer:
         assert self._server is not None
         try:
             await self._server.serve_forever()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # stopped on purpose
+            # The listener was closed under us: an error the supervisor logs and restarts
+            # from, where a cancellation would end the task without a word.
+            raise RuntimeError("the HTTP API's listener closed") from None
         finally:
-            self._server.close()
+            if self._server is not None:
+                self._server.close()
             self._server = None
 
     async def close(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import aiohttp
 import pytest
 from api_helpers import NOW, OTHER_TOKEN, TOKEN, running_daemon, write_config, write_tokens
 from smsc_sim import SmscSim, decode
@@ -307,3 +308,32 @@ async def test_an_outbox_that_refuses_writes_gets_503_and_the_same_key_later_que
         assert status == 201
         await smsc.wait_until(lambda: len(smsc.accepted) >= 1)
         assert texts(smsc) == [("Acme", "447400123456", "later")]
+
+
+def test_the_document_is_valid_openapi_3_1():
+    from openapi_spec_validator import validate
+
+    assert DOCUMENT["openapi"].startswith("3.1")
+    validate(DOCUMENT)
+
+
+async def test_a_listener_that_closes_is_logged_and_listens_again(tmp_path, smsc, caplog):
+    async with running_daemon(write_config(tmp_path, smsc)) as (daemon, api):
+        assert (await api.call("GET", "/v1/status"))[0] == 200
+        daemon.api._server.close()  # as if something closed it under the API
+        deadline = asyncio.get_running_loop().time() + 10
+
+        async def new_connection_answers() -> bool:
+            # Not a connection kept alive from before the close: only a listener takes this one.
+            try:
+                async with aiohttp.ClientSession() as fresh, fresh.get(api.base + "/v1/openapi.json") as resp:
+                    return resp.status == 200
+            except aiohttp.ClientConnectionError:
+                return False
+
+        while not await new_connection_answers():  # the supervisor restarts it after its backoff (1 s)
+            assert asyncio.get_running_loop().time() < deadline, "the API did not listen again"
+            await asyncio.sleep(0.05)
+        assert daemon.supervisor.status()["http api"] == 1
+        assert (await api.call("GET", "/v1/status"))[0] == 200
+    assert any(r.exc_info and "the HTTP API's listener closed" in str(r.exc_info[1]) for r in caplog.records)
