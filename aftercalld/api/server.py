@@ -51,6 +51,7 @@ _MAX_CALL_ID = 300
 _TOKEN_NAME = "aftercalld.token_name"  # where the middleware leaves the name for the handlers
 _OPENAPI_BODY = orjson.dumps(DOCUMENT)
 _CHALLENGE = 'Bearer realm="aftercalld"'
+SHUTDOWN_TIMEOUT_SECONDS = 5.0
 
 
 class ApiHost(Protocol):
@@ -172,7 +173,10 @@ class ApiServer:
         self.app.router.add_get("/v1/openapi.json", self.get_openapi)
         # No access log: it would cost more than the request, and support follows a text
         # by its message id and rule ("api/<token name>") in the outbox.
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        # At a stop, requests in progress get this long to finish (a rules test takes
+        # milliseconds); then the daemon's own drain goes on.
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
+                                     shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS)
         self._server: asyncio.Server | None = None
         self._writer = _GroupWriter(host)
         self._reader = _Reader(host.config.outbox_path)
