@@ -13,6 +13,7 @@ views (a message, a call, a rules test) run in a worker thread on a connection o
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import json
@@ -373,7 +374,7 @@ class ApiServer:
         # test-rule's path: rules, then policy at the time the call ended, into a throwaway
         # outbox and the log transport. Its own event loop, in a thread: none of it may
         # hold up the daemon's.
-        (result,) = await asyncio.to_thread(replay_sync, [record], config)
+        (result,) = await asyncio.to_thread(functools.partial(replay_sync, [record], config, in_daemon=True))
         return _json_response(result.to_json())
 
     async def get_status(self, request: web.Request) -> web.Response:

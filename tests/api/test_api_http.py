@@ -145,7 +145,8 @@ def missed_call(call_id: str, pbx: str = "main") -> CallRecord:
                       dialled_number="442071234567", start_time=NOW, end_time=NOW)
 
 
-async def test_a_calls_view_its_rules_test_and_a_text_attached_to_it(tmp_path, smsc):
+async def test_a_calls_view_its_rules_test_and_a_text_attached_to_it(tmp_path, smsc, caplog):
+    caplog.set_level(logging.INFO)
     async with running_daemon(write_config(tmp_path, smsc)) as (daemon, api):
         daemon.handler.handle(missed_call("1700000000.1"))
         daemon.handler.handle(missed_call("1700000000.2"))
@@ -174,11 +175,14 @@ async def test_a_calls_view_its_rules_test_and_a_text_attached_to_it(tmp_path, s
         status, body, _ = await api.call("GET", "/v1/calls/main/none", route="/v1/calls/{call_id}")
         assert status == 404
 
+        caplog.clear()
         status, test, _ = await api.call("POST", "/v1/calls/main/1700000000.1/test", route="/v1/calls/{call_id}/test")
         assert status == 200 and test["rule"] == "Missed" and not test["duplicate"]
         assert [(m["number"], m["state"], m["text"]) for m in test["messages"]] == [
             ("+447400123456", "submitted", "Sorry we missed your call.")]
         assert len(smsc.accepted) == 4  # a test sends nothing
+        # ... and logs nothing: its decision and dry-run send are not a call handled again.
+        assert [r.getMessage() for r in caplog.records if r.name != "aiohttp.access"] == []
 
 
 async def test_status_is_the_daemons(tmp_path, smsc):
