@@ -221,6 +221,14 @@ async def test_a_reload_takes_new_tokens_without_a_restart(tmp_path, smsc, caplo
         status, message, _ = await api.call("POST", "/v1/messages", token="a-brand-new-token-0003",
                                             json={"to": "+447400123456", "text": "hi"})
         assert status == 201 and message["rule"] == "api/rotated"
+        # A new address waits for a restart, and says so; the old one keeps serving.
+        caplog.clear()
+        path.write_text(path.read_text().replace(f"listen = \"127.0.0.1:{daemon.config.api.port}\"",
+                                                 "listen = \"127.0.0.1:1\""))
+        daemon.reload()
+        assert any("[api] listen or max_body_bytes was changed" in r.getMessage() for r in caplog.records)
+        status, _, _ = await api.call("GET", "/v1/status", token="a-brand-new-token-0003")
+        assert status == 200 and daemon.config.api.port != 1
 
 
 async def test_an_address_in_use_stops_the_start_naming_the_key(tmp_path, smsc):
