@@ -53,6 +53,9 @@ _TOKEN_NAME = "aftercalld.token_name"  # where the middleware leaves the name fo
 _OPENAPI_BODY = orjson.dumps(DOCUMENT)
 _CHALLENGE = 'Bearer realm="aftercalld"'
 SHUTDOWN_TIMEOUT_SECONDS = 5.0
+# Texts per outbox transaction: a burst of requests holds the event loop (and the calls it
+# serves) for one such write at a time, a few milliseconds.
+WRITE_BATCH_MAX = 200
 
 
 class ApiHost(Protocol):
@@ -95,6 +98,10 @@ class _GroupWriter:
         self.host = host
         self._pending: list[tuple[str, RenderedMessage, asyncio.Future[tuple[int, bool]]]] = []
 
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
     def queue(self, call_key: str, message: RenderedMessage) -> asyncio.Future[tuple[int, bool]]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[int, bool]] = loop.create_future()
@@ -104,7 +111,9 @@ class _GroupWriter:
         return future
 
     def flush(self) -> None:
-        batch, self._pending = self._pending, []
+        batch, self._pending = self._pending[:WRITE_BATCH_MAX], self._pending[WRITE_BATCH_MAX:]
+        if self._pending:  # a burst: the rest in the next turn, after the hangups waiting meanwhile
+            asyncio.get_running_loop().call_soon(self.flush)
         if not batch:
             return
         outbox = self.host.outbox
@@ -232,7 +241,8 @@ class ApiServer:
             self._server.close()
             self._server = None
         await self._runner.cleanup()
-        self._writer.flush()
+        while self._writer.pending:
+            self._writer.flush()
         await self._reader.close()
 
     # -- middlewares ---------------------------------------------------------------------

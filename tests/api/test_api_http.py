@@ -247,13 +247,13 @@ async def test_an_address_in_use_stops_the_start_naming_the_key(tmp_path, smsc):
 async def test_concurrent_requests_share_transactions_and_all_go_out(tmp_path, smsc):
     async with running_daemon(write_config(tmp_path, smsc)) as (daemon, api):
         await smsc.wait_until(lambda: len(smsc.bound()) >= 1)
-        numbers = [f"+4474001{n:05d}" for n in range(60)]
+        numbers = [f"+4474001{n:05d}" for n in range(250)]
         answers = await asyncio.gather(*(
             api.call("POST", "/v1/messages", json={"to": number, "text": f"n{i}"},
                      headers={"Idempotency-Key": f"k{i}"}) for i, number in enumerate(numbers)))
-        assert sorted(a[0] for a in answers) == [201] * 60
-        assert len({a[1]["id"] for a in answers}) == 60
-        await smsc.wait_until(lambda: len(smsc.accepted) >= 60)
+        assert sorted(a[0] for a in answers) == [201] * 250
+        assert len({a[1]["id"] for a in answers}) == 250
+        await smsc.wait_until(lambda: len(smsc.accepted) >= 250)
         assert sorted(s.destination for s in smsc.accepted) == sorted(n.lstrip("+") for n in numbers)
 
 
