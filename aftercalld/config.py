@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
 
+from .api.config import ApiConfig, parse_api
 from .cdr.config import parse_backfill_keys
 from .configreader import ConfigError, DependsOnFailedPart, Problems, Section, format_problem
 from .model import CallStatus, Direction, RecipientKind
@@ -110,6 +111,7 @@ class Config:
     replies: RepliesConfig = field(default_factory=RepliesConfig)
     webhooks: tuple[WebhookEndpoint, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
+    api: ApiConfig | None = None  # [api]: None while the HTTP API is off
     # `file: key.path: reason` for what is legal but surely not meant (check-config prints
     # them, the daemon logs them at start and reload).
     warnings: tuple[str, ...] = ()
@@ -217,6 +219,7 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
     webhooks = problems.attempt(lambda: parse_webhooks(root), None)
     replies = problems.attempt(lambda: parse_replies(
         root, optout, {w.name for w in webhooks} if webhooks is not None else None), RepliesConfig())
+    api = problems.attempt(lambda: parse_api(root), None)
     root.done()
     problems.raise_if_any()
     assert general is not None and transport is not None  # else raise_if_any raised
@@ -243,6 +246,7 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
         sqlite_cache_mib=general.sqlite_cache_mib,
         replies=replies,
         webhooks=webhooks or (),
+        api=api,
     )
     return replace(config, warnings=config_warnings(config, set(templates)))
 
@@ -777,4 +781,6 @@ def config_warnings(config: Config, template_names: set[str]) -> tuple[str, ...]
             check = config.phone.check(agent.mobile)
             if check.e164 is None:
                 warn(f"agents.{ext}.mobile", f'"{agent.mobile}" cannot be texted ({check.reason})')
+    for key, reason in config.api.warnings if config.api else ():
+        warn(key, reason)
     return tuple(out)

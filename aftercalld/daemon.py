@@ -12,11 +12,12 @@ import signal
 import sqlite3
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Gauge
 
 from . import gctune, retention, systemd
+from .api.config import ApiConfig
 from .backoff import Backoff
 from .cdr.backfill import Backfill
 from .clock import Clock, system_clock, utc_now
@@ -37,6 +38,9 @@ from .supervisor import Supervisor
 from .transport import Transport
 from .webhooks.events import WebhookEvents
 from .webhooks.worker import WebhookWorker
+
+if TYPE_CHECKING:
+    from .api.server import ApiServer
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +94,7 @@ class Daemon:
         self.webhook_events = WebhookEvents(())
         self.webhooks: WebhookWorker | None = None
         self.replies: ReplyHandler | None = None
+        self.api: ApiServer | None = None
         self._stop = asyncio.Event()
         self.stop_signal = "SIGTERM"
         self._instance_lock: InstanceLock | None = None
@@ -121,6 +126,8 @@ class Daemon:
         _register_transport_metrics(self.metrics, self.transport)
         if self.config.metrics_listen:
             self.metrics.serve(self.config.metrics_listen)
+        if self.config.api is not None:
+            await self._start_api()
         # Sources first: a transport that is slow to come up must not hold back the PBX
         # connections (calls ending meanwhile would be missed); texts wait in the outbox.
         self.sources = make_sources(self.config, self.clock)
@@ -157,6 +164,15 @@ class Daemon:
         if self.backfill:
             self.backfill.start()
             self.supervisor.start("cdr backfill", functools.partial(self.backfill.watch, self.sources))
+
+    async def _start_api(self) -> None:
+        """The HTTP API, before the sources: an address it cannot have stops the start
+        with nothing else begun."""
+        from .api.server import ApiServer  # aiohttp is imported only when [api] is on
+
+        self.api = ApiServer(self)
+        await self.api.bind()
+        self.supervisor.start("http api", self.api.serve)
 
     async def _open_outbox(self) -> Outbox | None:
         """Open the outbox, waiting for as long as it cannot be (a full disk, an I/O error):
@@ -241,7 +257,8 @@ class Daemon:
         render = replace(new.render, segmenting=self.config.render.segmenting)
         self.config = replace(self.config, rules=new.rules, render=render, phone=new.phone,
                               optout=new.optout, policy=new.policy, dispatch=new.dispatch,
-                              keep_days=new.keep_days, replies=new.replies, webhooks=new.webhooks)
+                              keep_days=new.keep_days, replies=new.replies, webhooks=new.webhooks,
+                              api=_reloaded_api(self.config.api, new.api))
         if keep_days_changed:
             self._start_pruning()
         if self.handler:
@@ -336,6 +353,8 @@ class Daemon:
     async def stop(self) -> None:
         """SIGTERM: take no new calls, let in-flight submits finish, unbind, close."""
         await self.supervisor.stop()
+        if self.api:
+            await self.api.close()  # what requests in progress queued is written
         if self.backfill:
             await self.backfill.stop()
         if self.outbox:
@@ -434,7 +453,19 @@ def _needs_restart(old: Config, new: Config) -> list[str]:
         changed.append("[general] outbox was changed")
     if old.metrics_listen != new.metrics_listen:
         changed.append("[metrics] listen was changed")
+    if (old.api is None) != (new.api is None):
+        changed.append(f"[api] was {'enabled' if new.api else 'disabled'}")
+    elif old.api and new.api and (old.api.listen, old.api.max_body_bytes) != (new.api.listen, new.api.max_body_bytes):
+        changed.append("[api] listen or max_body_bytes was changed")
     return changed
+
+
+def _reloaded_api(old: ApiConfig | None, new: ApiConfig | None) -> ApiConfig | None:
+    """Tokens, sender and max_segments take effect at a reload (a token can be revoked
+    without a restart); the listener stays as it is (see _needs_restart)."""
+    if old is None or new is None:
+        return old
+    return replace(new, host=old.host, port=old.port, max_body_bytes=old.max_body_bytes)
 
 
 def _is_up(status: dict[str, Any]) -> bool:

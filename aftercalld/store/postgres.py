@@ -951,6 +951,13 @@ class PgOutbox:
             found.setdefault(part["message_id"], []).append(part)
         return found
 
+    async def messages_by_id(self, message_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        rows = await self._dicts(
+            "SELECT m.*, (SELECT string_agg(p.transport_id, ' ' ORDER BY p.part) FROM parts p "
+            "WHERE p.message_id = m.id) AS transport_ids FROM messages m WHERE m.id = ANY(%s)",
+            [sorted(set(message_ids))])
+        return {row["id"]: row for row in rows}
+
     async def orphan_reports(self) -> list[dict[str, Any]]:
         return await self._dicts("SELECT * FROM orphan_reports WHERE matched <= 0 ORDER BY id")
 

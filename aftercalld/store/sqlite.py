@@ -1107,6 +1107,21 @@ class Outbox:
                 found.setdefault(part["message_id"], []).append(part)
         return found
 
+    def messages_by_id(self, message_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """Messages as `messages()` returns them, by id (the HTTP API's GET /v1/messages/{id})."""
+        ids = sorted(set(message_ids))
+        found: dict[int, dict[str, Any]] = {}
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            cur = self.conn.execute(
+                "SELECT m.*, (SELECT group_concat(p.transport_id, ' ') FROM parts p WHERE p.message_id = m.id) "
+                f"AS transport_ids FROM messages m WHERE m.id IN ({','.join('?' * len(chunk))})", chunk)
+            names = [d[0] for d in cur.description]
+            for row in cur:
+                message = dict(zip(names, row, strict=True))
+                found[message["id"]] = message
+        return found
+
     def orphan_reports(self) -> list[dict[str, Any]]:
         cur = self.conn.execute("SELECT * FROM orphan_reports WHERE matched <= 0 ORDER BY id")
         names = [d[0] for d in cur.description]

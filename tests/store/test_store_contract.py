@@ -146,6 +146,7 @@ async def test_an_unmatched_receipt_is_resolved_loosely_later_or_kept(backend):
     assert settled.state is MessageState.DELIVERED
     assert not await outbox.has_pending_orphans(T0 + 100)
     assert [o["transport_id"] for o in await outbox.orphan_reports()] == ["nothing-like-it"]
+    assert set(await outbox.messages_by_id([settled.message_id, 999])) == {settled.message_id}
 
 
 async def test_retry_defer_and_suppress_move_the_next_due_time(backend):
