@@ -357,6 +357,7 @@ def message_view(m: dict[str, Any], parts: list[dict[str, Any]], tz: tzinfo) -> 
         "to": m["destination"] or m["raw_number"] or None,
         "destination": m["destination"],  # E.164; None when the number itself was refused
         "sender": m["sender"],
+        "transport": m.get("transport"),  # the transport that sent it, or last tried
         "text": m["text"],
         "encoding": m["encoding"],
         "segments": m["segments"],

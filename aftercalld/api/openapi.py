@@ -42,6 +42,7 @@ _MESSAGE = {
         "to": {**_TEXT_OR_NULL, "description": "the number as given, E.164 when it could be read"},
         "destination": {**_TEXT_OR_NULL, "description": "E.164; null when the number itself was refused"},
         "sender": {"type": "string"},
+        "transport": {**_TEXT_OR_NULL, "description": "the transport that sent it, or last tried; null before"},
         "text": {"type": "string"},
         "encoding": {"type": "string", "enum": ["gsm7", "ucs2"]},
         "segments": {"type": "integer", "minimum": 1},
