@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sender", help="the sender id to send from (default: the rule's, or 'aftercalld')")
     p.add_argument("--force", action="store_true",
                    help="send even to a number on the opt-out or do-not-disturb list")
+    p.add_argument("--transport", metavar="NAME",
+                   help="send through this [[transport]] (default: the first of the number's route)")
 
     p = add("prune", "Delete calls, their messages and receipts older than a number of days from the outbox.")
     p.add_argument("--older-than", type=float, metavar="DAYS",
@@ -191,7 +193,12 @@ def cmd_check_config(args) -> int:
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     warned = f", {len(config.warnings)} warning(s)" if config.warnings else ""
-    print(f"{path}: ok ({len(config.pbxs)} PBX(s), transport {config.transport.type}, "
+    if len(config.all_transports) == 1:
+        transports = f"transport {config.transport.type}"
+    else:
+        transports = "transports " + ", ".join(f"{t.label} ({t.type})" for t in config.all_transports)
+    routes = f", {len(config.routes)} route(s)" if config.routes else ""
+    print(f"{path}: ok ({len(config.pbxs)} PBX(s), {transports}{routes}, "
           f"{len(config.rules.rules)} rule(s){warned})")
     return EXIT_OK
 
@@ -450,7 +457,7 @@ def cmd_send_test(args) -> int:
 
     config = _load(args.config)
     return asyncio.run(send_test(config, args.number, rule_name=args.rule, text=args.text, timeout=args.timeout,
-                                 sender=args.sender, force=args.force))
+                                 sender=args.sender, force=args.force, transport_name=args.transport))
 
 
 def cmd_prune(args) -> int:

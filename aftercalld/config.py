@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
 
+from .api.config import ApiConfig, parse_api
 from .cdr.config import parse_backfill_keys
 from .configreader import ConfigError, DependsOnFailedPart, Problems, Section, format_problem
 from .model import CallStatus, Direction, RecipientKind
@@ -25,6 +26,7 @@ from .phone import DEFAULT_CACHE_SIZE, PhoneRules
 from .policy import PolicyConfig, QuietAction, RulePolicy
 from .replyconfig import RepliesConfig, parse_replies
 from .retention import MIN_KEEP_DAYS
+from .routeconfig import Route, parse_routes
 from .rules.encoding import DEFAULT_PROFILE, SegmentingProfile, segment
 from .rules.engine import Conditions, RecipientSpec, Rule, RuleSet, TimeWindow
 from .rules.render import AgentEntry, RenderContext
@@ -34,6 +36,7 @@ from .webhooks.config import WebhookEndpoint, parse_webhooks
 
 DEFAULT_PATH = "/etc/aftercalld/aftercalld.toml"
 TRANSPORT_TYPES = ("log", "smpp", "modem")
+DEFAULT_FAILOVER_AFTER = 30.0
 RECIPIENT_CHOICES = ("caller", "agent", "both", "fixed")
 _SENDER_ALNUM = re.compile(r"[A-Za-z0-9 ._&-]{1,11}")
 _SENDER_NUMBER = re.compile(r"\+?[0-9]{1,15}")
@@ -52,6 +55,13 @@ def sender_problem(sender: str) -> str | None:
 class TransportConfig:
     type: str
     settings: Any = None  # the transport package's own settings object
+    name: str = ""  # "" for the single [transport] table: it is named after its type
+    # Routes pass its texts to the next transport once it has had no bind this long.
+    failover_after: float = DEFAULT_FAILOVER_AFTER
+
+    @property
+    def label(self) -> str:
+        return self.name or self.type
 
     @property
     def segmenting(self) -> SegmentingProfile:
@@ -93,6 +103,9 @@ class Config:
     rules: RuleSet
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     metrics_listen: str | None = None  # "127.0.0.1:9469"
+    # Every transport, `transport` first; empty when built without a file (one transport).
+    transports: tuple[TransportConfig, ...] = ()
+    routes: tuple[Route, ...] = ()
     log_level: str = "info"
     unwritten_calls_max: int = 20_000  # finished calls held in memory while the outbox refuses writes
     disk_reserve_mb: float = 8.0  # held next to the outbox, released when a full disk blocks a start or stop
@@ -105,6 +118,7 @@ class Config:
     replies: RepliesConfig = field(default_factory=RepliesConfig)
     webhooks: tuple[WebhookEndpoint, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
+    api: ApiConfig | None = None  # [api]: None while the HTTP API is off
     # `file: key.path: reason` for what is legal but surely not meant (check-config prints
     # them, the daemon logs them at start and reload).
     warnings: tuple[str, ...] = ()
@@ -112,6 +126,10 @@ class Config:
     @property
     def outbox_is_postgres(self) -> bool:
         return is_postgres(self.outbox_path)
+
+    @property
+    def all_transports(self) -> tuple[TransportConfig, ...]:
+        return self.transports or (self.transport,)
 
     def timezone_for(self, pbx_name: str) -> ZoneInfo:
         for pbx in self.pbxs:
@@ -191,7 +209,8 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
     else:
         pbx_names = {p.name for p in pbxs}
         channel_vars = sorted({v for p in pbxs for v in p.variables})
-    transport = problems.attempt(lambda: _transport(root), None)
+    transports = problems.attempt(lambda: _transports(root), None)
+    transport = transports[0] if transports else None
     dispatch = problems.attempt(lambda: _dispatch(root), DispatchConfig())
     optout = problems.attempt(lambda: _optout(root), OptOutConfig())
 
@@ -202,10 +221,16 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
     if pbxs and pbx_names is not None:
         problems.attempt(lambda: _check_rule_variables(root, rules, set(channel_vars)), None)
     policy = problems.attempt(lambda: _policy(root, rule_policies), PolicyConfig())
+    rule_tables = root.data.get("rules", [])
+    every_rule_read = isinstance(rule_tables, list) and len(rules) == len(rule_tables)
+    routes = problems.attempt(lambda: parse_routes(
+        root, [t.label for t in transports] if transports else None,
+        [r.name for r in rules] if every_rule_read else None), ())
     metrics_listen = problems.attempt(lambda: _metrics(root), None)
     webhooks = problems.attempt(lambda: parse_webhooks(root), None)
     replies = problems.attempt(lambda: parse_replies(
         root, optout, {w.name for w in webhooks} if webhooks is not None else None), RepliesConfig())
+    api = problems.attempt(lambda: parse_api(root), None)
     root.done()
     problems.raise_if_any()
     assert general is not None and transport is not None  # else raise_if_any raised
@@ -224,6 +249,8 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
         rules=RuleSet(rules),
         policy=policy,
         metrics_listen=metrics_listen,
+        transports=transports or (),
+        routes=routes,
         log_level=general.log_level,
         unwritten_calls_max=general.unwritten_calls_max,
         disk_reserve_mb=general.disk_reserve_mb,
@@ -234,6 +261,7 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
         state_dir=general.state_dir,
         replies=replies,
         webhooks=webhooks or (),
+        api=api,
     )
     return replace(config, warnings=config_warnings(config, set(templates)))
 
@@ -398,8 +426,38 @@ def _pbx(sec: Section, default_tz: ZoneInfo, names: set[str]) -> PbxConfig:
                      cdr=cdr, backfill_max_age=backfill_max_age)
 
 
-def _transport(root: Section) -> TransportConfig:
-    sec = root.section("transport")
+def _transports(root: Section) -> tuple[TransportConfig, ...]:
+    """One `[transport]` table (named after its type), or named `[[transport]]` tables."""
+    if not isinstance(root.data.get("transport"), list):
+        return (_transport(root.section("transport")),)
+    tables = root.sections("transport")
+    if not tables:
+        raise root.error("transport", "lists no transport: give at least one [[transport]] table")
+    problems = _problems(root)
+    names: set[str] = set()
+    parsed = [problems.attempt(functools.partial(_named_transport, sec, names), None) for sec in tables]
+    if None in parsed:
+        raise DependsOnFailedPart
+    return tuple(t for t in parsed if t is not None)
+
+
+def _named_transport(sec: Section, names: set[str]) -> TransportConfig:
+    problems = _problems(sec)
+    errors_before = len(problems.errors)
+    # Read before the type's own keys: its parser rejects every key it did not read.
+    name = problems.attempt(lambda: sec.str("name", pattern=r"[A-Za-z0-9_.@:-]{1,64}"), None)
+    if name is not None:
+        if name in names:
+            problems.add(sec.error("name", f'duplicate transport name "{name}"'))
+        names.add(name)
+    failover_after = sec.float("failover_after", DEFAULT_FAILOVER_AFTER, min=0.1, max=86400)
+    transport = problems.attempt(lambda: _transport(sec), None)
+    if transport is None or name is None or len(problems.errors) > errors_before:
+        raise DependsOnFailedPart
+    return replace(transport, name=name, failover_after=failover_after)
+
+
+def _transport(sec: Section) -> TransportConfig:
     type_ = sec.str("type", "log", choices=TRANSPORT_TYPES, decides_keys=True)
     if type_ == "log":
         sec.done()
@@ -755,6 +813,12 @@ def config_warnings(config: Config, template_names: set[str]) -> tuple[str, ...]
                 where = f"{key}.text" if spec.template_name.endswith(".text") else f"{key}.template"
                 warn(where, f"the text is {segments} segments before any value is filled in, over the rule's "
                             f"max_segments = {rule.max_segments}: every such text is suppressed as too long")
+    first = config.transport
+    for index, other in enumerate(config.all_transports[1:], start=1):
+        if other.segmenting != first.segmenting:
+            warn(f"transport[{index}]", f"{other.label} splits texts differently from {first.label}: segments are "
+                                        f"counted as {first.label} sends them, so a text within max_segments "
+                                        f"may take more parts over {other.label}")
     used = {spec.template_name for rule in rules for spec in rule.recipients}
     for name in sorted(template_names - used):
         warn(f"templates.{name}", "not used by any rule")
@@ -763,4 +827,6 @@ def config_warnings(config: Config, template_names: set[str]) -> tuple[str, ...]
             check = config.phone.check(agent.mobile)
             if check.e164 is None:
                 warn(f"agents.{ext}.mobile", f'"{agent.mobile}" cannot be texted ({check.reason})')
+    for key, reason in config.api.warnings if config.api else ():
+        warn(key, reason)
     return tuple(out)

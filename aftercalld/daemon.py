@@ -12,15 +12,16 @@ import signal
 import sqlite3
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Gauge
 
 from . import gctune, retention, systemd
+from .api.config import ApiConfig
 from .backoff import Backoff
 from .cdr.backfill import Backfill
 from .clock import Clock, system_clock, utc_now
-from .config import Config, load, log_config_warnings
+from .config import Config, TransportConfig, load, log_config_warnings
 from .configreader import ConfigError
 from .diskreserve import DiskReserve
 from .dispatcher import Dispatcher
@@ -30,6 +31,7 @@ from .metrics import Metrics
 from .pipeline import CallHandler
 from .policy import Policy
 from .replies import ReplyHandler
+from .routing import RoutedTransport
 from .source import CallSource
 from .store import InlineOutbox, Outbox, OutboxUnavailable, Store, StoreError
 from .store.location import shown, with_password_file
@@ -37,6 +39,9 @@ from .supervisor import Supervisor
 from .transport import Transport
 from .webhooks.events import WebhookEvents
 from .webhooks.worker import WebhookWorker
+
+if TYPE_CHECKING:
+    from .api.server import ApiServer
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +52,19 @@ OUTBOX_RETRY_MAX_SECONDS = 5.0
 
 
 def make_transport(config: Config) -> Transport:
-    if config.transport.type == "log":
-        return LogTransport()
-    module = importlib.import_module(f"aftercalld.{config.transport.type}")
-    return module.make_transport(config.transport.settings)
+    """The one transport, as it is (the hot path), or several behind their routes."""
+    transports = config.all_transports
+    if len(transports) == 1 and not config.routes:
+        return build_transport(transports[0])
+    return RoutedTransport([(build_transport(t), t.failover_after) for t in transports], config.routes)
+
+
+def build_transport(config: TransportConfig) -> Transport:
+    """One transport of the config, by itself (no routing)."""
+    if config.type == "log":
+        return LogTransport(config.label)
+    module = importlib.import_module(f"aftercalld.{config.type}")
+    return module.make_transport(config.settings, config.label)
 
 
 def make_sources(config: Config, clock: Clock) -> list[CallSource]:
@@ -101,6 +115,7 @@ class Daemon:
         self.webhook_events = WebhookEvents(())
         self.webhooks: WebhookWorker | None = None
         self.replies: ReplyHandler | None = None
+        self.api: ApiServer | None = None
         self._stop = asyncio.Event()
         self.stop_signal = "SIGTERM"
         self._instance_lock: InstanceLock | None = None
@@ -140,12 +155,11 @@ class Daemon:
                                        else lambda: self._queue_depth)
         self.metrics.track_sources(lambda: self.sources)
         _track_unwritten(self.metrics, self.handler)
-        if self.config.transport.type != "log":
-            # The transport's own gauges (binds and window; modem signal and registration).
-            transport_metrics = importlib.import_module(f"aftercalld.{self.config.transport.type}.metrics")
-            transport_metrics.register_metrics(self.metrics.registry, self.transport)
+        _register_transport_metrics(self.metrics, self.transport)
         if self.config.metrics_listen:
             self.metrics.serve(self.config.metrics_listen)
+        if self.config.api is not None:
+            await self._start_api()
         # Sources first: a transport that is slow to come up must not hold back the PBX
         # connections (calls ending meanwhile would be missed); texts wait in the outbox.
         self.sources = make_sources(self.config, self.clock)
@@ -160,7 +174,8 @@ class Daemon:
         if self.shared:
             self.supervisor.start("heartbeat", self._heartbeat)
         log.info("aftercalld running as instance %s: %d PBX(s), transport %s, %d rule(s), outbox %s, "
-                 "%d message(s) waiting", self.config.instance, len(self.sources), self.transport.name,
+                 "%d message(s) waiting", self.config.instance, len(self.sources),
+                 ", ".join(t.name for t in _members(self.transport)),
                  len(self.config.rules.rules), shown(self.config.outbox_path), self._queue_depth)
 
     async def _heartbeat(self) -> None:
@@ -198,6 +213,15 @@ class Daemon:
         if self.backfill:
             self.backfill.start()
             self.supervisor.start("cdr backfill", functools.partial(self.backfill.watch, self.sources))
+
+    async def _start_api(self) -> None:
+        """The HTTP API, before the sources: an address it cannot have stops the start
+        with nothing else begun."""
+        from .api.server import ApiServer  # aiohttp is imported only when [api] is on
+
+        self.api = ApiServer(self)
+        await self.api.bind()
+        self.supervisor.start("http api", self.api.serve)
 
     async def _open_outbox(self) -> Store | None:
         """Open the outbox, waiting for as long as it cannot be (a full disk, an I/O error):
@@ -287,7 +311,8 @@ class Daemon:
         render = replace(new.render, segmenting=self.config.render.segmenting)
         self.config = replace(self.config, rules=new.rules, render=render, phone=new.phone,
                               optout=new.optout, policy=new.policy, dispatch=new.dispatch,
-                              keep_days=new.keep_days, replies=new.replies, webhooks=new.webhooks)
+                              keep_days=new.keep_days, replies=new.replies, webhooks=new.webhooks,
+                              api=_reloaded_api(self.config.api, new.api))
         if keep_days_changed:
             self._start_pruning()
         if self.handler:
@@ -332,8 +357,10 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         sources = [s.status() for s in self.sources]
         transport = self.transport.status() if self.transport else {}
-        if self.transport:
-            self.metrics.transport_up.labels(self.transport.name).set(1 if _is_up(transport) else 0)
+        # Several transports (routes): one entry each, beside routing's summary.
+        transports: list[dict[str, Any]] = transport.pop("transports", None) or ([transport] if transport else [])
+        for each in transports:  # routing says "up" itself: what it fails over on
+            self.metrics.transport_up.labels(each.get("name", "?")).set(1 if each.get("up", _is_up(each)) else 0)
         restarts = self.supervisor.status()
         for task, count in restarts.items():
             self.metrics.task_restarts.labels(task).set(count)
@@ -344,6 +371,7 @@ class Daemon:
             "updated": utc_now(self.clock).isoformat(timespec="seconds"),
             "sources": sources,
             "transport": transport,
+            **({"transports": transports} if len(transports) > 1 or "routes" in transport else {}),
             "queue_depth": self.outbox.queue_depth() if self.outbox else self._queue_depth,
             "submitted_since_start": self.dispatcher.sent_total if self.dispatcher else 0,
             "task_restarts": restarts,
@@ -381,6 +409,8 @@ class Daemon:
     async def stop(self) -> None:
         """SIGTERM: take no new calls, let in-flight submits finish, unbind, close."""
         await self.supervisor.stop()
+        if self.api:
+            await self.api.close()  # what requests in progress queued is written
         if self.backfill:
             await self.backfill.stop()
         if self.store:
@@ -420,16 +450,42 @@ def _track_unwritten(metrics: Metrics, handler: CallHandler) -> None:
           ).set_function(lambda: handler.dropped)
 
 
+def _members(transport: Transport | None) -> list[Transport]:
+    """The transports that send: routing's members, or the one transport."""
+    if isinstance(transport, RoutedTransport):
+        return [m.transport for m in transport.members]
+    return [transport] if transport is not None else []
+
+
+def _register_transport_metrics(metrics: Metrics, transport: Transport | None) -> None:
+    """Each transport's own gauges (binds and window; modem signal and registration), one
+    collector per type, and routing's per-transport counts."""
+    by_type: dict[str, list[Transport]] = {}
+    for member in _members(transport):
+        kind = str(member.status().get("type", "log"))
+        if kind in ("smpp", "modem"):
+            by_type.setdefault(kind, []).append(member)
+    for kind, members in by_type.items():
+        importlib.import_module(f"aftercalld.{kind}.metrics").register_metrics(metrics.registry, *members)
+    if isinstance(transport, RoutedTransport):
+        from .routing import register_metrics
+
+        register_metrics(metrics.registry, transport)
+
+
 def _transport_tasks(transport: Transport | None) -> list[tuple[str, asyncio.Task]]:
     """The tasks a transport keeps running for its whole life (its links to the SMSC or
-    the modem). They catch their own errors; one that ends anyway is a bug."""
+    the modem, routing's watch). They catch their own errors; one that ends anyway is a bug."""
     tasks: list[tuple[str, asyncio.Task]] = []
-    link = getattr(transport, "link", None)
-    if link is not None and getattr(link, "task", None) is not None:
-        tasks.append((f"transport {transport.name} (modem link)", link.task))  # type: ignore[union-attr]
-    for slot in getattr(transport, "_slots", ()):
-        if getattr(slot, "task", None) is not None:
-            tasks.append((f"transport {transport.name} {slot.label}", slot.task))  # type: ignore[union-attr]
+    if isinstance(transport, RoutedTransport) and transport.task is not None:
+        tasks.append((f"transport {transport.name} (failover watch)", transport.task))
+    for member in _members(transport):
+        link = getattr(member, "link", None)
+        if link is not None and getattr(link, "task", None) is not None:
+            tasks.append((f"transport {member.name} (modem link)", link.task))
+        for slot in getattr(member, "_slots", ()):
+            if getattr(slot, "task", None) is not None:
+                tasks.append((f"transport {member.name} {slot.label}", slot.task))
     return tasks
 
 
@@ -446,15 +502,29 @@ def _needs_restart(old: Config, new: Config) -> list[str]:
                 after, getattr(after, "settings", None), getattr(after, "cdr", None)):
             verb = "added" if name not in old_pbxs else "removed" if name not in new_pbxs else "changed"
             changed.append(f"[[pbx]] {name!r} was {verb}")
-    if old.transport.type != new.transport.type:
+    if len(old.all_transports) == len(new.all_transports) == 1 and old.transport.type != new.transport.type:
         changed.append(f"[transport] type was changed ({old.transport.type} → {new.transport.type})")
-    elif old.transport != new.transport:
+    elif old.all_transports != new.all_transports:
         changed.append("[transport] was changed")
+    if old.routes != new.routes:
+        changed.append("[[route]] was changed")
     if old.outbox_path != new.outbox_path:
         changed.append("[general] outbox was changed")
     if old.metrics_listen != new.metrics_listen:
         changed.append("[metrics] listen was changed")
+    if (old.api is None) != (new.api is None):
+        changed.append(f"[api] was {'enabled' if new.api else 'disabled'}")
+    elif old.api and new.api and (old.api.listen, old.api.max_body_bytes) != (new.api.listen, new.api.max_body_bytes):
+        changed.append("[api] listen or max_body_bytes was changed")
     return changed
+
+
+def _reloaded_api(old: ApiConfig | None, new: ApiConfig | None) -> ApiConfig | None:
+    """Tokens, sender and max_segments take effect at a reload (a token can be revoked
+    without a restart); the listener stays as it is (see _needs_restart)."""
+    if old is None or new is None:
+        return old
+    return replace(new, host=old.host, port=old.port, max_body_bytes=old.max_body_bytes)
 
 
 def _is_up(status: dict[str, Any]) -> bool:

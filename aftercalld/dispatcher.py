@@ -1,6 +1,7 @@
 """Takes due messages from the outbox, hands them to the transport, records what happened.
 
-The dispatcher keeps the transport's window full (`max_in_flight`), checks the opt-out list
+The dispatcher keeps the transport's window full (`max_in_flight`; several transports sit
+behind one `routing.RoutedTransport`, which picks each text's), checks the opt-out list
 before every send, retries transient failures with backoff until the time-to-live, and
 writes outcomes and delivery reports in batches: everything that completes within one
 turn of the event loop goes into one SQLite transaction.
@@ -284,7 +285,7 @@ class Dispatcher:
             self._in_flight.discard(asyncio.current_task())
 
     def _outcome_record(self, message: OutboundMessage, outcome: SubmitOutcome) -> OutcomeRecord:
-        name = self.transport.name
+        name = outcome.via or self.transport.name  # via: the one transport routing chose
         if outcome.kind is OutcomeKind.SUBMITTED:
             return OutcomeRecord(message, MessageState.SUBMITTED, "", outcome.message_ids, transport=name)
         if outcome.kind is OutcomeKind.PERMANENT:

@@ -34,6 +34,7 @@ SHIPPED: tuple[Shipped, ...] = (
     Shipped("examples/esl.toml", "", 0o644, "the [[pbx]] keys of a FreeSWITCH event socket"),
     Shipped("examples/smpp.toml", "", 0o644, "the [transport] keys of an SMPP bind"),
     Shipped("examples/modem.toml", "", 0o644, "the [transport] keys of a GSM modem"),
+    Shipped("examples/routes.toml", "", 0o644, "several [[transport]] tables and [[route]]s with failover"),
     Shipped("systemd/aftercalld.service", "/etc/systemd/system/aftercalld.service", 0o644,
             "the systemd unit (Type=notify, watchdog, hardening)"),
     Shipped("systemd/aftercalld.sysusers", "/usr/lib/sysusers.d/aftercalld.conf", 0o644,

@@ -317,6 +317,11 @@ class SubmitOutcome:
     message_ids: tuple[str, ...] = ()  # one per part on the wire
     reason: str = ""
     retry_after: float | None = None  # seconds; a transport's hint (throttling)
+    # Some of it may already be on the network (a later part rejected, a submit never
+    # answered): another transport would send it twice, so failover must not try one.
+    partly_sent: bool = False
+    # The transport that produced it, when routes chose among several (the outbox records it).
+    via: str = ""
 
     @classmethod
     def submitted(cls, *message_ids: str) -> SubmitOutcome:
@@ -327,8 +332,8 @@ class SubmitOutcome:
         return cls(OutcomeKind.TRANSIENT, reason=reason, retry_after=retry_after)
 
     @classmethod
-    def permanent(cls, reason: str) -> SubmitOutcome:
-        return cls(OutcomeKind.PERMANENT, reason=reason)
+    def permanent(cls, reason: str, *, partly_sent: bool = False) -> SubmitOutcome:
+        return cls(OutcomeKind.PERMANENT, reason=reason, partly_sent=partly_sent)
 
 
 class ReportState(enum.StrEnum):

@@ -12,6 +12,7 @@ import importlib
 import json
 import logging
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,10 +207,40 @@ def _results_printed_not_logged() -> Iterator[None]:
         dispatcher_log.setLevel(before)
 
 
+class _NotFromThisThread(logging.Filter):
+    """Drops what one thread logs below ERROR; other threads' records pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thread = threading.get_ident()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread != self.thread or record.levelno >= logging.ERROR
+
+
+@contextlib.contextmanager
+def _silenced_in_this_thread() -> Iterator[None]:
+    """For a replay inside the running daemon (the HTTP API's rules test, in a thread of its
+    own): its call decision, dry-run sends and state changes would read in the daemon's log
+    as a real call handled again. The daemon's own lines, from its own thread, still pass."""
+    quiet = _NotFromThisThread()
+    handlers = list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
+
+
 async def replay(records: list[CallRecord] | Iterator[CallRecord], config: Config,
-                 outbox_path: str | None = None, clock: Clock = system_clock) -> list[ReplayResult]:
-    """Each call through rules, outbox, policy and dispatch in turn, at the time it ended."""
-    with tempfile.TemporaryDirectory(prefix="aftercalld-replay-") as tmp, _results_printed_not_logged():
+                 outbox_path: str | None = None, clock: Clock = system_clock, *,
+                 in_daemon: bool = False) -> list[ReplayResult]:
+    """Each call through rules, outbox, policy and dispatch in turn, at the time it ended.
+    `in_daemon`: run in a thread of the running daemon, which must not log any of it."""
+    quiet = _silenced_in_this_thread() if in_daemon else _results_printed_not_logged()
+    with tempfile.TemporaryDirectory(prefix="aftercalld-replay-") as tmp, quiet:
         outbox = Outbox.open(outbox_path or str(Path(tmp) / "outbox.sqlite3"))
         try:
             call_time = CallTime(clock)
@@ -234,5 +265,6 @@ async def replay(records: list[CallRecord] | Iterator[CallRecord], config: Confi
             outbox.close()
 
 
-def replay_sync(records, config: Config, outbox_path: str | None = None) -> list[ReplayResult]:
-    return asyncio.run(replay(records, config, outbox_path))
+def replay_sync(records, config: Config, outbox_path: str | None = None, *,
+                in_daemon: bool = False) -> list[ReplayResult]:
+    return asyncio.run(replay(records, config, outbox_path, in_daemon=in_daemon))

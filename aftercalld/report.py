@@ -255,8 +255,42 @@ def _why_thread(outbox: Outbox, config: Config, number: str, replies: list[dict[
 
 
 def _why_call(outbox: Outbox, config: Config, call: dict[str, Any], out: TextIO) -> None:
+    view = call_view(outbox, config, call)
     # Everything printed came from the PBX or the SMSC: escaped, one line per item.
     esc = escape_controls
+    tz = ZoneInfo(view["time_zone"])
+    start, end, handled = view["start"], view["end"], view["handled"]
+    out.write(f"call {esc(view['call_key'])} at {_when(start or end or handled, tz)}: {esc(view['status'] or '?')} "
+              f"{esc(view['direction'] or '?')} from {esc(view['caller'] or '?')} "
+              f"to {esc(view['dialled'] or '?')}"
+              + (" (backfilled from the PBX's CDR)" if view["backfilled"] else "") + "\n")
+    happened = _when(start or end, tz)
+    if start and end:
+        same_day = start.astimezone(tz).date() == end.astimezone(tz).date()
+        happened = f"{_when(start, tz, zone=False)} to " + (end.astimezone(tz).strftime("%H:%M:%S %Z")
+                                                           if same_day else _when(end, tz))
+    late = end is None or abs(handled.timestamp() - end.timestamp()) >= _HANDLED_LATE_SECONDS
+    out.write(f"  happened {happened} ({tz.key})"
+              + (f"; handled by aftercalld {_when(handled, tz)}" if late else "") + "\n")
+    out.write(f"  decision: {esc(view['decision'])}\n")
+    rules_now = view["rules_now"]
+    if rules_now is not None:
+        version = f"with the rules now in {rules_now['config']}"
+        if rules_now["edited_after_call"] is not None:
+            version += (f" (edited {_when(rules_now['edited_after_call'], tz)}, after this call: "
+                        f"the rules then may have differed)")
+        out.write(f"  each rule, {esc(version)}:\n")
+        for skipped in rules_now["skipped"]:
+            out.write(f"    {esc(repr(skipped['rule']))}: {esc(skipped['reason'])}\n")
+        if rules_now["would_match"] is not None:
+            out.write(f"    {esc(repr(rules_now['would_match']))} would match now\n")
+    for message in view["messages"]:
+        _why_message(message, tz, out)
+
+
+def call_view(outbox: Outbox, config: Config, call: dict[str, Any]) -> dict[str, Any]:
+    """What `why` knows of one call (a row of Outbox.calls), as data: `why` prints it, the
+    HTTP API serves it as JSON. Times are aware datetimes in the PBX's time zone."""
     data = json.loads(call["record"])
     tz = config.timezone_for(call["pbx"])
     try:
@@ -266,65 +300,101 @@ def _why_call(outbox: Outbox, config: Config, call: dict[str, Any], out: TextIO)
     start = record.start_time if record else None
     end = record.end_time if record else None
     handled = call["created_at"]
-    out.write(f"call {esc(call['call_key'])} at {_when(start or end or handled, tz)}: {esc(data.get('status', '?'))} "
-              f"{esc(data.get('direction', '?'))} from {esc(data.get('caller_number') or '?')} "
-              f"to {esc(data.get('dialled_number') or '?')}"
-              + (" (backfilled from the PBX's CDR)" if data.get("source") == "cdr" else "") + "\n")
-    happened = _when(start or end, tz)
-    if start and end:
-        same_day = start.astimezone(tz).date() == end.astimezone(tz).date()
-        happened = f"{_when(start, tz, zone=False)} to " + (end.astimezone(tz).strftime("%H:%M:%S %Z")
-                                                           if same_day else _when(end, tz))
-    late = end is None or abs(handled - end.timestamp()) >= _HANDLED_LATE_SECONDS
-    out.write(f"  happened {happened} ({tz.key})"
-              + (f"; handled by aftercalld {_when(handled, tz)}" if late else "") + "\n")
-    out.write(f"  decision: {esc(call['decision'])}\n")
+    rules_now = None
     if call["rule"] is None and record is not None and config.rules.rules:
-        _why_no_rule(config, record, tz, handled, out)
+        rules_now = _rules_now(config, record, tz, handled)
     messages = outbox.messages(call_key=call["call_key"])
     parts = outbox.parts(m["id"] for m in messages)
-    for m in messages:
-        _why_message(m, parts.get(m["id"], []), tz, out)
+    return {
+        "call_key": call["call_key"],
+        "pbx": call["pbx"],
+        "call_id": call["call_id"],
+        "time_zone": tz.key,
+        "status": data.get("status"),
+        "direction": data.get("direction"),
+        "caller": data.get("caller_number") or None,
+        "dialled": data.get("dialled_number") or None,
+        "backfilled": data.get("source") == "cdr",
+        "start": start.astimezone(tz) if start else None,
+        "end": end.astimezone(tz) if end else None,
+        "handled": _moment(handled, tz),
+        "rule": call["rule"],
+        "decision": call["decision"],
+        "rules_now": rules_now,
+        "messages": [message_view(m, parts.get(m["id"], []), tz) for m in messages],
+    }
 
 
-def _why_no_rule(config: Config, record: CallRecord, tz: ZoneInfo, handled: float, out: TextIO) -> None:
+def _rules_now(config: Config, record: CallRecord, tz: ZoneInfo, handled: float) -> dict[str, Any]:
     """Each rule's failed condition. The hot path stores no reasons (formatting them for
     every call costs more than matching), so the rules are asked again: today's rules,
     which may not be the ones that decided."""
-    version = f"with the rules now in {config.file}"
     try:
         edited = os.stat(config.file).st_mtime
     except OSError:
         edited = None
-    if edited is not None and edited > handled:
-        version += f" (edited {_when(edited, tz)}, after this call: the rules then may have differed)"
     selection = config.rules.select(record, tz, explain=True)
-    out.write(f"  each rule, {escape_controls(version)}:\n")
-    for name, reason in selection.skipped:
-        out.write(f"    {escape_controls(repr(name))}: {escape_controls(reason)}\n")
-    if selection.rule is not None:
-        out.write(f"    {escape_controls(repr(selection.rule.name))} would match now\n")
+    return {
+        "config": config.file,
+        "edited_after_call": _moment(edited, tz) if edited is not None and edited > handled else None,
+        "skipped": [{"rule": name, "reason": reason} for name, reason in selection.skipped],
+        "would_match": selection.rule.name if selection.rule is not None else None,
+    }
 
 
-def _why_message(m: dict[str, Any], parts: list[dict[str, Any]], tz: ZoneInfo, out: TextIO) -> None:
+def _moment(ts: float | None, tz: tzinfo) -> datetime | None:
+    return datetime.fromtimestamp(ts, UTC).astimezone(tz) if ts else None
+
+
+def message_view(m: dict[str, Any], parts: list[dict[str, Any]], tz: tzinfo) -> dict[str, Any]:
+    """One message (a row of Outbox.messages) and its parts' receipts, as data."""
+    waiting = m["state"] in (MessageState.QUEUED, MessageState.RETRYING)
+    return {
+        "id": m["id"],
+        "key": m["key"],
+        "call_key": m["call_key"] or None,
+        "rule": m["rule"],
+        "recipient": m["recipient_kind"],
+        "to": m["destination"] or m["raw_number"] or None,
+        "destination": m["destination"],  # E.164; None when the number itself was refused
+        "sender": m["sender"],
+        "transport": m.get("transport"),  # the transport that sent it, or last tried
+        "text": m["text"],
+        "encoding": m["encoding"],
+        "segments": m["segments"],
+        "state": m["state"],
+        "reason": m["reason"],
+        "attempts": m["attempts"],
+        "created": _moment(m["created_at"], tz),
+        "next_attempt": _moment(m["next_attempt_at"], tz) if waiting else None,
+        "submitted": _moment(m["submitted_at"], tz),
+        "final": _moment(m["final_at"], tz),
+        "parts": [{"part": p["part"], "transport_id": p["transport_id"],
+                   "receipt": None if p["state"] == MessageState.SUBMITTED else p["state"],
+                   "error": p["error"], "updated": _moment(p["updated_at"], tz)} for p in parts],
+    }
+
+
+def _why_message(m: dict[str, Any], tz: ZoneInfo, out: TextIO) -> None:
     esc = escape_controls
-    out.write(f"  {m['recipient_kind']} {esc(m['destination'] or m['raw_number'] or '?')}: {esc(m['state'])}"
+    out.write(f"  {m['recipient']} {esc(m['to'] or '?')}: {esc(m['state'])}"
               + (f" ({esc(m['reason'])})" if m["reason"] else "") + "\n")
-    out.write(f"    from {esc(m['sender'])}, {m['segments']} segment(s) {m['encoding']}, "
+    via = f" via {esc(m['transport'])}" if m.get("transport") else ""  # the transport that last tried it
+    out.write(f"    from {esc(m['sender'])}{via}, {m['segments']} segment(s) {m['encoding']}, "
               f"{m['attempts']} attempt(s)\n")
     for line in m["text"].splitlines() or [""]:
         out.write(f"    | {esc(line)}\n")
-    times = [f"recorded {_when(m['created_at'], tz)}"]
-    if m["state"] in (MessageState.QUEUED, MessageState.RETRYING) and m["next_attempt_at"]:
-        times.append(f"next attempt {_when(m['next_attempt_at'], tz)}")
-    if m["submitted_at"]:
-        times.append(f"submitted {_when(m['submitted_at'], tz)}")
-    if m["final_at"]:
-        times.append(f"final {_when(m['final_at'], tz)}")
+    times = [f"recorded {_when(m['created'], tz)}"]
+    if m["next_attempt"]:
+        times.append(f"next attempt {_when(m['next_attempt'], tz)}")
+    if m["submitted"]:
+        times.append(f"submitted {_when(m['submitted'], tz)}")
+    if m["final"]:
+        times.append(f"final {_when(m['final'], tz)}")
     out.write(f"    {', '.join(times)}\n")
-    for p in parts:
-        receipt = (f"receipt {esc(p['state'])}" + (f" ({esc(p['error'])})" if p["error"] else "")
-                   + f" at {_when(p['updated_at'], tz)}") if p["state"] != MessageState.SUBMITTED else "no receipt yet"
+    for p in m["parts"]:
+        receipt = (f"receipt {esc(p['receipt'])}" + (f" ({esc(p['error'])})" if p["error"] else "")
+                   + f" at {_when(p['updated'], tz)}") if p["receipt"] is not None else "no receipt yet"
         out.write(f"    part {p['part']} id {esc(p['transport_id'])}: {receipt}\n")
 
 
@@ -358,6 +428,8 @@ def status(outbox: Outbox, config: Config, fmt: str, out: TextIO, clock: Clock =
         "last_call": _iso(outbox.last_call_time(), config) or None,
         "pbxs": [{"name": p.name, "type": p.type} for p in config.pbxs],
         "transport": config.transport.type,
+        "transports": [{"name": t.label, "type": t.type} for t in config.all_transports],
+        "routes": [r.name for r in config.routes],
     }
     if instances is not None:
         info["instances"] = instances
@@ -382,7 +454,10 @@ def status(outbox: Outbox, config: Config, fmt: str, out: TextIO, clock: Clock =
                       + "\n")
         for source in live.get("sources") or []:
             _block(out, "pbx", source, tz)
-        if live.get("transport"):
+        if live.get("transports"):  # several, behind routes: one block each
+            for transport in live["transports"]:
+                _block(out, "transport", transport, tz)
+        elif live.get("transport"):
             _block(out, "transport", live["transport"], tz)
     out.write(f"\noutbox {info['outbox']}\n")
     out.write(f"  {info['queue_depth']} waiting to be sent; {sent_today} submitted today"
@@ -392,7 +467,7 @@ def status(outbox: Outbox, config: Config, fmt: str, out: TextIO, clock: Clock =
     out.write("  messages by state: " + (", ".join(f"{k} {v}" for k, v in sorted(info["states"].items()))
                                          or "none") + "\n")
     if down is not None:
-        out.write(f"\nconfigured: transport {config.transport.type}; PBXs: "
+        out.write(f"\nconfigured: transport {_configured_transports(config)}; PBXs: "
                   + (", ".join(f"{p.name} ({p.type})" for p in config.pbxs) or "none") + "\n")
     return code
 
@@ -426,6 +501,12 @@ def _write_instances(out: TextIO, instances: list[dict[str, Any]], tz: ZoneInfo)
             _block(out, "  pbx", source, tz)
         if info.get("transport"):
             _block(out, "  transport", info["transport"], tz)
+
+
+def _configured_transports(config: Config) -> str:
+    if len(config.all_transports) == 1:
+        return config.transport.type
+    return ", ".join(f"{t.label} ({t.type})" for t in config.all_transports)
 
 
 # Fields of the daemon's status record that hold a time: epochs or UTC ISO strings.

@@ -6,8 +6,8 @@ import asyncio
 import sys
 
 from .clock import Clock, system_clock, utc_now
-from .config import Config, sender_problem
-from .daemon import make_transport
+from .config import Config, TransportConfig, sender_problem
+from .daemon import build_transport
 from .model import CallRecord, CallStatus, DeliveryReport, Direction, InboundMessage, OutboundMessage, RecipientKind
 from .rules.encoding import segment
 from .rules.render import render
@@ -28,6 +28,17 @@ class _Printer:
 
     def inbound_message(self, message: InboundMessage) -> None:
         print(f"reply from {message.sender} ({len(message.text)} characters)")
+
+
+def _transport_for(config: Config, e164: str, rule: str, name: str | None) -> TransportConfig | None:
+    """The named transport, else the first of the route the number takes (None: no such name)."""
+    by_name = {t.label: t for t in config.all_transports}
+    if name is not None:
+        return by_name.get(name)
+    for route in config.routes:
+        if route.matches(e164, rule):
+            return by_name[route.transports[0]]
+    return config.transport
 
 
 async def _held_back(config: Config, e164: str) -> str | None:
@@ -53,7 +64,7 @@ async def _held_back(config: Config, e164: str) -> str | None:
 
 async def send_test(config: Config, number: str, *, rule_name: str | None, text: str | None,
                     timeout: float, sender: str | None = None, force: bool = False,
-                    clock: Clock = system_clock) -> int:
+                    clock: Clock = system_clock, transport_name: str | None = None) -> int:
     now = utc_now(clock)
     check = config.phone.check(number)
     if check.e164 is None:
@@ -88,13 +99,19 @@ async def send_test(config: Config, number: str, *, rule_name: str | None, text:
     sender = chosen_sender or sender
     text = text or DEFAULT_TEXT
     info = segment(text, config.render.segmenting)
-    print(f"to {check.e164} from {sender} via {config.transport.type}: {info.encoding.value}, "
+    chosen = _transport_for(config, check.e164, rule_name or "send-test", transport_name)
+    if chosen is None:
+        print(f"aftercalld: --transport: no transport named {transport_name!r} (defined: "
+              f"{', '.join(t.label for t in config.all_transports)})", file=sys.stderr)
+        return 2
+    named = chosen.type if len(config.all_transports) == 1 else f"{chosen.label} ({chosen.type})"
+    print(f"to {check.e164} from {sender} via {named}: {info.encoding.value}, "
           f"{info.units} units, {info.segments} part(s)")
     message = OutboundMessage(id=0, key="send-test", call_id="send-test", rule=rule_name or "send-test",
                               recipient_kind=RecipientKind.FIXED, destination=check.e164, sender=sender,
                               text=text, encoding=info.encoding, segments=info.segments, created_at=now,
                               options=options)
-    transport = make_transport(config)
+    transport = build_transport(chosen)  # that one alone: a test says which carrier it tried
     probe = getattr(transport, "probe", None)  # SMPP: one bind attempt, not a retry loop
     if probe is not None:
         problem = await probe()
@@ -116,7 +133,8 @@ async def send_test(config: Config, number: str, *, rule_name: str | None, text:
     finally:
         await transport.close()
     if outcome.message_ids:
-        print(f"{outcome.kind.value}: message id(s) {', '.join(outcome.message_ids)}")
+        via = f" via {outcome.via}" if outcome.via else ""
+        print(f"{outcome.kind.value}{via}: message id(s) {', '.join(outcome.message_ids)}")
     else:
         print(f"{outcome.kind.value}: {outcome.reason}")
     return 0 if outcome.kind.value == "submitted" else 1

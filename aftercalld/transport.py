@@ -43,6 +43,12 @@ class Transport(abc.ABC):
     async def close(self) -> None:
         """Stop taking sends, let in-flight ones finish or fail, unbind, disconnect."""
 
+    def is_up(self) -> bool:
+        """Whether a send now can go out (an SMPP bind, a registered modem). Routes fail
+        over from a transport that has not been up for its `failover_after` seconds; it
+        is asked often, so it must be cheap."""
+        return True
+
     def status(self) -> dict[str, Any]:
         """A small JSON-able summary for `aftercalld status` and STATUS=."""
         return {"name": self.name}

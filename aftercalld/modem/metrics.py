@@ -13,36 +13,38 @@ from .transport import ModemTransport
 
 
 class ModemCollector:
-    def __init__(self, transport: ModemTransport) -> None:
-        self.transport = transport
+    """Every modem of the daemon (routes can have several): one family per metric."""
+
+    def __init__(self, *transports: ModemTransport) -> None:
+        self.transports = transports
 
     def collect(self) -> Iterator[Metric]:
-        t = self.transport
-        name = [t.name]
         signal = GaugeMetricFamily("aftercalld_modem_signal_dbm",
                                    "Signal strength the modem reports (AT+CSQ), dBm; NaN when unknown",
                                    labels=["transport"])
-        signal.add_metric(name, math.nan if t.rssi is None else -113 + 2 * t.rssi)
-        yield signal
         registered = GaugeMetricFamily("aftercalld_modem_registered",
                                        "1 when registered on the home or a roaming network",
                                        labels=["transport"])
-        registered.add_metric(name, 1.0 if t.registration in REGISTERED_STATES else 0.0)
-        yield registered
         ready = GaugeMetricFamily("aftercalld_modem_ready", "1 when the modem can take texts",
                                   labels=["transport"])
-        ready.add_metric(name, 1.0 if t.status()["ready"] else 0.0)
-        yield ready
         resets = CounterMetricFamily("aftercalld_modem_resets",
                                      "Times the serial port was reopened after a hang or a disappearance",
                                      labels=["transport"])
-        resets.add_metric(name, t.resets)
-        yield resets
         parts = CounterMetricFamily("aftercalld_modem_parts_sent", "SMS parts the modem accepted (+CMGS)",
                                     labels=["transport"])
-        parts.add_metric(name, t.parts_sent)
+        for t in self.transports:
+            name = [t.name]
+            signal.add_metric(name, math.nan if t.rssi is None else -113 + 2 * t.rssi)
+            registered.add_metric(name, 1.0 if t.registration in REGISTERED_STATES else 0.0)
+            ready.add_metric(name, 1.0 if t.status()["ready"] else 0.0)
+            resets.add_metric(name, t.resets)
+            parts.add_metric(name, t.parts_sent)
+        yield signal
+        yield registered
+        yield ready
+        yield resets
         yield parts
 
 
-def register_metrics(registry: CollectorRegistry, transport: ModemTransport) -> None:
-    registry.register(ModemCollector(transport))
+def register_metrics(registry: CollectorRegistry, *transports: ModemTransport) -> None:
+    registry.register(ModemCollector(*transports))

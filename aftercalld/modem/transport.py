@@ -65,6 +65,9 @@ class ModemTransport(Transport):
         self.inbox.events = events
         await self.link.start()
 
+    def is_up(self) -> bool:
+        return self.link.ready.is_set() and not self.link.closing
+
     async def wait_ready(self, timeout: float | None = None) -> bool:
         """True once the modem can take sends (for the CLI's send-test and for tests)."""
         try:
@@ -192,7 +195,7 @@ class ModemTransport(Transport):
         reason = f"only {len(ids)} of {total} parts sent (references {','.join(ids)}): {outcome.reason}"
         log.error("%s: %s to %s; not retried, to avoid a double text", self.name, reason,
                   message.destination, extra=log_fields)
-        return SubmitOutcome.permanent(reason)
+        return SubmitOutcome.permanent(reason, partly_sent=True)
 
     async def _send_part(self, part: pdu.SubmitPdu, index: int, total: int,
                          log_fields: dict) -> str | SubmitOutcome:

@@ -27,40 +27,44 @@ _COUNTERS = (
 
 
 class SmppCollector:
-    def __init__(self, transport: SmppTransport) -> None:
-        self.transport = transport
+    """Every SMPP transport of the daemon (routes can have several): one family per
+    metric, a sample per transport, as Prometheus wants each name only once."""
+
+    def __init__(self, *transports: SmppTransport) -> None:
+        self.transports = transports
 
     def collect(self) -> Iterator[Metric]:
-        t = self.transport
-        status = t.status()
-        name = [t.name]
         bound = GaugeMetricFamily("aftercalld_smpp_sessions_bound", "SMPP binds currently up",
                                   labels=["transport"])
-        bound.add_metric(name, status["bound"])
-        yield bound
         configured = GaugeMetricFamily("aftercalld_smpp_sessions_configured", "SMPP binds configured",
                                        labels=["transport"])
-        configured.add_metric(name, status["configured"])
-        yield configured
         outstanding = GaugeMetricFamily("aftercalld_smpp_outstanding_requests",
                                         "Requests awaiting the SMSC's response, all sessions",
                                         labels=["transport"])
-        outstanding.add_metric(name, sum(s["outstanding"] for s in status["sessions"]))
-        yield outstanding
         binds = CounterMetricFamily("aftercalld_smpp_binds", "Successful binds since start (re-binds included)",
                                     labels=["transport"])
-        binds.add_metric(name, sum(s["binds"] for s in status["sessions"]))
-        yield binds
-        for key, metric, help_ in _COUNTERS:
-            family = CounterMetricFamily(metric, help_, labels=["transport"])
-            family.add_metric(name, t.counters.get(key, 0))
-            yield family
+        counters = [(key, CounterMetricFamily(metric, help_, labels=["transport"])) for key, metric, help_ in _COUNTERS]
         errors = CounterMetricFamily("aftercalld_smpp_submit_errors", "submit_sm answered with an error, by "
                                      "command_status", labels=["transport", "command_status"])
-        for status_name, count in sorted(t.error_statuses.items()):
-            errors.add_metric([t.name, status_name], count)
+        for t in self.transports:
+            status = t.status()
+            name = [t.name]
+            bound.add_metric(name, status["bound"])
+            configured.add_metric(name, status["configured"])
+            outstanding.add_metric(name, sum(s["outstanding"] for s in status["sessions"]))
+            binds.add_metric(name, sum(s["binds"] for s in status["sessions"]))
+            for key, family in counters:
+                family.add_metric(name, t.counters.get(key, 0))
+            for status_name, count in sorted(t.error_statuses.items()):
+                errors.add_metric([t.name, status_name], count)
+        yield bound
+        yield configured
+        yield outstanding
+        yield binds
+        for _, family in counters:
+            yield family
         yield errors
 
 
-def register_metrics(registry: CollectorRegistry, transport: SmppTransport) -> None:
-    registry.register(SmppCollector(transport))
+def register_metrics(registry: CollectorRegistry, *transports: SmppTransport) -> None:
+    registry.register(SmppCollector(*transports))

@@ -157,6 +157,13 @@ class Session(asyncio.Protocol):
             else:
                 self._transport.abort()
 
+    @property
+    def can_send(self) -> bool:
+        """Bound, and its connection not closing: `bound` is cleared by connection_lost,
+        which asyncio calls a loop turn after the close (failover asks in between)."""
+        transport = self._transport
+        return self.bound and transport is not None and not transport.is_closing()
+
     # -- requests --------------------------------------------------------------------------
 
     def send_request(self, command_id: int, body: bytes = b"", *, hold: bool = False) -> asyncio.Future:

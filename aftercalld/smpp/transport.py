@@ -116,6 +116,9 @@ class SmppTransport(Transport):
         for slot in self._slots:
             slot.task = asyncio.create_task(self._supervise(slot), name=f"{self.name}:{slot.label}")
 
+    def is_up(self) -> bool:
+        return not self._closing and any(slot.session is not None and slot.session.can_send for slot in self._senders)
+
     def all_bound(self) -> bool:
         return all(slot.session is not None and slot.session.bound for slot in self._slots)
 
@@ -427,7 +430,7 @@ class SmppTransport(Transport):
                     of_part = f" of {part}" if part else ""
                     return SubmitOutcome.permanent(
                         f"{unanswered} submits{of_part} never answered ({exc}); not sent again: "
-                        f"the SMSC may have taken them")
+                        f"the SMSC may have taken them", partly_sent=True)
                 self.counters["link_retries"] += 1
                 continue
             finally:
@@ -472,7 +475,8 @@ class SmppTransport(Transport):
             log.warning("%s: %s %s to %s rejected: %s", self.name, message.key, part,
                         message.destination, describe(status),
                         extra=fields(call_id=message.call_id, recipient=message.destination))
-            return SubmitOutcome.permanent(f"{name} {part}".strip())
+            # A later part: the first ones are on their way, so no other route may send it all again.
+            return SubmitOutcome.permanent(f"{name} {part}".strip(), partly_sent=index > 1)
         log.warning("%s: %s %s to %s not submitted: %s", self.name, message.key, part,
                     message.destination, reason,
                     extra=fields(call_id=message.call_id, recipient=message.destination))

@@ -201,6 +201,9 @@ class InlineOutbox:
     async def parts(self, message_ids: Iterable[int]) -> dict[int, list[dict[str, Any]]]:
         return self.sync.parts(message_ids)
 
+    async def messages_by_id(self, message_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        return self.sync.messages_by_id(message_ids)
+
     async def orphan_reports(self) -> list[dict[str, Any]]:
         return self.sync.orphan_reports()
 

@@ -618,7 +618,7 @@ class PgOutbox:
         return transitions
 
     async def _apply_report(self, report: DeliveryReport, now: float) -> Transition | None:
-        target = await self._match_part(report.message_id, loose=False)
+        target = await self._match_part(report.message_id, loose=False, transport=report.transport)
         if target is None:
             if report.state in REPORT_TO_STATE:
                 await self.conn.execute(
@@ -639,11 +639,14 @@ class PgOutbox:
             (_storable(report.transport), _storable(report.message_id), str(getattr(report.state, "value", "")),
              _storable(f"unmatchable: {reason}"), _storable(report.raw, 4096), now))
 
-    async def _match_part(self, transport_id: str, *, loose: bool) -> tuple[int, int] | None:
+    async def _match_part(self, transport_id: str, *, loose: bool, transport: str = "") -> tuple[int, int] | None:
+        # As the SQLite outbox: a part the receipt's own transport sent first, then the newest.
         keys = msgid.candidate_keys(transport_id) if loose else [msgid.match_key(transport_id)]
         for key in keys:
             cur = await self.conn.execute(
-                "SELECT message_id, part FROM parts WHERE match_key = %s ORDER BY message_id DESC LIMIT 1", (key,))
+                "SELECT p.message_id, p.part FROM parts p JOIN messages m ON m.id = p.message_id "
+                "WHERE p.match_key = %s ORDER BY (m.transport IS NOT DISTINCT FROM %s) DESC, p.message_id DESC "
+                "LIMIT 1", (key, transport))
             row = await cur.fetchone()
             if row:
                 return row[0], row[1]
@@ -678,12 +681,12 @@ class PgOutbox:
     async def _apply_orphans(self, match_keys: Iterable[str], now: float) -> list[Transition]:
         transitions: list[Transition] = []
         cur = await self.conn.execute(
-            "SELECT id, transport_id, state, error FROM orphan_reports WHERE matched <= 0 "
+            "SELECT id, transport_id, state, error, transport FROM orphan_reports WHERE matched <= 0 "
             "AND match_key = ANY(%s) ORDER BY id", (sorted(set(match_keys)),))
-        for orphan_id, transport_id, state, error in await cur.fetchall():
+        for orphan_id, transport_id, state, error, transport in await cur.fetchall():
             try:
                 async with self.conn.transaction():
-                    target = await self._match_part(transport_id, loose=False)
+                    target = await self._match_part(transport_id, loose=False, transport=transport)
                     if target is None:
                         continue
                     await self.conn.execute("UPDATE orphan_reports SET matched = 1 WHERE id = %s", (orphan_id,))
@@ -701,12 +704,12 @@ class PgOutbox:
         transitions: list[Transition] = []
         async with self.conn.transaction():
             cur = await self.conn.execute(
-                "SELECT id, transport_id, state, error FROM orphan_reports WHERE matched = 0 AND received_at <= %s "
-                "ORDER BY id FOR UPDATE SKIP LOCKED", (received_before,))
-            for orphan_id, transport_id, state, error in await cur.fetchall():
+                "SELECT id, transport_id, state, error, transport FROM orphan_reports WHERE matched = 0 "
+                "AND received_at <= %s ORDER BY id FOR UPDATE SKIP LOCKED", (received_before,))
+            for orphan_id, transport_id, state, error, transport in await cur.fetchall():
                 try:
                     async with self.conn.transaction():
-                        target = await self._match_part(transport_id, loose=True)
+                        target = await self._match_part(transport_id, loose=True, transport=transport)
                         await self.conn.execute("UPDATE orphan_reports SET matched = %s WHERE id = %s",
                                                 (1 if target else -1, orphan_id))
                         if target is None:
@@ -948,6 +951,13 @@ class PgOutbox:
                 "WHERE message_id = ANY(%s) ORDER BY message_id, part", [sorted(set(message_ids))]):
             found.setdefault(part["message_id"], []).append(part)
         return found
+
+    async def messages_by_id(self, message_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        rows = await self._dicts(
+            "SELECT m.*, (SELECT string_agg(p.transport_id, ' ' ORDER BY p.part) FROM parts p "
+            "WHERE p.message_id = m.id) AS transport_ids FROM messages m WHERE m.id = ANY(%s)",
+            [sorted(set(message_ids))])
+        return {row["id"]: row for row in rows}
 
     async def orphan_reports(self) -> list[dict[str, Any]]:
         return await self._dicts("SELECT * FROM orphan_reports WHERE matched <= 0 ORDER BY id")

@@ -699,7 +699,7 @@ class Outbox:
         return transitions
 
     def _apply_report(self, report: DeliveryReport, now: float) -> Transition | None:
-        target = self._match_part(report.message_id, loose=False)
+        target = self._match_part(report.message_id, loose=False, transport=report.transport)
         if target is None:
             if report.state in REPORT_TO_STATE:
                 self.conn.execute(
@@ -724,13 +724,16 @@ class Outbox:
              bounded(f"unmatchable: {reason}"), bounded(str(report.raw), 4096), now),
         )
 
-    def _match_part(self, transport_id: str, *, loose: bool) -> tuple[int, int] | None:
-        # Among parts with the same key, the newest (a modem's 8-bit reference wraps).
+    def _match_part(self, transport_id: str, *, loose: bool, transport: str = "") -> tuple[int, int] | None:
+        # Among parts with the same key, one sent by the receipt's own transport (two SMSCs
+        # behind routes may both number from 1), then the newest (a modem's 8-bit reference
+        # wraps). Any transport's part matches: one renamed in the config still settles.
         keys = msgid.candidate_keys(transport_id) if loose else [msgid.match_key(transport_id)]
         for key in keys:
             row = self.conn.execute(
-                "SELECT message_id, part FROM parts WHERE match_key = ? ORDER BY message_id DESC LIMIT 1",
-                (key,),
+                "SELECT p.message_id, p.part FROM parts p JOIN messages m ON m.id = p.message_id "
+                "WHERE p.match_key = ? ORDER BY m.transport IS ? DESC, p.message_id DESC LIMIT 1",
+                (key, transport),
             ).fetchone()
             if row:
                 return row[0], row[1]
@@ -773,13 +776,13 @@ class Outbox:
         for i in range(0, len(keys), 500):
             chunk = keys[i:i + 500]
             orphans = self.conn.execute(
-                f"SELECT id, transport_id, state, error FROM orphan_reports WHERE matched <= 0 "
+                f"SELECT id, transport_id, state, error, transport FROM orphan_reports WHERE matched <= 0 "
                 f"AND match_key IN ({','.join('?' * len(chunk))}) ORDER BY id", chunk,
             ).fetchall()
-            for orphan_id, transport_id, state, error in orphans:
+            for orphan_id, transport_id, state, error, transport in orphans:
                 try:
                     with _one_row(self.conn):
-                        target = self._match_part(transport_id, loose=False)
+                        target = self._match_part(transport_id, loose=False, transport=transport)
                         if target is None:
                             continue
                         self.conn.execute("UPDATE orphan_reports SET matched = 1 WHERE id = ?", (orphan_id,))
@@ -800,15 +803,15 @@ class Outbox:
         transitions: list[Transition] = []
         with _tx(self):
             orphans = self.conn.execute(
-                "SELECT id, transport_id, state, error FROM orphan_reports WHERE matched = 0 AND received_at <= ?",
-                (received_before,),
+                "SELECT id, transport_id, state, error, transport FROM orphan_reports "
+                "WHERE matched = 0 AND received_at <= ?", (received_before,),
             ).fetchall()
-            for orphan_id, transport_id, state, error in orphans:
+            for orphan_id, transport_id, state, error, transport in orphans:
                 # One receipt that breaks matching must not hold back the batch, nor every
                 # later one: this row survives a restart, so a retry would stall for good.
                 try:
                     with _one_row(self.conn):
-                        target = self._match_part(transport_id, loose=True)
+                        target = self._match_part(transport_id, loose=True, transport=transport)
                         self.conn.execute("UPDATE orphan_reports SET matched = ? WHERE id = ?",
                                           (1 if target else -1, orphan_id))
                         if target is None:
@@ -1103,6 +1106,21 @@ class Outbox:
             for row in cur:
                 part = dict(zip(names, row, strict=True))
                 found.setdefault(part["message_id"], []).append(part)
+        return found
+
+    def messages_by_id(self, message_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """Messages as `messages()` returns them, by id (the HTTP API's GET /v1/messages/{id})."""
+        ids = sorted(set(message_ids))
+        found: dict[int, dict[str, Any]] = {}
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            cur = self.conn.execute(
+                "SELECT m.*, (SELECT group_concat(p.transport_id, ' ') FROM parts p WHERE p.message_id = m.id) "
+                f"AS transport_ids FROM messages m WHERE m.id IN ({','.join('?' * len(chunk))})", chunk)
+            names = [d[0] for d in cur.description]
+            for row in cur:
+                message = dict(zip(names, row, strict=True))
+                found[message["id"]] = message
         return found
 
     def orphan_reports(self) -> list[dict[str, Any]]:

@@ -116,7 +116,7 @@ def test_why_shows_when_the_call_happened_and_when_it_was_handled_in_the_pbx_tim
 def test_why_shows_the_text_attempts_times_and_each_parts_receipt(story):
     out = aftercalld("why", "-c", str(story), "+447400123002").stdout.splitlines()
     i = out.index("  caller +447400123002: submitted")
-    assert out[i + 1] == "    from Acme, 1 segment(s) gsm7, 1 attempt(s)"
+    assert out[i + 1] == "    from Acme via log, 1 segment(s) gsm7, 1 attempt(s)"
     assert out[i + 2] == "    | Sorry we missed your call to Acme. Our team will call back."
     assert out[i + 3] == ("    recorded 2026-07-01 12:00:00 BST, submitted 2026-07-01 12:00:02 BST")
     assert out[i + 4] == "    part 1 id a1: receipt delivered at 2026-07-01 12:00:09 BST"

@@ -146,6 +146,7 @@ async def test_an_unmatched_receipt_is_resolved_loosely_later_or_kept(backend):
     assert settled.state is MessageState.DELIVERED
     assert not await outbox.has_pending_orphans(T0 + 100)
     assert [o["transport_id"] for o in await outbox.orphan_reports()] == ["nothing-like-it"]
+    assert set(await outbox.messages_by_id([settled.message_id, 999])) == {settled.message_id}
 
 
 async def test_retry_defer_and_suppress_move_the_next_due_time(backend):
@@ -427,3 +428,14 @@ async def test_a_server_restart_is_an_outbox_unavailable_then_the_next_call_reco
         await outbox.close()
     finally:
         server.remove()
+
+
+async def test_a_receipt_settles_the_text_its_own_transport_sent_when_ids_collide(backend):
+    outbox = await backend()
+    await outbox.record_calls([entry(record("via-a")), entry(record("via-b"))], ttl_seconds=TTL, now=T0)
+    a, b = await outbox.claim_due(10, T0)
+    await outbox.record_outcomes([OutcomeRecord(a, MessageState.SUBMITTED, transport_ids=("1",), transport="smsc-a"),
+                                  OutcomeRecord(b, MessageState.SUBMITTED, transport_ids=("1",), transport="smsc-b")],
+                                 T0 + 1)
+    (settled,) = await outbox.apply_reports([DeliveryReport("smsc-a", "1", ReportState.DELIVERED)], T0 + 2)
+    assert settled.message_id == a.id
