@@ -105,6 +105,9 @@ class Daemon:
         self.store: Store | None = None  # what every component awaits
         self.outbox: Outbox | None = None  # the SQLite outbox itself, None on PostgreSQL
         self._queue_depth = 0  # PostgreSQL: refreshed by the heartbeat, read by metrics and status
+        # PostgreSQL: finished calls are written on a connection of their own, so that a
+        # hangup never waits behind the dispatcher's claims and outcomes on the other.
+        self.calls_store: Store | None = None
         self.dispatcher: Dispatcher | None = None
         self.handler: CallHandler | None = None
         self.transport: Transport | None = None
@@ -148,8 +151,11 @@ class Daemon:
                                      lease_seconds=self.config.lease_seconds)
         self.replies.on_queued = self.dispatcher.wake
         self._configure_webhooks()
-        self.handler = CallHandler(self.config, store, on_queued=self.dispatcher.wake, metrics=self.metrics,
-                                   clock=self.clock, reserve=self.reserve)
+        if self.shared:
+            self.calls_store = await open_store(self.config)
+            self.calls_store.events = store.events
+        self.handler = CallHandler(self.config, self.calls_store or store, on_queued=self.dispatcher.wake,
+                                   metrics=self.metrics, clock=self.clock, reserve=self.reserve)
         # Scraped on the metrics thread, which must not wait on a PostgreSQL round trip.
         self.metrics.track_queue_depth(self.outbox.queue_depth if self.outbox is not None
                                        else lambda: self._queue_depth)
@@ -198,6 +204,8 @@ class Daemon:
         endpoints = self.config.webhooks
         self.webhook_events.configure(endpoints)
         self.store.events = self.webhook_events if endpoints else None
+        if self.calls_store is not None:
+            self.calls_store.events = self.store.events
         if self.webhooks is not None:
             self.webhooks.configure(endpoints)
         elif endpoints:
@@ -425,6 +433,8 @@ class Daemon:
             except OutboxUnavailable as exc:
                 log.warning("stopped; the outbox cannot say how many messages stay queued (%s)", exc)
             await self.store.close()
+        if self.calls_store:
+            await self.calls_store.close()
         if self._instance_lock:
             self._instance_lock.release()
         try:
