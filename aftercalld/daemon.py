@@ -111,7 +111,7 @@ class Daemon:
         self.dispatcher: Dispatcher | None = None
         self.handler: CallHandler | None = None
         self.transport: Transport | None = None
-        self.metrics = Metrics()
+        self.metrics = Metrics(instance=config.instance)
         self.sources: list[CallSource] = []
         self.supervisor = Supervisor()
         self.backfill: Backfill | None = None
