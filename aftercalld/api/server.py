@@ -49,7 +49,9 @@ _REQUEST_FIELDS = frozenset({"to", "text", "sender", "call_id"})
 _MAX_IDEMPOTENCY_KEY = 200
 _MAX_NUMBER = 64
 _MAX_CALL_ID = 300
-_TOKEN_NAME = "aftercalld.token_name"  # where the middleware leaves the name for the handlers
+# Where the middleware leaves the token's name for the handlers (a typed key, aiohttp 3.14+: it warns
+# about plain string keys, and a typo would be a KeyError at runtime rather than for mypy).
+_TOKEN_NAME = web.RequestKey("aftercalld.token_name", str)
 _OPENAPI_BODY = orjson.dumps(DOCUMENT)
 _CHALLENGE = 'Bearer realm="aftercalld"'
 SHUTDOWN_TIMEOUT_SECONDS = 5.0

@@ -877,6 +877,12 @@ class PgOutbox:
                 await self.conn.execute("DELETE FROM replies WHERE received_at < %s", (before,))
                 await self.conn.execute("DELETE FROM webhook_deliveries WHERE created_at < %s "
                                         "AND state IN ('delivered', 'failed')", (before,))
+                # Texts no call owns (the HTTP API's, replies forwarded or answered) go by age.
+                stale = ("SELECT id FROM messages WHERE (starts_with(key, 'api/') OR starts_with(key, 'reply/')) "
+                         "AND created_at < %s AND state NOT IN ('queued', 'retrying', 'sending')")
+                await self.conn.execute(f"DELETE FROM parts WHERE message_id IN ({stale})", (before,))
+                cur = await self.conn.execute(f"DELETE FROM messages WHERE id IN ({stale})", (before,))
+                pruned.messages += cur.rowcount
             cur = await self.conn.execute(
                 "SELECT seq, call_key, created_at FROM calls WHERE seq > %s ORDER BY seq LIMIT %s",
                 (after_rowid, limit))

@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 
+# Texts without a call removed per prune pass and kind (see Outbox._prune_callless).
+PRUNE_CALLLESS_BATCH = 5_000
+
 # WAL frames (pages) beyond which the background checkpointer makes the WAL start over.
 WAL_RESTART_FRAMES = 16_384
 
@@ -1001,6 +1004,7 @@ class Outbox:
                 self.conn.execute("DELETE FROM replies WHERE received_at < ?", (before,))
                 self.conn.execute("DELETE FROM webhook_deliveries WHERE created_at < ? "
                                   "AND state IN ('delivered', 'failed')", (before,))
+                pruned.messages += self._prune_callless(before)
             # Calls are appended in time order, so rowid order is time order: stop at the
             # first one that is too new rather than scan the rest of the table.
             rows = self.conn.execute(
@@ -1027,6 +1031,20 @@ class Outbox:
                 self.conn.execute("DELETE FROM calls WHERE rowid = ?", (rowid,))
                 pruned.calls += 1
         return pruned, (after_rowid if len(rows) == limit else None)
+
+    def _prune_callless(self, before: float) -> int:
+        """Texts no call owns (the HTTP API's, replies forwarded or answered) go by their own
+        age: the calls table, which the rest of pruning walks, does not lead to them. Their
+        keys start with "api/" or "reply/", so the unique index on key finds them; at most
+        PRUNE_CALLLESS_BATCH per pass keeps the transaction short, the next pass goes on."""
+        removed = 0
+        for prefix in ("api/", "reply/"):
+            span = (prefix, prefix[:-1] + "0", before, PRUNE_CALLLESS_BATCH)
+            stale = ("SELECT id FROM messages WHERE key >= ? AND key < ? AND created_at < ? "
+                     "AND state NOT IN ('queued', 'retrying', 'sending') LIMIT ?")
+            self.conn.execute(f"DELETE FROM parts WHERE message_id IN ({stale})", span)
+            removed += self.conn.execute(f"DELETE FROM messages WHERE id IN ({stale})", span).rowcount
+        return removed
 
     # -- reading, for reports and support ----------------------------------------------
 

@@ -206,6 +206,29 @@ async def test_prune_keeps_calls_with_a_text_still_to_send(backend):
     assert sorted(c["call_id"] for c in await outbox.calls()) == ["new", "waiting"]
 
 
+async def test_prune_removes_old_texts_no_call_owns_once_they_are_final(backend):
+    outbox = await backend()
+
+    def adhoc(key: str) -> RenderedMessage:
+        return RenderedMessage(key=key, rule=key.split("/")[0], kind=RecipientKind.FIXED, raw_number="+447400123999",
+                               destination="+447400123999", sender="Acme", text="hello", encoding=Encoding.GSM7,
+                               segments=1)
+
+    await outbox.queue_messages([("", adhoc("api/crm/1")), ("main/c1", adhoc("reply/7/agent:+447400123201")),
+                                 ("", adhoc("api/crm/still-queued"))], ttl_seconds=TTL, now=T0)
+    await outbox.queue_messages([("", adhoc("api/crm/new"))], ttl_seconds=TTL, now=T0 + 10_000)
+    claimed = await outbox.claim_due(10, T0)
+    assert len(claimed) == 3  # the newer one is not due yet
+    for m in claimed:
+        if m.key == "api/crm/still-queued":
+            await outbox.defer(m, T0 + 60_000, "quiet hours", T0)
+    await outbox.record_outcomes([OutcomeRecord(m, MessageState.SUBMITTED, transport_ids=(f"x{m.id}",))
+                                  for m in claimed if m.key != "api/crm/still-queued"], T0)
+    pruned, _ = await outbox.prune(T0 + 5_000)
+    assert pruned.messages == 2
+    assert sorted(m["key"] for m in await outbox.messages()) == ["api/crm/new", "api/crm/still-queued"]
+
+
 async def test_both_outboxes_show_support_the_same_columns(backend, pg_dsn):
     from aftercalld.store.postgres import PgOutbox
 
