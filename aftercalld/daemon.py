@@ -105,9 +105,11 @@ class Daemon:
         self.store: Store | None = None  # what every component awaits
         self.outbox: Outbox | None = None  # the SQLite outbox itself, None on PostgreSQL
         self._queue_depth = 0  # PostgreSQL: refreshed by the heartbeat, read by metrics and status
-        # PostgreSQL: finished calls are written on a connection of their own, so that a
-        # hangup never waits behind the dispatcher's claims and outcomes on the other.
+        # PostgreSQL: finished calls, and submit outcomes, are written on connections of their
+        # own, so that a hangup never waits behind the dispatcher's claims, nor a claim behind
+        # a commit that waits for the server's disk.
         self.calls_store: Store | None = None
+        self.outcomes_store: Store | None = None
         self.dispatcher: Dispatcher | None = None
         self.handler: CallHandler | None = None
         self.transport: Transport | None = None
@@ -140,6 +142,9 @@ class Daemon:
         if isinstance(store, InlineOutbox):
             self.outbox = store.sync
             self.outbox.checkpoint_in_background()
+        if self.shared:
+            self.calls_store = await open_store(self.config)
+            self.outcomes_store = await open_store(self.config)
         self.transport = make_transport(self.config)
         self.policy = Policy(self.config.policy, store, self.config.timezone)
         self.replies = ReplyHandler(store, optout=self.config.optout, replies=self.config.replies,
@@ -148,12 +153,9 @@ class Daemon:
         self.dispatcher = Dispatcher(store, self.transport, self.config.dispatch, optout=self.config.optout,
                                      default_region=self.config.phone.default_region, policy=self.policy,
                                      metrics=self.metrics, clock=self.clock, replies=self.replies,
-                                     lease_seconds=self.config.lease_seconds)
+                                     lease_seconds=self.config.lease_seconds, outcomes=self.outcomes_store)
         self.replies.on_queued = self.dispatcher.wake
         self._configure_webhooks()
-        if self.shared:
-            self.calls_store = await open_store(self.config)
-            self.calls_store.events = store.events
         self.handler = CallHandler(self.config, self.calls_store or store, on_queued=self.dispatcher.wake,
                                    metrics=self.metrics, clock=self.clock, reserve=self.reserve)
         # Scraped on the metrics thread, which must not wait on a PostgreSQL round trip.
@@ -204,8 +206,9 @@ class Daemon:
         endpoints = self.config.webhooks
         self.webhook_events.configure(endpoints)
         self.store.events = self.webhook_events if endpoints else None
-        if self.calls_store is not None:
-            self.calls_store.events = self.store.events
+        for other in (self.calls_store, self.outcomes_store):
+            if other is not None:
+                other.events = self.store.events
         if self.webhooks is not None:
             self.webhooks.configure(endpoints)
         elif endpoints:
@@ -433,8 +436,9 @@ class Daemon:
             except OutboxUnavailable as exc:
                 log.warning("stopped; the outbox cannot say how many messages stay queued (%s)", exc)
             await self.store.close()
-        if self.calls_store:
-            await self.calls_store.close()
+        for other in (self.calls_store, self.outcomes_store):
+            if other is not None:
+                await other.close()
         if self._instance_lock:
             self._instance_lock.release()
         try:

@@ -63,8 +63,11 @@ class Dispatcher:
                  clock: Clock = system_clock, policy: Policy | None = None,
                  on_transition: Callable[[Transition], None] | None = None,
                  metrics: Metrics | None = None, replies: ReplyHandler | None = None,
-                 lease_seconds: float = 60.0) -> None:
+                 lease_seconds: float = 60.0, outcomes: Store | None = None) -> None:
         self.outbox = outbox = as_store(outbox)
+        # PostgreSQL: outcomes and receipts on a connection of their own (`outcomes`), so that
+        # a claim never waits behind their commit, which waits for the server's disk.
+        self.outcomes = outcomes or outbox
         # An SQLite outbox is written inline (a local transaction is cheaper than a task);
         # a PostgreSQL one from tasks, so that no round trip holds the event loop.
         self._inline = isinstance(outbox, InlineOutbox)
@@ -351,15 +354,15 @@ class Dispatcher:
         try:
             transitions: list[Transition] = []
             if outcomes:
-                transitions += await self.outbox.record_outcomes(outcomes, self.clock())
+                transitions += await self.outcomes.record_outcomes(outcomes, self.clock())
             if reports:
-                transitions += await self.outbox.apply_reports(reports, self.clock())
+                transitions += await self.outcomes.apply_reports(reports, self.clock())
                 # Receipts that matched nothing exactly get a looser match once their
                 # submit responses have surely been recorded.
                 self._flush_later(self.orphan_grace + 0.05)
             settle_before = self.clock() - self.orphan_grace
-            if await self.outbox.has_pending_orphans(settle_before):
-                transitions += await self.outbox.resolve_orphans(settle_before, self.clock())
+            if await self.outcomes.has_pending_orphans(settle_before):
+                transitions += await self.outcomes.resolve_orphans(settle_before, self.clock())
         except Exception as exc:
             # Keep them for the next flush rather than lose them.
             if isinstance(exc, (sqlite3.Error, OutboxUnavailable)):
