@@ -187,3 +187,33 @@ async def test_postgresql_stopped_and_started_mid_run_loses_no_call(tmp_path, pe
     assert [state for state, _, _ in message_rows(pg_dsn)] == ["submitted"] * len(CALLS)
     assert smsc.submits_seen == len(CALLS)
     assert "password" not in daemon.log
+
+
+def cli(config: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "aftercalld", *args, "-c", str(config)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_the_commands_work_on_a_postgresql_outbox_and_never_show_its_password(tmp_path, pg_dsn):
+    secret = tmp_path / "pgpassword"
+    secret.write_text("not-the-password\n")  # the test server trusts local connections
+    config = tmp_path / "c.toml"
+    config.write_text(CONFIG.format(outbox=pg_dsn, instance="alpha", state_dir=tmp_path, lease=60,
+                                    ami_port=1, smpp_port=1)
+                      .replace('lease_seconds', f'outbox_password_file = "{secret}"\nlease_seconds'))
+    added = cli(config, "optout", "add", "+919876543210")
+    assert added.returncode == 0, added.stderr
+    listed = cli(config, "optout", "list")
+    assert "+919876543210" in listed.stdout, listed.stderr
+    assert cli(config, "dnd", "add", "+91999*").returncode == 0
+    assert "+91999*" in cli(config, "dnd", "list").stdout
+    why = cli(config, "why", "+919876543210")
+    assert "no call" in why.stdout, why.stderr
+    pruned = cli(config, "prune", "--older-than", "30")
+    assert pruned.returncode == 0, pruned.stderr
+    assert "removed" in pruned.stdout
+    status = cli(config, "status")
+    assert status.returncode == 3, status.stdout + status.stderr  # no instance has run
+    assert "instances: 0 running" in status.stdout
+    everything = "".join(r.stdout + r.stderr for r in (added, listed, why, pruned, status))
+    assert "not-the-password" not in everything
