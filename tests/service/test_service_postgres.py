@@ -84,6 +84,14 @@ def message_rows(dsn: str) -> list[tuple]:
         return db.execute("SELECT state, claimed_by, attempts FROM messages ORDER BY id").fetchall()
 
 
+async def states_become(dsn: str, expected: list[str], timeout: float = 10.0) -> None:
+    """Until the messages' states are `expected`: an outcome is written after the SMSC's answer."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (states := [state for state, _, _ in message_rows(dsn)]) != expected:
+        assert asyncio.get_running_loop().time() < deadline, states
+        await asyncio.sleep(0.05)
+
+
 async def ready(daemon: Daemon, ami: AmiServer, logins: int) -> None:
     await daemon.wait_for_line("aftercalld running")
     await ami.wait_until(lambda: ami.ok_logins >= logins)
@@ -125,8 +133,7 @@ async def test_two_daemons_on_one_outbox_text_each_call_once(tmp_path, peers, tr
         for daemon in daemons:
             await daemon.wait_for_line(" [main]: ", count=len(CALLS))
         await smsc.wait_until(lambda: len(smsc.accepted) >= len(CALLS))
-        rows = message_rows(pg_dsn)
-        assert [state for state, _, _ in rows] == ["submitted"] * len(CALLS)
+        await states_become(pg_dsn, ["submitted"] * len(CALLS))
         assert sum("already handled" in line for d in daemons for line in d.lines) == len(CALLS)
     finally:
         for daemon in daemons:
