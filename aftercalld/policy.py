@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 from .model import OutboundMessage
 from .rules.engine import TimeWindow
-from .store import Outbox, Store, as_store
+from .store import InlineOutbox, Outbox, Store, as_store
 
 
 class QuietAction(enum.StrEnum):
@@ -36,6 +36,11 @@ class PolicyConfig:
     daily_quota: int | None = None  # all rules together
     rules: Mapping[str, RulePolicy] = field(default_factory=dict)
 
+
+# With a shared (PostgreSQL) outbox, the daily quotas are read again from it at most this
+# often, so that instances count each other's sends: together they overshoot a quota by at
+# most what they send within this long.
+SHARED_QUOTA_REFRESH_SECONDS = 1.0
 
 # The rules of texts that replies cause (replies.py): "reply:forward", "reply:help".
 ANSWER_RULE_PREFIX = "reply:"
@@ -62,16 +67,41 @@ class Policy:
         # destination -> last send, oldest first; only sends within the cooldown, so that a
         # daemon texting a new caller every call does not keep every number it ever texted.
         self._recent: dict[str, float] = {}
+        self._shared = not isinstance(self.outbox, InlineOutbox)
+        self._midnight = 0.0
+        self._counted_at = 0.0  # when the quotas were last read from a shared outbox
+        # Sends this instance allowed since that read: some are still in flight (not yet
+        # submitted in the outbox), so they are added to what the next read finds. Those
+        # already submitted by then count twice until the read after: a quota holds early
+        # rather than late.
+        self._allowed_since: dict[str, int] = {}
+
+    def _has_quotas(self) -> bool:
+        return self.config.daily_quota is not None or any(
+            r.daily_quota is not None for r in self.config.rules.values())
 
     async def _roll_day(self, now: float) -> None:
         local = datetime.fromtimestamp(now, UTC).astimezone(self.tz)
         day = local.strftime("%Y-%m-%d")
         if day == self._day:
+            if self._shared and now - self._counted_at >= SHARED_QUOTA_REFRESH_SECONDS and self._has_quotas():
+                await self._count_today(now)
             return
         self._day = day
-        midnight = local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
-        self._sent_today, self._sent_today_by_rule = await self.outbox.submitted_counts_since(midnight)
+        self._midnight = local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+        self._allowed_since = {}  # yesterday's sends count for yesterday
+        await self._count_today(now)
         self._recent.clear()
+
+    async def _count_today(self, now: float) -> None:
+        total, by_rule = await self.outbox.submitted_counts_since(self._midnight)
+        if self._shared:
+            total += sum(self._allowed_since.values())
+            for rule, n in self._allowed_since.items():
+                by_rule[rule] = by_rule.get(rule, 0) + n
+            self._allowed_since = {}
+        self._sent_today, self._sent_today_by_rule = total, by_rule
+        self._counted_at = now
 
     async def check(self, messages: Iterable[OutboundMessage], now: float) -> list[Verdict]:
         """Verdicts for a claimed batch, in order. Messages that are sent count against the
@@ -91,6 +121,8 @@ class Policy:
             if verdict.send:
                 self._sent_today += 1
                 self._sent_today_by_rule[m.rule] = self._sent_today_by_rule.get(m.rule, 0) + 1
+                if self._shared:
+                    self._allowed_since[m.rule] = self._allowed_since.get(m.rule, 0) + 1
                 if cooldown:
                     self._recent.pop(m.destination, None)  # re-insert: keeps the dict oldest first
                     self._recent[m.destination] = now
