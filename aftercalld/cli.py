@@ -335,7 +335,10 @@ def cmd_run(args) -> int:
     from .ownership import refuse_daemon_as_root
 
     config = _load(args.config)
-    if not config.outbox_is_postgres:  # a PostgreSQL outbox leaves no file behind to chown
+    if config.outbox_is_postgres:
+        from .logsetup import show_instance
+        show_instance(config.instance)
+    else:  # a PostgreSQL outbox leaves no file behind to chown
         refuse_daemon_as_root(config.outbox_path)
     if not args.verbose:
         logging.getLogger().setLevel(config.log_level.upper())

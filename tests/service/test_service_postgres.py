@@ -118,6 +118,7 @@ async def test_a_daemon_on_postgresql_texts_a_call_and_status_lists_the_instance
         await daemon.kill()
     assert [(state, by) for state, by, _ in message_rows(pg_dsn)] == [("submitted", "alpha")]
     assert "instance alpha" in daemon.log
+    assert "INFO alpha aftercalld.daemon: aftercalld running" in daemon.log  # every line names the instance
 
 
 async def test_two_daemons_on_one_outbox_text_each_call_once(tmp_path, peers, traces, pg_dsn):
