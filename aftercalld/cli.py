@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("add", "remove", "list", "import"))
     p.add_argument("entries", nargs="*", help="numbers or prefixes ending in * (add/remove), or one file (import)")
 
-    p = add("status", "Is the daemon running, its PBX and transport connections, and what the outbox holds "
+    p = add("status", "Is the daemon running, its PBX and transport connections, and what the outbox holds; "
+                      "on a PostgreSQL outbox, every instance with its heartbeat "
                       "(exit 0 running, 3 not running, 1 no outbox yet).")
     p.add_argument("--format", choices=("text", "json"), default="text",
                    help="json: the daemon's status record as it wrote it, and the outbox's counts, for scripts")
