@@ -17,6 +17,7 @@ from .clock import Clock, system_clock, utc_now
 from .configreader import ConfigError
 from .ownership import OwnershipError
 from .store import Outbox, StoreError
+from .store.location import shown
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
@@ -76,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("add", "remove", "list", "import"))
     p.add_argument("entries", nargs="*", help="numbers or prefixes ending in * (add/remove), or one file (import)")
 
-    p = add("status", "Is the daemon running, its PBX and transport connections, and what the outbox holds "
+    p = add("status", "Is the daemon running, its PBX and transport connections, and what the outbox holds; "
+                      "on a PostgreSQL outbox, every instance with its heartbeat "
                       "(exit 0 running, 3 not running, 1 no outbox yet).")
     p.add_argument("--format", choices=("text", "json"), default="text",
                    help="json: the daemon's status record as it wrote it, and the outbox's counts, for scripts")
@@ -334,7 +336,11 @@ def cmd_run(args) -> int:
     from .ownership import refuse_daemon_as_root
 
     config = _load(args.config)
-    refuse_daemon_as_root(config.outbox_path)
+    if config.outbox_is_postgres:
+        from .logsetup import show_instance
+        show_instance(config.instance)
+    else:  # a PostgreSQL outbox leaves no file behind to chown
+        refuse_daemon_as_root(config.outbox_path)
     if not args.verbose:
         logging.getLogger().setLevel(config.log_level.upper())
     # What the daemon writes (status.json, the outbox) holds phone numbers: never
@@ -350,6 +356,14 @@ def _open_outbox(config, *, write: bool) -> Iterator[Outbox]:
     from .ownership import give_back
     from .store import Outbox
 
+    if config.outbox_is_postgres:
+        from .store.blocking import open_configured
+        shared = open_configured(config.outbox_path, config.outbox_password_file, config.instance)
+        try:
+            yield shared  # type: ignore[misc]  # the same methods, run to their end
+        finally:
+            shared.close()
+        return
     outbox = Outbox.open(config.outbox_path, synchronous=config.sqlite_synchronous) if write \
         else Outbox.open_readonly(config.outbox_path)
     try:
@@ -464,8 +478,9 @@ def cmd_prune(args) -> int:
               f"days after the text", file=sys.stderr)
         return EXIT_CONFIG
     with _open_outbox(config, write=True) as outbox:
-        pruned = asyncio.run(prune(outbox, days, system_clock()))
-    print(f"removed {pruned} older than {days:g} days from {config.outbox_path}")
+        run = getattr(outbox, "run", asyncio.run)  # PostgreSQL: on the loop its connection lives on
+        pruned = run(prune(getattr(outbox, "store", outbox), days, system_clock()))
+    print(f"removed {pruned} older than {days:g} days from {shown(config.outbox_path)}")
     if pruned.kept:
         print(f"kept {pruned.kept} call(s) older than that with a message still to send")
     return EXIT_OK

@@ -6,6 +6,7 @@ import importlib
 import json
 import logging
 import re
+import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -30,6 +31,7 @@ from .rules.encoding import DEFAULT_PROFILE, SegmentingProfile, segment
 from .rules.engine import Conditions, RecipientSpec, Rule, RuleSet, TimeWindow
 from .rules.render import AgentEntry, RenderContext
 from .rules.templates import Template, TemplateError, known_placeholders, parse_template
+from .store.location import dsn_problem, has_password, is_postgres
 from .webhooks.config import WebhookEndpoint, parse_webhooks
 
 DEFAULT_PATH = "/etc/aftercalld/aftercalld.toml"
@@ -108,6 +110,11 @@ class Config:
     unwritten_calls_max: int = 20_000  # finished calls held in memory while the outbox refuses writes
     disk_reserve_mb: float = 8.0  # held next to the outbox, released when a full disk blocks a start or stop
     sqlite_cache_mib: int = 32  # SQLite page cache of the outbox connection
+    # This daemon's name among those sharing a PostgreSQL outbox: in logs, status and rows.
+    instance: str = ""
+    lease_seconds: float = 60.0  # a claimed message is another instance's to send after this
+    outbox_password_file: str = ""  # the PostgreSQL password, never in the config itself
+    state_dir: str = "/var/lib/aftercalld"  # status.json with a PostgreSQL outbox
     replies: RepliesConfig = field(default_factory=RepliesConfig)
     webhooks: tuple[WebhookEndpoint, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -115,6 +122,10 @@ class Config:
     # `file: key.path: reason` for what is legal but surely not meant (check-config prints
     # them, the daemon logs them at start and reload).
     warnings: tuple[str, ...] = ()
+
+    @property
+    def outbox_is_postgres(self) -> bool:
+        return is_postgres(self.outbox_path)
 
     @property
     def all_transports(self) -> tuple[TransportConfig, ...]:
@@ -244,6 +255,10 @@ def parse(data: dict[str, Any], file: str = "<config>") -> Config:
         unwritten_calls_max=general.unwritten_calls_max,
         disk_reserve_mb=general.disk_reserve_mb,
         sqlite_cache_mib=general.sqlite_cache_mib,
+        instance=general.instance,
+        lease_seconds=general.lease_seconds,
+        outbox_password_file=general.outbox_password_file,
+        state_dir=general.state_dir,
         replies=replies,
         webhooks=webhooks or (),
         api=api,
@@ -263,6 +278,10 @@ class _General:
     unwritten_calls_max: int
     disk_reserve_mb: float
     sqlite_cache_mib: int
+    instance: str
+    lease_seconds: float
+    outbox_password_file: str
+    state_dir: str
 
 
 def _general(root: Section) -> _General:
@@ -283,9 +302,19 @@ def _general(root: Section) -> _General:
         allow_landlines=general.bool("allow_landlines", False),
         cache_size=general.int("phone_cache_size", DEFAULT_CACHE_SIZE, min=0, max=1_000_000),
     )
-    outbox_path = general.str("outbox", "/var/lib/aftercalld/outbox.sqlite3", nonempty=True)
+    outbox_path = _outbox(general)
+    instance = general.str("instance", socket.gethostname() or "aftercalld", pattern=r"[A-Za-z0-9._@:-]{1,64}")
+    lease_seconds = general.float("lease_seconds", 60.0, min=5, max=3600)
+    password_file = general.str("outbox_password_file", "")
+    state_dir = general.str("state_dir", "/var/lib/aftercalld", nonempty=True)
+    if password_file:
+        if not is_postgres(outbox_path):
+            general.report("outbox_password_file", "is for a PostgreSQL outbox; [general] outbox is an SQLite file")
+        elif not Path(password_file).is_file():
+            general.report("outbox_password_file", f"{password_file}: no such file")
+        elif has_password(outbox_path):
+            general.report("outbox_password_file", "[general] outbox holds a password already: keep it in one place")
     synchronous = general.str("sqlite_synchronous", "normal", choices=("normal", "full"))
-    sqlite_cache_mib = general.int("sqlite_cache_mib", 32, min=1, max=4096)
     sqlite_cache_mib = general.int("sqlite_cache_mib", 32, min=1, max=4096)
     keep_days = general.int("keep_days", 0, min=0, max=36500)
     unwritten_calls_max = general.int("unwritten_calls_max", 20_000, min=1, max=10_000_000)
@@ -297,7 +326,24 @@ def _general(root: Section) -> _General:
     max_value_length = general.int("template_value_max_length", 64, min=1, max=1000)
     general.done()
     return _General(tz, phone, outbox_path, synchronous, keep_days, log_level, max_value_length,
-                    unwritten_calls_max, disk_reserve_mb, sqlite_cache_mib)
+                    unwritten_calls_max, disk_reserve_mb, sqlite_cache_mib, instance, lease_seconds,
+                    password_file, state_dir)
+
+
+def _outbox(general: Section) -> str:
+    """An SQLite file, or a PostgreSQL URL or connection string. Read as a secret: a
+    connection string may hold a password, which no error may repeat."""
+    default = "/var/lib/aftercalld/outbox.sqlite3"
+    value = general.secret("outbox", default)
+    if not value.strip():
+        general.report("outbox", "must not be empty")
+        return default
+    if is_postgres(value):
+        problem = dsn_problem(value)
+        if problem:
+            general.report("outbox", problem)
+            return default
+    return str(value)
 
 
 def _metrics(root: Section) -> str | None:

@@ -33,7 +33,8 @@ from .policy import Policy
 from .replies import ReplyHandler
 from .routing import RoutedTransport
 from .source import CallSource
-from .store import Outbox, OutboxUnavailable, StoreError
+from .store import InlineOutbox, Outbox, OutboxUnavailable, Store, StoreError
+from .store.location import shown, with_password_file
 from .supervisor import Supervisor
 from .transport import Transport
 from .webhooks.events import WebhookEvents
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_SECONDS = 5.0
+HEARTBEAT_SECONDS = 5.0  # how often an instance on a shared outbox says it is alive
 OUTBOX_RETRY_MIN_SECONDS = 0.5
 OUTBOX_RETRY_MAX_SECONDS = 5.0
 
@@ -74,8 +76,25 @@ def make_sources(config: Config, clock: Clock) -> list[CallSource]:
 
 
 def status_path(config: Config) -> Path:
-    """Where the running daemon leaves its live status for `aftercalld status`."""
+    """Where the running daemon leaves its live status for `aftercalld status`: next to an
+    SQLite outbox, in the state directory with a PostgreSQL one."""
+    if config.outbox_is_postgres:
+        return Path(config.state_dir) / "status.json"
     return Path(config.outbox_path).with_name("status.json")
+
+
+async def open_store(config: Config) -> Store:
+    """The outbox `config` names, behind the coroutine contract. Raises OutboxUnavailable
+    while it cannot be opened (disk full, PostgreSQL down)."""
+    if config.outbox_is_postgres:
+        from .store.postgres import PgOutbox  # psycopg is an optional extra
+        try:
+            dsn = with_password_file(config.outbox_path, config.outbox_password_file)
+        except OSError as exc:
+            raise OutboxUnavailable(f"cannot read [general] outbox_password_file: {exc.strerror}") from None
+        return await PgOutbox.open(dsn, instance=config.instance)
+    return InlineOutbox(Outbox.open(config.outbox_path, synchronous=config.sqlite_synchronous,
+                                    cache_mib=config.sqlite_cache_mib))
 
 
 class Daemon:
@@ -83,11 +102,18 @@ class Daemon:
         self.config = config
         self.clock = clock
         self.config_path = config_path
-        self.outbox: Outbox | None = None
+        self.store: Store | None = None  # what every component awaits
+        self.outbox: Outbox | None = None  # the SQLite outbox itself, None on PostgreSQL
+        self._queue_depth = 0  # PostgreSQL: refreshed by the heartbeat, read by metrics and status
+        # PostgreSQL: finished calls, and submit outcomes, are written on connections of their
+        # own, so that a hangup never waits behind the dispatcher's claims, nor a claim behind
+        # a commit that waits for the server's disk.
+        self.calls_store: Store | None = None
+        self.outcomes_store: Store | None = None
         self.dispatcher: Dispatcher | None = None
         self.handler: CallHandler | None = None
         self.transport: Transport | None = None
-        self.metrics = Metrics()
+        self.metrics = Metrics(instance=config.instance)
         self.sources: list[CallSource] = []
         self.supervisor = Supervisor()
         self.backfill: Backfill | None = None
@@ -99,28 +125,42 @@ class Daemon:
         self.stop_signal = "SIGTERM"
         self._instance_lock: InstanceLock | None = None
         self.started_at = utc_now(clock)
-        self.reserve = DiskReserve(config.outbox_path, int(config.disk_reserve_mb * 1048576))
+        # The disk reserve, the one-instance lock and the checkpointer are an SQLite file's:
+        # a PostgreSQL outbox is shared by design and its disk is the server's.
+        self.shared = config.outbox_is_postgres
+        self.reserve = (None if self.shared else
+                        DiskReserve(config.outbox_path, int(config.disk_reserve_mb * 1048576)))
 
     async def start(self) -> None:
-        self._instance_lock = InstanceLock.acquire(self.config.outbox_path)
+        if not self.shared:
+            self._instance_lock = InstanceLock.acquire(self.config.outbox_path)
         log_config_warnings(self.config, log)
-        self.outbox = await self._open_outbox()
-        if self.outbox is None:  # stopped while waiting for it
+        store = await self._open_outbox()
+        if store is None:  # stopped while waiting for it
             return
-        self.outbox.checkpoint_in_background()
+        self.store = store
+        if isinstance(store, InlineOutbox):
+            self.outbox = store.sync
+            self.outbox.checkpoint_in_background()
+        if self.shared:
+            self.calls_store = await open_store(self.config)
+            self.outcomes_store = await open_store(self.config)
         self.transport = make_transport(self.config)
-        self.policy = Policy(self.config.policy, self.outbox, self.config.timezone)
-        self.replies = ReplyHandler(self.outbox, optout=self.config.optout, replies=self.config.replies,
+        self.policy = Policy(self.config.policy, store, self.config.timezone)
+        self.replies = ReplyHandler(store, optout=self.config.optout, replies=self.config.replies,
                                     render=self.config.render, default_region=self.config.phone.default_region,
                                     clock=self.clock, webhooks=self.webhook_events)
-        self.dispatcher = Dispatcher(self.outbox, self.transport, self.config.dispatch, optout=self.config.optout,
+        self.dispatcher = Dispatcher(store, self.transport, self.config.dispatch, optout=self.config.optout,
                                      default_region=self.config.phone.default_region, policy=self.policy,
-                                     metrics=self.metrics, clock=self.clock, replies=self.replies)
+                                     metrics=self.metrics, clock=self.clock, replies=self.replies,
+                                     lease_seconds=self.config.lease_seconds, outcomes=self.outcomes_store)
         self.replies.on_queued = self.dispatcher.wake
         self._configure_webhooks()
-        self.handler = CallHandler(self.config, self.outbox, on_queued=self.dispatcher.wake, metrics=self.metrics,
-                                   clock=self.clock, reserve=self.reserve)
-        self.metrics.track_queue_depth(self.outbox.queue_depth)
+        self.handler = CallHandler(self.config, self.calls_store or store, on_queued=self.dispatcher.wake,
+                                   metrics=self.metrics, clock=self.clock, reserve=self.reserve)
+        # Scraped on the metrics thread, which must not wait on a PostgreSQL round trip.
+        self.metrics.track_queue_depth(self.outbox.queue_depth if self.outbox is not None
+                                       else lambda: self._queue_depth)
         self.metrics.track_sources(lambda: self.sources)
         _track_unwritten(self.metrics, self.handler)
         _register_transport_metrics(self.metrics, self.transport)
@@ -131,28 +171,48 @@ class Daemon:
         # Sources first: a transport that is slow to come up must not hold back the PBX
         # connections (calls ending meanwhile would be missed); texts wait in the outbox.
         self.sources = make_sources(self.config, self.clock)
-        self._take_handover()
+        await self._take_handover()
         for source in self.sources:
             self.supervisor.start(f"source {source.name}", functools.partial(source.run, self.handler))
         self._start_backfill()
         await self.dispatcher.start()
         self._supervise_parts()
         self._start_pruning()
-        log.info("aftercalld running: %d PBX(s), transport %s, %d rule(s), outbox %s, %d message(s) waiting",
-                 len(self.sources), ", ".join(t.name for t in _members(self.transport)),
-                 len(self.config.rules.rules), self.config.outbox_path, self.outbox.queue_depth())
+        self._queue_depth = await store.queue_depth()
+        if self.shared:
+            self.supervisor.start("heartbeat", self._heartbeat)
+        log.info("aftercalld running as instance %s: %d PBX(s), transport %s, %d rule(s), outbox %s, "
+                 "%d message(s) waiting", self.config.instance, len(self.sources),
+                 ", ".join(t.name for t in _members(self.transport)),
+                 len(self.config.rules.rules), shown(self.config.outbox_path), self._queue_depth)
+
+    async def _heartbeat(self) -> None:
+        """Shared outbox: this instance's row in `instances` (what `aftercalld status` lists),
+        and the queue depth for metrics and status, every few seconds."""
+        from .store.postgres import PgOutbox
+        assert isinstance(self.store, PgOutbox)
+        while True:
+            try:
+                self._queue_depth = await self.store.queue_depth()
+                await self.store.heartbeat(self.status(), self.clock())
+            except OutboxUnavailable as exc:
+                log.warning("instance %s: no heartbeat written (%s)", self.config.instance, exc)
+            await asyncio.sleep(HEARTBEAT_SECONDS)
 
     def _configure_webhooks(self) -> None:
         """At start and on reload: message events reach the outbox's transactions only when
         some endpoint listens (the hot path pays nothing otherwise)."""
-        assert self.outbox is not None
+        assert self.store is not None
         endpoints = self.config.webhooks
         self.webhook_events.configure(endpoints)
-        self.outbox.events = self.webhook_events if endpoints else None
+        self.store.events = self.webhook_events if endpoints else None
+        for other in (self.calls_store, self.outcomes_store):
+            if other is not None:
+                other.events = self.store.events
         if self.webhooks is not None:
             self.webhooks.configure(endpoints)
         elif endpoints:
-            self.webhooks = WebhookWorker(self.outbox, endpoints, clock=self.clock, metrics=self.metrics)
+            self.webhooks = WebhookWorker(self.store, endpoints, clock=self.clock, metrics=self.metrics)
             self.webhook_events.on_written = self.webhooks.wake
             self.supervisor.start("webhooks", self.webhooks.run)
 
@@ -174,7 +234,7 @@ class Daemon:
         await self.api.bind()
         self.supervisor.start("http api", self.api.serve)
 
-    async def _open_outbox(self) -> Outbox | None:
+    async def _open_outbox(self) -> Store | None:
         """Open the outbox, waiting for as long as it cannot be (a full disk, an I/O error):
         exiting would only have systemd start us again into the same wall, and the PBX's
         calls meanwhile are better caught up by a daemon that comes up the moment it can.
@@ -184,15 +244,15 @@ class Daemon:
         reported = ""
         while not self._stop.is_set():
             try:
-                outbox = Outbox.open(self.config.outbox_path, synchronous=self.config.sqlite_synchronous,
-                                     cache_mib=self.config.sqlite_cache_mib)
+                outbox = await open_store(self.config)
             except OutboxUnavailable as exc:
-                if self.reserve.release("to open the outbox"):
+                if self.reserve is not None and self.reserve.release("to open the outbox"):
                     continue
                 delay = backoff.failed()
                 if str(exc) != reported:
                     log.error("%s%s; retrying every %gs at most until it opens", exc,
-                              _free_space(self.config.outbox_path), OUTBOX_RETRY_MAX_SECONDS)
+                              "" if self.shared else _free_space(self.config.outbox_path),
+                              OUTBOX_RETRY_MAX_SECONDS)
                     reported = str(exc)
                 notifier.notify(f"STATUS=waiting for the outbox: {exc}",
                                 f"EXTEND_TIMEOUT_USEC={int((delay + 10) * 1_000_000)}")
@@ -203,32 +263,37 @@ class Daemon:
                     pass
                 continue
             if reported:
-                log.warning("the outbox opens again: %s", self.config.outbox_path)
-            self.reserve.ensure()
+                log.warning("the outbox opens again: %s", shown(self.config.outbox_path))
+            if self.reserve is not None:
+                self.reserve.ensure()
             return outbox
         return None
 
-    def _take_handover(self) -> None:
+    def _handover_key(self, source: CallSource) -> str:
+        """Instances sharing an outbox each hand over their own calls in progress."""
+        return f"{self.config.instance}/{source.name}" if self.shared else source.name
+
+    async def _take_handover(self) -> None:
         """Calls in progress that the last clean stop wrote to the outbox, back to their
         sources before they connect (issue 12)."""
-        assert self.outbox is not None
+        assert self.store is not None
         for source in self.sources:
             take_over = getattr(source, "take_over", None)
             if take_over is None:
                 continue
-            saved = self.outbox.take_handover(source.name)
+            saved = await self.store.take_handover(self._handover_key(source))
             if saved is not None:
                 take_over(saved[0])
 
-    def _hand_over(self) -> None:
+    async def _hand_over(self) -> None:
         """SIGTERM, sources stopped: their calls in progress go to the outbox for the next
         start, which would otherwise see them only as far as the PBX's channel list tells."""
-        assert self.outbox is not None
+        assert self.store is not None
         for source in self.sources:
             state = getattr(source, "handover_state", lambda: None)()
             if state is not None:
                 try:
-                    self.outbox.save_handover(source.name, state, self.clock())
+                    await self.store.save_handover(self._handover_key(source), state, self.clock())
                 except Exception as exc:  # the stop goes on: the channel list covers most of it
                     log.error("could not hand over %s's calls in progress: %s", source.name, exc)
                     continue
@@ -268,7 +333,7 @@ class Daemon:
             self.dispatcher.policy.config = new.policy
         if self.replies:
             self.replies.configure(new.optout, new.replies, render)
-        if self.outbox:
+        if self.store:
             self._configure_webhooks()
         log.info("reloaded %s: %d rule(s)", self.config_path, len(new.rules.rules))
 
@@ -295,8 +360,8 @@ class Daemon:
 
     def _start_pruning(self) -> None:
         self.supervisor.cancel("outbox pruning")
-        if self.config.keep_days and self.outbox:
-            outbox, keep_days, clock = self.outbox, self.config.keep_days, self.clock
+        if self.config.keep_days and self.store:
+            outbox, keep_days, clock = self.store, self.config.keep_days, self.clock
             self.supervisor.start("outbox pruning",
                                   lambda: retention.prune_periodically(outbox, keep_days, clock))
 
@@ -311,13 +376,14 @@ class Daemon:
         for task, count in restarts.items():
             self.metrics.task_restarts.labels(task).set(count)
         return {
+            "instance": self.config.instance,
             "pid": os.getpid(),
             "started": self.started_at.isoformat(timespec="seconds"),
             "updated": utc_now(self.clock).isoformat(timespec="seconds"),
             "sources": sources,
             "transport": transport,
             **({"transports": transports} if len(transports) > 1 or "routes" in transport else {}),
-            "queue_depth": self.outbox.queue_depth() if self.outbox else 0,
+            "queue_depth": self.outbox.queue_depth() if self.outbox else self._queue_depth,
             "submitted_since_start": self.dispatcher.sent_total if self.dispatcher else 0,
             "task_restarts": restarts,
             "calls_waiting_for_outbox": self.handler.unwritten if self.handler else 0,
@@ -331,7 +397,8 @@ class Daemon:
         line = (f"{pbx}; {info['transport'].get('name', 'transport')}: {transport}; "
                 f"queue {info['queue_depth']}; submitted {info['submitted_since_start']}")
         if info["calls_waiting_for_outbox"]:
-            line += f"; {info['calls_waiting_for_outbox']} call(s) wait for the outbox (disk full?)"
+            line += (f"; {info['calls_waiting_for_outbox']} call(s) wait for the outbox "
+                     f"({'database down?' if self.shared else 'disk full?'})")
         return line
 
     def _write_status(self, info: dict[str, Any]) -> None:
@@ -357,15 +424,21 @@ class Daemon:
             await self.api.close()  # what requests in progress queued is written
         if self.backfill:
             await self.backfill.stop()
-        if self.outbox:
-            self._hand_over()
+        if self.store:
+            await self._hand_over()
         if self.handler:
-            self.handler.close()  # a last write; calls it cannot write are logged as lost
+            await self.handler.aclose()  # a last write; calls it cannot write are logged as lost
         if self.dispatcher:
             await self.dispatcher.stop()
-        if self.outbox:
-            log.info("stopped; %d message(s) stay queued for the next start", self.outbox.queue_depth())
-            self.outbox.close()
+        if self.store:
+            try:
+                log.info("stopped; %d message(s) stay queued for the next start", await self.store.queue_depth())
+            except OutboxUnavailable as exc:
+                log.warning("stopped; the outbox cannot say how many messages stay queued (%s)", exc)
+            await self.store.close()
+        for other in (self.calls_store, self.outcomes_store):
+            if other is not None:
+                await other.close()
         if self._instance_lock:
             self._instance_lock.release()
         try:

@@ -32,7 +32,7 @@ from .model import (
 )
 from .policy import Policy, PolicyConfig
 from .replies import ReplyHandler
-from .store import Outbox, OutcomeRecord, Transition
+from .store import InlineOutbox, Outbox, OutboxUnavailable, OutcomeRecord, Store, Transition, as_store, run_inline
 from .transport import Transport
 
 if TYPE_CHECKING:
@@ -43,6 +43,11 @@ log = logging.getLogger(__name__)
 # How long a receipt that matched no part exactly waits for its submit response to be
 # recorded before an id in another base (hex/decimal) or without leading zeros is accepted.
 ORPHAN_GRACE_SECONDS = 2.0
+# A shared (PostgreSQL) outbox changes under this instance's feet: another instance's lease
+# runs out, or it dies with retries pending. The dispatcher looks at least this often.
+SHARED_POLL_SECONDS = 1.0
+# What the outbox refused to take is tried again after this long.
+REFUSED_RETRY_SECONDS = 1.0
 
 
 @dataclass
@@ -53,12 +58,20 @@ class _Attempt:
 
 
 class Dispatcher:
-    def __init__(self, outbox: Outbox, transport: Transport, config: DispatchConfig, *,
+    def __init__(self, outbox: Outbox | Store, transport: Transport, config: DispatchConfig, *,
                  optout: OptOutConfig | None = None, default_region: str = "US",
                  clock: Clock = system_clock, policy: Policy | None = None,
                  on_transition: Callable[[Transition], None] | None = None,
-                 metrics: Metrics | None = None, replies: ReplyHandler | None = None) -> None:
-        self.outbox = outbox
+                 metrics: Metrics | None = None, replies: ReplyHandler | None = None,
+                 lease_seconds: float = 60.0, outcomes: Store | None = None) -> None:
+        self.outbox = outbox = as_store(outbox)
+        # PostgreSQL: outcomes and receipts on a connection of their own (`outcomes`), so that
+        # a claim never waits behind their commit, which waits for the server's disk.
+        self.outcomes = outcomes or outbox
+        # An SQLite outbox is written inline (a local transaction is cheaper than a task);
+        # a PostgreSQL one from tasks, so that no round trip holds the event loop.
+        self._inline = isinstance(outbox, InlineOutbox)
+        self.lease_seconds = lease_seconds
         self.transport = transport
         self.config = config
         self.optout = optout or OptOutConfig()
@@ -80,6 +93,8 @@ class Dispatcher:
         self._pending_outcomes: list[OutcomeRecord] = []
         self._pending_reports: list[DeliveryReport] = []
         self._flush_scheduled = False
+        self._flusher: asyncio.Task | None = None  # writes outcomes and reports (PostgreSQL)
+        self._replies_in_flight: set[asyncio.Task] = set()  # replies being stored (PostgreSQL)
         self._timers: set[asyncio.TimerHandle] = set()  # flushes to come; cancelled by stop()
         self._closed = False  # stop() is done: the outbox may be closed from here on
         self._outbox_error = ""  # why the outbox last refused a write; "" once it takes them
@@ -93,14 +108,14 @@ class Dispatcher:
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._requeue_interrupted()
+        await self._requeue_interrupted()
         await self.transport.start(self)
         self._task = asyncio.create_task(self._run(), name="dispatcher")
 
-    def _requeue_interrupted(self) -> None:
+    async def _requeue_interrupted(self) -> None:
         try:
-            requeued = self.outbox.requeue_interrupted(self.clock())
-        except sqlite3.Error as exc:
+            requeued = await self.outbox.requeue_interrupted(self.clock())
+        except (sqlite3.Error, OutboxUnavailable) as exc:
             # A full disk at start: the daemon comes up anyway, and this is tried again
             # before each claim until it succeeds.
             self._outbox_refused(f"cannot requeue the messages the last run was sending ({exc})")
@@ -131,12 +146,14 @@ class Dispatcher:
                 await asyncio.gather(*pending, return_exceptions=True)
                 # A send cancelled before it began never reached its own clean-up.
                 self._in_flight.difference_update(pending)
-        self._flush()
+        await self._flush_now()
         await self.transport.close()
+        if self._replies_in_flight:
+            await asyncio.gather(*self._replies_in_flight, return_exceptions=True)
         # What the transport handed over while closing is written now. Receipts that wait
         # for their grace stay in the outbox's orphan table for the next start; no timer
         # may fire later, on an outbox the daemon is about to close.
-        self._flush()
+        await self._flush_now()
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
@@ -155,7 +172,7 @@ class Dispatcher:
             self._idle.clear()
             self._wake.set()
             await self._idle.wait()
-            due = self.outbox.next_due()
+            due = await self.outbox.next_due()
             if not self._in_flight and not self._pending_outcomes and (due is None or due > self.clock()):
                 return
 
@@ -166,8 +183,16 @@ class Dispatcher:
         self._schedule_flush()
 
     def inbound_message(self, message: InboundMessage) -> None:
+        if self._inline:
+            run_inline(self._receive(message))
+            return
+        task = asyncio.create_task(self._receive(message), name="reply")
+        self._replies_in_flight.add(task)
+        task.add_done_callback(self._replies_in_flight.discard)
+
+    async def _receive(self, message: InboundMessage) -> None:
         try:
-            self.replies.receive(message)
+            await self.replies.receive(message)
         except Exception:
             log.exception("cannot store the reply from %s", message.sender, extra=fields(recipient=message.sender))
 
@@ -178,11 +203,12 @@ class Dispatcher:
             free = self.transport.max_in_flight - len(self._in_flight)
             claimed: list[OutboundMessage] = []
             if self._requeue_wanted:
-                self._requeue_interrupted()
+                await self._requeue_interrupted()
             if free > 0:
                 try:
-                    claimed = self.outbox.claim_due(min(free, self.config.batch_size), self.clock())
-                except sqlite3.Error as exc:
+                    claimed = await self.outbox.claim_due(min(free, self.config.batch_size), self.clock(),
+                                                          lease_seconds=self.lease_seconds)
+                except (sqlite3.Error, OutboxUnavailable) as exc:
                     # A full disk: claiming is a write. Nothing new goes out, so what waits to
                     # be recorded stays bounded by the transport's window.
                     self._outbox_refused(f"cannot claim messages from the outbox ({exc})")
@@ -193,35 +219,50 @@ class Dispatcher:
                     await asyncio.sleep(1)
                     continue
                 self._outbox_takes_writes()
-            now = self.clock()
-            for message, verdict in zip(claimed, self.policy.check(claimed, now), strict=True):
-                if verdict.defer_until is not None:
-                    self.outbox.defer(message, verdict.defer_until, verdict.reason, now)
-                    log.info("message %d to %s held: %s", message.id, message.destination, verdict.reason,
-                             extra=fields(call_id=message.call_id, rule=message.rule,
-                                          recipient=message.destination, state="queued"))
+            if claimed:
+                try:
+                    await self._start_sends(claimed)
+                except (sqlite3.Error, OutboxUnavailable) as exc:
+                    # What was not sent stays claimed: this run's SQLite claims are sent at
+                    # the next start, a PostgreSQL lease is taken again once it runs out.
+                    self._outbox_refused(f"cannot check or hold claimed messages ({exc})")
+                    await asyncio.sleep(REFUSED_RETRY_SECONDS)
                     continue
-                if not verdict.send:
-                    self._emit([self.outbox.suppress(message, verdict.reason, now)])
-                    continue
-                task = asyncio.create_task(self._send(message))
-                self._in_flight.add(task)
             if claimed and len(claimed) == min(free, self.config.batch_size):
                 await asyncio.sleep(0)  # more may be due: let sends start, then claim again
                 continue
             if not self._in_flight and not self._pending_outcomes:
                 self._idle.set()
             self._wake.clear()
-            timeout = None
-            due = self.outbox.next_due()
+            timeout = None if self._inline else SHARED_POLL_SECONDS
+            try:
+                due = await self.outbox.next_due()
+            except (sqlite3.Error, OutboxUnavailable) as exc:
+                self._outbox_refused(f"cannot read the outbox ({exc})")
+                due = self.clock() + REFUSED_RETRY_SECONDS
             if due is not None and free > len(claimed):
-                timeout = max(0.0, due - self.clock())
+                timeout = max(0.0, min(due - self.clock(), timeout if timeout is not None else float("inf")))
             try:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
             except TimeoutError:
                 pass
+
+    async def _start_sends(self, claimed: list[OutboundMessage]) -> None:
+        now = self.clock()
+        for message, verdict in zip(claimed, await self.policy.check(claimed, now), strict=True):
+            if verdict.defer_until is not None:
+                await self.outbox.defer(message, verdict.defer_until, verdict.reason, now)
+                log.info("message %d to %s held: %s", message.id, message.destination, verdict.reason,
+                         extra=fields(call_id=message.call_id, rule=message.rule,
+                                      recipient=message.destination, state="queued"))
+                continue
+            if not verdict.send:
+                self._emit([await self.outbox.suppress(message, verdict.reason, now)])
+                continue
+            task = asyncio.create_task(self._send(message))
+            self._in_flight.add(task)
 
     async def _send(self, message: OutboundMessage) -> None:
         began = time.perf_counter()
@@ -268,7 +309,32 @@ class Dispatcher:
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled and not self._closed:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(self._start_flush)
+
+    def _start_flush(self) -> None:
+        if self._inline:
+            run_inline(self._flush())
+        elif self._flusher is None:  # else the running flusher flushes once more when done
+            self._flusher = asyncio.create_task(self._flusher_run(), name="outcome writer")
+
+    async def _flusher_run(self) -> None:
+        try:
+            while True:
+                try:
+                    await self._flush()
+                except Exception:  # _flush keeps what it could not write; this is a bug
+                    log.exception("writing outcomes to the outbox failed; trying again in %gs", REFUSED_RETRY_SECONDS)
+                    self._flush_later(REFUSED_RETRY_SECONDS)
+                if not self._flush_scheduled:
+                    return
+        finally:
+            self._flusher = None
+
+    async def _flush_now(self) -> None:
+        """Everything handed over so far written (or kept for the next try), for stop()."""
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        await self._flush()
 
     def _flush_later(self, delay: float) -> None:
         def fire() -> None:
@@ -278,7 +344,7 @@ class Dispatcher:
         handle = asyncio.get_running_loop().call_later(delay, fire)
         self._timers.add(handle)
 
-    def _flush(self) -> None:
+    async def _flush(self) -> None:
         """One transaction for every outcome and report that arrived since the last flush."""
         self._flush_scheduled = False
         if self._closed:
@@ -288,18 +354,18 @@ class Dispatcher:
         try:
             transitions: list[Transition] = []
             if outcomes:
-                transitions += self.outbox.record_outcomes(outcomes, self.clock())
+                transitions += await self.outcomes.record_outcomes(outcomes, self.clock())
             if reports:
-                transitions += self.outbox.apply_reports(reports, self.clock())
+                transitions += await self.outcomes.apply_reports(reports, self.clock())
                 # Receipts that matched nothing exactly get a looser match once their
                 # submit responses have surely been recorded.
                 self._flush_later(self.orphan_grace + 0.05)
             settle_before = self.clock() - self.orphan_grace
-            if self.outbox.has_pending_orphans(settle_before):
-                transitions += self.outbox.resolve_orphans(settle_before, self.clock())
+            if await self.outcomes.has_pending_orphans(settle_before):
+                transitions += await self.outcomes.resolve_orphans(settle_before, self.clock())
         except Exception as exc:
             # Keep them for the next flush rather than lose them.
-            if isinstance(exc, sqlite3.Error):
+            if isinstance(exc, (sqlite3.Error, OutboxUnavailable)):
                 self._outbox_refused(f"cannot write {len(outcomes)} outcome(s)/{len(reports)} report(s) "
                                      f"to the outbox ({exc}); they wait in memory and are retried every 1s")
             else:
@@ -307,7 +373,7 @@ class Dispatcher:
                               len(outcomes), len(reports))
             self._pending_outcomes[:0] = outcomes
             self._pending_reports[:0] = reports
-            self._flush_later(1.0)
+            self._flush_later(REFUSED_RETRY_SECONDS)
             return
         self._outbox_takes_writes()
         self._emit(transitions)

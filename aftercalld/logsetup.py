@@ -67,6 +67,7 @@ class JournalHandler(logging.Handler):
         super().__init__()
         self.address = address
         self.identifier = identifier
+        self.instance = ""  # set by `show_instance`: which of the instances sharing an outbox
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self._fallback = logging.StreamHandler(sys.stderr)
         self._fallback.setFormatter(EscapingFormatter("%(levelname)s %(name)s: %(message)s"))
@@ -86,6 +87,8 @@ class JournalHandler(logging.Handler):
                 _field("CODE_FUNC", record.funcName),
                 _field("CODE_LINE", record.lineno),
             ]
+            if self.instance:
+                parts.append(_field("INSTANCE", self.instance))
             for key, value in (getattr(record, "journal_fields", None) or {}).items():
                 parts.append(_field(key, escape_controls(value)))
             self.sock.sendto(b"".join(parts), self.address)
@@ -110,6 +113,17 @@ def under_journal() -> bool:
         return False
     dev, _, ino = stream.partition(":")
     return f"{st.st_dev}" == dev and f"{st.st_ino}" == ino
+
+
+def show_instance(name: str) -> None:
+    """Instances sharing a PostgreSQL outbox log which one speaks: a journal field INSTANCE
+    (`journalctl INSTANCE=sms1`), and in plain text lines after the level."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, JournalHandler):
+            handler.instance = name
+        elif isinstance(handler.formatter, EscapingFormatter):
+            handler.setFormatter(EscapingFormatter(
+                f"%(asctime)s %(levelname)s {name.replace('%', '%%')} %(name)s: %(message)s"))
 
 
 def setup_logging(level: int = logging.INFO, *, journal: bool | None = None,

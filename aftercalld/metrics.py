@@ -32,14 +32,15 @@ _DLR_BUCKETS = (1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 21600, 86400)
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, instance: str = "") -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         # process_* (CPU, memory, open files) and python_info, as every exporter has them.
         r.register(PROCESS_COLLECTOR)
         r.register(PLATFORM_COLLECTOR)
         Info("aftercalld_build", "The running aftercalld", registry=r).info(
-            {"version": __version__, "python": platform.python_version()})
+            # The instance name tells apart instances sharing a PostgreSQL outbox.
+            {"version": __version__, "python": platform.python_version(), "instance": instance})
         self.calls = Counter("aftercalld_calls_total", "Finished calls", ["pbx", "status", "direction"], registry=r)
         self.messages = Counter("aftercalld_messages_total", "Message state changes (queued and suppressed "
                                 "counted when the call is handled)", ["state"], registry=r)

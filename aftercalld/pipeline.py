@@ -7,7 +7,6 @@ import sqlite3
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from itertools import islice
 
 from .backoff import Backoff
 from .clock import Clock, system_clock
@@ -17,7 +16,7 @@ from .logutil import fields
 from .model import CallRecord
 from .rules.engine import Selection
 from .rules.render import RenderedMessage, enrich, render
-from .store import Outbox
+from .store import InlineOutbox, Outbox, OutboxUnavailable, Store, as_store, run_inline
 
 log = logging.getLogger(__name__)
 
@@ -64,17 +63,22 @@ IDS_PER_LOG_LINE = 200
 
 
 class CallHandler:
-    def __init__(self, config: Config, outbox: Outbox, on_queued=None, metrics=None,
+    def __init__(self, config: Config, outbox: Outbox | Store, on_queued=None, metrics=None,
                  clock: Clock = system_clock, *, unwritten_max: int | None = None,
                  reserve: DiskReserve | None = None) -> None:
         self.config = config
         self.clock = clock
         self.metrics = metrics
-        self.outbox = outbox
+        self.outbox = as_store(outbox)
+        # An SQLite outbox is written inline, before the event loop turns again, as it always
+        # was; a PostgreSQL one by a writer task, so that no round trip holds the loop.
+        self._inline = isinstance(self.outbox, InlineOutbox)
+        self._writer: asyncio.Task | None = None
         self.on_queued = on_queued  # e.g. Dispatcher.wake
         self.unwritten_max = config.unwritten_calls_max if unwritten_max is None else unwritten_max
         self._pending: list[CallRecord] = []
-        # Decided calls the outbox refused (sqlite3.Error), oldest first, and the retry timer.
+        # Decided calls the outbox refused (sqlite3.Error, OutboxUnavailable), oldest first,
+        # and the retry timer.
         self._unwritten: deque[Decision] = deque()
         self._retry = Backoff(RETRY_MIN_SECONDS, RETRY_MAX_SECONDS, jitter=lambda: 0.0)
         self._retry_timer: asyncio.TimerHandle | None = None
@@ -98,9 +102,15 @@ class CallHandler:
         return Decision(record, selection, messages)
 
     def handle(self, record: CallRecord) -> Decision:
-        return self.handle_many([record])[0]
+        """`process` for one call, run to its end here: an SQLite outbox only (tests, tools)."""
+        return run_inline(self.process([record]))[0]
 
     def handle_many(self, records: list[CallRecord], *, suppress: Mapping[str, str] | None = None) -> list[Decision]:
+        """`process`, run to its end here: an SQLite outbox only (tests, tools)."""
+        return run_inline(self.process(records, suppress=suppress))
+
+    async def process(self, records: list[CallRecord], *,
+                      suppress: Mapping[str, str] | None = None) -> list[Decision]:
         """Decide each call, then write them all in one transaction (group commit).
         `suppress`: call id → reason; those calls are recorded with every message
         suppressed for that reason (a call backfilled too late to text)."""
@@ -110,10 +120,10 @@ class CallHandler:
                 reason = suppress.get(d.record.call_id)
                 if reason:
                     d.messages = tuple(m if m.suppressed else replace(m, suppressed=reason) for m in d.messages)
-        return self._write(decisions)
+        return await self._write(decisions)
 
-    def _write(self, decisions: list[Decision]) -> list[Decision]:
-        results = self.outbox.record_calls(
+    async def _write(self, decisions: list[Decision]) -> list[Decision]:
+        results = await self.outbox.record_calls(
             [(d.record, d.selection.rule.name if d.selection.rule else None, d.selection.reason, d.messages)
              for d in decisions],
             ttl_seconds=self.config.dispatch.ttl_seconds, now=self.clock(),
@@ -173,31 +183,53 @@ class CallHandler:
                               extra=fields(call_id=record.call_id, pbx=record.pbx))
         self._drop_past_bound()
         if self._retry_timer is None:
-            self._write_unwritten()
+            self._start_writing()
         # else the outbox refused the last try: its retry timer writes these too. Trying on
         # every new call would serialise a whole chunk per call only to roll it back.
+
+    def _start_writing(self) -> None:
+        if self._inline:
+            run_inline(self._write_unwritten())
+        elif self._writer is None:  # else the running writer takes these calls too
+            self._writer = asyncio.create_task(self._writer_run(), name="call writer")
+            self._writer.add_done_callback(self._writer_done)
+
+    async def _writer_run(self) -> None:
+        try:
+            await self._write_unwritten()
+        finally:
+            # Here, not in the done callback: a flush between the two would find a writer
+            # that takes no more calls.
+            self._writer = None
+
+    def _writer_done(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the call writer failed; %d call(s) wait in memory", len(self._unwritten),
+                      exc_info=task.exception())
+            self._wait_for_outbox(task.exception())  # type: ignore[arg-type]
 
     def _cancel_retry(self) -> None:
         if self._retry_timer is not None:
             self._retry_timer.cancel()
             self._retry_timer = None
 
-    def _write_unwritten(self) -> None:
+    async def _write_unwritten(self) -> None:
         self._cancel_retry()
         while self._unwritten:
-            chunk = list(islice(self._unwritten, CATCH_UP_CHUNK))
+            # Taken off the queue while written, so that calls dropped past the bound in the
+            # meantime (a PostgreSQL write lets the loop turn) are never these ones.
+            chunk = [self._unwritten.popleft() for _ in range(min(CATCH_UP_CHUNK, len(self._unwritten)))]
             try:
-                self._write(chunk)
-            except sqlite3.Error as exc:
+                await self._write(chunk)
+            except (sqlite3.Error, OutboxUnavailable) as exc:
+                self._unwritten.extendleft(reversed(chunk))
                 self._wait_for_outbox(exc)
                 return
             except Exception:
                 log.exception("could not write %d finished call(s); trying them one by one", len(chunk))
-                if not self._write_one_by_one(chunk):
+                if not await self._write_one_by_one(chunk):
                     return
                 continue
-            for _ in chunk:
-                self._unwritten.popleft()
         self._log_drops()
         if self._write_error:
             log.warning("the outbox takes calls again (after: %s); every waiting call is written",
@@ -207,24 +239,24 @@ class CallHandler:
                 self.reserve.ensure()
         self._retry.reset()
 
-    def _write_one_by_one(self, chunk: list[Decision]) -> bool:
+    async def _write_one_by_one(self, chunk: list[Decision]) -> bool:
         """After an unexpected error: each call alone, so one broken call is logged and
         skipped. False when the outbox itself refused (the rest keep waiting)."""
-        for decision in chunk:
+        for n, decision in enumerate(chunk):
             record = decision.record
             try:
-                self._write([decision])
-            except sqlite3.Error as exc:
+                await self._write([decision])
+            except (sqlite3.Error, OutboxUnavailable) as exc:
+                self._unwritten.extendleft(reversed(chunk[n:]))
                 self._wait_for_outbox(exc)
                 return False
             except Exception:
                 log.error("call %s from %s could not be handled; record for replay: %s",
                           record.call_id, record.pbx, _as_text(record),
                           extra=fields(call_id=record.call_id, pbx=record.pbx))
-            self._unwritten.popleft()
         return True
 
-    def _wait_for_outbox(self, exc: sqlite3.Error) -> None:
+    def _wait_for_outbox(self, exc: BaseException) -> None:
         error = str(exc) or type(exc).__name__
         delay = self._retry.failed()
         if error != self._write_error:  # once per state change, not once per retry
@@ -237,7 +269,7 @@ class CallHandler:
 
     def _retry_now(self) -> None:
         self._retry_timer = None
-        self._write_unwritten()
+        self._start_writing()
 
     def _drop_past_bound(self) -> None:
         excess = len(self._unwritten) - self.unwritten_max
@@ -258,14 +290,16 @@ class CallHandler:
                  f"{self.dropped} since start; no text will be sent for them", dropped)
 
     def close(self) -> int:
+        """`aclose` for an SQLite outbox, run to its end here (tests, tools)."""
+        return run_inline(self.aclose())
+
+    async def aclose(self) -> int:
         """At shutdown: one last write of the waiting calls; the ones it could not write are
         logged as lost, by call id. Returns how many were lost."""
-        self._cancel_retry()
-        self.flush()
+        await self._last_write()
         if self._unwritten and self.reserve is not None and self.reserve.release(
                 f"to write the {len(self._unwritten)} finished call(s) waiting at shutdown"):
-            self._cancel_retry()
-            self.flush()
+            await self._last_write()
         self._cancel_retry()
         self._log_drops()
         lost = list(self._unwritten)
@@ -276,6 +310,15 @@ class CallHandler:
                      f"({self._write_error or '?'}): they are lost, no text will be sent for them",
                      (d.record for d in lost))
         return len(lost)
+
+    async def _last_write(self) -> None:
+        self._cancel_retry()
+        if self._writer is not None:
+            await asyncio.gather(self._writer, return_exceptions=True)
+        self.flush()
+        if self._writer is not None:
+            await asyncio.gather(self._writer, return_exceptions=True)
+        self._cancel_retry()
 
 
 def call_ids(records: Iterable[CallRecord]) -> list[str]:

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 from .model import OutboundMessage
 from .rules.engine import TimeWindow
-from .store import Outbox
+from .store import InlineOutbox, Outbox, Store, as_store
 
 
 class QuietAction(enum.StrEnum):
@@ -37,6 +37,11 @@ class PolicyConfig:
     rules: Mapping[str, RulePolicy] = field(default_factory=dict)
 
 
+# With a shared (PostgreSQL) outbox, the daily quotas are read again from it at most this
+# often, so that instances count each other's sends: together they overshoot a quota by at
+# most what they send within this long.
+SHARED_QUOTA_REFRESH_SECONDS = 1.0
+
 # The rules of texts that replies cause (replies.py): "reply:forward", "reply:help".
 ANSWER_RULE_PREFIX = "reply:"
 
@@ -52,9 +57,9 @@ SEND = Verdict(True)
 
 
 class Policy:
-    def __init__(self, config: PolicyConfig, outbox: Outbox, tz: ZoneInfo) -> None:
+    def __init__(self, config: PolicyConfig, outbox: Outbox | Store, tz: ZoneInfo) -> None:
         self.config = config
-        self.outbox = outbox
+        self.outbox = as_store(outbox)
         self.tz = tz
         self._day: str | None = None
         self._sent_today = 0
@@ -62,35 +67,62 @@ class Policy:
         # destination -> last send, oldest first; only sends within the cooldown, so that a
         # daemon texting a new caller every call does not keep every number it ever texted.
         self._recent: dict[str, float] = {}
+        self._shared = not isinstance(self.outbox, InlineOutbox)
+        self._midnight = 0.0
+        self._counted_at = 0.0  # when the quotas were last read from a shared outbox
+        # Sends this instance allowed since that read: some are still in flight (not yet
+        # submitted in the outbox), so they are added to what the next read finds. Those
+        # already submitted by then count twice until the read after: a quota holds early
+        # rather than late.
+        self._allowed_since: dict[str, int] = {}
 
-    def _roll_day(self, now: float) -> None:
+    def _has_quotas(self) -> bool:
+        return self.config.daily_quota is not None or any(
+            r.daily_quota is not None for r in self.config.rules.values())
+
+    async def _roll_day(self, now: float) -> None:
         local = datetime.fromtimestamp(now, UTC).astimezone(self.tz)
         day = local.strftime("%Y-%m-%d")
         if day == self._day:
+            if self._shared and now - self._counted_at >= SHARED_QUOTA_REFRESH_SECONDS and self._has_quotas():
+                await self._count_today(now)
             return
         self._day = day
-        midnight = local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
-        self._sent_today, self._sent_today_by_rule = self.outbox.submitted_counts_since(midnight)
+        self._midnight = local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+        self._allowed_since = {}  # yesterday's sends count for yesterday
+        await self._count_today(now)
         self._recent.clear()
 
-    def check(self, messages: Iterable[OutboundMessage], now: float) -> list[Verdict]:
+    async def _count_today(self, now: float) -> None:
+        total, by_rule = await self.outbox.submitted_counts_since(self._midnight)
+        if self._shared:
+            total += sum(self._allowed_since.values())
+            for rule, n in self._allowed_since.items():
+                by_rule[rule] = by_rule.get(rule, 0) + n
+            self._allowed_since = {}
+        self._sent_today, self._sent_today_by_rule = total, by_rule
+        self._counted_at = now
+
+    async def check(self, messages: Iterable[OutboundMessage], now: float) -> list[Verdict]:
         """Verdicts for a claimed batch, in order. Messages that are sent count against the
         cooldown and quotas at once, so a batch cannot overrun them."""
         messages = list(messages)
         if not messages:
             return []
-        self._roll_day(now)
+        await self._roll_day(now)
         destinations = [m.destination for m in messages]
-        opted_out = self.outbox.opted_out_among(destinations)
-        dnd = self.outbox.dnd_matches(destinations)
+        opted_out = await self.outbox.opted_out_among(destinations)
+        dnd = await self.outbox.dnd_matches(destinations)
         cooldown = self.config.cooldown_seconds
-        last_sent = self.outbox.last_submitted_to(destinations, now - cooldown) if cooldown else {}
+        last_sent = await self.outbox.last_submitted_to(destinations, now - cooldown) if cooldown else {}
         verdicts = []
         for m in messages:
             verdict = self._verdict(m, now, opted_out, dnd, last_sent)
             if verdict.send:
                 self._sent_today += 1
                 self._sent_today_by_rule[m.rule] = self._sent_today_by_rule.get(m.rule, 0) + 1
+                if self._shared:
+                    self._allowed_since[m.rule] = self._allowed_since.get(m.rule, 0) + 1
                 if cooldown:
                     self._recent.pop(m.destination, None)  # re-insert: keeps the dict oldest first
                     self._recent[m.destination] = now

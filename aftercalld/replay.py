@@ -27,7 +27,7 @@ from .pbxconfig import PbxConfig, default_pbx
 from .pipeline import CallHandler, Decision
 from .policy import Policy
 from .rules.render import call_key
-from .store import Outbox, StoreError
+from .store import Outbox, StoreError, as_store
 
 log = logging.getLogger(__name__)
 
@@ -170,18 +170,22 @@ class CallTime:
         self.now = when.timestamp() if when is not None else self.fallback()
 
 
-def copy_lists(config: Config, into: Outbox, now: float) -> int:
+async def copy_lists(config: Config, into: Outbox, now: float) -> int:
     """The daemon's opt-out and DND lists, read from its outbox without changing it, so a
-    replay holds back what the daemon would. No outbox yet: no lists."""
+    replay holds back what the daemon would. No outbox yet (or none reachable): no lists."""
     try:
-        real = Outbox.open_readonly(config.outbox_path)
+        if config.outbox_is_postgres:
+            from .daemon import open_store
+            real = await open_store(config)
+        else:
+            real = as_store(Outbox.open_readonly(config.outbox_path))
     except StoreError:
         return 0
     try:
-        optout = [number for number, _, _ in real.optout_list()]
-        dnd = [entry for entry, _, _ in real.dnd_list()]
+        optout = [number for number, _, _ in await real.optout_list()]
+        dnd = [entry for entry, _, _ in await real.dnd_list()]
     finally:
-        real.close()
+        await real.close()
     into.optout_add(optout, "copied from the daemon's outbox", now)
     into.dnd_add(dnd, "copied from the daemon's outbox", now)
     return len(optout) + len(dnd)
@@ -240,7 +244,7 @@ async def replay(records: list[CallRecord] | Iterator[CallRecord], config: Confi
         outbox = Outbox.open(outbox_path or str(Path(tmp) / "outbox.sqlite3"))
         try:
             call_time = CallTime(clock)
-            copy_lists(config, outbox, clock())
+            await copy_lists(config, outbox, clock())
             policy = Policy(config.policy, outbox, config.timezone)
             dispatcher = Dispatcher(outbox, LogTransport(), config.dispatch, optout=config.optout,
                                     default_region=config.phone.default_region, policy=policy, clock=call_time)

@@ -21,7 +21,7 @@ from .phone import normalise_for_list
 from .replyconfig import AGENT, WEBHOOK_PREFIX, KeywordMatch, RepliesConfig, keyword_sets, match_keyword
 from .rules.encoding import segment
 from .rules.render import RenderContext, RenderedMessage, render_adhoc
-from .store import Answered, Outbox, ReplyEffects
+from .store import Answered, Outbox, ReplyEffects, Store, as_store
 from .webhooks.events import OPTOUT_ADDED, OPTOUT_REMOVED, REPLY_RECEIVED, WebhookEvents
 
 log = logging.getLogger(__name__)
@@ -50,11 +50,11 @@ class ReplyOutcome:
 
 
 class ReplyHandler:
-    def __init__(self, outbox: Outbox, *, optout: OptOutConfig | None = None,
+    def __init__(self, outbox: Outbox | Store, *, optout: OptOutConfig | None = None,
                  replies: RepliesConfig | None = None, render: RenderContext | None = None,
                  default_region: str = "US", clock: Clock = system_clock,
                  webhooks: WebhookEvents | None = None, on_queued: Callable[[], None] | None = None) -> None:
-        self.outbox = outbox
+        self.outbox = as_store(outbox)
         self.default_region = default_region
         self.clock = clock
         self.webhooks = webhooks
@@ -70,7 +70,7 @@ class ReplyHandler:
         if render is not None:
             self.render = render
 
-    def receive(self, message: InboundMessage) -> ReplyOutcome:
+    async def receive(self, message: InboundMessage) -> ReplyOutcome:
         text = message.text
         word = text.strip().split(maxsplit=1)[0].strip(".!,;:").upper() if text.strip() else ""
         number = normalise_for_list(message.sender, self.default_region) or message.sender
@@ -83,12 +83,18 @@ class ReplyHandler:
         elif match and match.action == "start":
             optout = "remove"
 
+        # Read before the reply's transaction: its effects run inside it, where the outbox
+        # takes no other call.
+        help_cooldown = self.replies.help_cooldown_seconds
+        helped_recently = bool(match and match.action == "help" and help_cooldown and await self.outbox.last_created(
+            number, HELP_RULE, now - help_cooldown) is not None)
+
         def effects(reply_id: int, answered: Answered | None) -> ReplyEffects:
-            return self._effects(reply_id, answered, number, message, match, now, outcome)
+            return self._effects(reply_id, answered, number, message, match, now, outcome, helped_recently)
 
         # A failure here (disk full) reaches the dispatcher, which logs it: nothing of the
         # reply was written, neither the opt-out change nor a forward.
-        outcome.reply_id, outcome.call_key = self.outbox.record_reply(
+        outcome.reply_id, outcome.call_key = await self.outbox.record_reply(
             number, text, message.transport, match.word if match else "", now, REPLY_WINDOW_SECONDS,
             optout=optout, effects=effects)
         if outcome.forwarded or outcome.answered_help:
@@ -98,7 +104,8 @@ class ReplyHandler:
         return outcome
 
     def _effects(self, reply_id: int, answered: Answered | None, number: str, message: InboundMessage,
-                 match: KeywordMatch | None, now: float, outcome: ReplyOutcome) -> ReplyEffects:
+                 match: KeywordMatch | None, now: float, outcome: ReplyOutcome,
+                 helped_recently: bool = False) -> ReplyEffects:
         """Runs inside the reply's transaction."""
         caused = ReplyEffects(ttl_seconds=REPLY_TEXT_TTL_SECONDS)
         call_key = answered.call_key if answered else None
@@ -119,7 +126,7 @@ class ReplyHandler:
         routes = () if rule in OWN_RULES else self.replies.routes_for(rule)
         if action == "help":
             routes = tuple(r for r in routes if r.startswith(WEBHOOK_PREFIX))  # answered here, not by a person
-            help_message = self._help_answer(reply_id, number, match, answered, now)
+            help_message = self._help_answer(reply_id, number, match, answered, helped_recently)
             if help_message is not None:
                 caused.messages.append((call_key or "", help_message))
                 outcome.answered_help = not help_message.suppressed
@@ -139,7 +146,7 @@ class ReplyHandler:
         return self.replies.sender or (answered.sender if answered else "")
 
     def _help_answer(self, reply_id: int, number: str, match: KeywordMatch | None, answered: Answered | None,
-                     now: float) -> RenderedMessage | None:
+                     helped_recently: bool) -> RenderedMessage | None:
         assert match is not None
         text = match.keywords.help_text or self.optout.help_text
         sender = self._sender(answered)
@@ -149,9 +156,9 @@ class ReplyHandler:
             log.warning("HELP from %s not answered: no [replies] sender, and the reply answers no text of ours "
                         "whose sender could be used", number)
             return None
-        cooldown = self.replies.help_cooldown_seconds
-        if cooldown and self.outbox.last_created(number, HELP_RULE, now - cooldown) is not None:
-            log.info("HELP from %s: answered within the last %g min, not again", number, cooldown / 60)
+        if helped_recently:
+            log.info("HELP from %s: answered within the last %g min, not again", number,
+                     self.replies.help_cooldown_seconds / 60)
             return None
         return render_adhoc(f"reply/{reply_id}/help", HELP_RULE, RecipientKind.CALLER, number, text, sender,
                             self.render, max_segments=self.replies.max_segments)
@@ -160,7 +167,7 @@ class ReplyHandler:
                   answered: Answered | None) -> list[RenderedMessage]:
         assert self.render is not None
         numbers: list[tuple[RecipientKind, str]] = []
-        record = self._call_record(answered.call_key) if answered else {}
+        record = self._call_record(answered.record) if answered else {}
         for route in routes:
             if route.startswith(WEBHOOK_PREFIX):
                 continue
@@ -213,8 +220,8 @@ class ReplyHandler:
                 hi = mid - 1
         return self.replies.forward_text.render({**values, "text": text[:lo] + "…"})
 
-    def _call_record(self, call_key: str) -> dict:
-        raw = self.outbox.call_record(call_key) if call_key else None
+    @staticmethod
+    def _call_record(raw: str | None) -> dict:
         if raw is None:
             return {}
         try:

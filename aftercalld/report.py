@@ -15,6 +15,7 @@ from .config import Config
 from .model import CallRecord, MessageState
 from .phone import caller_id_forms, normalise_for_list
 from .store import Outbox
+from .store.location import shown
 from .textsafety import csv_cell, escape_controls
 
 COLUMNS = ("id", "call_key", "rule", "recipient_kind", "destination", "state", "reason", "attempts",
@@ -219,7 +220,7 @@ def why(outbox: Outbox, config: Config, what: str, out: TextIO) -> int:
         replies = outbox.replies(numbers=[what] + ([number] if number and number != what else []))
         texted = bool(number and outbox.messages(destination=number, limit=1))
     if not calls and not replies and not texted:
-        out.write(f"no call with id or caller {escape_controls(repr(what))} in {config.outbox_path}\n")
+        out.write(f"no call with id or caller {escape_controls(repr(what))} in {shown(config.outbox_path)}\n")
         return 1
     for call in calls:
         _why_call(outbox, config, call, out)
@@ -411,11 +412,15 @@ def status(outbox: Outbox, config: Config, fmt: str, out: TextIO, clock: Clock =
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
     sent_today, by_rule = outbox.submitted_counts_since(midnight)
     live, down = _live_status(config, now.timestamp())
+    # A shared (PostgreSQL) outbox: every instance's heartbeat, wherever it runs.
+    instances = _instances(outbox, now.timestamp()) if config.outbox_is_postgres else None
+    if down is not None and instances and any(i["alive"] for i in instances):
+        down = None  # not here, but the outbox is served
     info: dict[str, Any] = {
         "running": down is None,
         "not_running": down,  # why, when not running
         "daemon": live,  # as the daemon wrote it (UTC ISO times, epochs); kept when stale
-        "outbox": config.outbox_path,
+        "outbox": shown(config.outbox_path),
         "queue_depth": outbox.queue_depth(),
         "states": outbox.counts_by_state(),
         "submitted_today": sent_today,
@@ -426,13 +431,17 @@ def status(outbox: Outbox, config: Config, fmt: str, out: TextIO, clock: Clock =
         "transports": [{"name": t.label, "type": t.type} for t in config.all_transports],
         "routes": [r.name for r in config.routes],
     }
+    if instances is not None:
+        info["instances"] = instances
     code = 0 if down is None else EXIT_NOT_RUNNING
     if fmt == "json":
         json.dump(info, out, indent=1)
         out.write("\n")
         return code
     tz = config.timezone
-    if down is not None:
+    if instances is not None:
+        _write_instances(out, instances, tz)
+    elif down is not None:
         out.write(f"daemon: NOT RUNNING ({escape_controls(down)})\n")
     else:
         assert live is not None
@@ -461,6 +470,37 @@ def status(outbox: Outbox, config: Config, fmt: str, out: TextIO, clock: Clock =
         out.write(f"\nconfigured: transport {_configured_transports(config)}; PBXs: "
                   + (", ".join(f"{p.name} ({p.type})" for p in config.pbxs) or "none") + "\n")
     return code
+
+
+# An instance whose heartbeat is older than this is listed as gone (it writes every 5 s).
+INSTANCE_GONE_SECONDS = 30.0
+
+
+def _instances(outbox: Any, now: float) -> list[dict[str, Any]]:
+    rows = outbox.instances()
+    for row in rows:
+        row["alive"] = now - row["heartbeat_at"] <= INSTANCE_GONE_SECONDS
+        row["heartbeat_age_seconds"] = round(now - row["heartbeat_at"], 1)
+    return rows
+
+
+def _write_instances(out: TextIO, instances: list[dict[str, Any]], tz: ZoneInfo) -> None:
+    alive = sum(1 for i in instances if i["alive"])
+    out.write(f"instances: {alive} running" + (f", {len(instances) - alive} gone" if alive < len(instances) else "")
+              + "\n")
+    for inst in instances:
+        info = inst.get("info") or {}
+        state = "running" if inst["alive"] else "GONE"
+        out.write(f"\ninstance {escape_controls(inst['instance'])}: {state}, heartbeat "
+                  f"{inst['heartbeat_age_seconds']:g}s ago ({_when(inst['heartbeat_at'], tz)}), "
+                  f"pid {info.get('pid', '?')}, queue {info.get('queue_depth', '?')}, "
+                  f"{info.get('submitted_since_start', 0)} submitted since start\n")
+        if not inst["alive"]:
+            continue
+        for source in info.get("sources") or []:
+            _block(out, "  pbx", source, tz)
+        if info.get("transport"):
+            _block(out, "  transport", info["transport"], tz)
 
 
 def _configured_transports(config: Config) -> str:

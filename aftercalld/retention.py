@@ -5,7 +5,7 @@ import asyncio
 import logging
 
 from .clock import Clock
-from .store import Outbox, Pruned
+from .store import Outbox, Pruned, Store, as_store
 
 log = logging.getLogger(__name__)
 
@@ -15,19 +15,20 @@ MIN_KEEP_DAYS = 7
 PRUNE_EVERY_SECONDS = 3600.0
 
 
-async def prune(outbox: Outbox, keep_days: float, now: float) -> Pruned:
+async def prune(outbox: Outbox | Store, keep_days: float, now: float) -> Pruned:
     """Delete what is older than `keep_days`, in short transactions with the event loop
     free between them (the daemon keeps taking calls)."""
     before = now - keep_days * 86400
-    total, after_rowid = outbox.prune(before)
+    store = as_store(outbox)
+    total, after_rowid = await store.prune(before)
     while after_rowid is not None:
         await asyncio.sleep(0)
-        batch, after_rowid = outbox.prune(before, after_rowid=after_rowid)
+        batch, after_rowid = await store.prune(before, after_rowid=after_rowid)
         total.add(batch)
     return total
 
 
-async def prune_periodically(outbox: Outbox, keep_days: float, clock: Clock,
+async def prune_periodically(outbox: Outbox | Store, keep_days: float, clock: Clock,
                              every: float = PRUNE_EVERY_SECONDS) -> None:
     """The daemon's housekeeping: at start, then every hour. A failure is logged and
     tried again at the next round."""

@@ -11,7 +11,7 @@ from .daemon import build_transport
 from .model import CallRecord, CallStatus, DeliveryReport, Direction, InboundMessage, OutboundMessage, RecipientKind
 from .rules.encoding import segment
 from .rules.render import render
-from .store import NoOutboxError, Outbox
+from .store import NoOutboxError, Outbox, as_store
 
 DEFAULT_TEXT = "aftercalld test message. If you can read this, texts reach this phone."
 
@@ -41,21 +41,25 @@ def _transport_for(config: Config, e164: str, rule: str, name: str | None) -> Tr
     return config.transport
 
 
-def _held_back(config: Config, e164: str) -> str | None:
+async def _held_back(config: Config, e164: str) -> str | None:
     """Why the daemon would never text this number (opt-out or DND list), or None. A
     machine with no outbox yet has no lists."""
     try:
-        outbox = Outbox.open_readonly(config.outbox_path)
+        if config.outbox_is_postgres:
+            from .daemon import open_store
+            outbox = await open_store(config)
+        else:
+            outbox = as_store(Outbox.open_readonly(config.outbox_path))
     except NoOutboxError:
         return None
     try:
-        if outbox.is_opted_out(e164):
+        if await outbox.is_opted_out(e164):
             return "is on the opt-out list"
-        if outbox.dnd_matches([e164]):
+        if await outbox.dnd_matches([e164]):
             return "is on the do-not-disturb list"
         return None
     finally:
-        outbox.close()
+        await outbox.close()
 
 
 async def send_test(config: Config, number: str, *, rule_name: str | None, text: str | None,
@@ -69,7 +73,7 @@ async def send_test(config: Config, number: str, *, rule_name: str | None, text:
     if sender is not None and (problem := sender_problem(sender)):
         print(f"aftercalld: --sender {problem}", file=sys.stderr)
         return 2
-    held_back = _held_back(config, check.e164)
+    held_back = await _held_back(config, check.e164)
     if held_back and not force:
         print(f"aftercalld: {check.e164} {held_back}: the daemon would never text it; not sent "
               f"(--force sends anyway)", file=sys.stderr)

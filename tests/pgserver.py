@@ -31,7 +31,11 @@ def server_programs() -> Path | None:
 
 
 class PgServer:
-    def __init__(self) -> None:
+    def __init__(self, tcp_port: int | None = None, durable: bool = False) -> None:
+        """`tcp_port`: also listen on 127.0.0.1 at that port; `durable`: fsync and synchronous
+        commits as in production (bench/ha.py measures both)."""
+        self.tcp_port = tcp_port
+        self.durable = durable
         programs = server_programs()
         if programs is None:
             raise FileNotFoundError("PostgreSQL server programs not found (Debian package postgresql)")
@@ -55,8 +59,9 @@ class PgServer:
                       "--no-sync", "-E", "UTF8", "--locale=C")
         # fsync off: the tests check the outbox's logic, not the server's durability, and
         # the suite must stay quick on CI's two cores.
-        options = (f"-c listen_addresses='' -k {self.root} -c fsync=off -c synchronous_commit=off "
-                   f"-c full_page_writes=off -c max_connections=100")
+        listen = f"-c listen_addresses=127.0.0.1 -p {self.tcp_port}" if self.tcp_port else "-c listen_addresses=''"
+        unsafe = "" if self.durable else "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+        options = f"{listen} -k {self.root} {unsafe}-c max_connections=100"
         self._run(str(self.programs / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"),
                   "-w", "-t", "60", "-o", options, "start")
         return self
@@ -72,7 +77,12 @@ class PgServer:
         shutil.rmtree(self.root, ignore_errors=True)
 
     def dsn(self, dbname: str = "postgres") -> str:
-        return f"host={self.root} user={USER} dbname={dbname}"
+        port = f" port={self.tcp_port}" if self.tcp_port else ""
+        return f"host={self.root}{port} user={USER} dbname={dbname}"
+
+    def tcp_dsn(self, dbname: str) -> str:
+        assert self.tcp_port, "started without a TCP port"
+        return f"host=127.0.0.1 port={self.tcp_port} user={USER} dbname={dbname}"
 
     def new_database(self) -> str:
         """A fresh, empty database; returns its connection string."""

@@ -33,7 +33,7 @@ from ..logutil import fields
 from ..model import CallRecord, MessageState, RecipientKind
 from ..report import call_view, message_view
 from ..rules.render import RenderedMessage, render_adhoc
-from ..store import Outbox, StoreError
+from ..store import InlineOutbox, Outbox, OutboxUnavailable, Store, StoreError, run_inline
 from ..textsafety import escape_controls
 from .config import ApiConfig, ApiToken
 from .openapi import DOCUMENT
@@ -64,7 +64,7 @@ class ApiHost(Protocol):
     """What the API needs of the daemon (aftercalld.daemon.Daemon)."""
 
     config: Config
-    outbox: Outbox | None
+    store: Store | None
     dispatcher: Dispatcher | None
     clock: Clock
 
@@ -99,6 +99,7 @@ class _GroupWriter:
     def __init__(self, host: ApiHost) -> None:
         self.host = host
         self._pending: list[tuple[str, RenderedMessage, asyncio.Future[tuple[int, bool]]]] = []
+        self._writes: set[asyncio.Task] = set()  # PostgreSQL: writes under way
 
     @property
     def pending(self) -> int:
@@ -118,14 +119,32 @@ class _GroupWriter:
             asyncio.get_running_loop().call_soon(self.flush)
         if not batch:
             return
-        outbox = self.host.outbox
+        store = self.host.store
+        if store is None or isinstance(store, InlineOutbox):
+            run_inline(self._write(store, batch))  # SQLite: written in this turn, as always
+            return
+        task = asyncio.create_task(self._write(store, batch), name="api write")
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def drain(self) -> None:
+        """At a stop: everything queued so far written (or refused)."""
+        while self._pending or self._writes:
+            if self._pending:
+                self.flush()
+            if self._writes:
+                await asyncio.gather(*self._writes, return_exceptions=True)
+
+    async def _write(self, store: Store | None,
+                     batch: list[tuple[str, RenderedMessage, asyncio.Future[tuple[int, bool]]]]) -> None:
         failure: BaseException
         try:
-            if outbox is None:
+            if store is None:
                 raise OutboxRefused("the outbox is closed (the daemon is stopping)")
-            results = outbox.queue_messages([(key, message) for key, message, _ in batch],
-                                            ttl_seconds=self.host.config.dispatch.ttl_seconds, now=self.host.clock())
-        except (OutboxRefused, sqlite3.Error) as exc:
+            results = await store.queue_messages([(key, message) for key, message, _ in batch],
+                                                 ttl_seconds=self.host.config.dispatch.ttl_seconds,
+                                                 now=self.host.clock())
+        except (OutboxRefused, sqlite3.Error, OutboxUnavailable) as exc:
             failure = exc if isinstance(exc, OutboxRefused) else OutboxRefused(f"the outbox refuses writes ({exc})")
             log.error("HTTP API: %d text(s) not queued, the clients were told to try again: %s", len(batch), failure)
         except Exception as exc:  # a bug: every request waiting on this batch must still be answered
@@ -147,17 +166,24 @@ class _Reader:
     """Read-only views on a connection of their own, in one worker thread, so that a large
     call or a rules test never holds up the event loop (and the hangups it serves)."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, config: Config) -> None:
+        self.config = config
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="api-read")
-        self._outbox: Outbox | None = None  # used in the worker thread only
+        # Used in the worker thread only. PostgreSQL: its coroutines run on the thread's own
+        # event loop (store/blocking.py), behind the same methods as SQLite's.
+        self._outbox: Any = None
 
     async def run(self, view: Callable[[Outbox], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._in_thread, view)
 
     def _in_thread(self, view: Callable[[Outbox], T]) -> T:
         if self._outbox is None:
-            self._outbox = Outbox.open_readonly(self.path)
+            if self.config.outbox_is_postgres:
+                from ..store.blocking import open_configured
+                self._outbox = open_configured(self.config.outbox_path, self.config.outbox_password_file,
+                                               self.config.instance)
+            else:
+                self._outbox = Outbox.open_readonly(self.config.outbox_path)
         return view(self._outbox)
 
     async def close(self) -> None:
@@ -191,7 +217,7 @@ class ApiServer:
                                      shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS)
         self._server: asyncio.Server | None = None
         self._writer = _GroupWriter(host)
-        self._reader = _Reader(host.config.outbox_path)
+        self._reader = _Reader(host.config)
         self._digests: tuple[tuple[ApiToken, ...], list[tuple[str, bytes]]] = ((), [])
 
     def _api(self) -> ApiConfig:
@@ -243,8 +269,7 @@ class ApiServer:
             self._server.close()
             self._server = None
         await self._runner.cleanup()
-        while self._writer.pending:
-            self._writer.flush()
+        await self._writer.drain()
         await self._reader.close()
 
     # -- middlewares ---------------------------------------------------------------------

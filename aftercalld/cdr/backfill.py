@@ -155,7 +155,7 @@ class Backfill:
             store = self.stores[pbx]
             config = self.pbxs[pbx]
             while True:
-                raw = self.outbox.meta_get(position_key(pbx))
+                raw = await self.outbox.meta_get(position_key(pbx))
                 position: dict[str, Any] | None = json.loads(raw) if raw else None
                 rows, new_position = await asyncio.to_thread(store.read, position, self.clock())
                 if position is None:
@@ -165,7 +165,7 @@ class Backfill:
                     # Grouping and classifying a read are pure work: off the event loop too.
                     found = await asyncio.to_thread(_classify, config, store, rows)
                     await self._record(config, found, result)
-                self.outbox.meta_set(position_key(pbx), json.dumps(new_position))
+                await self.outbox.meta_set(position_key(pbx), json.dumps(new_position))
                 if position is None or new_position == position:  # first run: only where to start
                     break
         log.info("pbx %s: backfilled %d call(s) from CDR, %d too old to text%s", pbx, result.recovered,
@@ -195,7 +195,7 @@ class Backfill:
             if not call.by_id:
                 if recent is None:
                     since = min(c.end for c, _ in found) - SAME_CALL_WINDOW_SECONDS
-                    recent = self.outbox.callers_since(pbx.name, since)
+                    recent = await self.outbox.callers_since(pbx.name, since)
                 if any(caller == record.customer_number and abs(created - call.end) <= SAME_CALL_WINDOW_SECONDS
                        for caller, created in recent):
                     result.known += 1  # recorded live already, under the tracker's id
@@ -208,7 +208,7 @@ class Backfill:
         for i in range(0, len(records), _BATCH):
             if i:
                 await asyncio.sleep(0)  # a long backlog must not hold the live calls back
-            for decision in self.handler.handle_many(records[i:i + _BATCH], suppress=suppress):
+            for decision in await self.handler.process(records[i:i + _BATCH], suppress=suppress):
                 if decision.duplicate:
                     result.known += 1
                     continue

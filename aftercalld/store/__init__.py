@@ -1,6 +1,7 @@
 """The durable outbox: every message is written here, under its idempotency key, before any
 transport sees it. `sqlite` is the embedded default; `types` holds what every implementation
 shares."""
+from .inline import InlineOutbox, Store, as_store, run_inline
 from .sqlite import SCHEMA_VERSION, Outbox
 from .types import (
     Answered,
@@ -18,6 +19,7 @@ from .types import (
 )
 
 __all__ = [
-    "SCHEMA_VERSION", "Answered", "EventSink", "NoOutboxError", "Outbox", "OutboxUnavailable", "OutcomeRecord",
+    "SCHEMA_VERSION", "Answered", "InlineOutbox", "Store", "as_store", "run_inline",
+    "EventSink", "NoOutboxError", "Outbox", "OutboxUnavailable", "OutcomeRecord",
     "Pruned", "ReplyEffects", "StoreError", "Transition", "WebhookDelivery", "WebhookResult", "WebhookRow",
 ]

@@ -6,8 +6,8 @@ microseconds, less than handing it to a thread would, and it keeps today's speed
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 from ..model import CallRecord, DeliveryReport, OutboundMessage
 from ..rules.render import RenderedMessage
@@ -23,6 +23,11 @@ from .types import (
     WebhookResult,
     WebhookRow,
 )
+
+if TYPE_CHECKING:
+    from .postgres import PgOutbox
+
+T = TypeVar("T")
 
 
 class InlineOutbox:
@@ -201,3 +206,28 @@ class InlineOutbox:
 
     async def orphan_reports(self) -> list[dict[str, Any]]:
         return self.sync.orphan_reports()
+
+
+# What the daemon's components await: either outbox behind the coroutine contract.
+Store: TypeAlias = "InlineOutbox | PgOutbox"
+
+
+def as_store(outbox: Outbox | Store) -> Store:
+    """The coroutine contract for `outbox`: a synchronous SQLite `Outbox` is wrapped (once)
+    in an `InlineOutbox`; a store already speaking it is returned as is."""
+    if isinstance(outbox, Outbox):
+        return InlineOutbox(outbox)
+    return outbox
+
+
+def run_inline(coro: Coroutine[Any, Any, T]) -> T:
+    """Runs a coroutine that never suspends (one that awaits only an `InlineOutbox`) to its
+    end, here and now, without an event loop: what lets tests and tools drive an SQLite
+    outbox through the daemon's components synchronously. A coroutine that does suspend (a
+    PostgreSQL round trip) is an error: it must be awaited."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise RuntimeError("run_inline: the coroutine suspended; a PostgreSQL outbox must be awaited")

@@ -930,8 +930,9 @@ class Outbox:
         opt-out list, and `effects(reply id, answered)` gives the texts and webhook rows the
         reply causes, so that a crash keeps all of them or none."""
         answered_row = self.conn.execute(
-            "SELECT id, call_key, rule, sender FROM messages WHERE destination = ? AND submitted_at >= ? "
-            "ORDER BY submitted_at DESC LIMIT 1", (number, now - window_seconds)).fetchone()
+            "SELECT m.id, m.call_key, m.rule, m.sender, c.record FROM messages m "
+            "LEFT JOIN calls c ON c.call_key = m.call_key WHERE m.destination = ? AND m.submitted_at >= ? "
+            "ORDER BY m.submitted_at DESC LIMIT 1", (number, now - window_seconds)).fetchone()
         answered = Answered(*answered_row) if answered_row else None
         message_id, call_key = (answered.message_id, answered.call_key) if answered else (None, None)
         wrote = False

@@ -85,6 +85,9 @@ class Answered:
     call_key: str
     rule: str
     sender: str
+    # The call's record (JSON) as written: read with the reply, so that what the reply
+    # causes needs no other round trip inside its transaction.
+    record: str | None = None
 
 
 @dataclass(slots=True)

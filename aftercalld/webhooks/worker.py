@@ -21,7 +21,7 @@ import aiohttp
 
 from .. import __version__
 from ..clock import Clock, system_clock
-from ..store import Outbox, WebhookDelivery, WebhookResult
+from ..store import Outbox, OutboxUnavailable, Store, WebhookDelivery, WebhookResult, as_store
 from .config import WebhookEndpoint
 from .signing import HEADER, header_value
 
@@ -35,9 +35,9 @@ ANSWER_READ_BYTES = 512
 
 
 class WebhookWorker:
-    def __init__(self, outbox: Outbox, endpoints: Sequence[WebhookEndpoint], *, clock: Clock = system_clock,
+    def __init__(self, outbox: Outbox | Store, endpoints: Sequence[WebhookEndpoint], *, clock: Clock = system_clock,
                  metrics: Metrics | None = None) -> None:
-        self.outbox = outbox
+        self.outbox = as_store(outbox)
         self.clock = clock
         self.metrics = metrics
         self.endpoints: dict[str, WebhookEndpoint] = {}
@@ -46,6 +46,7 @@ class WebhookWorker:
         self._wake = asyncio.Event()
         self._results: list[WebhookResult] = []
         self._flush_handle: asyncio.Handle | None = None
+        self._flusher: asyncio.Task | None = None
         self._failing: dict[str, str] = {}  # endpoint -> why it last failed, until it answers 2xx
         self._idle = asyncio.Event()
         self.latencies: list[float] = []  # seconds per successful post, for the bench (bounded)
@@ -62,8 +63,8 @@ class WebhookWorker:
     async def run(self) -> None:
         """The supervised task: until cancelled."""
         try:
-            requeued = self.outbox.requeue_webhooks(self.clock())
-        except sqlite3.Error as exc:
+            requeued = await self.outbox.requeue_webhooks(self.clock())
+        except (sqlite3.Error, OutboxUnavailable) as exc:
             log.error("cannot requeue the webhook deliveries the last run was posting (%s); they wait", exc)
             requeued = 0
         if requeued:
@@ -82,8 +83,9 @@ class WebhookWorker:
             self._wake.clear()
             free = {name: e.concurrency - len(self._in_flight[name]) for name, e in self.endpoints.items()}
             try:
-                claimed = self.outbox.claim_webhooks(free, self.clock()) if any(v > 0 for v in free.values()) else []
-            except sqlite3.Error as exc:
+                claimed = (await self.outbox.claim_webhooks(free, self.clock())
+                           if any(v > 0 for v in free.values()) else [])
+            except (sqlite3.Error, OutboxUnavailable) as exc:
                 log.error("cannot claim webhook deliveries from the outbox (%s); retrying in 1s", exc)
                 await asyncio.sleep(1)
                 continue
@@ -97,7 +99,11 @@ class WebhookWorker:
             if not any(self._in_flight.values()) and not self._results:
                 self._idle.set()
             open_endpoints = [name for name, n in free.items() if n > 0]
-            due = self.outbox.next_webhook_due(open_endpoints)
+            try:
+                due = await self.outbox.next_webhook_due(open_endpoints)
+            except (sqlite3.Error, OutboxUnavailable) as exc:
+                log.error("cannot read webhook deliveries from the outbox (%s); retrying in 1s", exc)
+                due = self.clock() + 1.0
             timeout = None if due is None else max(0.0, due - self.clock())
             try:
                 async with asyncio.timeout(timeout):
@@ -111,7 +117,7 @@ class WebhookWorker:
             self._idle.clear()
             self._wake.set()
             await self._idle.wait()
-            due = self.outbox.next_webhook_due(self.endpoints)
+            due = await self.outbox.next_webhook_due(self.endpoints)
             if not any(self._in_flight.values()) and (due is None or due > self.clock()):
                 return
 
@@ -124,10 +130,13 @@ class WebhookWorker:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._flush_handle is not None:
             self._flush_handle.cancel()
-        self._flush()
+            self._flush_handle = None
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        await self._flush()
         try:
-            self.outbox.requeue_webhooks(self.clock())
-        except sqlite3.Error as exc:
+            await self.outbox.requeue_webhooks(self.clock())
+        except (sqlite3.Error, OutboxUnavailable) as exc:
             log.error("cannot put the interrupted webhook deliveries back (%s); the next start does", exc)
 
     async def _post(self, session: aiohttp.ClientSession, endpoint: WebhookEndpoint,
@@ -204,20 +213,34 @@ class WebhookWorker:
             self.metrics.webhook_deliveries.labels(endpoint.name, outcome or "retry").inc()
         self._results.append(result)
         if self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._start_flush)
 
-    def _flush(self) -> None:
-        """Every result since the last flush in one transaction."""
+    def _start_flush(self) -> None:
         self._flush_handle = None
+        if self._flusher is None:  # else the running one writes these too
+            self._flusher = asyncio.create_task(self._flush_run(), name="webhook results")
+
+    async def _flush_run(self) -> None:
+        try:
+            while self._results and await self._flush():
+                pass
+        finally:
+            self._flusher = None
+
+    async def _flush(self) -> bool:
+        """Every result since the last flush in one transaction. False when the outbox
+        refused them (they wait in memory and are tried again in 1s)."""
         results, self._results = self._results, []
         if not results:
-            return
+            return True
         try:
-            self.outbox.record_webhook_results(results, self.clock())
-        except sqlite3.Error as exc:
+            await self.outbox.record_webhook_results(results, self.clock())
+        except (sqlite3.Error, OutboxUnavailable) as exc:
             # Kept in memory and tried again; a crash meanwhile posts them once more.
             log.error("cannot record %d webhook result(s) (%s); retrying in 1s", len(results), exc)
             self._results[:0] = results
-            self._flush_handle = asyncio.get_running_loop().call_later(1.0, self._flush)
-            return
+            if self._flush_handle is None:
+                self._flush_handle = asyncio.get_running_loop().call_later(1.0, self._start_flush)
+            return False
         self._wake.set()
+        return True

@@ -73,6 +73,14 @@ def test_bad_config_names_file_key_and_reason(tmp_path, toml, key, reason):
     ('default_region = "XX"', "general.default_region", "not a region libphonenumber knows"),
     ('outbx = "/tmp/x"', "general.outbx", "unknown key"),
     ('keep_days = 3', "general.keep_days", "3 is less than 7: delivery receipts can arrive days after the text"),
+    ('outbox = "postgresql://u:s3cret@db/x?sslmode=nope=x"', "general.outbox", "is not a PostgreSQL connection"),
+    ('outbox = "postgresql://aftercalld:s3cret@db.example.net"', "general.outbox", "names no database"),
+    ('outbox = ""', "general.outbox", "must not be empty"),
+    ('outbox_password_file = "/etc/pw"', "general.outbox_password_file", "is for a PostgreSQL outbox"),
+    ('outbox = "postgresql://a@db/x"\noutbox_password_file = "/nonexistent/pw"', "general.outbox_password_file",
+     "no such file"),
+    ('instance = "two words"', "general.instance", "not in the expected form"),
+    ('lease_seconds = 1', "general.lease_seconds", "at least 5"),
 ])
 def test_bad_general_section(tmp_path, general, key, reason):
     path = tmp_path / "c.toml"
@@ -81,6 +89,35 @@ def test_bad_general_section(tmp_path, general, key, reason):
     with pytest.raises(ConfigError) as info:
         load(path)
     assert (info.value.key, reason in info.value.reason) == (key, True), str(info.value)
+
+
+def test_a_postgresql_outbox_password_is_never_in_an_error(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[general]\ndefault_region = "GB"\noutbox = "postgresql://u:s3cret@db"\n'
+                    'outbox_password_file = "/nonexistent"\n')
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert "s3cret" not in str(info.value)
+    assert "general.outbox" in str(info.value)
+
+
+def test_a_postgresql_outbox_and_its_instance_keys(tmp_path):
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    path = tmp_path / "c.toml"
+    path.write_text(f'[general]\ndefault_region = "GB"\noutbox = "postgres://aftercalld@db.example.net/acd"\n'
+                    f'outbox_password_file = "{secret}"\ninstance = "sms-1"\nlease_seconds = 30\n'
+                    f'state_dir = "{tmp_path}"\n')
+    config = load(path)
+    assert config.outbox_is_postgres
+    assert (config.instance, config.lease_seconds, config.state_dir) == ("sms-1", 30.0, str(tmp_path))
+    from aftercalld.daemon import status_path
+    from aftercalld.store.location import shown, with_password_file
+    assert status_path(config) == tmp_path / "status.json"
+    assert "s3cret" in with_password_file(config.outbox_path, config.outbox_password_file)
+    assert shown(with_password_file(config.outbox_path, config.outbox_password_file)) == \
+        "postgresql://aftercalld@db.example.net/acd"
+    assert load(write_config(tmp_path)).instance  # the host name by default
 
 
 def test_toml_syntax_error_and_missing_file(tmp_path):

@@ -276,7 +276,8 @@ async def test_send_test_through_the_smsc_and_the_metrics_endpoint(tmp_path, pee
         assert "aftercalld_submit_latency_seconds_count 2.0" in body
         assert "aftercalld_queue_depth 0.0" in body
         assert 'aftercalld_rule_messages_total{rule="Missed",state="submitted"} 2.0' in body
-        assert re.search(r'aftercalld_build_info\{python="3\.[0-9.]+",version="[^"]+"\} 1\.0', body), body
+        assert re.search(r'aftercalld_build_info\{instance="[^"]+",python="3\.[0-9.]+",version="[^"]+"\} 1\.0',
+                         body), body
         assert "process_resident_memory_bytes" in body and "# TYPE aftercalld_smpp_submit_errors_total counter" in body
         assert "+91" not in body  # no phone numbers as labels
         # The source's state is read when scraped: up as soon as it is connected, not up to

@@ -462,3 +462,24 @@ async def test_a_receipt_settles_the_text_its_own_transport_sent_when_ids_collid
                                  T0 + 1)
     (settled,) = await outbox.apply_reports([DeliveryReport("smsc-a", "1", ReportState.DELIVERED)], T0 + 2)
     assert settled.message_id == a.id
+
+
+async def test_daily_quotas_count_the_other_instances_sends(shared):
+    from zoneinfo import ZoneInfo
+
+    from aftercalld.policy import SHARED_QUOTA_REFRESH_SECONDS, Policy, PolicyConfig
+
+    a, b = shared
+    quota_a = Policy(PolicyConfig(daily_quota=3), a, ZoneInfo("UTC"))
+    calls = [record(f"q{i}", caller=f"+4474001234{i:02d}") for i in range(5)]
+    await a.record_calls([entry(call) for call in calls], ttl_seconds=TTL, now=T0)
+    first = await a.claim_due(1, T0)
+    assert [v.send for v in await quota_a.check(first, T0)] == [True]  # a counts its own send at once
+    by_b = await b.claim_due(2, T0)  # host-b sends two more: three in all today
+    await b.record_outcomes([OutcomeRecord(m, MessageState.SUBMITTED, transport_ids=(f"b{m.id}",), transport="smpp")
+                             for m in by_b], T0)
+    later = T0 + SHARED_QUOTA_REFRESH_SECONDS
+    rest = await a.claim_due(5, later)
+    verdicts = await quota_a.check(rest, later)
+    assert [v.send for v in verdicts] == [False, False]
+    assert verdicts[0].reason == "daily quota of 3 reached"
