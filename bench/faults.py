@@ -46,8 +46,8 @@ sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "ami"), str(REPO / "te
 
 from ami_server import AmiServer  # noqa: E402
 from diskfull import SmallDisk, call_head_and_tail, call_id, caller  # noqa: E402
-from esl_calls import inbound_call  # noqa: E402
-from esl_server import EslServer, plain_event  # noqa: E402
+from esl_calls import numbered_missed_call, numbered_uuid  # noqa: E402
+from esl_server import EslServer  # noqa: E402
 from smsc_sim import SmscSim  # noqa: E402
 
 CONFIG = """
@@ -147,8 +147,7 @@ class EslPbx:
     def __init__(self, cdr: Path) -> None:
         self.server = EslServer("bench-secret", cdr=cdr)
         self.cdr = cdr
-        self.core = str(uuidlib.uuid4())
-        self._changed = asyncio.Event()
+        self.core = self.server.core_uuid = str(uuidlib.uuid4())
 
     async def start(self) -> None:
         await self.server.start()
@@ -177,29 +176,10 @@ class EslPbx:
                 await asyncio.sleep(0.01)
 
     def call(self, k: int, hold: float) -> tuple[bytes, bytes]:
-        _, events = inbound_call("noanswer", caller=caller(k), ring_s=hold, t0=int(time.time() * 1e6),
-                                 core=self.core)
-        uuids: dict[str, str] = {}
-        for ev in events:
-            for key in ("Unique-ID", "Other-Leg-Unique-ID", "variable_originator", "variable_originating_leg_uuid"):
-                if key in ev:
-                    uuids.setdefault(ev[key], "")
-        for n, old in enumerate(uuids):
-            uuids[old] = f"{k:08x}-0000-4000-8000-{n:012x}"
-        frames = []
-        for ev in events:
-            fixed = {key: uuids.get(value, value) if key in ("Unique-ID", "Other-Leg-Unique-ID", "variable_originator",
-                                                             "variable_originating_leg_uuid") else value
-                     for key, value in ev.items()}
-            if "variable_originated_legs" in fixed:
-                leg, _, rest = fixed["variable_originated_legs"].partition(";")
-                fixed["variable_originated_legs"] = f"{uuids.get(leg, leg)};{rest}"
-            frames.append(plain_event(fixed))
-        cut = next(i for i, ev in enumerate(events) if ev["Event-Name"] == "CHANNEL_HANGUP_COMPLETE")
-        return b"".join(frames[:cut]), b"".join(frames[cut:])
+        return numbered_missed_call(k, caller(k), hold, self.core)
 
     def call_id(self, k: int) -> str:
-        return f"{k:08x}-0000-4000-8000-{0:012x}"
+        return numbered_uuid(k, 0)
 
     async def send(self, data: bytes) -> None:
         frames = _frames(data)
@@ -216,8 +196,10 @@ class EslPbx:
     async def restart(self) -> None:
         """FreeSWITCH restarts: sessions drop, its channels are gone, a new Core-UUID."""
         await self.server.stop()
+        if self.server.cdr is not None:
+            self.server.cdr.cut_all(self.server.channels, time.time())
         self.server.channels.clear()
-        self.core = str(uuidlib.uuid4())
+        self.core = self.server.core_uuid = str(uuidlib.uuid4())
         await self.server.start()
 
 

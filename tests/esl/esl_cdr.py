@@ -20,6 +20,22 @@ class FsCdrCsv:
         self.rows_written = 0
         path.touch()
 
+    def cut_all(self, channels: dict[str, dict[str, str]], now: float) -> None:
+        """FreeSWITCH shuts down: every A leg still up hangs up with SYSTEM_SHUTDOWN (the
+        cause a `fsctl shutdown` gives) and gets its row; `channels` are the server's
+        `show channels` rows (a B leg's ``call_uuid`` names its originator)."""
+        for uuid, row in channels.items():
+            if row.get("call_uuid"):
+                continue
+            created = int(row.get("created_epoch") or 0) * 1_000_000
+            self.apply({"Event-Name": "CHANNEL_HANGUP_COMPLETE", "Unique-ID": uuid,
+                        "Caller-Caller-ID-Name": row.get("cid_name", ""),
+                        "Caller-Caller-ID-Number": row.get("cid_num", ""),
+                        "Caller-Destination-Number": row.get("dest", ""), "Caller-Context": row.get("context", ""),
+                        "Caller-Channel-Created-Time": str(created),
+                        "Caller-Channel-Hangup-Time": str(int(now * 1e6)), "Hangup-Cause": "SYSTEM_SHUTDOWN",
+                        "variable_billsec": "0"})
+
     def apply(self, ev: dict[str, str]) -> None:
         if ev.get("Event-Name") != "CHANNEL_HANGUP_COMPLETE" or not ev.get("Unique-ID"):
             return

@@ -144,6 +144,8 @@ class Session:
                     body = self.server.api_replies.get(rest, "-ERR " + rest.split(" ")[0] + " Command not found!\n")
                     if rest == "show channels as json" and rest not in self.server.api_replies:
                         body = self.server.show_channels()
+                    elif rest == "global_getvar core_uuid" and rest not in self.server.api_replies:
+                        body = self.server.core_uuid  # empty, as for a variable not set, unless given
                     await self.send(frame({"Content-Type": "api/response"}, body.encode()))
                 elif verb == "exit":
                     await self.send(self.reply("+OK bye"))
@@ -168,6 +170,8 @@ class EslServer:
         self.sessions: list[Session] = []
         self.channels: dict[str, dict[str, str]] = {}  # Unique-ID -> its `show channels` row
         self.cdr = FsCdrCsv(cdr) if cdr is not None else None
+        # What `api global_getvar core_uuid` answers: the Core-UUID of the events a test sends.
+        self.core_uuid = ""
         self._server: asyncio.AbstractServer | None = None
         self._new_session = asyncio.Condition()
 
