@@ -469,9 +469,12 @@ async def one(kind: str, name: str, calls: int, rate: float, in_progress: int, p
         "texts": len(texts),
         "duplicates": sum(n - 1 for n in texts.values()),
         "crashes": run.failed_exits + log.count("Traceback"),
-        # Calls the daemon itself named as lost (a full disk at its stop, or past its bound).
-        "named_lost": sum(int(n) for n in re.findall(r"stopping with (\d+) finished call", log))
-        + sum(int(n) for n in re.findall(r"dropped the (\d+) oldest", log)),
+        # Calls the daemon itself named as lost (a full disk at its stop, or past its bound),
+        # counted once per event: a long list of ids comes in several lines, "(1/5)" first.
+        # The CDR backfill may bring them back at the next start: then "no record" is less.
+        "named_lost": sum(int(n) for n in re.findall(
+            r"(?:stopping with|dropped the) (\d+) (?:finished call|oldest)[^\n]*?no text will be sent for them"
+            r"(?: \(1/\d+\))?: ", log)),
         "cut": len(run.cut),
         "interrupted": sum(1 for cid, k in sent.items() if k in run.cut and recorded.get(cid) == "interrupted"),
         "cut_texted": len(cut_numbers & texts.keys()),
