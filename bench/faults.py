@@ -131,8 +131,11 @@ class AmiPbx:
     async def send(self, data: bytes) -> None:
         await self.server.send(data)
 
-    def drop(self) -> None:
-        self.server.drop_clients()
+    async def blip(self, seconds: float) -> None:
+        """Connections cut, and the PBX out of reach for `seconds`; its state goes on."""
+        await self.server.stop()
+        await asyncio.sleep(seconds)
+        await self.server.start()
 
     async def restart(self) -> None:
         await self.server.restart()
@@ -188,10 +191,14 @@ class EslPbx:
             session.writer.write(data)
             await session.writer.drain()
 
-    def drop(self) -> None:
+    async def blip(self, seconds: float) -> None:
+        """Connections cut, and the PBX out of reach for `seconds`; its state goes on."""
         for session in self._live():
             session.writer.transport.abort()
             session.closed.set()
+        await self.server.stop()
+        await asyncio.sleep(seconds)
+        await self.server.start()
 
     async def restart(self) -> None:
         """FreeSWITCH restarts: sessions drop, its channels are gone, a new Core-UUID."""
@@ -216,6 +223,7 @@ def _frames(data: bytes) -> list[bytes]:
 
 
 PBXS = {"ami": AmiPbx, "esl": EslPbx}
+LINK_DOWN_SECONDS = 2.0
 
 
 @dataclass
@@ -331,13 +339,14 @@ async def kill_9_five_times(run: Run) -> None:
 
 @fault("link_drop")
 async def link_dropped_four_times(run: Run) -> None:
-    """The PBX connection drops four times (a network blip); the daemon reconnects. With the
-    replay paused while nobody is logged in no event is lost on the PBX's side; with
-    --no-pause the events of the gap go to nobody."""
+    """The PBX connection drops four times and the PBX stays out of reach for
+    LINK_DOWN_SECONDS each time (a network blip); the daemon reconnects. With the replay
+    paused while nobody is logged in no event is lost on the PBX's side; with --no-pause the
+    events of the gap (about 100 calls starting and 100 ending) go to nobody."""
     for fraction in (0.2, 0.4, 0.6, 0.8):
         await run.at(fraction)
         logins = run.pbx.logins
-        run.pbx.drop()
+        await run.pbx.blip(LINK_DOWN_SECONDS)
         await run.pbx.wait_until(lambda logins=logins: run.pbx.logins > logins, timeout=60)
 
 
