@@ -18,10 +18,12 @@ stop coming, stops the daemon and counts:
 While no daemon is logged in to the PBX (a restart, a link drop), the replay pauses, as a
 PBX whose events are held does; with `--no-pause` events go to nobody, as on a real PBX:
 then only the PBX's channel list (reconcile) and its CDRs (backfill) can tell what happened.
+`--no-cdr` leaves `cdr` out of the daemon's config: what a site without it gets.
 A fault is one async function taking the `Run`; add one with `@fault("name")`.
 
     python bench/faults.py [--pbx ami,esl] [--calls 2000] [--rate 50] [--in-progress 300]
-                           [--no-pause] [--faults none,sigterm,kill9,link_drop,disk_full,pbx_restart]
+                           [--no-pause] [--no-cdr] [--keep DIR]
+                           [--faults none,sigterm,kill9,link_drop,disk_full,pbx_restart]
 """
 from __future__ import annotations
 
@@ -79,7 +81,7 @@ username = "aftercalld"
 secret = "test"
 reconnect_min = 0.05
 reconnect_max = 0.5
-cdr = "{cdr}"
+{cdr}
 """
 
 ESL_PBX = """[[pbx]]
@@ -89,7 +91,7 @@ port = {port}
 password = "bench-secret"
 reconnect_min = 0.05
 reconnect_max = 0.5
-cdr = "{cdr}"
+{cdr}
 """
 
 
@@ -109,7 +111,7 @@ class AmiPbx:
         await self.server.stop()
 
     def config(self) -> str:
-        return AMI_PBX.format(port=self.server.port, cdr=self.cdr)
+        return AMI_PBX.format(port=self.server.port, cdr=_cdr_line(self.cdr))
 
     @property
     def logins(self) -> int:
@@ -159,7 +161,7 @@ class EslPbx:
         await self.server.stop()
 
     def config(self) -> str:
-        return ESL_PBX.format(port=self.server.port, cdr=self.cdr)
+        return ESL_PBX.format(port=self.server.port, cdr=_cdr_line(self.cdr))
 
     def _live(self) -> list:
         return [s for s in self.server.sessions if s.subscribed.is_set() and not s.closed.is_set()]
@@ -208,6 +210,13 @@ class EslPbx:
         self.server.channels.clear()
         self.core = self.server.core_uuid = str(uuidlib.uuid4())
         await self.server.start()
+
+
+USE_CDR = True  # --no-cdr: what the daemon does without the PBX's CDRs
+
+
+def _cdr_line(path: Path) -> str:
+    return f'cdr = "{path}"' if USE_CDR else "# no cdr (--no-cdr)"
 
 
 def _frames(data: bytes) -> list[bytes]:
@@ -495,7 +504,8 @@ async def one(kind: str, name: str, calls: int, rate: float, in_progress: int, p
 async def main(kinds: list[str], faults: list[str], calls: int, rate: float, in_progress: int, pause: bool,
                keep: Path | None) -> None:
     print(f"{calls} calls at {rate:g}/s, about {in_progress} in progress; "
-          f"replay {'pauses' if pause else 'does not pause'} while no daemon is logged in")
+          f"replay {'pauses' if pause else 'does not pause'} while no daemon is logged in; "
+          f"{'the PBX CDR file configured' if USE_CDR else 'no CDR configured'}")
     print(f"{'pbx':<4} {'fault':<12} {'calls sent':>10} {'no record':>10} {'texts':>7} {'duplicates':>10} "
           f"{'crashes':>8} {'named lost':>10} {'cut/interrupted/texted':>22}")
     for kind in kinds:
@@ -520,11 +530,14 @@ if __name__ == "__main__":
     parser.add_argument("--faults", default=",".join(FAULTS), help=f"comma-separated, of: {', '.join(FAULTS)}")
     parser.add_argument("--no-pause", dest="pause", action="store_false",
                         help="send events while no daemon is logged in (they reach nobody)")
+    parser.add_argument("--no-cdr", dest="cdr", action="store_false",
+                        help="do not configure the PBX's CDR file (cdr =) in the daemon")
     parser.add_argument("--keep", type=Path, help="copy each run's daemon log (at info), outbox and CDR file here")
     args = parser.parse_args()
     unknown = [f for f in args.faults.split(",") if f not in FAULTS]
     unknown += [p for p in args.pbx.split(",") if p not in PBXS]
     if unknown:
         parser.error(f"unknown fault(s) or pbx(s): {', '.join(unknown)}")
+    USE_CDR = args.cdr
     asyncio.run(main(args.pbx.split(","), args.faults.split(","), args.calls, args.rate, args.in_progress,
                      args.pause, args.keep))
