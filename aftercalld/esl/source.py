@@ -2,8 +2,11 @@
 
 Connection lifecycle only; framing is in protocol.py and call logic in tracker.py. The
 tracker outlives connections, so a call that was up while we reconnected still ends with
-one record (its CHANNEL_HANGUP_COMPLETE carries everything); calls of a FreeSWITCH that
-restarted (new Core-UUID) are dropped with a warning since they can never end.
+one record (its CHANNEL_HANGUP_COMPLETE carries everything). On every connect the
+Core-UUID (`api global_getvar core_uuid`) tells a reconnect from a FreeSWITCH restart, whose
+calls were cut and are recorded as interrupted; then the live channel list is reconciled
+(`reconcile.py`). At a clean stop the calls in progress are handed over to the next start
+through the outbox (`handover.py`).
 
 Reconnects (`backoff.py`): at once after a session that was healthy for a while (a link
 blip should lose as few events as possible), with a growing delay after failed connects
