@@ -246,12 +246,13 @@ async def test_pbx_restart_records_the_calls_it_cut_as_interrupted_and_texts_nob
         await pbx.restart()
         await pbx.logins(2)
         await daemon.wait_for_line("restarted")
+        runs = sum("backfilled" in line for line in daemon.lines)
         after = pbx.call(3)  # a call of the new PBX run goes on as usual
         await pbx.send(after[0] + after[1])
         await smsc.wait_until(lambda: len(smsc.accepted) >= 1, timeout=20)
-        # The cut calls' CDR rows (written by the shutdown) are read, and known already:
-        # the runs at start, at the first connect and at the reconnect.
-        await daemon.wait_for_line("backfilled", count=3)
+        # A CDR read after the restart: the cut calls' rows (written by the shutdown) are
+        # the same calls, known already, and text nobody.
+        await daemon.wait_for_line("backfilled", count=runs + 1)
         await stop(daemon)
     finally:
         await daemon.kill()
@@ -288,3 +289,27 @@ async def test_esl_sigterm_hands_the_calls_in_progress_over_to_the_next_start(tm
         await esl.server.stop()
     assert recorded(tmp_path) == {esl.call_id(k): "missed" for k in (0, 1, 2, 9)}
     assert texted(smsc, range(10)) == sorted("91" + caller(k) for k in (0, 1, 2, 9))
+
+
+async def test_pbx_restart_while_the_daemon_is_stopped_still_finds_the_calls_interrupted(pbx, tmp_path, smsc):
+    """The hand-over carries which PBX run its calls belong to (Asterisk's startup time,
+    FreeSWITCH's Core-UUID): a PBX restarted during a routine restart of aftercalld is
+    noticed at the next connect, and the calls it cut are interrupted, not texted."""
+    daemon = await start(pbx, tmp_path, smsc)
+    try:
+        calls = {k: pbx.call(k) for k in range(3)}
+        for k in range(3):
+            await pbx.send(calls[k][0])
+        marker = pbx.call(9)  # once recorded, the three calls' starts before it were read
+        await pbx.send(marker[0] + marker[1])
+        await daemon.wait_for_line(f"call {pbx.call_id(9)} [main]")
+        await stop(daemon)
+        assert "calls in progress handed over to the next start" in daemon.log
+        await pbx.restart()
+        daemon = await start(pbx, tmp_path, smsc, logins=2)
+        await daemon.wait_for_line("restarted")
+        await stop(daemon)
+    finally:
+        await daemon.kill()
+    assert recorded(tmp_path) == {**{pbx.call_id(k): "interrupted" for k in range(3)}, pbx.call_id(9): "missed"}
+    assert texted(smsc, range(10)) == ["91" + caller(9)]
