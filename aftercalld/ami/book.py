@@ -93,8 +93,11 @@ class CallBook:
         self.forget(call)
         self.stats["dropped_calls"] += 1
         self.stats["unclassified"] += 1
+        # Seen after a crash too: a call whose end reaches the new process before the answer
+        # to CoreShowChannels is in neither (issue 12's bench traced each such call).
         log.warning("AMI call %s ended but is not classified: it began before the AMI connection and "
-                    "Asterisk's list of live channels was not available to adopt it", call.linkedid,
+                    "Asterisk's list of live channels did not have it (refused, or the call ended before the "
+                    "list came); the CDR backfill records it when [[pbx]] cdr is set", call.linkedid,
                     extra=fields(call_id=call.linkedid, pbx=self.pbx))
 
     # ------------------------------------------------------------------ channels

@@ -1,7 +1,7 @@
 """When to read the CDRs, and what becomes of the calls found there.
 
-The daemon owns one `Backfill`. It reads each PBX's CDRs at start and again whenever that
-PBX's connection comes back (`watch` sees a source go up; a source may also call
+The daemon owns one `Backfill`. It reads each PBX's CDRs when that PBX's connection comes
+up, at start and after every reconnect (`watch` sees a source go up; a source may also call
 `request`), from where the last read stopped (kept in the outbox's meta table, so a restart
 reads only what is new and the first start after install reads nothing old).
 
@@ -37,6 +37,11 @@ SAME_CALL_WINDOW_SECONDS = 120.0
 # After a reconnect, events already on the wire are handled first (the live record, with
 # its bridged talk time, is the better one when both exist).
 RECONNECT_SETTLE_SECONDS = 2.0
+# The first read after start waits for the PBX's first connection: the calls handed over at
+# the last stop are settled by it first (a PBX restarted meanwhile makes them interrupted,
+# which an Asterisk CDR cannot say: read first, they were texted as missed). A PBX that does
+# not come up has its CDRs read anyway this long after start.
+START_WAIT_SECONDS = 10.0
 WATCH_EVERY_SECONDS = 1.0
 # A failed run (file unreadable, database down, outbox full) is tried again after this,
 # doubling up to the cap, until one succeeds.
@@ -68,6 +73,7 @@ class Backfill:
         self._warned_no_ids: set[str] = set()
         self._failures: dict[str, int] = {}
         self._retry_pending: set[str] = set()
+        self._read: set[str] = set()  # PBXs read at least once since start
         self.totals = BackfillResult()
         self._counter = None
         if metrics is not None and self.pbxs:
@@ -91,14 +97,22 @@ class Backfill:
         if pbx in self.pbxs:
             self._schedule(pbx, delay)
 
-    def _schedule(self, pbx: str, delay: float, retry: bool = False) -> None:
-        task = asyncio.create_task(self._run_logged(pbx, delay, retry), name=f"cdr backfill {pbx}")
+    def _schedule(self, pbx: str, delay: float, retry: bool = False, if_unread: bool = False) -> None:
+        task = asyncio.create_task(self._run_logged(pbx, delay, retry, if_unread), name=f"cdr backfill {pbx}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     def start(self) -> None:
+        """The read at start: at the first connection (`watch`), or START_WAIT_SECONDS
+        after start for a PBX that did not come up by then."""
         for name in self.pbxs:
-            self.request(name)
+            if self.outbox.meta_get(position_key(name)) is None:
+                # The first start after install only marks where "now" is in the CDRs (it
+                # records nothing): at once, or a crash before the first connection would
+                # move "now" past calls that end meanwhile.
+                self.request(name)
+            else:
+                self._schedule(name, START_WAIT_SECONDS, if_unread=True)
 
     async def watch(self, sources: list) -> None:
         """Backfill a PBX each time its source (re)connects. A connection is told from the
@@ -126,9 +140,11 @@ class Backfill:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _run_logged(self, pbx: str, delay: float, retry: bool = False) -> None:
+    async def _run_logged(self, pbx: str, delay: float, retry: bool = False, if_unread: bool = False) -> None:
         if delay:
             await asyncio.sleep(delay)
+        if if_unread and pbx in self._read:
+            return
         if retry:
             self._retry_pending.discard(pbx)
         try:
@@ -152,6 +168,7 @@ class Backfill:
         """Read what is new in `pbx`'s CDRs and record the calls found; returns the counts."""
         result = BackfillResult()
         async with self._locks[pbx]:
+            self._read.add(pbx)
             store = self.stores[pbx]
             config = self.pbxs[pbx]
             while True:

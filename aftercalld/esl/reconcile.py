@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import TYPE_CHECKING
 
 from ..classify import build_record
@@ -32,6 +33,14 @@ log = logging.getLogger("aftercalld.esl.tracker")
 ENDED_UNSEEN_CAUSE = "unknown (ended while aftercalld was not connected)"
 RESTARTED_CAUSE = "unknown (FreeSWITCH restarted while the call was up)"
 SHOW_CHANNELS = "show channels as json"
+# FreeSWITCH sets the global variable core_uuid at start: the same value its events carry
+# as Core-UUID. An unknown variable answers an empty body; older builds may say -ERR.
+CORE_UUID = "global_getvar core_uuid"
+_UUID = re.compile(r"[0-9A-Za-z][0-9A-Za-z-]{7,63}")
+
+
+def looks_like_uuid(text: str) -> bool:
+    return bool(_UUID.fullmatch(text))
 
 
 

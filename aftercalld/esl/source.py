@@ -2,8 +2,11 @@
 
 Connection lifecycle only; framing is in protocol.py and call logic in tracker.py. The
 tracker outlives connections, so a call that was up while we reconnected still ends with
-one record (its CHANNEL_HANGUP_COMPLETE carries everything); calls of a FreeSWITCH that
-restarted (new Core-UUID) are dropped with a warning since they can never end.
+one record (its CHANNEL_HANGUP_COMPLETE carries everything). On every connect the
+Core-UUID (`api global_getvar core_uuid`) tells a reconnect from a FreeSWITCH restart, whose
+calls were cut and are recorded as interrupted; then the live channel list is reconciled
+(`reconcile.py`). At a clean stop the calls in progress are handed over to the next start
+through the outbox (`handover.py`).
 
 Reconnects (`backoff.py`): at once after a session that was healthy for a while (a link
 blip should lose as few events as possible), with a growing delay after failed connects
@@ -13,6 +16,7 @@ junk must not get a reconnect storm). Each change of trouble is logged once.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any, cast
 
@@ -22,7 +26,7 @@ from ..logutil import fields
 from ..model import CallRecord
 from ..pbxconfig import PbxConfig
 from ..source import CallSink, CallSource, status_time
-from . import reconcile
+from . import handover, reconcile
 from .config import DEFAULT_PASSWORD, EslSettings
 from .protocol import AccessDenied, AuthError, ConnectionLost, EslConnection, EslError, Event, ProtocolError
 from .tracker import SUBSCRIBE_EVENTS, EslTracker
@@ -74,6 +78,28 @@ class EslSource(CallSource):
             # Issue 12: calls the daemon did not see whole, each also logged with its id.
             **{f"calls_{key}": self.tracker.stats[key] for key in ("adopted", "ended_unseen", "interrupted")},
         }
+
+    def handover_state(self) -> str | None:
+        """The calls in progress, as JSON for the outbox at a clean stop (None: no call)."""
+        if not self.tracker.active_calls():
+            return None
+        return json.dumps(handover.dump(self.tracker, self._core_uuid), separators=(",", ":"))
+
+    def take_over(self, state: str) -> int:
+        """Calls in progress that the last clean stop handed over; the first connect
+        reconciles them with FreeSWITCH's live channels."""
+        try:
+            count, core = handover.load(self.tracker, json.loads(state), asyncio.get_running_loop().time())
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("ESL %s: the calls handed over at the last stop cannot be read (%s: %s); "
+                        "the channel list on connect adopts those still up", self.name, type(exc).__name__, exc,
+                        extra=fields(pbx=self.name))
+            return 0
+        if not self._core_uuid:
+            self._core_uuid = core
+        log.info("ESL %s: %d call(s) in progress handed over from the last stop", self.name, count,
+                 extra=fields(pbx=self.name))
+        return count
 
     def _last_event_wall_time(self) -> str | None:
         if not self.events:
@@ -162,9 +188,30 @@ class EslSource(CallSource):
                      f"{reason}{'; reconnecting with backoff' if short else ''}", logging.WARNING)
         return lasted
 
+    def _check_core(self, core: str, now: float) -> None:
+        """Which FreeSWITCH run this is: a new Core-UUID means it restarted, and the calls
+        of the old one were cut by its shutdown (recorded as interrupted, not texted)."""
+        if core == self._core_uuid:
+            return
+        if self._core_uuid:
+            log.warning("ESL %s: FreeSWITCH restarted (Core-UUID %s -> %s)", self.name, self._core_uuid, core,
+                        extra=fields(pbx=self.name))
+            for record in self.tracker.drop_core(core, now, int(self.clock() * 1e6)):
+                assert self._records is not None
+                self._records.put_nowait(record)
+        self._core_uuid = core
+
     async def _reconcile(self, conn: EslConnection) -> None:
         """FreeSWITCH's live channels, once subscribed: adopt calls that began while nobody
-        listened, finish those that ended meanwhile (`reconcile.py`)."""
+        listened, finish those that ended meanwhile (`reconcile.py`). Its Core-UUID first:
+        a restart must find the old calls cut (interrupted), not ended unseen, and no event
+        may come for seconds after a restart to tell it."""
+        try:
+            core = (await conn.api(reconcile.CORE_UUID, self.settings.connect_timeout)).strip()
+        except EslError:
+            core = ""
+        if reconcile.looks_like_uuid(core):
+            self._check_core(core, asyncio.get_running_loop().time())
         asked_after = self.tracker._seq
         try:
             body = await conn.api(reconcile.SHOW_CHANNELS, self.settings.connect_timeout)
@@ -221,13 +268,7 @@ class EslSource(CallSource):
         self._last_rx = now
         core = event.get("Core-UUID")
         if core and core != self._core_uuid:
-            if self._core_uuid:
-                log.warning("ESL %s: FreeSWITCH restarted (Core-UUID %s -> %s)", self.name, self._core_uuid, core,
-                            extra=fields(pbx=self.name))
-                for record in self.tracker.drop_core(core, now, int(self.clock() * 1e6)):
-                    assert self._records is not None
-                    self._records.put_nowait(record)
-            self._core_uuid = core
+            self._check_core(core, now)
         # A plain event is a read-only mapping, not a dict; the tracker only reads it.
         for record in self.tracker.feed(cast(dict[str, str], event), now):
             assert self._records is not None

@@ -13,12 +13,18 @@ PBX had while no client listened) and answers ``CoreStatus``, ``CoreShowChannels
 ``BridgeList`` from it in the exact shape a real Asterisk 22.10.1 does
 (tests/data/traces/asterisk-actions/answers.jsonl); actions named in `refused` get
 Asterisk's ``Permission denied`` (an AMI user without ``write = reporting``).
+
+Given a `cdr` path it writes the calls it lives through to that file as ``cdr_csv``'s
+``Master.csv`` (`ami_cdr.py`), the rows a daemon's CDR backfill reads.
 """
 from __future__ import annotations
 
 import asyncio
 import time
 from datetime import UTC, datetime
+from pathlib import Path
+
+from ami_cdr import CdrCsv
 
 from aftercalld.ami.protocol import AmiParser
 
@@ -26,7 +32,8 @@ BANNER = b"Asterisk Call Manager/11.0.0\r\n"
 
 
 class AmiServer:
-    def __init__(self, username: str = "aftercalld", secret: str = "test", *, live_state: bool = True) -> None:
+    def __init__(self, username: str = "aftercalld", secret: str = "test", *, live_state: bool = True,
+                 cdr: Path | None = None) -> None:
         self.username = username
         self.secret = secret
         self.host = "127.0.0.1"
@@ -48,6 +55,7 @@ class AmiServer:
         self.channels: dict[str, dict[str, str]] = {}  # Uniqueid -> CoreShowChannel fields
         self._created: dict[str, float] = {}  # Uniqueid -> when the channel appeared
         self._state_parser = AmiParser()
+        self.cdr = CdrCsv(cdr) if cdr is not None else None
         self._server: asyncio.base_events.Server | None = None
         self._clients: list[asyncio.StreamWriter] = []
         self._tasks: set[asyncio.Task] = set()
@@ -77,6 +85,8 @@ class AmiServer:
         await self.stop()
         self.boot_time = time.time()
         self.channels.clear()  # the restart hung every channel up
+        if self.cdr is not None:
+            self.cdr.cut_all()
         await self.start()
 
     def drop_clients(self) -> None:
@@ -126,6 +136,8 @@ class AmiServer:
             self._apply(ev)
 
     def _apply(self, ev: dict[str, str]) -> None:
+        if self.cdr is not None:
+            self.cdr.apply(ev)
         name, uid = ev.get("Event"), ev.get("Uniqueid", "")
         if not uid or name is None:
             return

@@ -5,6 +5,7 @@ hang-up while ringing, unallocated number)."""
 from __future__ import annotations
 
 import itertools
+import time
 import uuid as uuidlib
 
 T0 = 1_796_000_000_000_000  # microseconds
@@ -154,3 +155,36 @@ def outbound_call(*, agent: str = "1001", number: str = "14155550199", t0: int =
         b_final,
         a_final,
     ]
+
+
+_LINK_KEYS = ("Unique-ID", "Other-Leg-Unique-ID", "variable_originator", "variable_originating_leg_uuid")
+
+
+def numbered_uuid(k: int, leg: int) -> str:
+    """Leg `leg` (0: the call leg, the call's id) of call number `k`."""
+    return f"{k:08x}-0000-4000-8000-{leg:012x}"
+
+
+def numbered_missed_call(k: int, caller: str, ring_s: float, core: str, t0_us: int | None = None
+                         ) -> tuple[bytes, bytes]:
+    """Call number `k` from `caller` to a phone that rings `ring_s` unanswered, as plain
+    event frames split where it ends (before the first CHANNEL_HANGUP_COMPLETE): a call in
+    progress, then its end. Ids `numbered_uuid(k, …)`, times from `t0_us` (default now)."""
+    from esl_server import plain_event  # the server imports this module's neighbours only
+
+    t0 = int(time.time() * 1e6) if t0_us is None else t0_us
+    _, events = inbound_call("noanswer", caller=caller, ring_s=ring_s, t0=t0, core=core)
+    uuids: dict[str, str] = {}
+    for ev in events:
+        for key in _LINK_KEYS:
+            if key in ev and ev[key] not in uuids:
+                uuids[ev[key]] = numbered_uuid(k, len(uuids))
+    frames = []
+    for ev in events:
+        fixed = {key: uuids.get(value, value) if key in _LINK_KEYS else value for key, value in ev.items()}
+        if "variable_originated_legs" in fixed:
+            leg, _, rest = fixed["variable_originated_legs"].partition(";")
+            fixed["variable_originated_legs"] = f"{uuids.get(leg, leg)};{rest}"
+        frames.append(plain_event(fixed))
+    cut = next(i for i, ev in enumerate(events) if ev["Event-Name"] == "CHANNEL_HANGUP_COMPLETE")
+    return b"".join(frames[:cut]), b"".join(frames[cut:])

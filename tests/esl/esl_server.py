@@ -12,6 +12,7 @@ had while no client listened) and answers ``api show channels as json`` from the
 FreeSWITCH's shape: ``{"row_count": N, "rows": [{"uuid", "direction", "created",
 "created_epoch", "name", "state", "cid_name", "cid_num", "dest", "application",
 "context", "callstate", "call_uuid", ...}]}``, or ``{"row_count": 0}`` when there is none.
+Given a `cdr` path it writes those calls' A legs there as ``mod_cdr_csv`` does (`esl_cdr.py`).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import re
 from pathlib import Path
 from urllib.parse import quote, unquote
 
+from esl_cdr import FsCdrCsv
 from testdata import FREESWITCH_TRACES
 
 DISCONNECT_BODY = b"Disconnected, goodbye.\nSee you at ClueCon! http://www.cluecon.com/\n"
@@ -142,6 +144,8 @@ class Session:
                     body = self.server.api_replies.get(rest, "-ERR " + rest.split(" ")[0] + " Command not found!\n")
                     if rest == "show channels as json" and rest not in self.server.api_replies:
                         body = self.server.show_channels()
+                    elif rest == "global_getvar core_uuid" and rest not in self.server.api_replies:
+                        body = self.server.core_uuid  # empty, as for a variable not set, unless given
                     await self.send(frame({"Content-Type": "api/response"}, body.encode()))
                 elif verb == "exit":
                     await self.send(self.reply("+OK bye"))
@@ -157,7 +161,7 @@ class Session:
 
 
 class EslServer:
-    def __init__(self, password: str = "ClueCon", *, port: int = 0) -> None:
+    def __init__(self, password: str = "ClueCon", *, port: int = 0, cdr: Path | None = None) -> None:
         self.password = password
         self.port = port
         self.reject = False  # answer with text/rude-rejection (ACL)
@@ -165,6 +169,9 @@ class EslServer:
         self.api_replies = {"status": "UP 0 years, 0 days\nFreeSWITCH (Version 1.10.12) is ready\n"}
         self.sessions: list[Session] = []
         self.channels: dict[str, dict[str, str]] = {}  # Unique-ID -> its `show channels` row
+        self.cdr = FsCdrCsv(cdr) if cdr is not None else None
+        # What `api global_getvar core_uuid` answers: the Core-UUID of the events a test sends.
+        self.core_uuid = ""
         self._server: asyncio.AbstractServer | None = None
         self._new_session = asyncio.Condition()
 
@@ -205,6 +212,8 @@ class EslServer:
             self._apply(event)
 
     def _apply(self, ev: dict[str, str]) -> None:
+        if self.cdr is not None:
+            self.cdr.apply(ev)
         name, uuid = ev.get("Event-Name"), ev.get("Unique-ID", "")
         if not uuid:
             return

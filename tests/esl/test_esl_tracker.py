@@ -277,3 +277,30 @@ def test_legs_lost_in_a_reconnect_gap(tracker: EslTracker, caplog: pytest.LogCap
     assert tracker.feed(events[-2], 201.0) == []  # the call leg's HANGUP_COMPLETE
     (r,) = tracker.tick(201.0 + EslTracker.PARTIAL_GRACE_SECONDS)
     assert r.call_id == call_id and r.status is CallStatus.MISSED
+
+
+@pytest.mark.parametrize("outcome", ["connected", "voicemail", "noanswer"])
+def test_calls_handed_over_across_a_restart_end_as_if_never_stopped(outcome: str) -> None:
+    """Issue 12: at SIGTERM the tracker's open calls go to the outbox as JSON and come back
+    at the next start (`aftercalld.esl.handover`): every leg and fact seen so far survives
+    (a bridge, a voicemail left), and the call ends with the record it would have had."""
+    import json
+
+    from aftercalld.esl import handover
+
+    pbx = replace(default_pbx("freeswitch", name="fs"), variables=("originate_disposition",))
+    calls = [inbound_call(outcome, caller=f"+1415555{n:04d}", core="core-7") for n in range(3)]
+    events = [ev for _, evs in calls for ev in evs]
+    reference = EslTracker(pbx)
+    whole = feed_all(reference, events)
+    assert len(whole) == 3
+    before = EslTracker(pbx)
+    half = [ev for _, evs in calls for ev in evs[:-2]]  # every call short of its end
+    assert feed_all(before, half) == [] and before.active_calls() == 3
+    state = json.loads(json.dumps(handover.dump(before, "core-7")))
+    after = EslTracker(pbx)
+    assert handover.load(after, state, now=100.0) == (3, "core-7")
+    assert handover.load(after, state, now=100.0) == (0, "core-7")  # known already: not twice
+    rest = feed_all(after, [ev for _, evs in calls for ev in evs[-2:]], now=100.0)
+    assert sorted(rest, key=lambda r: r.call_id) == sorted(whole, key=lambda r: r.call_id)
+    assert after.active_calls() == 0
