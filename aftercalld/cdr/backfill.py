@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,7 +98,10 @@ class Backfill:
             self._schedule(pbx, delay)
 
     def _schedule(self, pbx: str, delay: float, retry: bool = False, if_unread: bool = False) -> None:
-        task = asyncio.create_task(self._run_logged(pbx, delay, retry, if_unread), name=f"cdr backfill {pbx}")
+        self._track(self._run_logged(pbx, delay, retry, if_unread), pbx)
+
+    def _track(self, work: Coroutine[Any, Any, None], pbx: str) -> None:
+        task = asyncio.create_task(work, name=f"cdr backfill {pbx}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -106,13 +109,22 @@ class Backfill:
         """The read at start: at the first connection (`watch`), or START_WAIT_SECONDS
         after start for a PBX that did not come up by then."""
         for name in self.pbxs:
-            if self.outbox.meta_get(position_key(name)) is None:
-                # The first start after install only marks where "now" is in the CDRs (it
-                # records nothing): at once, or a crash before the first connection would
-                # move "now" past calls that end meanwhile.
-                self.request(name)
-            else:
-                self._schedule(name, START_WAIT_SECONDS, if_unread=True)
+            self._track(self._read_at_start(name), name)
+
+    async def _read_at_start(self, pbx: str) -> None:
+        try:
+            first_start = await self.outbox.meta_get(position_key(pbx)) is None
+        except Exception as exc:  # the outbox is not there yet (PostgreSQL down, disk): read later
+            log.warning("pbx %s: cannot read the CDR position (%s); reading the CDR in %gs", pbx, exc,
+                        START_WAIT_SECONDS)
+            first_start = False
+        if first_start:
+            # The first start after install only marks where "now" is in the CDRs (it
+            # records nothing): at once, or a crash before the first connection would move
+            # "now" past calls that end meanwhile.
+            await self._run_logged(pbx, 0.0)
+        else:
+            await self._run_logged(pbx, START_WAIT_SECONDS, if_unread=True)
 
     async def watch(self, sources: list) -> None:
         """Backfill a PBX each time its source (re)connects. A connection is told from the
