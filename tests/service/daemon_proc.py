@@ -57,6 +57,8 @@ class Daemon:
     async def wait(self, timeout: float = 30.0) -> int:
         code = await asyncio.wait_for(self.proc.wait(), timeout)
         await self._reader
+        # A store call left un-awaited does nothing and says so only as this warning.
+        assert "was never awaited" not in self.log, self.log
         return code
 
     @property
