@@ -45,6 +45,7 @@ from .types import (
     WebhookResult,
     WebhookRow,
     outbound_from_row,
+    outcome_rows,
     settle,
 )
 
@@ -539,22 +540,9 @@ class PgOutbox:
         return row[0] if row else 0.0
 
     async def record_outcomes(self, outcomes: Sequence[OutcomeRecord], now: float) -> list[Transition]:
-        transitions: list[Transition] = []
-        new_keys: list[str] = []
-        submitted, parts, retrying, final = [], [], [], []
-        for o in outcomes:
-            m = o.message
-            if o.state is MessageState.SUBMITTED:
-                submitted.append((now, now, o.transport, m.id))
-                for part, transport_id in enumerate(o.transport_ids, start=1):
-                    key = msgid.match_key(transport_id)
-                    parts.append((m.id, part, transport_id, key, now))
-                    new_keys.append(key)
-            elif o.state is MessageState.RETRYING:
-                retrying.append((o.reason, now, o.next_attempt_at, o.transport, m.id))
-            else:
-                final.append((o.state.value, o.reason, now, now, o.transport, m.id))
-            transitions.append(Transition(m.id, m.call_id, m.rule, m.destination, o.state, o.reason, o.transport_ids))
+        rows = outcome_rows(outcomes, now)
+        transitions, new_keys = rows.transitions, rows.new_keys
+        submitted, parts, retrying, final = rows.submitted, rows.parts, rows.retrying, rows.final
         async with self.conn.transaction(), self.conn.cursor() as cur:
             if submitted:
                 await cur.executemany(

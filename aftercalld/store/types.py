@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
+from .. import msgid
 from ..model import Encoding, MessageState, OutboundMessage, RecipientKind, ReportState
 
 if TYPE_CHECKING:
@@ -139,6 +140,37 @@ REPORT_TO_STATE: dict[str, MessageState] = {
 }
 # When parts disagree, the message takes the worst final state.
 SEVERITY = [MessageState.REJECTED, MessageState.UNDELIVERABLE, MessageState.EXPIRED, MessageState.DELIVERED]
+
+
+@dataclass(slots=True)
+class OutcomeRows:
+    """A batch of submit outcomes as the rows each store writes, in the same shapes for both."""
+
+    transitions: list[Transition] = field(default_factory=list)
+    new_keys: list[str] = field(default_factory=list)  # match keys of the new parts: orphans may wait for them
+    submitted: list[tuple] = field(default_factory=list)  # (updated_at, submitted_at, transport, id)
+    parts: list[tuple] = field(default_factory=list)  # (message_id, part, transport_id, match_key, updated_at)
+    retrying: list[tuple] = field(default_factory=list)  # (reason, updated_at, next_attempt_at, transport, id)
+    final: list[tuple] = field(default_factory=list)  # (state, reason, updated_at, final_at, transport, id)
+
+
+def outcome_rows(outcomes: Sequence[OutcomeRecord], now: float) -> OutcomeRows:
+    rows = OutcomeRows()
+    for o in outcomes:
+        m = o.message
+        if o.state is MessageState.SUBMITTED:
+            rows.submitted.append((now, now, o.transport, m.id))
+            for part, transport_id in enumerate(o.transport_ids, start=1):
+                key = msgid.match_key(transport_id)
+                rows.parts.append((m.id, part, transport_id, key, now))
+                rows.new_keys.append(key)
+        elif o.state is MessageState.RETRYING:
+            rows.retrying.append((o.reason, now, o.next_attempt_at, o.transport, m.id))
+        else:
+            rows.final.append((o.state.value, o.reason, now, now, o.transport, m.id))
+        rows.transitions.append(Transition(m.id, m.call_id, m.rule, m.destination, o.state, o.reason,
+                                           o.transport_ids))
+    return rows
 
 
 def settle(parts: list[tuple[str, str]]) -> tuple[MessageState, str] | None:
