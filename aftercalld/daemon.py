@@ -38,10 +38,10 @@ from .store.location import shown, with_password_file
 from .supervisor import Supervisor
 from .transport import Transport
 from .webhooks.events import WebhookEvents
-from .webhooks.worker import WebhookWorker
 
 if TYPE_CHECKING:
     from .api.server import ApiServer
+    from .webhooks.worker import WebhookWorker
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +212,9 @@ class Daemon:
         if self.webhooks is not None:
             self.webhooks.configure(endpoints)
         elif endpoints:
+            # aiohttp (about 25 MiB) is imported only when an endpoint is configured, as for [api].
+            from .webhooks.worker import WebhookWorker
+
             self.webhooks = WebhookWorker(self.store, endpoints, clock=self.clock, metrics=self.metrics)
             self.webhook_events.on_written = self.webhooks.wake
             self.supervisor.start("webhooks", self.webhooks.run)

@@ -36,3 +36,14 @@ def test_the_default_outbox_page_cache_is_32_mib(tmp_path):
 def test_sqlite_cache_mib_is_validated(tmp_path):
     with pytest.raises(ConfigError, match="general.sqlite_cache_mib: must be at least 1"):
         load(with_general(tmp_path, "sqlite_cache_mib = 0"))
+
+
+def test_a_daemon_without_api_webhooks_or_postgresql_never_imports_their_libraries(tmp_path):
+    """aiohttp alone is about 25 MiB of RSS: a daemon that does not use it must not pay it."""
+    import subprocess
+    import sys
+
+    program = ("import sys; import aftercalld.cli, aftercalld.daemon, aftercalld.config; "
+               "print(sorted({m.split('.')[0] for m in sys.modules} & {'aiohttp', 'psycopg'}))")
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
