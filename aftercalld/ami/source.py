@@ -10,8 +10,9 @@ Lifecycle, on asyncio streams with our own framing (`protocol.py` says why not p
   once after a session that was healthy for a while, but with a growing delay after one
   that ended within seconds (a peer that accepts the login and then sends junk or hangs
   up must not get a reconnect storm); each state change is logged once, not every retry;
-* ``Ping`` every ``ping_interval``; no ``Pong`` within ``ping_timeout`` = dead link (a
-  half-open TCP connection after a PBX crash or a NAT timeout never says so by itself);
+* ``Ping`` every ``ping_interval``; no ``Pong`` within ``ping_timeout`` while nothing else
+  arrives either = dead link (a half-open TCP connection after a PBX crash or a NAT timeout
+  never says so by itself; a burst only delays the Pong);
 * the reader never awaits the core: parsing and tracking are synchronous, finished calls go
   through a queue to a separate task. Asterisk drops managers that read slower than its
   ``writetimeout`` (100 ms by default), so the reader must not block on SQLite or SMPP;
@@ -65,7 +66,7 @@ class LoginRefused(AmiError):
 
 
 class _Conn:
-    __slots__ = ("reader", "writer", "parser", "pending", "backlog")
+    __slots__ = ("reader", "writer", "parser", "pending", "backlog", "read_at")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  parser: AmiParser) -> None:
@@ -74,6 +75,7 @@ class _Conn:
         self.parser = parser
         self.pending: dict[str, asyncio.Future[dict[str, str]]] = {}
         self.backlog: list[dict[str, str]] = []  # messages read together with the login reply
+        self.read_at = asyncio.get_running_loop().time()  # when bytes last arrived (loop clock)
 
     def send(self, action: dict[str, str]) -> asyncio.Future[dict[str, str]]:
         action_id = action.setdefault("ActionID", next_action_id())
@@ -338,6 +340,7 @@ class AmiSource(CallSource):
                         raise pinger.exception()  # type: ignore[misc]
                     raise EOFError("closed by Asterisk")
                 self.last_data_at = self.clock()
+                conn.read_at = asyncio.get_running_loop().time()
                 self._handle(conn, conn.parser.feed(data), queue, self.last_data_at)
                 dropped = conn.parser.dropped_bytes
                 if dropped and dropped >= 2 * self._dropped_logged:  # first time, then as it doubles
@@ -457,12 +460,18 @@ class AmiSource(CallSource):
             await asyncio.sleep(s.ping_interval)
             self.tracker.expire(self.clock())  # evict stale calls even when the PBX is idle
             fut = conn.send({"Action": "Ping"})
-            try:
-                async with asyncio.timeout(s.ping_timeout):
-                    await fut
-            except TimeoutError:
-                conn.close()
-                raise AmiError(f"no answer to Ping within {s.ping_timeout:g} s (dead link)") from None
+            loop = asyncio.get_running_loop()
+            while True:
+                try:
+                    async with asyncio.timeout(s.ping_timeout):
+                        await asyncio.shield(fut)  # a timeout must not cancel the Pong we may still get
+                    break
+                except TimeoutError:
+                    # A link busy with a burst delivers the Pong behind every event sent
+                    # before it: data still arriving proves the link alive; silence does not.
+                    if loop.time() - conn.read_at >= s.ping_timeout:
+                        conn.close()
+                        raise AmiError(f"no answer to Ping within {s.ping_timeout:g} s (dead link)") from None
 
 
 async def _read_banner(reader: asyncio.StreamReader) -> bytes:

@@ -209,6 +209,24 @@ async def test_missing_pong_is_a_dead_link(server, caplog):
     await h.stop()
 
 
+async def test_a_link_busy_with_events_is_alive_while_its_pong_is_late(server, caplog):
+    """A burst puts the Pong behind every event sent before it: bytes still arriving prove the
+    link alive. Only when they stop too is it dead."""
+    server.answer_pings = False
+    h = Harness(server, ping_interval=0.05, ping_timeout=0.15).start()
+    await server.wait_until(lambda: server.ok_logins >= 1)
+    event = b"Event: VarSet\r\nChannel: PJSIP/x-1\r\nVariable: X\r\nValue: 1\r\nUniqueid: 1.1\r\n\r\n"
+    with caplog.at_level(logging.WARNING):
+        for _ in range(40):  # 0.8 s of traffic, over five ping timeouts
+            await server.send(event)
+            await asyncio.sleep(0.02)
+        assert "no answer to Ping" not in caplog.text and len(server.login_attempts) == 1
+        await server.wait_until(lambda: len(server.login_attempts) >= 2)  # silence: dead
+    assert "no answer to Ping" in caplog.text
+    server.answer_pings = True
+    await h.stop()
+
+
 class _LogEvent(logging.Handler):
     """Sets an asyncio.Event when a matching record is logged: lets a test await a log line."""
 
