@@ -19,7 +19,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .postgres import PgOutbox
+from .postgres import PgOutbox, as_columns
 from .sqlite import Outbox
 from .types import StoreError
 
@@ -59,7 +59,7 @@ async def copy_outbox(sqlite_path: str | Path, dsn: str, *,
                 "INSERT INTO calls (call_key, pbx, call_id, status, direction, caller, rule, decision, record, "
                 "created_at, instance) SELECT *, 'migrated' FROM unnest(%s::text[], %s::text[], %s::text[], "
                 "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::float8[]) "
-                "ON CONFLICT (call_key) DO NOTHING", _columns(rows))
+                "ON CONFLICT (call_key) DO NOTHING", as_columns(rows, 10))
             copied.calls += cur.rowcount
             note("calls", copied.calls)
 
@@ -81,7 +81,7 @@ async def copy_outbox(sqlite_path: str | Path, dsn: str, *,
                 "%s::float8[], %s::float8[], %s::text[]) AS m (key, call_key, rule, recipient_kind, raw_number, "
                 "destination, sender, text, encoding, segments, options, state, reason, attempts, next_attempt_at, "
                 "expires_at, created_at, updated_at, submitted_at, final_at, transport) "
-                "ON CONFLICT (key) DO NOTHING", _columns(values))
+                "ON CONFLICT (key) DO NOTHING", as_columns(values, 21))
             copied.messages += cur.rowcount
             cur = await pg.execute("SELECT key, id FROM messages WHERE key = ANY(%s)", (keys,))
             by_key: dict[str, int] = {key: id_ for key, id_ in await cur.fetchall()}
@@ -94,7 +94,7 @@ async def copy_outbox(sqlite_path: str | Path, dsn: str, *,
             cur = await pg.execute(
                 "INSERT INTO parts (message_id, part, transport_id, match_key, state, error, updated_at) "
                 "SELECT * FROM unnest(%s::bigint[], %s::int[], %s::text[], %s::text[], %s::text[], %s::text[], "
-                "%s::float8[]) ON CONFLICT (message_id, part) DO NOTHING", _columns(mapped, 7))
+                "%s::float8[]) ON CONFLICT (message_id, part) DO NOTHING", as_columns(mapped, 7))
             copied.parts += cur.rowcount
 
         for rows in _batches(read, "SELECT transport, transport_id, match_key, state, error, raw, received_at, "
@@ -122,16 +122,16 @@ async def copy_outbox(sqlite_path: str | Path, dsn: str, *,
             for rows in _batches(read, f"SELECT {column}, source, created_at FROM {table} ORDER BY {column}"):
                 cur = await pg.execute(
                     f"INSERT INTO {table} ({column}, source, created_at) SELECT * FROM unnest(%s::text[], "
-                    f"%s::text[], %s::float8[]) ON CONFLICT ({column}) DO NOTHING", _columns(rows, 3))
+                    f"%s::text[], %s::float8[]) ON CONFLICT ({column}) DO NOTHING", as_columns(rows, 3))
                 setattr(copied, table, getattr(copied, table) + cur.rowcount)
 
         for rows in _batches(read, "SELECT key, value FROM meta WHERE key <> 'schema_version' ORDER BY key"):
             cur = await pg.execute("INSERT INTO meta (key, value) SELECT * FROM unnest(%s::text[], %s::text[]) "
-                                   "ON CONFLICT (key) DO NOTHING", _columns(rows, 2))
+                                   "ON CONFLICT (key) DO NOTHING", as_columns(rows, 2))
             copied.settings += cur.rowcount
         for rows in _batches(read, "SELECT pbx, state, saved_at FROM handover ORDER BY pbx"):
             cur = await pg.execute("INSERT INTO handover (pbx, state, saved_at) SELECT * FROM unnest(%s::text[], "
-                                   "%s::text[], %s::float8[]) ON CONFLICT (pbx) DO NOTHING", _columns(rows, 3))
+                                   "%s::text[], %s::float8[]) ON CONFLICT (pbx) DO NOTHING", as_columns(rows, 3))
             copied.handover += cur.rowcount
     except sqlite3.Error as exc:
         raise StoreError(f"{sqlite_path}: cannot read the outbox: {exc}") from None
@@ -145,9 +145,3 @@ def _batches(conn: sqlite3.Connection, sql: str) -> Iterator[list[tuple[Any, ...
     cur = conn.execute(sql)
     while rows := cur.fetchmany(BATCH):
         yield rows
-
-
-def _columns(rows: list[tuple[Any, ...]], width: int | None = None) -> list[list[Any]]:
-    if not rows:
-        return [[] for _ in range(width or 0)]
-    return [list(column) for column in zip(*rows, strict=True)]

@@ -44,6 +44,7 @@ from .types import (
     WebhookDelivery,
     WebhookResult,
     WebhookRow,
+    message_row,
     outbound_from_row,
     outcome_rows,
     settle,
@@ -316,7 +317,7 @@ class PgOutbox:
                 "created_at, instance) SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], "
                 "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::text[]) "
                 "ON CONFLICT (call_key) DO NOTHING RETURNING call_key",
-                _columns(call_rows, 11))
+                as_columns(call_rows, 11))
             new = {k for (k,) in await cur.fetchall()}
             rows: list[tuple] = []
             for key, i in first.items():  # in the batch's order: message ids are FIFO order
@@ -344,7 +345,7 @@ class PgOutbox:
         born: list[Transition] = []
         for call_key, m in batch:
             cur = await self.conn.execute(_INSERT_MESSAGES + _RETURNING_TRANSITION,
-                                          _columns([_message_row(call_key, m, ttl_seconds, now)], 18))
+                                          as_columns([_message_row(call_key, m, ttl_seconds, now)], 18))
             row = await cur.fetchone()
             if row is not None:
                 out.append((row[0], True))
@@ -359,9 +360,9 @@ class PgOutbox:
         """Inside a transaction: the messages of newly recorded calls, with the webhook rows
         for their birth (queued or suppressed) when an endpoint listens. True when any."""
         if not self._wants_births():
-            await self.conn.execute(_INSERT_MESSAGES, _columns(rows, 18))
+            await self.conn.execute(_INSERT_MESSAGES, as_columns(rows, 18))
             return False
-        cur = await self.conn.execute(_INSERT_MESSAGES + _RETURNING_TRANSITION, _columns(rows, 18))
+        cur = await self.conn.execute(_INSERT_MESSAGES + _RETURNING_TRANSITION, as_columns(rows, 18))
         return await self._born_events([_transition(r) for r in await cur.fetchall()], now)
 
     # -- webhook events ------------------------------------------------------------------
@@ -394,7 +395,7 @@ class PgOutbox:
             "created_at, updated_at) SELECT e, t, p_endpoint, body, 'queued', %s, %s, %s FROM unnest(%s::text[], "
             "%s::text[], %s::text[], %s::text[]) AS w (e, t, p_endpoint, body) "
             "ON CONFLICT (event_id, endpoint) DO NOTHING",
-            (now, now, now, *_columns(rows, 4)))
+            (now, now, now, *as_columns(rows, 4)))
 
     async def queue_webhooks(self, rows: Sequence[WebhookRow], now: float) -> None:
         if not rows:
@@ -987,14 +988,11 @@ def _transition(row: tuple) -> Transition:
 
 
 def _message_row(call_key: str, m: RenderedMessage, ttl_seconds: float, now: float) -> tuple:
-    state = MessageState.SUPPRESSED if m.suppressed else MessageState.QUEUED
-    return (m.key, call_key, m.rule, m.kind.value, _storable(m.raw_number), m.destination, m.sender,
-            _storable(m.text, 1 << 20), m.encoding.value, m.segments,
-            json.dumps(dict(m.options)) if m.options else "{}", state.value, m.suppressed,
-            None if m.suppressed else now, now + ttl_seconds, now, now, now if m.suppressed else None)
+    return message_row(call_key, m, ttl_seconds, now, raw_number=_storable(m.raw_number),
+                       text=_storable(m.text, 1 << 20))
 
 
-def _columns(rows: Sequence[tuple], width: int) -> list[list[Any]]:
+def as_columns(rows: Sequence[tuple], width: int) -> list[list[Any]]:
     """Rows as one array per column, for INSERT … SELECT FROM unnest(…): one statement and
     one round trip for a whole batch."""
     return [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]

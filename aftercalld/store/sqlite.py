@@ -11,7 +11,6 @@ microseconds, less than a hop to a thread would.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -46,6 +45,7 @@ from .types import (
     WebhookDelivery,
     WebhookResult,
     WebhookRow,
+    message_row,
     outbound_from_row,
     outcome_rows,
     settle,
@@ -342,7 +342,7 @@ class Outbox:
                      *, ttl_seconds: float, now: float) -> list[list[str] | None]:
         results: list[list[str] | None] = []
         call_rows = []
-        rows = []
+        rows: list[tuple] = []
         keys = [f"{record.pbx}/{record.call_id}" for record, *_ in batch]
         with _tx(self):
             # One lookup for the batch, then one executemany per table: a statement per
@@ -358,14 +358,7 @@ class Outbox:
                      record.customer_number, rule, decision, record.to_json(), now)
                 )
                 results.append([m.key for m in messages if not m.suppressed])
-                for m in messages:
-                    state = MessageState.SUPPRESSED if m.suppressed else MessageState.QUEUED
-                    rows.append(
-                        (m.key, call_key, m.rule, m.kind.value, m.raw_number, m.destination, m.sender,
-                         m.text, m.encoding.value, m.segments, json.dumps(dict(m.options)) if m.options else "{}",
-                         state.value, m.suppressed, None if m.suppressed else now,
-                         now + ttl_seconds, now, now, now if m.suppressed else None)
-                    )
+                rows.extend(message_row(call_key, m, ttl_seconds, now) for m in messages)
             self.conn.executemany(
                 "INSERT INTO calls (call_key, pbx, call_id, status, direction, caller, rule, "
                 "decision, record, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -403,17 +396,13 @@ class Outbox:
         new_keys: list[str] = []
         conn = self.conn
         for call_key, m in batch:
-            state = MessageState.SUPPRESSED if m.suppressed else MessageState.QUEUED
             row = conn.execute(
                 "INSERT INTO messages (key, call_key, rule, recipient_kind, raw_number, "
                 "destination, sender, text, encoding, segments, options, state, reason, "
                 "next_attempt_at, expires_at, created_at, updated_at, final_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (key) DO NOTHING RETURNING id",
-                (m.key, call_key, m.rule, m.kind.value, m.raw_number, m.destination, m.sender,
-                 m.text, m.encoding.value, m.segments, json.dumps(dict(m.options)) if m.options else "{}",
-                 state.value, m.suppressed, None if m.suppressed else now,
-                 now + ttl_seconds, now, now, now if m.suppressed else None),
+                message_row(call_key, m, ttl_seconds, now),
             ).fetchone()
             if row is not None:
                 out.append((row[0], True))

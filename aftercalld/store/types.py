@@ -173,6 +173,20 @@ def outcome_rows(outcomes: Sequence[OutcomeRecord], now: float) -> OutcomeRows:
     return rows
 
 
+def message_row(call_key: str, m: RenderedMessage, ttl_seconds: float, now: float, *,
+                raw_number: str | None = None, text: str | None = None) -> tuple:
+    """A new message as the 18 values of the messages table's insert, in this order: key,
+    call_key, rule, recipient_kind, raw_number, destination, sender, text, encoding,
+    segments, options, state, reason, next_attempt_at, expires_at, created_at, updated_at,
+    final_at. `raw_number` and `text` replace the message's own when a store must clean
+    them (PostgreSQL refuses NUL)."""
+    state = MessageState.SUPPRESSED if m.suppressed else MessageState.QUEUED
+    return (m.key, call_key, m.rule, m.kind.value, m.raw_number if raw_number is None else raw_number,
+            m.destination, m.sender, m.text if text is None else text, m.encoding.value, m.segments,
+            json.dumps(dict(m.options)) if m.options else "{}", state.value, m.suppressed,
+            None if m.suppressed else now, now + ttl_seconds, now, now, now if m.suppressed else None)
+
+
 def settle(parts: list[tuple[str, str]]) -> tuple[MessageState, str] | None:
     """A message's final state from its parts' (receipt state, error), or None while a part
     has no final receipt yet. Settling on the first failure would make the result depend on
