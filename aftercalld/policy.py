@@ -111,10 +111,9 @@ class Policy:
             return []
         await self._roll_day(now)
         destinations = [m.destination for m in messages]
-        opted_out = await self.outbox.opted_out_among(destinations)
-        dnd = await self.outbox.dnd_matches(destinations)
         cooldown = self.config.cooldown_seconds
-        last_sent = await self.outbox.last_submitted_to(destinations, now - cooldown) if cooldown else {}
+        facts = await self.outbox.policy_facts(destinations, submitted_since=now - cooldown if cooldown else None)
+        opted_out, dnd, last_sent = facts.opted_out, facts.dnd, facts.last_submitted
         verdicts = []
         for m in messages:
             verdict = self._verdict(m, now, opted_out, dnd, last_sent)

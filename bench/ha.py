@@ -1,10 +1,11 @@
 """Two aftercalld instances on one PostgreSQL outbox (issue 17's figures).
 
 A real PostgreSQL server (tests/pgserver.py: initdb into a temp dir, on 127.0.0.1, fsync
-and synchronous commit on), the repo's AMI test server replaying calls to both instances
-(`aftercalld run` processes, each with its own SMPP bind) and the SMSC simulator, all on
-one machine. Each call is the recorded `inbound_missed_noanswer.ami` trace with fresh ids
-and a fresh caller; every count is taken on the SMSC's side.
+and synchronous commit on, WAL segments ready for reuse as on a server in service), the
+repo's AMI test server replaying calls to both instances (`aftercalld run` processes, each
+with its own SMPP bind) and the SMSC simulator, all on one machine. Each call is the
+recorded `inbound_missed_noanswer.ami` trace with fresh ids and a fresh caller; every count
+is taken on the SMSC's side.
 
   kill9    N calls at R calls/s (each in progress for 2 s); one instance, chosen at random,
            is killed with -9 at 5 random moments and started again 1 s later. Calls without
@@ -17,6 +18,7 @@ and a fresh caller; every count is taken on the SMSC's side.
            durable submits per second (target ≥ 5,000/s).
 
     python bench/ha.py [--calls 5000] [--rate 50] [--lease 10] [--only kill9,pgstop,latency,rate]
+                       [--dump latencies.txt]
 """
 from __future__ import annotations
 
@@ -266,7 +268,8 @@ async def bench_pgstop(pg: PgServer, tmp: Path, calls: int, rate: float, lease: 
           f"'wait in memory' logged: {'wait in memory' in log}; tracebacks {log.count('Traceback')}")
 
 
-async def bench_latency(pg: PgServer, tmp: Path, calls: int, rate: float, lease: float) -> None:
+async def bench_latency(pg: PgServer, tmp: Path, calls: int, rate: float, lease: float,
+                        dump: Path | None = None) -> None:
     async with Setup(pg, tmp, lease, window=10) as s:
         await s.start_all()
         sent_at: dict[str, float] = {}
@@ -284,6 +287,9 @@ async def bench_latency(pg: PgServer, tmp: Path, calls: int, rate: float, lease:
         await settled(s.smsc, set(sent_at), quiet=5)
         elapsed = time.perf_counter() - began
     latencies = sorted((s.smsc.arrivals[n] - t) * 1000 for n, t in sent_at.items() if n in s.smsc.arrivals)
+    if dump:  # when each call ended and its latency: where the slow ones cluster
+        dump.write_text("".join(f"{t - began:.4f} {(s.smsc.arrivals.get(n, t) - t) * 1000:.3f}\n"
+                                for n, t in sent_at.items()))
     q = statistics.quantiles(latencies, n=100)
     print(f"latency: {calls} calls at {rate:g}/s over {elapsed:.1f} s, two instances, PostgreSQL on 127.0.0.1: "
           f"last Hangup → submit_sm p50 {q[49]:.2f} ms, p90 {q[89]:.2f} ms, p99 {q[98]:.2f} ms, "
@@ -329,19 +335,20 @@ async def bench_rate(pg: PgServer, tmp: Path, messages: int, lease: float) -> No
           f"outbox by instance: {by_instance}; from start {time.perf_counter() - began:.1f} s")
 
 
-async def main(only: list[str], calls: int, rate: float, lease: float) -> None:
+async def main(only: list[str], calls: int, rate: float, lease: float, dump: Path | None) -> None:
     if server_programs() is None:
         print("PostgreSQL server programs not found: install Debian's postgresql package")
         return
     pg = PgServer(tcp_port=free_port(), durable=not os.environ.get("HA_NO_FSYNC")).start()
     try:
+        await asyncio.to_thread(pg.warm_wal)
         with tempfile.TemporaryDirectory() as tmp:
             if "kill9" in only:
                 await bench_kill9(pg, Path(tmp), calls, rate, lease)
             if "pgstop" in only:
                 await bench_pgstop(pg, Path(tmp), min(calls, 2000), rate, lease)
             if "latency" in only:
-                await bench_latency(pg, Path(tmp), 2000, 200.0, lease)
+                await bench_latency(pg, Path(tmp), 2000, 200.0, lease, dump)
             if "rate" in only:
                 await bench_rate(pg, Path(tmp), 20_000, lease)
     finally:
@@ -355,5 +362,6 @@ if __name__ == "__main__":
     parser.add_argument("--lease", type=float, default=10.0,
                         help="lease_seconds of both instances (the wait before a dead one's claims are taken)")
     parser.add_argument("--only", default="kill9,pgstop,latency,rate")
+    parser.add_argument("--dump", type=Path, help="latency: write each call's end (s) and latency (ms) to this file")
     args = parser.parse_args()
-    asyncio.run(main(args.only.split(","), args.calls, args.rate, args.lease))
+    asyncio.run(main(args.only.split(","), args.calls, args.rate, args.lease, args.dump))

@@ -84,6 +84,19 @@ class PgServer:
         assert self.tcp_port, "started without a TCP port"
         return f"host=127.0.0.1 port={self.tcp_port} user={USER} dbname={dbname}"
 
+    def warm_wal(self, megabytes: int = 128) -> None:
+        """Leaves WAL segments ready for reuse, as on a server that has been running: a fresh
+        cluster creates (and zero-fills, then fsyncs) a 16 MB segment each time its WAL
+        grows into one, which stalls every commit behind it for tens of milliseconds.
+        A server in service recycles old segments instead (`wal_recycle`, `min_wal_size`)."""
+        import psycopg
+
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            conn.execute("CREATE TABLE wal_warm_up AS SELECT g, repeat('x', 1000) AS filler "
+                         "FROM generate_series(1, %s) AS g" % (megabytes * 1000))
+            conn.execute("DROP TABLE wal_warm_up")
+            conn.execute("CHECKPOINT")
+
     def new_database(self) -> str:
         """A fresh, empty database; returns its connection string."""
         import psycopg

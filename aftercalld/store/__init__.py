@@ -9,6 +9,7 @@ from .types import (
     NoOutboxError,
     OutboxUnavailable,
     OutcomeRecord,
+    PolicyFacts,
     Pruned,
     ReplyEffects,
     StoreError,
@@ -21,5 +22,6 @@ from .types import (
 __all__ = [
     "SCHEMA_VERSION", "Answered", "InlineOutbox", "Store", "as_store", "run_inline",
     "EventSink", "NoOutboxError", "Outbox", "OutboxUnavailable", "OutcomeRecord",
-    "Pruned", "ReplyEffects", "StoreError", "Transition", "WebhookDelivery", "WebhookResult", "WebhookRow",
+    "PolicyFacts", "Pruned", "ReplyEffects", "StoreError", "Transition", "WebhookDelivery", "WebhookResult",
+    "WebhookRow",
 ]

@@ -16,6 +16,7 @@ from .types import (
     Answered,
     EventSink,
     OutcomeRecord,
+    PolicyFacts,
     Pruned,
     ReplyEffects,
     Transition,
@@ -132,6 +133,11 @@ class InlineOutbox:
 
     async def submitted_counts_since(self, since: float) -> tuple[int, dict[str, int]]:
         return self.sync.submitted_counts_since(since)
+
+    async def policy_facts(self, destinations: Sequence[str], *, submitted_since: float | None) -> PolicyFacts:
+        sync = self.sync
+        return PolicyFacts(sync.opted_out_among(destinations), sync.dnd_matches(destinations),
+                           {} if submitted_since is None else sync.last_submitted_to(destinations, submitted_since))
 
     async def last_submitted_to(self, destinations: Iterable[str], since: float) -> dict[str, float]:
         return self.sync.last_submitted_to(destinations, since)

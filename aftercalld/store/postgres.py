@@ -37,6 +37,7 @@ from .types import (
     EventSink,
     OutboxUnavailable,
     OutcomeRecord,
+    PolicyFacts,
     Pruned,
     ReplyEffects,
     StoreError,
@@ -306,26 +307,28 @@ class PgOutbox:
         first: dict[str, int] = {}
         for i, key in enumerate(keys):
             first.setdefault(key, i)
-        call_rows = []
-        for key, i in first.items():
-            record, rule, decision, _ = batch[i]
+        call_rows: list[tuple] = []
+        message_rows: list[tuple] = []
+        for key, i in first.items():  # in the batch's order: message ids are FIFO order
+            record, rule, decision, messages = batch[i]
             call_rows.append((key, record.pbx, record.call_id, record.status.value, record.direction.value,
                               record.customer_number, rule, decision, record.to_json(), now, self.instance))
-        async with self.conn.transaction():
-            cur = await self.conn.execute(
-                "INSERT INTO calls (call_key, pbx, call_id, status, direction, caller, rule, decision, record, "
-                "created_at, instance) SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], "
-                "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::text[]) "
-                "ON CONFLICT (call_key) DO NOTHING RETURNING call_key",
-                as_columns(call_rows, 11))
-            new = {k for (k,) in await cur.fetchall()}
-            rows: list[tuple] = []
-            for key, i in first.items():  # in the batch's order: message ids are FIFO order
-                if key in new:
-                    rows.extend(_message_row(key, m, ttl_seconds, now) for m in batch[i][3])
-            wrote = await self._insert_messages(rows, now) if rows else False
-        if wrote:
-            self._events_written()
+            message_rows.extend(_message_row(key, m, ttl_seconds, now) for m in messages)
+        args = (*as_columns(call_rows, 11), *as_columns(message_rows, 18))
+        if self._wants_births():
+            # The webhook rows for the births commit with them: a transaction of two statements.
+            async with self.conn.transaction():
+                cur = await self.conn.execute(_RECORD_CALLS, args)
+                new, born = _recorded(await cur.fetchall())
+                wrote = await self._message_events(born, now)
+            if wrote:
+                self._events_written()
+        else:
+            # One statement in autocommit: one round trip and one commit for the batch. With
+            # several instances recording the same hangup the loser's insert waits for the
+            # winner's commit, so the shorter the winner's transaction the better.
+            cur = await self.conn.execute(_RECORD_CALLS, args)
+            new, _ = _recorded(await cur.fetchall())
         return [
             [m.key for m in batch[i][3] if not m.suppressed] if key in new and first[key] == i else None
             for i, key in enumerate(keys)
@@ -355,15 +358,6 @@ class PgOutbox:
             (existing,) = await cur.fetchone() or (0,)
             out.append((existing, False))
         return out, await self._born_events(born, now)
-
-    async def _insert_messages(self, rows: list[tuple], now: float) -> bool:
-        """Inside a transaction: the messages of newly recorded calls, with the webhook rows
-        for their birth (queued or suppressed) when an endpoint listens. True when any."""
-        if not self._wants_births():
-            await self.conn.execute(_INSERT_MESSAGES, as_columns(rows, 18))
-            return False
-        cur = await self.conn.execute(_INSERT_MESSAGES + _RETURNING_TRANSITION, as_columns(rows, 18))
-        return await self._born_events([_transition(r) for r in await cur.fetchall()], now)
 
     # -- webhook events ------------------------------------------------------------------
 
@@ -508,18 +502,20 @@ class PgOutbox:
         the server puts the message back where a lease running out would (sent again, at
         least once), and the outcome's commit, which waits, makes the claim durable too.
         It saves a disk flush between a hangup and its submit_sm."""
-        async with self.conn.transaction():
-            await self.conn.execute("SET LOCAL synchronous_commit TO OFF")
-            cur = await self.conn.execute(
-                f"UPDATE messages SET state = 'sending', attempts = attempts + 1, updated_at = %s, "
-                f"claimed_by = %s, lease_until = %s "
-                f"WHERE id IN (SELECT id FROM messages WHERE "
-                f"(state IN ('queued', 'retrying') AND next_attempt_at <= %s) "
-                f"OR (state = 'sending' AND lease_until <= %s) "
-                f"ORDER BY next_attempt_at NULLS FIRST, id LIMIT %s FOR UPDATE SKIP LOCKED) "
-                f"RETURNING {MESSAGE_COLUMNS}",
-                (now, self.instance, now + lease_seconds, now, now, limit))
-            rows = await cur.fetchall()
+        # One statement in autocommit, which set_config makes commit asynchronously: "the
+        # behavior for any one transaction is determined by the setting in effect when it
+        # commits" (PostgreSQL's documentation of synchronous_commit).
+        cur = await self.conn.execute(
+            f"UPDATE messages SET state = 'sending', attempts = attempts + 1, updated_at = %s, "
+            f"claimed_by = %s, lease_until = %s "
+            f"FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit (setting) "
+            f"WHERE id IN (SELECT id FROM messages WHERE "
+            f"(state IN ('queued', 'retrying') AND next_attempt_at <= %s) "
+            f"OR (state = 'sending' AND lease_until <= %s) "
+            f"ORDER BY next_attempt_at NULLS FIRST, id LIMIT %s FOR UPDATE SKIP LOCKED) "
+            f"RETURNING {MESSAGE_COLUMNS}",
+            (now, self.instance, now + lease_seconds, now, now, limit))
+        rows = await cur.fetchall()
         rows.sort(key=lambda r: r[0])
         return [outbound_from_row(r) for r in rows]
 
@@ -792,6 +788,24 @@ class PgOutbox:
         by_rule = {rule: int(n) for rule, n in await cur.fetchall()}
         return sum(by_rule.values()), by_rule
 
+    async def policy_facts(self, destinations: Sequence[str], *, submitted_since: float | None) -> PolicyFacts:
+        numbers = list(set(destinations))
+        last = ("(SELECT MAX(submitted_at) FROM messages WHERE destination = d AND submitted_at >= %s)"
+                if submitted_since is not None else "NULL::float8")
+        cur = await self.conn.execute(
+            f"SELECT d, EXISTS (SELECT 1 FROM optout WHERE number = d), EXISTS (SELECT 1 FROM dnd WHERE entry = d "
+            f"OR (right(entry, 1) = '*' AND starts_with(d, left(entry, -1)))), {last} FROM unnest(%s::text[]) AS d",
+            (numbers,) if submitted_since is None else (submitted_since, numbers))
+        facts = PolicyFacts(set(), set(), {})
+        for number, opted_out, dnd, last_submitted in await cur.fetchall():
+            if opted_out:
+                facts.opted_out.add(number)
+            if dnd:
+                facts.dnd.add(number)
+            if last_submitted is not None:
+                facts.last_submitted[number] = last_submitted
+        return facts
+
     async def last_submitted_to(self, destinations: Iterable[str], since: float) -> dict[str, float]:
         cur = await self.conn.execute(
             "SELECT destination, MAX(submitted_at) FROM messages WHERE destination = ANY(%s) "
@@ -980,6 +994,38 @@ _INSERT_MESSAGES = (
 
 # What a message's birth looks like to webhooks: the columns of `_transition`.
 _RETURNING_TRANSITION = " RETURNING id, call_key, rule, destination, state, reason"
+
+
+# A batch of finished calls and their messages in one statement. A call already recorded
+# (a replayed event, or another instance that saw the same hangup first) keeps its row,
+# and its messages are not inserted again. The messages are inserted in the batch's order
+# (WITH ORDINALITY), so that message ids keep the order calls finished in. Returns a row
+# per new call (id NULL) and one per message born, as `_transition` reads them.
+_RECORD_CALLS = (
+    "WITH new_calls AS (INSERT INTO calls (call_key, pbx, call_id, status, direction, caller, rule, decision, "
+    "record, created_at, instance) SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], "
+    "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::text[]) "
+    "ON CONFLICT (call_key) DO NOTHING RETURNING call_key), "
+    "born AS (INSERT INTO messages (key, call_key, rule, recipient_kind, raw_number, destination, sender, text, "
+    "encoding, segments, options, state, reason, next_attempt_at, expires_at, created_at, updated_at, final_at) "
+    "SELECT m.key, m.call_key, m.rule, m.recipient_kind, m.raw_number, m.destination, m.sender, m.text, "
+    "m.encoding, m.segments, m.options, m.state, m.reason, m.next_attempt_at, m.expires_at, m.created_at, "
+    "m.updated_at, m.final_at FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
+    "%s::text[], %s::text[], %s::text[], %s::text[], %s::int[], %s::text[], %s::text[], %s::text[], "
+    "%s::float8[], %s::float8[], %s::float8[], %s::float8[], %s::float8[]) WITH ORDINALITY AS m (key, "
+    "call_key, rule, recipient_kind, raw_number, destination, sender, text, encoding, segments, options, state, "
+    "reason, next_attempt_at, expires_at, created_at, updated_at, final_at, n) "
+    "WHERE m.call_key IN (SELECT call_key FROM new_calls) ORDER BY m.n "
+    "ON CONFLICT (key) DO NOTHING RETURNING id, call_key, rule, destination, state, reason) "
+    "SELECT NULL::bigint, call_key, NULL, NULL, NULL, NULL FROM new_calls "
+    "UNION ALL SELECT id, call_key, rule, destination, state, reason FROM born"
+)
+
+
+def _recorded(rows: list[tuple]) -> tuple[set[str], list[Transition]]:
+    """`_RECORD_CALLS`'s rows: the keys of the calls it recorded, and the messages born."""
+    new = {row[1] for row in rows if row[0] is None}
+    return new, sorted((_transition(row) for row in rows if row[0] is not None), key=lambda t: t.message_id)
 
 
 def _transition(row: tuple) -> Transition:

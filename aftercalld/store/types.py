@@ -101,6 +101,16 @@ class ReplyEffects:
 
 
 @dataclass(slots=True)
+class PolicyFacts:
+    """What the sending policy reads about a claimed batch's destinations, read together:
+    one round trip to a shared outbox between a claim and its sends."""
+
+    opted_out: set[str]
+    dnd: set[str]
+    last_submitted: dict[str, float]  # destination → its last submit since the cooldown began
+
+
+@dataclass(slots=True)
 class WebhookDelivery:
     id: int
     event_id: str

@@ -180,6 +180,14 @@ async def test_lists_policy_counts_and_replies(backend):
     await submit(outbox, T0 + 1, ("X1",))
     assert await outbox.submitted_counts_since(T0) == (1, {"Missed": 1})
     assert await outbox.last_submitted_to([call.caller_number, "+447400000009"], T0) == {call.caller_number: T0 + 1}
+    facts = await outbox.policy_facts([call.caller_number, "+447400000001", "+442071234567", "+447400000009"],
+                                      submitted_since=T0)
+    assert (facts.opted_out, facts.dnd, facts.last_submitted) == (
+        {"+447400000001"}, {"+442071234567"}, {call.caller_number: T0 + 1})
+    later = await outbox.policy_facts([call.caller_number], submitted_since=T0 + 2)
+    assert later.last_submitted == {}
+    without_cooldown = await outbox.policy_facts([call.caller_number, "+447400000001"], submitted_since=None)
+    assert (without_cooldown.opted_out, without_cooldown.last_submitted) == ({"+447400000001"}, {})
     reply_id, call_key = await outbox.record_reply(call.caller_number, "Thanks!", "smpp", "", T0 + 60, 86400)
     assert call_key == "main/c1"
     (reply,) = await outbox.replies(numbers=[call.caller_number])
