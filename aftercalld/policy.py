@@ -11,11 +11,12 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import cast
 from zoneinfo import ZoneInfo
 
 from .model import OutboundMessage
 from .rules.engine import TimeWindow
-from .store import InlineOutbox, Outbox, Store, as_store
+from .store import InlineOutbox, Outbox, SendCounts, Store, as_store
 
 
 class QuietAction(enum.StrEnum):
@@ -37,11 +38,6 @@ class PolicyConfig:
     rules: Mapping[str, RulePolicy] = field(default_factory=dict)
 
 
-# With a shared (PostgreSQL) outbox, the daily quotas are read again from it at most this
-# often, so that instances count each other's sends: together they overshoot a quota by at
-# most what they send within this long.
-SHARED_QUOTA_REFRESH_SECONDS = 1.0
-
 # The rules of texts that replies cause (replies.py): "reply:forward", "reply:help".
 ANSWER_RULE_PREFIX = "reply:"
 
@@ -56,25 +52,36 @@ class Verdict:
 SEND = Verdict(True)
 
 
+@dataclass(slots=True)
+class _Tally:
+    """Texts allowed today, all rules together and per rule."""
+
+    total: int = 0
+    by_rule: dict[str, int] = field(default_factory=dict)
+
+    def add(self, rule: str) -> None:
+        self.total += 1
+        self.by_rule[rule] = self.by_rule.get(rule, 0) + 1
+
+
 class Policy:
+    """One instance's policy. On an SQLite outbox (one daemon) the cooldown and the daily
+    quotas are counted in memory. On a shared (PostgreSQL) outbox they are decided under the
+    outbox's lock from what every instance allowed (`Store.allow_sends`): two instances
+    deciding texts to one number, or the last text of a quota, at the same moment hold each
+    other back exactly, rather than both sending."""
+
     def __init__(self, config: PolicyConfig, outbox: Outbox | Store, tz: ZoneInfo) -> None:
         self.config = config
         self.outbox = as_store(outbox)
         self.tz = tz
         self._day: str | None = None
-        self._sent_today = 0
-        self._sent_today_by_rule: dict[str, int] = {}
+        self._tally = _Tally()
         # destination -> last send, oldest first; only sends within the cooldown, so that a
         # daemon texting a new caller every call does not keep every number it ever texted.
         self._recent: dict[str, float] = {}
         self._shared = not isinstance(self.outbox, InlineOutbox)
         self._midnight = 0.0
-        self._counted_at = 0.0  # when the quotas were last read from a shared outbox
-        # Sends this instance allowed since that read: some are still in flight (not yet
-        # submitted in the outbox), so they are added to what the next read finds. Those
-        # already submitted by then count twice until the read after: a quota holds early
-        # rather than late.
-        self._allowed_since: dict[str, int] = {}
 
     def _has_quotas(self) -> bool:
         return self.config.daily_quota is not None or any(
@@ -84,24 +91,13 @@ class Policy:
         local = datetime.fromtimestamp(now, UTC).astimezone(self.tz)
         day = local.strftime("%Y-%m-%d")
         if day == self._day:
-            if self._shared and now - self._counted_at >= SHARED_QUOTA_REFRESH_SECONDS and self._has_quotas():
-                await self._count_today(now)
             return
         self._day = day
         self._midnight = local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
-        self._allowed_since = {}  # yesterday's sends count for yesterday
-        await self._count_today(now)
         self._recent.clear()
-
-    async def _count_today(self, now: float) -> None:
-        total, by_rule = await self.outbox.submitted_counts_since(self._midnight)
-        if self._shared:
-            total += sum(self._allowed_since.values())
-            for rule, n in self._allowed_since.items():
-                by_rule[rule] = by_rule.get(rule, 0) + n
-            self._allowed_since = {}
-        self._sent_today, self._sent_today_by_rule = total, by_rule
-        self._counted_at = now
+        if not self._shared:  # a shared outbox is counted at each check, under its lock
+            total, by_rule = await self.outbox.submitted_counts_since(self._midnight)
+            self._tally = _Tally(total, by_rule)
 
     async def check(self, messages: Iterable[OutboundMessage], now: float) -> list[Verdict]:
         """Verdicts for a claimed batch, in order. Messages that are sent count against the
@@ -110,25 +106,41 @@ class Policy:
         if not messages:
             return []
         await self._roll_day(now)
-        destinations = [m.destination for m in messages]
         cooldown = self.config.cooldown_seconds
-        facts = await self.outbox.policy_facts(destinations, submitted_since=now - cooldown if cooldown else None)
-        opted_out, dnd, last_sent = facts.opted_out, facts.dnd, facts.last_submitted
-        verdicts = []
-        for m in messages:
-            verdict = self._verdict(m, now, opted_out, dnd, last_sent)
-            if verdict.send:
-                self._sent_today += 1
-                self._sent_today_by_rule[m.rule] = self._sent_today_by_rule.get(m.rule, 0) + 1
-                if self._shared:
-                    self._allowed_since[m.rule] = self._allowed_since.get(m.rule, 0) + 1
-                if cooldown:
-                    self._recent.pop(m.destination, None)  # re-insert: keeps the dict oldest first
-                    self._recent[m.destination] = now
-            verdicts.append(verdict)
-        if cooldown:
-            self._forget_before(now - cooldown)
-        return verdicts
+        facts = await self.outbox.policy_facts(
+            [m.destination for m in messages],
+            submitted_since=now - cooldown if cooldown and not self._shared else None)
+        gated = [self._gate(m, now, facts.opted_out, facts.dnd) for m in messages]
+        limited = [m for m, verdict in zip(messages, gated, strict=True) if verdict is None]
+        if not limited:
+            return cast("list[Verdict]", gated)
+        if self._shared:
+            decided = await self._limit_shared(limited, now)
+        else:
+            decided = {m.id: self._limit(m, now, facts.last_submitted, self._recent, self._tally) for m in limited}
+            if cooldown:
+                self._forget_before(now - cooldown)
+        return [verdict if verdict is not None else decided[m.id] for m, verdict in zip(messages, gated, strict=True)]
+
+    async def _limit_shared(self, messages: list[OutboundMessage], now: float) -> dict[int, Verdict]:
+        cooldown = self.config.cooldown_seconds
+        if not cooldown and not self._has_quotas():
+            return {m.id: SEND for m in messages}
+        decided: dict[int, Verdict] = {}
+
+        def decide(counts: SendCounts) -> list[int]:
+            """Under the outbox's lock: what every instance allowed is in `counts`."""
+            tally = _Tally(counts.today, dict(counts.today_by_rule))
+            recent: dict[str, float] = {}
+            for m in messages:
+                decided[m.id] = self._limit(m, now, counts.last_sent, recent, tally)
+            return [m.id for m in messages if decided[m.id].send]
+
+        await self.outbox.allow_sends(
+            [m.id for m in messages], [m.destination for m in messages], now,
+            counted_since=self._midnight if self._has_quotas() else None,
+            cooldown_since=now - cooldown if cooldown else None, decide=decide)
+        return decided
 
     def _forget_before(self, cutoff: float) -> None:
         while self._recent:
@@ -139,36 +151,52 @@ class Policy:
 
     @property
     def remembered(self) -> int:
-        """How many recent sends the cooldown keeps in memory."""
+        """How many recent sends the cooldown keeps in memory (an SQLite outbox's)."""
         return len(self._recent)
 
-    def _verdict(self, m: OutboundMessage, now: float, opted_out: set[str], dnd: set[str],
-                 last_sent: Mapping[str, float]) -> Verdict:
+    def _gate(self, m: OutboundMessage, now: float, opted_out: set[str], dnd: set[str]) -> Verdict | None:
+        """Opt-out, DND and quiet hours; None when the cooldown and quotas decide."""
         if m.destination in opted_out:
             return Verdict(False, "opt-out")
         if m.destination in dnd:
             return Verdict(False, "DND list")
-        rule = self.config.rules.get(m.rule, RulePolicy())
-        if rule.quiet_hours:
+        rule = self.config.rules.get(m.rule)
+        if rule is not None and rule.quiet_hours:
             local = datetime.fromtimestamp(now, UTC).astimezone(self.tz)
             window = next((w for w in rule.quiet_hours if w.contains(local.time())), None)
             if window is not None:
                 if rule.quiet_action is QuietAction.DROP:
                     return Verdict(False, f"quiet hours {window}")
                 return Verdict(False, f"quiet hours {window}", defer_until=_window_end(local, window))
+        return None
+
+    def _limit(self, m: OutboundMessage, now: float, last_sent: Mapping[str, float], recent: dict[str, float],
+               tally: _Tally) -> Verdict:
+        """The cooldown and the daily quotas; a text allowed counts in `recent` and `tally`."""
+        verdict = self._within_limits(m, now, last_sent, recent, tally)
+        if verdict.send:
+            tally.add(m.rule)
+            if self.config.cooldown_seconds:
+                recent.pop(m.destination, None)  # re-insert: keeps the dict oldest first
+                recent[m.destination] = now
+        return verdict
+
+    def _within_limits(self, m: OutboundMessage, now: float, last_sent: Mapping[str, float],
+                       recent: Mapping[str, float], tally: _Tally) -> Verdict:
         if m.rule.startswith(ANSWER_RULE_PREFIX):
             # A forwarded reply or a HELP answer answers a person: no cooldown or quota
             # holds it back (a HELP answer has its own cooldown).
             return SEND
         cooldown = self.config.cooldown_seconds
         if cooldown:
-            last = max(last_sent.get(m.destination, 0.0), self._recent.get(m.destination, 0.0))
+            last = max(last_sent.get(m.destination, 0.0), recent.get(m.destination, 0.0))
             if last and now - last < cooldown:
                 ago = (now - last) / 60
                 return Verdict(False, f"cooldown: texted {ago:.0f} min ago (limit {cooldown / 60:g} min)")
-        if self.config.daily_quota is not None and self._sent_today >= self.config.daily_quota:
+        if self.config.daily_quota is not None and tally.total >= self.config.daily_quota:
             return Verdict(False, f"daily quota of {self.config.daily_quota} reached")
-        if rule.daily_quota is not None and self._sent_today_by_rule.get(m.rule, 0) >= rule.daily_quota:
+        rule = self.config.rules.get(m.rule, RulePolicy())
+        if rule.daily_quota is not None and tally.by_rule.get(m.rule, 0) >= rule.daily_quota:
             return Verdict(False, f"rule daily quota of {rule.daily_quota} reached")
         return SEND
 

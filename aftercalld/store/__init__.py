@@ -12,6 +12,7 @@ from .types import (
     PolicyFacts,
     Pruned,
     ReplyEffects,
+    SendCounts,
     StoreError,
     Transition,
     WebhookDelivery,
@@ -22,6 +23,6 @@ from .types import (
 __all__ = [
     "SCHEMA_VERSION", "Answered", "InlineOutbox", "Store", "as_store", "run_inline",
     "EventSink", "NoOutboxError", "Outbox", "OutboxUnavailable", "OutcomeRecord",
-    "PolicyFacts", "Pruned", "ReplyEffects", "StoreError", "Transition", "WebhookDelivery", "WebhookResult",
-    "WebhookRow",
+    "PolicyFacts", "Pruned", "ReplyEffects", "SendCounts", "StoreError", "Transition", "WebhookDelivery",
+    "WebhookResult", "WebhookRow",
 ]

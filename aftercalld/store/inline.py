@@ -19,6 +19,7 @@ from .types import (
     PolicyFacts,
     Pruned,
     ReplyEffects,
+    SendCounts,
     Transition,
     WebhookDelivery,
     WebhookResult,
@@ -138,6 +139,16 @@ class InlineOutbox:
         sync = self.sync
         return PolicyFacts(sync.opted_out_among(destinations), sync.dnd_matches(destinations),
                            {} if submitted_since is None else sync.last_submitted_to(destinations, submitted_since))
+
+    async def allow_sends(self, ids: Sequence[int], destinations: Sequence[str], now: float, *,
+                          counted_since: float | None, cooldown_since: float | None,
+                          decide: Callable[[SendCounts], Sequence[int]]) -> list[int]:
+        """As `PgOutbox.allow_sends`, for one daemon: what it submitted is all there is to
+        count (the daemon's `Policy` counts in memory and does not call this)."""
+        sync = self.sync
+        total, by_rule = sync.submitted_counts_since(counted_since) if counted_since is not None else (0, {})
+        last = sync.last_submitted_to(destinations, cooldown_since) if cooldown_since is not None else {}
+        return list(decide(SendCounts(total, by_rule, last)))
 
     async def last_submitted_to(self, destinations: Iterable[str], since: float) -> dict[str, float]:
         return self.sync.last_submitted_to(destinations, since)

@@ -40,6 +40,7 @@ from .types import (
     PolicyFacts,
     Pruned,
     ReplyEffects,
+    SendCounts,
     StoreError,
     Transition,
     WebhookDelivery,
@@ -59,11 +60,14 @@ except ImportError:  # an optional extra: say how to get it, not a traceback
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: messages.allowed_at (the shared cooldown and quotas)
 
 # Taken while the schema is created or upgraded, so that instances starting together do
 # not race each other's DDL. Any constant works; this one spells "acd".
 _SCHEMA_LOCK = 0x616364
+# Taken while an instance decides the cooldown and quotas of the texts it claimed, so that
+# each instance's decision sees every text the others allowed: "acd" + "p".
+_POLICY_LOCK = 0x61636470
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -107,13 +111,16 @@ CREATE TABLE IF NOT EXISTS messages (
     final_at        DOUBLE PRECISION,
     transport       TEXT,
     claimed_by      TEXT,                 -- the instance sending it, or that last sent it
-    lease_until     DOUBLE PRECISION      -- past this, another instance may claim it
+    lease_until     DOUBLE PRECISION,     -- past this, another instance may claim it
+    allowed_at      DOUBLE PRECISION      -- when the cooldown and quotas let it go out
 );
+ALTER TABLE messages ADD COLUMN IF NOT EXISTS allowed_at DOUBLE PRECISION;  -- version 1 had none
 CREATE INDEX IF NOT EXISTS messages_due ON messages (next_attempt_at) WHERE state IN ('queued', 'retrying');
 CREATE INDEX IF NOT EXISTS messages_leased ON messages (lease_until) WHERE state = 'sending';
 CREATE INDEX IF NOT EXISTS messages_destination ON messages (destination);
 CREATE INDEX IF NOT EXISTS messages_call_key ON messages (call_key);
 CREATE INDEX IF NOT EXISTS messages_submitted ON messages (submitted_at);
+CREATE INDEX IF NOT EXISTS messages_allowed ON messages (allowed_at) WHERE allowed_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS parts (
     message_id   BIGINT NOT NULL REFERENCES messages (id),
     part         INTEGER NOT NULL,
@@ -518,6 +525,44 @@ class PgOutbox:
         rows = await cur.fetchall()
         rows.sort(key=lambda r: r[0])
         return [outbound_from_row(r) for r in rows]
+
+    async def allow_sends(self, ids: Sequence[int], destinations: Sequence[str], now: float, *,
+                          counted_since: float | None, cooldown_since: float | None,
+                          decide: Callable[[SendCounts], Sequence[int]]) -> list[int]:
+        """Which of these claimed messages the cooldown and the daily quotas let go out, as
+        `decide` says from what every instance allowed (`SendCounts`; `counted_since`: the
+        quotas' midnight, `cooldown_since`: now - cooldown; None: not needed). The ones it
+        returns are marked allowed in the same transaction.
+
+        Instances decide one at a time (a transaction-level advisory lock), and each reads
+        after taking the lock, so it sees every text the one before it allowed: two texts to
+        one number, or the last of a quota, decided at the same moment on two instances
+        never both go out. The lock is held for three round trips."""
+        never = float("inf")
+        async with self.conn.transaction():
+            await self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (_POLICY_LOCK,))
+            # A failed text cost nothing and a suppressed one was never sent: neither counts.
+            # `submitted_at` covers texts sent before allowed_at existed (schema version 1).
+            cur = await self.conn.execute(
+                "SELECT rule, NULL, COUNT(*)::float8 FROM messages WHERE (allowed_at >= %(since)s "
+                "OR submitted_at >= %(since)s) AND state NOT IN ('failed', 'suppressed') AND id <> ALL(%(ids)s) "
+                "GROUP BY rule "
+                "UNION ALL SELECT NULL, destination, MAX(GREATEST(allowed_at, submitted_at)) FROM messages "
+                "WHERE destination = ANY(%(to)s) AND (allowed_at >= %(after)s OR submitted_at >= %(after)s) "
+                "AND state NOT IN ('failed', 'suppressed') AND id <> ALL(%(ids)s) GROUP BY destination",
+                {"since": never if counted_since is None else counted_since, "ids": list(ids),
+                 "to": list(set(destinations)), "after": never if cooldown_since is None else cooldown_since})
+            counts = SendCounts(0, {}, {})
+            for rule, destination, value in await cur.fetchall():
+                if destination is None:
+                    counts.today_by_rule[rule] = int(value)
+                    counts.today += int(value)
+                else:
+                    counts.last_sent[destination] = value
+            allowed = list(decide(counts))
+            if allowed:
+                await self.conn.execute("UPDATE messages SET allowed_at = %s WHERE id = ANY(%s)", (now, allowed))
+        return allowed
 
     async def opted_out_among(self, numbers: Iterable[str]) -> set[str]:
         cur = await self.conn.execute("SELECT number FROM optout WHERE number = ANY(%s)", (list(set(numbers)),))

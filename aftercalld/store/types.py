@@ -111,6 +111,16 @@ class PolicyFacts:
 
 
 @dataclass(slots=True)
+class SendCounts:
+    """What the cooldown and the daily quotas decide from: the texts allowed (being sent,
+    sent, or to be retried) on the outbox, by every instance, outside the batch at hand."""
+
+    today: int  # since the policy's midnight, all rules together
+    today_by_rule: dict[str, int]
+    last_sent: dict[str, float]  # destination → its last text within the cooldown
+
+
+@dataclass(slots=True)
 class WebhookDelivery:
     id: int
     event_id: str

@@ -246,8 +246,8 @@ async def test_both_outboxes_show_support_the_same_columns(backend, pg_dsn):
     try:
         await pg.record_calls([entry(record("c1"))], ttl_seconds=TTL, now=T0)
         assert set((await outbox.calls())[0]) == set((await pg.calls())[0])
-        assert set((await outbox.messages())[0]) - {"claimed_by", "lease_until"} == \
-            set((await pg.messages())[0]) - {"claimed_by", "lease_until"}
+        shared_only = {"claimed_by", "lease_until", "allowed_at"}
+        assert set((await outbox.messages())[0]) - shared_only == set((await pg.messages())[0]) - shared_only
     finally:
         await pg.close()
 
@@ -472,22 +472,88 @@ async def test_a_receipt_settles_the_text_its_own_transport_sent_when_ids_collid
     assert settled.message_id == a.id
 
 
-async def test_daily_quotas_count_the_other_instances_sends(shared):
+def policy(outbox, **config):
     from zoneinfo import ZoneInfo
 
-    from aftercalld.policy import SHARED_QUOTA_REFRESH_SECONDS, Policy, PolicyConfig
+    from aftercalld.policy import Policy, PolicyConfig
 
+    return Policy(PolicyConfig(**config), outbox, ZoneInfo("UTC"))
+
+
+async def test_daily_quotas_count_the_other_instances_sends_at_once(shared):
     a, b = shared
-    quota_a = Policy(PolicyConfig(daily_quota=3), a, ZoneInfo("UTC"))
     calls = [record(f"q{i}", caller=f"+4474001234{i:02d}") for i in range(5)]
     await a.record_calls([entry(call) for call in calls], ttl_seconds=TTL, now=T0)
     first = await a.claim_due(1, T0)
-    assert [v.send for v in await quota_a.check(first, T0)] == [True]  # a counts its own send at once
-    by_b = await b.claim_due(2, T0)  # host-b sends two more: three in all today
-    await b.record_outcomes([OutcomeRecord(m, MessageState.SUBMITTED, transport_ids=(f"b{m.id}",), transport="smpp")
-                             for m in by_b], T0)
-    later = T0 + SHARED_QUOTA_REFRESH_SECONDS
-    rest = await a.claim_due(5, later)
-    verdicts = await quota_a.check(rest, later)
-    assert [v.send for v in verdicts] == [False, False]
-    assert verdicts[0].reason == "daily quota of 3 reached"
+    assert [v.send for v in await policy(a, daily_quota=3).check(first, T0)] == [True]
+    by_b = await b.claim_due(4, T0)  # b has not submitted a's text's quota away: it counts at once
+    verdicts = await policy(b, daily_quota=3).check(by_b, T0)
+    assert [v.send for v in verdicts] == [True, True, False, False]
+    assert verdicts[2].reason == "daily quota of 3 reached"
+
+
+async def test_the_last_texts_of_a_quota_decided_on_two_instances_at_once_go_out_once(shared):
+    a, b = shared
+    await a.record_calls([entry(record(f"q{i}", caller=f"+4474001234{i:02d}")) for i in range(8)],
+                         ttl_seconds=TTL, now=T0)
+    mine, theirs = await a.claim_due(4, T0), await b.claim_due(4, T0)
+    verdicts = await asyncio.gather(policy(a, daily_quota=3).check(mine, T0),
+                                    policy(b, daily_quota=3).check(theirs, T0))
+    allowed = [m for batch, vs in zip((mine, theirs), verdicts, strict=True)
+               for m, v in zip(batch, vs, strict=True) if v.send]
+    assert len(allowed) == 3
+    # A text that failed for good cost nothing: its place in the quota is free again.
+    owner = a if allowed[0] in mine else b
+    await owner.record_outcomes([OutcomeRecord(allowed[0], MessageState.FAILED, "rejected by the SMSC")], T0 + 1)
+    await a.record_calls([entry(record("q-late", caller="+447400123499"))], ttl_seconds=TTL, now=T0 + 2)
+    late = await a.claim_due(1, T0 + 2)
+    assert [v.send for v in await policy(a, daily_quota=3).check(late, T0 + 2)] == [True]
+
+
+async def test_two_texts_to_one_number_decided_on_two_instances_at_once_go_out_once(shared):
+    a, b = shared
+    caller = "+447400123456"
+    await a.record_calls([entry(record("first", caller)), entry(record("second", caller))], ttl_seconds=TTL, now=T0)
+    mine, theirs = await a.claim_due(1, T0), await b.claim_due(1, T0)
+    verdicts = await asyncio.gather(policy(a, cooldown_seconds=1800).check(mine, T0),
+                                    policy(b, cooldown_seconds=1800).check(theirs, T0))
+    assert sorted(v.send for (v,) in verdicts) == [False, True]
+    (held,) = [v for (v,) in verdicts if not v.send]
+    assert held.reason == "cooldown: texted 0 min ago (limit 30 min)"
+
+
+async def test_allow_sends_counts_what_was_sent_and_returns_what_decide_allows(backend):
+    outbox = await backend()
+    calls = [record(f"a{i}", caller=f"+4474001230{i:02d}") for i in range(3)]
+    await outbox.record_calls([entry(calls[0])], ttl_seconds=TTL, now=T0)
+    (sent,) = await submit(outbox, T0 + 1, ("X1",))
+    await outbox.record_calls([entry(call) for call in calls[1:]], ttl_seconds=TTL, now=T0 + 2)
+    rest = await outbox.claim_due(10, T0 + 2)
+    seen = []
+
+    def decide(counts):
+        seen.append(counts)
+        return [rest[0].id]
+
+    allowed = await outbox.allow_sends([m.id for m in rest], [m.destination for m in rest] + [sent.destination],
+                                       T0 + 2, counted_since=T0, cooldown_since=T0, decide=decide)
+    assert allowed == [rest[0].id]
+    (counts,) = seen
+    assert (counts.today, counts.today_by_rule, counts.last_sent) == (1, {"Missed": 1}, {sent.destination: T0 + 1})
+
+
+async def test_an_outbox_of_schema_version_1_is_upgraded_at_start(pg_dsn):
+    from aftercalld.store.postgres import SCHEMA_VERSION, PgOutbox
+
+    old = await PgOutbox.open(pg_dsn, instance="a")
+    await old.conn.execute("ALTER TABLE messages DROP COLUMN allowed_at")
+    await old.conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    await old.record_calls([entry(record("kept"))], ttl_seconds=TTL, now=T0)
+    await old.close()
+    new = await PgOutbox.open(pg_dsn, instance="a")
+    try:
+        assert await new.meta_get("schema_version") == str(SCHEMA_VERSION) == "2"
+        (message,) = await new.messages()
+        assert message["allowed_at"] is None and message["call_key"] == "main/kept"
+    finally:
+        await new.close()
