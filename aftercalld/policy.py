@@ -133,12 +133,12 @@ class Policy:
             tally = _Tally(counts.today, dict(counts.today_by_rule))
             recent: dict[str, float] = {}
             for m in messages:
-                decided[m.id] = self._limit(m, now, counts.last_sent, recent, tally)
+                decided[m.id] = self._limit(m, now, counts.last_sent, recent, tally, counted=m.id in counts.counted)
             return [m.id for m in messages if decided[m.id].send]
 
         await self.outbox.allow_sends(
             [m.id for m in messages], [m.destination for m in messages], now,
-            counted_since=self._midnight if self._has_quotas() else None,
+            day=self._day if self._has_quotas() else None, midnight=self._midnight,
             cooldown_since=now - cooldown if cooldown else None, decide=decide)
         return decided
 
@@ -171,18 +171,21 @@ class Policy:
         return None
 
     def _limit(self, m: OutboundMessage, now: float, last_sent: Mapping[str, float], recent: dict[str, float],
-               tally: _Tally) -> Verdict:
-        """The cooldown and the daily quotas; a text allowed counts in `recent` and `tally`."""
-        verdict = self._within_limits(m, now, last_sent, recent, tally)
+               tally: _Tally, *, counted: bool = False) -> Verdict:
+        """The cooldown and the daily quotas; a text allowed counts in `recent` and `tally`.
+        `counted`: the text was allowed before (a retry) and already has its place in the
+        quotas."""
+        verdict = self._within_limits(m, now, last_sent, recent, None if counted else tally)
         if verdict.send:
-            tally.add(m.rule)
+            if not counted:
+                tally.add(m.rule)
             if self.config.cooldown_seconds:
                 recent.pop(m.destination, None)  # re-insert: keeps the dict oldest first
                 recent[m.destination] = now
         return verdict
 
     def _within_limits(self, m: OutboundMessage, now: float, last_sent: Mapping[str, float],
-                       recent: Mapping[str, float], tally: _Tally) -> Verdict:
+                       recent: Mapping[str, float], tally: _Tally | None) -> Verdict:
         if m.rule.startswith(ANSWER_RULE_PREFIX):
             # A forwarded reply or a HELP answer answers a person: no cooldown or quota
             # holds it back (a HELP answer has its own cooldown).
@@ -193,6 +196,8 @@ class Policy:
             if last and now - last < cooldown:
                 ago = (now - last) / 60
                 return Verdict(False, f"cooldown: texted {ago:.0f} min ago (limit {cooldown / 60:g} min)")
+        if tally is None:
+            return SEND
         if self.config.daily_quota is not None and tally.total >= self.config.daily_quota:
             return Verdict(False, f"daily quota of {self.config.daily_quota} reached")
         rule = self.config.rules.get(m.rule, RulePolicy())

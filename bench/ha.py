@@ -18,7 +18,7 @@ is taken on the SMSC's side.
            durable submits per second (target ≥ 5,000/s).
 
     python bench/ha.py [--calls 5000] [--rate 50] [--lease 10] [--only kill9,pgstop,latency,rate]
-                       [--dump latencies.txt]
+                       [--dump latencies.txt] [--policy]
 """
 from __future__ import annotations
 
@@ -132,8 +132,10 @@ def free_port() -> int:
 class Setup:
     """PostgreSQL, AMI server, SMSC and two instances, in a temp dir."""
 
-    def __init__(self, pg: PgServer, tmp: Path, lease: float, window: int, fast_smsc: bool = False) -> None:
+    def __init__(self, pg: PgServer, tmp: Path, lease: float, window: int, fast_smsc: bool = False,
+                 extra_config: str = "") -> None:
         self.pg = pg
+        self.extra_config = extra_config
         self.tmp = tmp
         self.lease = lease
         self.window = window
@@ -152,7 +154,8 @@ class Setup:
             state.mkdir()
             config = self.tmp / f"{name}-{self.ami.port}.toml"
             config.write_text(CONFIG.format(dsn=self.dsn, instance=name, state_dir=state, lease=self.lease,
-                                            ami_port=self.ami.port, smpp_port=self.smsc.port, window=self.window))
+                                            ami_port=self.ami.port, smpp_port=self.smsc.port, window=self.window)
+                              + self.extra_config)
             self.instances.append(Instance(name, config, self.tmp / f"{name}-{self.ami.port}.log"))
         return self
 
@@ -268,9 +271,17 @@ async def bench_pgstop(pg: PgServer, tmp: Path, calls: int, rate: float, lease: 
           f"'wait in memory' logged: {'wait in memory' in log}; tracebacks {log.count('Traceback')}")
 
 
+# What --policy adds: the shared cooldown and quota are then decided under the outbox's lock.
+POLICY = """
+[policy]
+cooldown_minutes = 60
+daily_quota = 1000000
+"""
+
+
 async def bench_latency(pg: PgServer, tmp: Path, calls: int, rate: float, lease: float,
-                        dump: Path | None = None) -> None:
-    async with Setup(pg, tmp, lease, window=10) as s:
+                        dump: Path | None = None, with_policy: bool = False) -> None:
+    async with Setup(pg, tmp, lease, window=10, extra_config=POLICY if with_policy else "") as s:
         await s.start_all()
         sent_at: dict[str, float] = {}
         interval = 1.0 / rate
@@ -291,7 +302,9 @@ async def bench_latency(pg: PgServer, tmp: Path, calls: int, rate: float, lease:
         dump.write_text("".join(f"{t - began:.4f} {(s.smsc.arrivals.get(n, t) - t) * 1000:.3f}\n"
                                 for n, t in sent_at.items()))
     q = statistics.quantiles(latencies, n=100)
-    print(f"latency: {calls} calls at {rate:g}/s over {elapsed:.1f} s, two instances, PostgreSQL on 127.0.0.1: "
+    policy = " with a cooldown and a daily quota" if with_policy else ""
+    print(f"latency: {calls} calls at {rate:g}/s over {elapsed:.1f} s, two instances{policy}, "
+          f"PostgreSQL on 127.0.0.1: "
           f"last Hangup → submit_sm p50 {q[49]:.2f} ms, p90 {q[89]:.2f} ms, p99 {q[98]:.2f} ms, "
           f"max {latencies[-1]:.2f} ms (targets p50 ≤ 3, p99 ≤ 10); texts {len(latencies)}")
 
@@ -335,7 +348,8 @@ async def bench_rate(pg: PgServer, tmp: Path, messages: int, lease: float) -> No
           f"outbox by instance: {by_instance}; from start {time.perf_counter() - began:.1f} s")
 
 
-async def main(only: list[str], calls: int, rate: float, lease: float, dump: Path | None) -> None:
+async def main(only: list[str], calls: int, rate: float, lease: float, dump: Path | None,
+               with_policy: bool) -> None:
     if server_programs() is None:
         print("PostgreSQL server programs not found: install Debian's postgresql package")
         return
@@ -348,7 +362,7 @@ async def main(only: list[str], calls: int, rate: float, lease: float, dump: Pat
             if "pgstop" in only:
                 await bench_pgstop(pg, Path(tmp), min(calls, 2000), rate, lease)
             if "latency" in only:
-                await bench_latency(pg, Path(tmp), 2000, 200.0, lease, dump)
+                await bench_latency(pg, Path(tmp), 2000, 200.0, lease, dump, with_policy)
             if "rate" in only:
                 await bench_rate(pg, Path(tmp), 20_000, lease)
     finally:
@@ -363,5 +377,7 @@ if __name__ == "__main__":
                         help="lease_seconds of both instances (the wait before a dead one's claims are taken)")
     parser.add_argument("--only", default="kill9,pgstop,latency,rate")
     parser.add_argument("--dump", type=Path, help="latency: write each call's end (s) and latency (ms) to this file")
+    parser.add_argument("--policy", action="store_true",
+                        help="latency: with [policy] cooldown_minutes and daily_quota set (decided under a lock)")
     args = parser.parse_args()
-    asyncio.run(main(args.only.split(","), args.calls, args.rate, args.lease, args.dump))
+    asyncio.run(main(args.only.split(","), args.calls, args.rate, args.lease, args.dump, args.policy))

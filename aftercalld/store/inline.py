@@ -141,12 +141,12 @@ class InlineOutbox:
                            {} if submitted_since is None else sync.last_submitted_to(destinations, submitted_since))
 
     async def allow_sends(self, ids: Sequence[int], destinations: Sequence[str], now: float, *,
-                          counted_since: float | None, cooldown_since: float | None,
+                          day: str | None, midnight: float, cooldown_since: float | None,
                           decide: Callable[[SendCounts], Sequence[int]]) -> list[int]:
         """As `PgOutbox.allow_sends`, for one daemon: what it submitted is all there is to
         count (the daemon's `Policy` counts in memory and does not call this)."""
         sync = self.sync
-        total, by_rule = sync.submitted_counts_since(counted_since) if counted_since is not None else (0, {})
+        total, by_rule = sync.submitted_counts_since(midnight) if day is not None else (0, {})
         last = sync.last_submitted_to(destinations, cooldown_since) if cooldown_since is not None else {}
         return list(decide(SendCounts(total, by_rule, last)))
 

@@ -60,7 +60,7 @@ except ImportError:  # an optional extra: say how to get it, not a traceback
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 2: messages.allowed_at (the shared cooldown and quotas)
+SCHEMA_VERSION = 2  # 2: messages.allowed_at and daily_counts (the shared cooldown and quotas)
 
 # Taken while the schema is created or upgraded, so that instances starting together do
 # not race each other's DDL. Any constant works; this one spells "acd".
@@ -178,6 +178,12 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
 CREATE INDEX IF NOT EXISTS webhook_due ON webhook_deliveries (endpoint, next_attempt_at)
     WHERE state IN ('queued', 'retrying');
 CREATE TABLE IF NOT EXISTS handover (pbx TEXT PRIMARY KEY, state TEXT NOT NULL, saved_at DOUBLE PRECISION NOT NULL);
+CREATE TABLE IF NOT EXISTS daily_counts (   -- texts allowed per day and rule, for the quotas
+    day     TEXT NOT NULL,                    -- in the policy's time zone; rule '' marks a day counted
+    rule    TEXT NOT NULL,
+    allowed BIGINT NOT NULL,
+    PRIMARY KEY (day, rule)
+);
 CREATE TABLE IF NOT EXISTS instances (
     instance     TEXT PRIMARY KEY,
     started_at   DOUBLE PRECISION NOT NULL,
@@ -228,6 +234,7 @@ class PgOutbox:
         self.instance = instance
         # Set by the daemon when [[webhook]] endpoints listen to message events.
         self.events: EventSink | None = None
+        self._counted_day = ""  # the day whose daily_counts this instance has seen started
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -527,42 +534,70 @@ class PgOutbox:
         return [outbound_from_row(r) for r in rows]
 
     async def allow_sends(self, ids: Sequence[int], destinations: Sequence[str], now: float, *,
-                          counted_since: float | None, cooldown_since: float | None,
+                          day: str | None, midnight: float, cooldown_since: float | None,
                           decide: Callable[[SendCounts], Sequence[int]]) -> list[int]:
         """Which of these claimed messages the cooldown and the daily quotas let go out, as
-        `decide` says from what every instance allowed (`SendCounts`; `counted_since`: the
-        quotas' midnight, `cooldown_since`: now - cooldown; None: not needed). The ones it
-        returns are marked allowed in the same transaction.
+        `decide` says from what every instance allowed (`SendCounts`). `day`: the quotas'
+        day in the policy's time zone, which began at `midnight` (None: no quota is set);
+        `cooldown_since`: now - cooldown (None: no cooldown). The ones `decide` returns are
+        marked allowed, and counted for the day, in the same transaction.
 
         Instances decide one at a time (a transaction-level advisory lock), and each reads
         after taking the lock, so it sees every text the one before it allowed: two texts to
         one number, or the last of a quota, decided at the same moment on two instances
-        never both go out. The lock is held for three round trips."""
-        never = float("inf")
+        never both go out. The day's counts are a row per rule (`daily_counts`), so a check
+        costs the same at the day's last text as at its first."""
         async with self.conn.transaction():
-            await self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (_POLICY_LOCK,))
-            # A failed text cost nothing and a suppressed one was never sent: neither counts.
-            # `submitted_at` covers texts sent before allowed_at existed (schema version 1).
+            # Asynchronous commit, as for the claim these texts came with: a crash of the server
+            # that loses the mark loses the claim too, and the outcome's commit, which waits for
+            # the disk, makes both durable.
+            await self.conn.execute("SELECT pg_advisory_xact_lock(%s), set_config('synchronous_commit', 'off', true)",
+                                    (_POLICY_LOCK,))
+            if day is not None and day != self._counted_day:
+                await self._start_daily_counts(day, midnight)
             cur = await self.conn.execute(
-                "SELECT rule, NULL, COUNT(*)::float8 FROM messages WHERE (allowed_at >= %(since)s "
-                "OR submitted_at >= %(since)s) AND state NOT IN ('failed', 'suppressed') AND id <> ALL(%(ids)s) "
-                "GROUP BY rule "
-                "UNION ALL SELECT NULL, destination, MAX(GREATEST(allowed_at, submitted_at)) FROM messages "
+                "SELECT 'rule', rule, allowed::float8 FROM daily_counts WHERE day = %(day)s AND rule <> '' "
+                "UNION ALL SELECT 'to', destination, MAX(GREATEST(allowed_at, submitted_at)) FROM messages "
                 "WHERE destination = ANY(%(to)s) AND (allowed_at >= %(after)s OR submitted_at >= %(after)s) "
-                "AND state NOT IN ('failed', 'suppressed') AND id <> ALL(%(ids)s) GROUP BY destination",
-                {"since": never if counted_since is None else counted_since, "ids": list(ids),
-                 "to": list(set(destinations)), "after": never if cooldown_since is None else cooldown_since})
+                "AND state NOT IN ('failed', 'suppressed') AND id <> ALL(%(ids)s) GROUP BY destination "
+                "UNION ALL SELECT 'again', NULL, id FROM messages WHERE id = ANY(%(ids)s) AND allowed_at IS NOT NULL",
+                {"day": day or "", "ids": list(ids), "to": list(set(destinations)),
+                 "after": float("inf") if cooldown_since is None else cooldown_since})
             counts = SendCounts(0, {}, {})
-            for rule, destination, value in await cur.fetchall():
-                if destination is None:
-                    counts.today_by_rule[rule] = int(value)
+            for kind, key, value in await cur.fetchall():
+                if kind == "rule":
+                    counts.today_by_rule[key] = int(value)
                     counts.today += int(value)
+                elif kind == "to":
+                    counts.last_sent[key] = value
                 else:
-                    counts.last_sent[destination] = value
+                    counts.counted.add(int(value))
             allowed = list(decide(counts))
             if allowed:
-                await self.conn.execute("UPDATE messages SET allowed_at = %s WHERE id = ANY(%s)", (now, allowed))
+                # A text allowed again (a retry) is counted once: on its first allowance.
+                await self.conn.execute(
+                    "WITH marked AS (UPDATE messages m SET allowed_at = %(now)s FROM (SELECT id, allowed_at IS NULL "
+                    "AS first FROM messages WHERE id = ANY(%(ids)s) FOR UPDATE) o WHERE m.id = o.id "
+                    "RETURNING m.rule, o.first) "
+                    "INSERT INTO daily_counts (day, rule, allowed) SELECT %(day)s, rule, COUNT(*) FROM marked "
+                    "WHERE first AND %(day)s <> '' GROUP BY rule "
+                    "ON CONFLICT (day, rule) DO UPDATE SET allowed = daily_counts.allowed + EXCLUDED.allowed",
+                    {"now": now, "ids": allowed, "day": day or ""})
         return allowed
+
+    async def _start_daily_counts(self, day: str, midnight: float) -> None:
+        """Under the policy lock, once per day and instance: the first instance to count a
+        day counts what was already sent that day (texts from before an upgrade, or from
+        before a quota was set), and drops the counts of days past."""
+        await self.conn.execute(
+            "INSERT INTO daily_counts (day, rule, allowed) SELECT %(day)s, rule, COUNT(*) FROM messages "
+            "WHERE (allowed_at >= %(midnight)s OR submitted_at >= %(midnight)s) "
+            "AND state NOT IN ('failed', 'suppressed') "
+            "AND NOT EXISTS (SELECT 1 FROM daily_counts WHERE day = %(day)s AND rule = '') GROUP BY rule "
+            "UNION ALL SELECT %(day)s, '', 0 ON CONFLICT (day, rule) DO NOTHING",
+            {"day": day, "midnight": midnight})
+        await self.conn.execute("DELETE FROM daily_counts WHERE day < %s", (day,))
+        self._counted_day = day
 
     async def opted_out_among(self, numbers: Iterable[str]) -> set[str]:
         cur = await self.conn.execute("SELECT number FROM optout WHERE number = ANY(%s)", (list(set(numbers)),))

@@ -118,6 +118,8 @@ class SendCounts:
     today: int  # since the policy's midnight, all rules together
     today_by_rule: dict[str, int]
     last_sent: dict[str, float]  # destination → its last text within the cooldown
+    # Messages of the batch allowed before (retries): they have their place in the counts.
+    counted: set[int] = field(default_factory=set)
 
 
 @dataclass(slots=True)

@@ -502,12 +502,28 @@ async def test_the_last_texts_of_a_quota_decided_on_two_instances_at_once_go_out
     allowed = [m for batch, vs in zip((mine, theirs), verdicts, strict=True)
                for m, v in zip(batch, vs, strict=True) if v.send]
     assert len(allowed) == 3
-    # A text that failed for good cost nothing: its place in the quota is free again.
-    owner = a if allowed[0] in mine else b
-    await owner.record_outcomes([OutcomeRecord(allowed[0], MessageState.FAILED, "rejected by the SMSC")], T0 + 1)
-    await a.record_calls([entry(record("q-late", caller="+447400123499"))], ttl_seconds=TTL, now=T0 + 2)
-    late = await a.claim_due(1, T0 + 2)
-    assert [v.send for v in await policy(a, daily_quota=3).check(late, T0 + 2)] == [True]
+    # A text allowed again after a transient failure is counted once.
+    retried = allowed[0]
+    owner = a if retried in mine else b
+    await owner.record_outcomes([OutcomeRecord(retried, MessageState.RETRYING, "throttled", next_attempt_at=T0 + 5)],
+                                T0 + 1)
+    again = await a.claim_due(1, T0 + 5)
+    assert [m.id for m in again] == [retried.id]
+    assert [v.send for v in await policy(a, daily_quota=3).check(again, T0 + 5)] == [True]
+    await a.record_calls([entry(record("q-late", caller="+447400123499"))], ttl_seconds=TTL, now=T0 + 6)
+    late = await a.claim_due(1, T0 + 6)
+    (verdict,) = await policy(b, daily_quota=3).check(late, T0 + 6)
+    assert verdict.reason == "daily quota of 3 reached"
+
+
+async def test_texts_sent_before_the_quotas_were_counted_count_for_the_day(shared):
+    a, b = shared
+    await a.record_calls([entry(record("q0", caller="+447400123400"))], ttl_seconds=TTL, now=T0)
+    await submit(a, T0 + 1, ("X1",))  # no quota set yet: nothing counted it
+    await a.record_calls([entry(record(f"q{i}", caller=f"+4474001234{i:02d}")) for i in (1, 2)],
+                         ttl_seconds=TTL, now=T0 + 2)
+    rest = await b.claim_due(2, T0 + 2)
+    assert [v.send for v in await policy(b, daily_quota=2).check(rest, T0 + 2)] == [True, False]
 
 
 async def test_two_texts_to_one_number_decided_on_two_instances_at_once_go_out_once(shared):
@@ -536,7 +552,8 @@ async def test_allow_sends_counts_what_was_sent_and_returns_what_decide_allows(b
         return [rest[0].id]
 
     allowed = await outbox.allow_sends([m.id for m in rest], [m.destination for m in rest] + [sent.destination],
-                                       T0 + 2, counted_since=T0, cooldown_since=T0, decide=decide)
+                                       T0 + 2, day="2026-11-30", midnight=T0,
+                                       cooldown_since=T0, decide=decide)
     assert allowed == [rest[0].id]
     (counts,) = seen
     assert (counts.today, counts.today_by_rule, counts.last_sent) == (1, {"Missed": 1}, {sent.destination: T0 + 1})
