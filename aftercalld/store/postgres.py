@@ -375,6 +375,10 @@ class PgOutbox:
 
     # -- webhook events ------------------------------------------------------------------
 
+    def _wants_events(self) -> bool:
+        events = self.events
+        return events is not None and bool(events.wanted)
+
     def _wants_births(self) -> bool:
         events = self.events
         return events is not None and bool(events.wanted & {MessageState.QUEUED, MessageState.SUPPRESSED})
@@ -618,34 +622,29 @@ class PgOutbox:
 
     async def record_outcomes(self, outcomes: Sequence[OutcomeRecord], now: float) -> list[Transition]:
         rows = outcome_rows(outcomes, now)
-        transitions, new_keys = rows.transitions, rows.new_keys
-        submitted, parts, retrying, final = rows.submitted, rows.parts, rows.retrying, rows.final
-        async with self.conn.transaction(), self.conn.cursor() as cur:
-            if submitted:
-                await cur.executemany(
-                    "UPDATE messages SET state = 'submitted', reason = '', updated_at = %s, submitted_at = %s, "
-                    "next_attempt_at = NULL, transport = %s, lease_until = NULL WHERE id = %s",
-                    submitted)
-            if parts:
-                await cur.executemany(
-                    "INSERT INTO parts (message_id, part, transport_id, match_key, updated_at) "
-                    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (message_id, part) DO UPDATE SET "
-                    "transport_id = EXCLUDED.transport_id, match_key = EXCLUDED.match_key, "
-                    "state = 'submitted', error = '', updated_at = EXCLUDED.updated_at", parts)
-            if retrying:
-                await cur.executemany(
-                    "UPDATE messages SET state = 'retrying', reason = %s, updated_at = %s, next_attempt_at = %s, "
-                    "transport = %s, lease_until = NULL WHERE id = %s", retrying)
-            if final:
-                await cur.executemany(
-                    "UPDATE messages SET state = %s, reason = %s, updated_at = %s, final_at = %s, "
-                    "next_attempt_at = NULL, transport = %s, lease_until = NULL WHERE id = %s",
-                    final)
-            if new_keys:
-                transitions.extend(await self._apply_orphans(new_keys, now))
-            wrote = await self._message_events(transitions, now)
-        if wrote:
-            self._events_written()
+        transitions = rows.transitions
+        # A part given twice (a text submitted twice in one batch) keeps its last id, as the
+        # SQLite outbox's row-by-row upsert does: one INSERT may not change a row twice.
+        parts = list({(p[0], p[1]): p for p in rows.parts}.values())
+        args = (*as_columns(rows.submitted, 4), *as_columns(parts, 5), *as_columns(rows.retrying, 5),
+                *as_columns(rows.final, 6), sorted(set(rows.new_keys)))
+        if self._wants_events():
+            # The webhook rows for these changes commit with them.
+            async with self.conn.transaction():
+                cur = await self.conn.execute(_RECORD_OUTCOMES, args)
+                transitions.extend(await self._apply_orphan_rows(await cur.fetchall(), now))
+                wrote = await self._message_events(transitions, now)
+            if wrote:
+                self._events_written()
+            return transitions
+        # One statement in autocommit. Receipts that came before these submits were recorded
+        # (orphans) are matched after it, in their own transaction: should that one fail,
+        # they still wait in orphan_reports for `resolve_orphans`.
+        cur = await self.conn.execute(_RECORD_OUTCOMES, args)
+        orphans = await cur.fetchall()
+        if orphans:
+            async with self.conn.transaction():
+                transitions.extend(await self._apply_orphan_rows(orphans, now))
         return transitions
 
     async def suppress(self, message: OutboundMessage, reason: str, now: float) -> Transition:
@@ -749,12 +748,11 @@ class PgOutbox:
             (settled.value, reason, now, now, message_id))
         return Transition(message_id, row[1], row[2], row[3] or "", settled, reason, submitted_at=row[4])
 
-    async def _apply_orphans(self, match_keys: Iterable[str], now: float) -> list[Transition]:
+    async def _apply_orphan_rows(self, orphans: Iterable[tuple], now: float) -> list[Transition]:
+        """Inside a transaction: receipts kept in orphan_reports (id, transport_id, state,
+        error, transport), applied to the parts they now match."""
         transitions: list[Transition] = []
-        cur = await self.conn.execute(
-            "SELECT id, transport_id, state, error, transport FROM orphan_reports WHERE matched <= 0 "
-            "AND match_key = ANY(%s) ORDER BY id", (sorted(set(match_keys)),))
-        for orphan_id, transport_id, state, error, transport in await cur.fetchall():
+        for orphan_id, transport_id, state, error, transport in orphans:
             try:
                 async with self.conn.transaction():
                     target = await self._match_part(transport_id, loose=False, transport=transport)
@@ -1099,6 +1097,30 @@ _RECORD_CALLS = (
     "ON CONFLICT (key) DO NOTHING RETURNING id, call_key, rule, destination, state, reason) "
     "SELECT NULL::bigint, call_key, NULL, NULL, NULL, NULL FROM new_calls "
     "UNION ALL SELECT id, call_key, rule, destination, state, reason FROM born"
+)
+
+
+# A batch of submit outcomes (`types.outcome_rows`) in one statement; returns the receipts
+# waiting in orphan_reports for the parts it records (`_apply_orphan_rows` reads them).
+_RECORD_OUTCOMES = (
+    "WITH submitted AS (UPDATE messages m SET state = 'submitted', reason = '', updated_at = s.updated_at, "
+    "submitted_at = s.submitted_at, next_attempt_at = NULL, transport = s.transport, lease_until = NULL "
+    "FROM unnest(%s::float8[], %s::float8[], %s::text[], %s::bigint[]) AS s (updated_at, submitted_at, "
+    "transport, id) WHERE m.id = s.id), "
+    "new_parts AS (INSERT INTO parts (message_id, part, transport_id, match_key, updated_at) "
+    "SELECT * FROM unnest(%s::bigint[], %s::int[], %s::text[], %s::text[], %s::float8[]) "
+    "ON CONFLICT (message_id, part) DO UPDATE SET transport_id = EXCLUDED.transport_id, "
+    "match_key = EXCLUDED.match_key, state = 'submitted', error = '', updated_at = EXCLUDED.updated_at), "
+    "retrying AS (UPDATE messages m SET state = 'retrying', reason = r.reason, updated_at = r.updated_at, "
+    "next_attempt_at = r.next_attempt_at, transport = r.transport, lease_until = NULL "
+    "FROM unnest(%s::text[], %s::float8[], %s::float8[], %s::text[], %s::bigint[]) AS r (reason, updated_at, "
+    "next_attempt_at, transport, id) WHERE m.id = r.id), "
+    "final AS (UPDATE messages m SET state = f.state, reason = f.reason, updated_at = f.updated_at, "
+    "final_at = f.final_at, next_attempt_at = NULL, transport = f.transport, lease_until = NULL "
+    "FROM unnest(%s::text[], %s::text[], %s::float8[], %s::float8[], %s::text[], %s::bigint[]) AS f (state, "
+    "reason, updated_at, final_at, transport, id) WHERE m.id = f.id) "
+    "SELECT id, transport_id, state, error, transport FROM orphan_reports WHERE matched <= 0 "
+    "AND match_key = ANY(%s) ORDER BY id"
 )
 
 

@@ -574,3 +574,14 @@ async def test_an_outbox_of_schema_version_1_is_upgraded_at_start(pg_dsn):
         assert message["allowed_at"] is None and message["call_key"] == "main/kept"
     finally:
         await new.close()
+
+
+async def test_a_text_submitted_twice_in_one_batch_keeps_each_parts_last_id(backend):
+    outbox = await backend()
+    await outbox.record_calls([entry(record("twice"))], ttl_seconds=TTL, now=T0)
+    (message,) = await outbox.claim_due(1, T0)
+    await outbox.record_outcomes([
+        OutcomeRecord(message, MessageState.SUBMITTED, transport_ids=("A1", "A2"), transport="smpp"),
+        OutcomeRecord(message, MessageState.SUBMITTED, transport_ids=("B1",), transport="smpp")], T0 + 1)
+    (row,) = await outbox.messages()
+    assert (row["state"], row["transport_ids"]) == ("submitted", "B1 A2")
