@@ -94,10 +94,13 @@ async def test_a_send_slower_than_its_lease_is_not_claimed_by_another_instance(t
         await sim.wait_until(lambda: len(sim.held) == 1)  # submit_sm taken, not answered
         (row,) = await b.messages()
         assert (row["state"], row["claimed_by"], row["lease_until"]) == ("sending", "host-a", T0 + LEASE)
-        for _ in range(3):
-            clock.now += 10 * LEASE  # far past the lease the last renewal gave
+        # Half a lease at a time, each within the lease the last renewal gave (host-a's own
+        # claim loop would take back a lapsed one), and together far past the first.
+        for _ in range(10):
+            clock.now += LEASE / 2
             await lease_reaches(b, row["id"], clock.now + LEASE)
             assert await b.claim_due(10, clock.now, lease_seconds=LEASE) == []
+        assert clock.now > T0 + 4 * LEASE
         sim.release()
         await sending.until(MessageState.SUBMITTED)
         assert sim.accepted_count == 1 and sim.held == []
@@ -131,3 +134,58 @@ async def test_a_lease_another_instance_took_is_logged_once_and_the_text_recorde
     finally:
         await sending.dispatcher.stop(timeout=2)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+class LogWatch(logging.Handler):
+    """The dispatcher's log records, and a way to await one."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+        self._changed = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        self._changed.set()
+
+    def lines(self, part: str) -> list[str]:
+        return [r.getMessage() for r in self.records if part in r.getMessage()]
+
+    async def until(self, part: str) -> None:
+        async with asyncio.timeout(10):
+            while not self.lines(part):
+                self._changed.clear()
+                await self._changed.wait()
+
+
+@pytest.fixture
+def watch():
+    handler = LogWatch()
+    logger = logging.getLogger("aftercalld.dispatcher")
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)
+
+
+async def test_renewals_failing_while_the_outbox_is_unreachable_are_logged_once(two, pg_dsn, watch):
+    a, b, sim, clock = two
+    await a.record_calls([entry(record("c1"))], ttl_seconds=TTL, now=T0)
+    sending = Instance(a, sim, clock, LEASE)
+    await sending.dispatcher.start()
+    try:
+        await sim.wait_until(lambda: len(sim.held) == 1)
+        await a.conn.close()
+        a._dsn = "postgresql://aftercalld@127.0.0.1:1/aftercalld"  # refused: as a server gone away
+        await watch.until("cannot renew the leases")
+        await asyncio.sleep(5 * LEASE / RENEWALS_PER_LEASE)  # what is awaited: renewals failing again
+        assert len(watch.lines("cannot renew the leases")) == 1
+        a._dsn = pg_dsn
+        await watch.until("renewed again")
+        clock.now += LEASE / 2  # within the lease: the claim loop must not take it back
+        await lease_reaches(b, (await b.messages())[0]["id"], clock.now + LEASE)
+        sim.release()
+        await sending.until(MessageState.SUBMITTED)
+        assert sim.accepted_count == 1
+        assert len(watch.lines("cannot renew the leases")) == 1 and not watch.lines("lease ran out")
+    finally:
+        await sending.dispatcher.stop(timeout=2)
