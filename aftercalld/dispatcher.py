@@ -269,6 +269,8 @@ class Dispatcher:
                 pass
 
     async def _start_sends(self, claimed: list[OutboundMessage]) -> None:
+        if not self._inline:
+            claimed = self._not_in_hand(claimed)
         now = self.clock()
         for message, verdict in zip(claimed, await self.policy.check(claimed, now), strict=True):
             if verdict.defer_until is not None:
@@ -442,6 +444,26 @@ class Dispatcher:
                             message.id, message.destination,
                             extra=fields(call_id=message.call_id, rule=message.rule,
                                          recipient=message.destination, state="sending"))
+
+    def _not_in_hand(self, claimed: list[OutboundMessage]) -> list[OutboundMessage]:
+        """Without the ones this instance is still sending or recording: their lease ran out
+        (the outbox unreachable for a whole lease) and the claim loop took them back before
+        a renewal could. The send under way, or the outcome waiting, settles them; sending
+        again would be a duplicate."""
+        if all(m.attempts == 1 for m in claimed):  # a first claim cannot be in hand already
+            return claimed
+        held = self._leased()
+        kept = []
+        for message in claimed:
+            if message.id not in held:
+                kept.append(message)
+                continue
+            self._lease_lost.discard(message.id)  # this instance's again: renew it
+            log.warning("message %d to %s: lease ran out while sending; claimed back, not sent twice",
+                        message.id, message.destination,
+                        extra=fields(call_id=message.call_id, rule=message.rule,
+                                     recipient=message.destination, state="sending"))
+        return kept
 
     def _leased(self) -> dict[int, OutboundMessage]:
         held = dict(self._sending)

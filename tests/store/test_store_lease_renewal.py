@@ -189,3 +189,26 @@ async def test_renewals_failing_while_the_outbox_is_unreachable_are_logged_once(
         assert len(watch.lines("cannot renew the leases")) == 1 and not watch.lines("lease ran out")
     finally:
         await sending.dispatcher.stop(timeout=2)
+
+
+async def test_a_lapsed_lease_the_claim_loop_takes_back_is_not_sent_twice(two, watch):
+    a, b, sim, clock = two
+    await a.record_calls([entry(record("c1"))], ttl_seconds=TTL, now=T0)
+    # Renewals 20 s apart: the lease lapses before the next one, as after an outage.
+    sending = Instance(a, sim, clock, 60.0)
+    await sending.dispatcher.start()
+    try:
+        await sim.wait_until(lambda: len(sim.held) == 1)
+        clock.now += 61
+        sending.dispatcher.wake()
+        await watch.until("claimed back, not sent twice")
+        (row,) = await b.messages()
+        assert (row["claimed_by"], row["attempts"], row["lease_until"]) == ("host-a", 2, clock.now + 60)
+        sim.release()
+        await sending.until(MessageState.SUBMITTED)
+        await sending.dispatcher.wait_idle()
+        assert sim.accepted_count == 1 and sim.submits_seen == 1
+        (row,) = await b.messages()
+        assert row["state"] == "submitted"
+    finally:
+        await sending.dispatcher.stop(timeout=2)
