@@ -48,6 +48,9 @@ ORPHAN_GRACE_SECONDS = 2.0
 SHARED_POLL_SECONDS = 1.0
 # What the outbox refused to take is tried again after this long.
 REFUSED_RETRY_SECONDS = 1.0
+# A shared outbox's leases of messages being sent are renewed this many times per lease, so
+# that a renewal late by most of a period (a busy loop, a slow round trip) still comes in time.
+RENEWALS_PER_LEASE = 3
 
 
 @dataclass
@@ -96,6 +99,14 @@ class Dispatcher:
         self._flusher: asyncio.Task | None = None  # writes outcomes and reports (PostgreSQL)
         self._replies_in_flight: set[asyncio.Task] = set()  # replies being stored (PostgreSQL)
         self._timers: set[asyncio.TimerHandle] = set()  # flushes to come; cancelled by stop()
+        # A shared outbox: the messages this instance claimed and has not recorded yet, whose
+        # leases `_renew_leases` keeps from running out. Being sent (by id), then in
+        # _pending_outcomes, then in the outcome write under way.
+        self._sending: dict[int, OutboundMessage] = {}
+        self._recording: list[OutcomeRecord] = []
+        self._lease_lost: set[int] = set()  # warned about once; renewed no more
+        self._renewer: asyncio.Task | None = None
+        self._renewal_error = ""  # why renewing last failed; "" once it works
         self._closed = False  # stop() is done: the outbox may be closed from here on
         self._outbox_error = ""  # why the outbox last refused a write; "" once it takes them
         self._requeue_wanted = False  # the requeue at start met a full disk: try it again
@@ -111,6 +122,8 @@ class Dispatcher:
         await self._requeue_interrupted()
         await self.transport.start(self)
         self._task = asyncio.create_task(self._run(), name="dispatcher")
+        if not self._inline:
+            self._renewer = asyncio.create_task(self._renew_leases(), name="lease renewal")
 
     async def _requeue_interrupted(self) -> None:
         try:
@@ -157,6 +170,12 @@ class Dispatcher:
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
+        if self._renewer is not None:
+            # Only now: sends and outcome writes to the last kept their leases. What is still
+            # unrecorded is another instance's to send once its lease runs out.
+            self._renewer.cancel()
+            await asyncio.gather(self._renewer, return_exceptions=True)
+            self._renewer = None
         self._closed = True
         if self._pending_outcomes or self._pending_reports:
             # The outbox still refuses writes. A message whose outcome is lost stays 'sending'
@@ -250,6 +269,8 @@ class Dispatcher:
                 pass
 
     async def _start_sends(self, claimed: list[OutboundMessage]) -> None:
+        if not self._inline:
+            claimed = self._not_in_hand(claimed)
         now = self.clock()
         for message, verdict in zip(claimed, await self.policy.check(claimed, now), strict=True):
             if verdict.defer_until is not None:
@@ -266,6 +287,8 @@ class Dispatcher:
 
     async def _send(self, message: OutboundMessage) -> None:
         began = time.perf_counter()
+        if not self._inline:
+            self._sending[message.id] = message
         if self.metrics:
             self.metrics.in_flight.set(len(self._in_flight))
         try:
@@ -286,6 +309,8 @@ class Dispatcher:
         finally:
             # Here rather than a done-callback: that is one more loop callback per message.
             self._in_flight.discard(asyncio.current_task())
+            if not self._inline:
+                self._sending.pop(message.id, None)  # its outcome is in _pending_outcomes now
 
     def _outcome_record(self, message: OutboundMessage, outcome: SubmitOutcome) -> OutcomeRecord:
         name = outcome.via or self.transport.name  # via: the one transport routing chose
@@ -351,6 +376,7 @@ class Dispatcher:
             return
         outcomes, self._pending_outcomes = self._pending_outcomes, []
         reports, self._pending_reports = self._pending_reports, []
+        self._recording = outcomes
         try:
             transitions: list[Transition] = []
             if outcomes:
@@ -375,10 +401,89 @@ class Dispatcher:
             self._pending_reports[:0] = reports
             self._flush_later(REFUSED_RETRY_SECONDS)
             return
+        finally:
+            self._recording = []
         self._outbox_takes_writes()
         self._emit(transitions)
         if outcomes:
             self._wake.set()
+
+    # -- leases (a shared outbox) --------------------------------------------------------
+
+    async def _renew_leases(self) -> None:
+        """Every third of a lease, one statement for every message claimed and not recorded
+        yet, however slow its send or its outcome's write: another instance claims a message
+        only once its lease has run out, so without this a slow send could go out twice."""
+        period = self.lease_seconds / RENEWALS_PER_LEASE
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self._renew_once()
+            except Exception as exc:
+                self._renewal_failed(exc)
+
+    async def _renew_once(self) -> None:
+        held = self._leased()
+        self._lease_lost.intersection_update(held)
+        wanted = [message_id for message_id in held if message_id not in self._lease_lost]
+        if not wanted:
+            return
+        # On the claims' connection, not the outcome writer's, which may be the one waiting.
+        lost = await self.outbox.renew_leases(wanted, self.clock(), lease_seconds=self.lease_seconds)
+        if self._renewal_error:
+            log.warning("the leases of the messages being sent are renewed again")
+            self._renewal_error = ""
+        unrecorded = self._sending.keys() | {o.message.id for o in self._pending_outcomes}
+        for message_id in lost:
+            # One whose outcome is being written (or just was) is no longer this instance's
+            # to renew: not a loss.
+            if message_id in unrecorded and message_id not in self._lease_lost:
+                self._lease_lost.add(message_id)
+                message = held[message_id]
+                log.warning("message %d to %s: lease ran out while sending; another instance may send it too",
+                            message.id, message.destination,
+                            extra=fields(call_id=message.call_id, rule=message.rule,
+                                         recipient=message.destination, state="sending"))
+
+    def _not_in_hand(self, claimed: list[OutboundMessage]) -> list[OutboundMessage]:
+        """Without the ones this instance is still sending or recording: their lease ran out
+        (the outbox unreachable for a whole lease) and the claim loop took them back before
+        a renewal could. The send under way, or the outcome waiting, settles them; sending
+        again would be a duplicate."""
+        if all(m.attempts == 1 for m in claimed):  # a first claim cannot be in hand already
+            return claimed
+        held = self._leased()
+        kept = []
+        for message in claimed:
+            if message.id not in held:
+                kept.append(message)
+                continue
+            self._lease_lost.discard(message.id)  # this instance's again: renew it
+            log.warning("message %d to %s: lease ran out while sending; claimed back, not sent twice",
+                        message.id, message.destination,
+                        extra=fields(call_id=message.call_id, rule=message.rule,
+                                     recipient=message.destination, state="sending"))
+        return kept
+
+    def _leased(self) -> dict[int, OutboundMessage]:
+        held = dict(self._sending)
+        for outcome in (*self._pending_outcomes, *self._recording):
+            held[outcome.message.id] = outcome.message
+        return held
+
+    def _renewal_failed(self, exc: Exception) -> None:
+        """Logged once until a renewal works again, not once per period."""
+        first = not self._renewal_error
+        self._renewal_error = str(exc) or type(exc).__name__
+        if not first:
+            return
+        what = (f"cannot renew the leases of the messages being sent ({exc}); trying again every "
+                f"{self.lease_seconds / RENEWALS_PER_LEASE:g}s. A send that outlasts its lease "
+                f"(lease_seconds {self.lease_seconds:g}) may be sent by another instance too")
+        if isinstance(exc, (sqlite3.Error, OutboxUnavailable)):
+            log.error("%s", what)
+        else:
+            log.exception("%s", what)
 
     def _outbox_refused(self, what: str) -> None:
         """Logged once until the outbox takes writes again, not once per retry."""

@@ -81,6 +81,10 @@ class InlineOutbox:
         # One process owns a SQLite outbox: a claim is never taken over, so it needs no lease.
         return self.sync.claim_due(limit, now)
 
+    async def renew_leases(self, message_ids: Sequence[int], now: float, *, lease_seconds: float) -> list[int]:
+        # No lease to renew (see claim_due): every claim stays this process's until recorded.
+        return []
+
     async def opted_out_among(self, numbers: Iterable[str]) -> set[str]:
         return self.sync.opted_out_among(numbers)
 

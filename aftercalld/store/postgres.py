@@ -537,6 +537,32 @@ class PgOutbox:
         rows.sort(key=lambda r: r[0])
         return [outbound_from_row(r) for r in rows]
 
+    async def renew_leases(self, message_ids: Sequence[int], now: float, *, lease_seconds: float) -> list[int]:
+        """Push the lease of this instance's messages still being sent to `now + lease_seconds`,
+        so that a send slower than one lease is not claimed (and sent) by another instance
+        meanwhile. Returns the ids it can no longer renew: claimed by another instance after
+        the lease ran out, or no longer being sent.
+
+        SKIP LOCKED: a row another transaction holds (this instance's own outcome being
+        written, a receipt settling it) is neither waited for (a renewal must not deadlock
+        with the outcome writer on another connection) nor reported; the next renewal tells.
+        The commit does not wait for the disk, as a claim's does not: a renewal lost to a
+        crash of the server leaves the lease where it was."""
+        if not message_ids:
+            return []
+        # One statement, committed asynchronously as claim_due's is. Its SELECT reads the
+        # snapshot from before the UPDATE: rows still ours there and not renewed are the
+        # locked ones, left for the next renewal.
+        cur = await self.conn.execute(
+            "WITH renewed AS (UPDATE messages SET lease_until = %s "
+            "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit (setting) "
+            "WHERE id IN (SELECT id FROM messages WHERE id = ANY(%s) AND state = 'sending' AND claimed_by = %s "
+            "FOR UPDATE SKIP LOCKED) RETURNING id) "
+            "SELECT wanted.id FROM unnest(%s::bigint[]) AS wanted (id) LEFT JOIN messages m ON m.id = wanted.id "
+            "WHERE m.id IS NULL OR m.state <> 'sending' OR m.claimed_by IS DISTINCT FROM %s ORDER BY wanted.id",
+            (now + lease_seconds, list(message_ids), self.instance, list(message_ids), self.instance))
+        return [message_id for (message_id,) in await cur.fetchall()]
+
     async def allow_sends(self, ids: Sequence[int], destinations: Sequence[str], now: float, *,
                           day: str | None, midnight: float, cooldown_since: float | None,
                           decide: Callable[[SendCounts], Sequence[int]]) -> list[int]:

@@ -237,6 +237,10 @@ class SmscSim:
         self.silent_destinations = silent_destinations or set()
         self.keep_unanswered = keep_unanswered
         self.fast = fast
+        # Answers wait in `held` until release(): an SMSC slow to answer, for as long as a
+        # test needs, without a timer.
+        self.holding = False
+        self.held: list[Callable[[], None]] = []
         self.connections: list[_Conn] = []
         self.accepted: list[Submit] = []
         self.accepted_count = 0
@@ -282,6 +286,13 @@ class SmscSim:
         fut = asyncio.get_running_loop().create_future()
         self._watchers.append((predicate, fut))
         await asyncio.wait_for(fut, timeout)
+
+    def release(self) -> None:
+        """Stop holding answers, and send the ones held."""
+        self.holding = False
+        held, self.held = self.held, []
+        for answer in held:
+            answer()
 
     def bound(self, kinds=(BIND_TRX, BIND_TX, BIND_RX)) -> list[_Conn]:
         return [c for c in self.connections if not c.closed and c.bound_as in kinds]
@@ -484,7 +495,10 @@ class SmscSim:
                     self._send_receipt(sub)
             self._changed()
 
-        if self.response_delay > 0:
+        if self.holding:
+            self.held.append(go)
+            self._changed()
+        elif self.response_delay > 0:
             asyncio.get_running_loop().call_later(self.response_delay, go)
         else:
             go()

@@ -123,6 +123,15 @@ async def test_submit_then_receipts_for_every_part_settle_on_the_worst(backend):
     assert stored["transport_ids"] == "A1 A2" and stored["transport"] == "smpp"
 
 
+async def test_renewing_the_leases_of_texts_being_sent_loses_none(backend):
+    outbox = await backend()
+    await outbox.record_calls([entry(record("c1")), entry(record("c2"))], ttl_seconds=TTL, now=T0)
+    claimed = await outbox.claim_due(10, T0, lease_seconds=30)
+    assert await outbox.renew_leases([m.id for m in claimed], T0 + 20, lease_seconds=30) == []
+    assert await outbox.renew_leases([], T0 + 20, lease_seconds=30) == []
+    assert await outbox.counts_by_state() == {"sending": 2}
+
+
 async def test_a_receipt_before_its_submit_waits_and_then_settles(backend):
     outbox = await backend()
     await outbox.record_calls([entry(record("c1"))], ttl_seconds=TTL, now=T0)
@@ -302,6 +311,52 @@ async def test_a_dead_instances_claims_pass_to_another_when_the_lease_runs_out(s
     assert again.id == taken.id and again.attempts == 2
     (row,) = await b.messages()
     assert row["claimed_by"] == "host-b"
+
+
+async def test_a_renewed_lease_keeps_another_instance_from_claiming_the_text(shared):
+    a, b = shared
+    await a.record_calls([entry(record("c1"))], ttl_seconds=TTL, now=T0)
+    (taken,) = await a.claim_due(10, T0, lease_seconds=30)
+    assert await a.renew_leases([taken.id], T0 + 20, lease_seconds=30) == []
+    assert await b.claim_due(10, T0 + 45) == []  # past the first lease, within the renewed one
+    assert await b.next_due() == T0 + 50
+    (row,) = await b.messages()
+    assert (row["claimed_by"], row["lease_until"], row["attempts"]) == ("host-a", T0 + 50, 1)
+
+
+async def test_renewing_reports_the_texts_another_instance_took_or_that_were_recorded(shared):
+    a, b = shared
+    await a.record_calls([entry(record(f"c{i}")) for i in range(3)], ttl_seconds=TTL, now=T0)
+    lost, recorded, kept = await a.claim_due(10, T0, lease_seconds=30)
+    await a.record_outcomes([OutcomeRecord(recorded, MessageState.SUBMITTED, transport_ids=("9",),
+                                           transport="smpp")], T0 + 5)
+    assert await a.renew_leases([kept.id], T0 + 20, lease_seconds=30) == []  # lost's lease runs out at T0 + 30
+    (again,) = await b.claim_due(10, T0 + 31, lease_seconds=30)
+    assert again.id == lost.id
+    gone = 10**9  # pruned meanwhile: no longer being sent either
+    assert await a.renew_leases([lost.id, recorded.id, kept.id, gone], T0 + 32, lease_seconds=30) == [
+        lost.id, recorded.id, gone]
+    leases = {r["id"]: (r["claimed_by"], r["lease_until"]) for r in await b.messages()}
+    assert leases[lost.id] == ("host-b", T0 + 61)  # b's claim is left alone
+    assert leases[kept.id] == ("host-a", T0 + 62)
+    assert await b.renew_leases([lost.id], T0 + 33, lease_seconds=30) == []
+
+
+async def test_renewing_skips_a_text_another_transaction_holds_without_calling_it_lost(shared, pg_dsn):
+    import psycopg
+
+    a, _ = shared
+    await a.record_calls([entry(record("c1"))], ttl_seconds=TTL, now=T0)
+    (taken,) = await a.claim_due(10, T0, lease_seconds=30)
+    async with await psycopg.AsyncConnection.connect(pg_dsn) as holder:  # e.g. its outcome being written
+        await holder.execute("SELECT id FROM messages WHERE id = %s FOR UPDATE", (taken.id,))
+        assert await asyncio.wait_for(a.renew_leases([taken.id], T0 + 20, lease_seconds=30), 10) == []
+        await holder.rollback()
+    (row,) = await a.messages()
+    assert row["lease_until"] == T0 + 30  # not waited for, not renewed: the next renewal is
+    assert await a.renew_leases([taken.id], T0 + 21, lease_seconds=30) == []
+    (row,) = await a.messages()
+    assert row["lease_until"] == T0 + 51
 
 
 async def test_an_instance_restarting_requeues_its_own_claims_at_once(shared, pg_dsn):
