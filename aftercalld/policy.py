@@ -11,7 +11,6 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import cast
 from zoneinfo import ZoneInfo
 
 from .model import OutboundMessage
@@ -66,8 +65,8 @@ class _Tally:
 
 class Policy:
     """One instance's policy. On an SQLite outbox (one daemon) the cooldown and the daily
-    quotas are counted in memory. On a shared (PostgreSQL) outbox they are decided under the
-    outbox's lock from what every instance allowed (`Store.allow_sends`): two instances
+    quotas are counted in memory. On a shared (PostgreSQL) outbox they are decided from what
+    every instance allowed, one decision at a time (`Store.allow_sends`): two instances
     deciding texts to one number, or the last text of a quota, at the same moment hold each
     other back exactly, rather than both sending."""
 
@@ -107,40 +106,42 @@ class Policy:
             return []
         await self._roll_day(now)
         cooldown = self.config.cooldown_seconds
-        facts = await self.outbox.policy_facts(
-            [m.destination for m in messages],
-            submitted_since=now - cooldown if cooldown and not self._shared else None)
-        gated = [self._gate(m, now, facts.opted_out, facts.dnd) for m in messages]
-        limited = [m for m, verdict in zip(messages, gated, strict=True) if verdict is None]
-        if not limited:
-            return cast("list[Verdict]", gated)
-        if self._shared:
-            decided = await self._limit_shared(limited, now)
-        else:
-            decided = {m.id: self._limit(m, now, facts.last_submitted, self._recent, self._tally) for m in limited}
-            if cooldown:
-                self._forget_before(now - cooldown)
-        return [verdict if verdict is not None else decided[m.id] for m, verdict in zip(messages, gated, strict=True)]
+        if self._shared and (cooldown or self._has_quotas()):
+            return await self._check_shared(messages, now)
+        # Here a shared outbox has neither cooldown nor quota: the lists are all it reads.
+        facts = await self.outbox.policy_facts([m.destination for m in messages],
+                                               submitted_since=now - cooldown if cooldown else None)
+        verdicts = []
+        for m in messages:
+            verdict = self._gate(m, now, facts.opted_out, facts.dnd)
+            if verdict is None:
+                verdict = SEND if self._shared else self._limit(m, now, facts.last_submitted, self._recent, self._tally)
+            verdicts.append(verdict)
+        if cooldown:
+            self._forget_before(now - cooldown)
+        return verdicts
 
-    async def _limit_shared(self, messages: list[OutboundMessage], now: float) -> dict[int, Verdict]:
+    async def _check_shared(self, messages: list[OutboundMessage], now: float) -> list[Verdict]:
+        """The cooldown and quotas on a shared outbox: decided with the lists from one read of
+        what every instance allowed, and written only if no other decision came in between
+        (`Store.allow_sends`)."""
         cooldown = self.config.cooldown_seconds
-        if not cooldown and not self._has_quotas():
-            return {m.id: SEND for m in messages}
         decided: dict[int, Verdict] = {}
 
         def decide(counts: SendCounts) -> list[int]:
-            """Under the outbox's lock: what every instance allowed is in `counts`."""
             tally = _Tally(counts.today, dict(counts.today_by_rule))
             recent: dict[str, float] = {}
             for m in messages:
-                decided[m.id] = self._limit(m, now, counts.last_sent, recent, tally, counted=m.id in counts.counted)
+                verdict = self._gate(m, now, counts.opted_out, counts.dnd)
+                decided[m.id] = verdict if verdict is not None else self._limit(
+                    m, now, counts.last_sent, recent, tally, counted=m.id in counts.counted)
             return [m.id for m in messages if decided[m.id].send]
 
         await self.outbox.allow_sends(
             [m.id for m in messages], [m.destination for m in messages], now,
             day=self._day if self._has_quotas() else None, midnight=self._midnight,
             cooldown_since=now - cooldown if cooldown else None, decide=decide)
-        return decided
+        return [decided[m.id] for m in messages]
 
     def _forget_before(self, cutoff: float) -> None:
         while self._recent:

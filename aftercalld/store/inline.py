@@ -152,7 +152,8 @@ class InlineOutbox:
         sync = self.sync
         total, by_rule = sync.submitted_counts_since(midnight) if day is not None else (0, {})
         last = sync.last_submitted_to(destinations, cooldown_since) if cooldown_since is not None else {}
-        return list(decide(SendCounts(total, by_rule, last)))
+        return list(decide(SendCounts(total, by_rule, last, opted_out=sync.opted_out_among(destinations),
+                                      dnd=sync.dnd_matches(destinations))))
 
     async def last_submitted_to(self, destinations: Iterable[str], since: float) -> dict[str, float]:
         return self.sync.last_submitted_to(destinations, since)

@@ -65,9 +65,6 @@ SCHEMA_VERSION = 2  # 2: messages.allowed_at and daily_counts (the shared cooldo
 # Taken while the schema is created or upgraded, so that instances starting together do
 # not race each other's DDL. Any constant works; this one spells "acd".
 _SCHEMA_LOCK = 0x616364
-# Taken while an instance decides the cooldown and quotas of the texts it claimed, so that
-# each instance's decision sees every text the others allowed: "acd" + "p".
-_POLICY_LOCK = 0x61636470
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -120,7 +117,6 @@ CREATE INDEX IF NOT EXISTS messages_leased ON messages (lease_until) WHERE state
 CREATE INDEX IF NOT EXISTS messages_destination ON messages (destination);
 CREATE INDEX IF NOT EXISTS messages_call_key ON messages (call_key);
 CREATE INDEX IF NOT EXISTS messages_submitted ON messages (submitted_at);
-CREATE INDEX IF NOT EXISTS messages_allowed ON messages (allowed_at) WHERE allowed_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS parts (
     message_id   BIGINT NOT NULL REFERENCES messages (id),
     part         INTEGER NOT NULL,
@@ -184,6 +180,8 @@ CREATE TABLE IF NOT EXISTS daily_counts (   -- texts allowed per day and rule, f
     allowed BIGINT NOT NULL,
     PRIMARY KEY (day, rule)
 );
+-- Bumped by every policy decision that allows texts (PgOutbox.allow_sends).
+INSERT INTO meta (key, value) VALUES ('policy_version', '0') ON CONFLICT (key) DO NOTHING;
 CREATE TABLE IF NOT EXISTS instances (
     instance     TEXT PRIMARY KEY,
     started_at   DOUBLE PRECISION NOT NULL,
@@ -566,63 +564,58 @@ class PgOutbox:
     async def allow_sends(self, ids: Sequence[int], destinations: Sequence[str], now: float, *,
                           day: str | None, midnight: float, cooldown_since: float | None,
                           decide: Callable[[SendCounts], Sequence[int]]) -> list[int]:
-        """Which of these claimed messages the cooldown and the daily quotas let go out, as
-        `decide` says from what every instance allowed (`SendCounts`). `day`: the quotas'
-        day in the policy's time zone, which began at `midnight` (None: no quota is set);
+        """Which of these claimed messages the policy lets go out, as `decide` says from
+        what every instance allowed and the lists (`SendCounts`). `day`: the quotas' day in
+        the policy's time zone, which began at `midnight` (None: no quota is set);
         `cooldown_since`: now - cooldown (None: no cooldown). The ones `decide` returns are
-        marked allowed, and counted for the day, in the same transaction.
+        marked allowed, and counted for the day, in one statement.
 
-        Instances decide one at a time (a transaction-level advisory lock), and each reads
-        after taking the lock, so it sees every text the one before it allowed: two texts to
-        one number, or the last of a quota, decided at the same moment on two instances
-        never both go out. The day's counts are a row per rule (`daily_counts`), so a check
-        costs the same at the day's last text as at its first."""
-        async with self.conn.transaction():
-            # Asynchronous commit, as for the claim these texts came with: a crash of the server
-            # that loses the mark loses the claim too, and the outcome's commit, which waits for
-            # the disk, makes both durable.
-            await self.conn.execute("SELECT pg_advisory_xact_lock(%s), set_config('synchronous_commit', 'off', true)",
-                                    (_POLICY_LOCK,))
-            if day is not None and day != self._counted_day:
-                await self._start_daily_counts(day, midnight)
-            cur = await self.conn.execute(
-                "SELECT 'rule', rule, allowed::float8 FROM daily_counts WHERE day = %(day)s AND rule <> '' "
-                "UNION ALL SELECT 'to', destination, MAX(GREATEST(allowed_at, submitted_at)) FROM messages "
-                "WHERE destination = ANY(%(to)s) AND (allowed_at >= %(after)s OR submitted_at >= %(after)s) "
-                "AND state NOT IN ('failed', 'suppressed') AND id <> ALL(%(ids)s) GROUP BY destination "
-                "UNION ALL SELECT 'again', NULL, id FROM messages WHERE id = ANY(%(ids)s) AND allowed_at IS NOT NULL",
-                {"day": day or "", "ids": list(ids), "to": list(set(destinations)),
-                 "after": float("inf") if cooldown_since is None else cooldown_since})
+        Decisions are serialised optimistically: the read returns the outbox's policy
+        version, and the write applies only if the version is still the one read (bumping
+        it), else the batch is read and decided again. So each decision that lands saw every
+        text allowed before it: two texts to one number, or the last of a quota, decided at
+        the same moment on two instances never both go out. Two statements and no lock held
+        between them; the day's counts are a row per rule (`daily_counts`), so a check costs
+        the same at the day's last text as at its first."""
+        if day is not None and day != self._counted_day:
+            await self._start_daily_counts(day, midnight)
+        args = {"day": day or "", "ids": list(ids), "to": list(set(destinations)), "now": now,
+                "after": float("inf") if cooldown_since is None else cooldown_since}
+        for _ in range(_DECISION_ATTEMPTS):
+            cur = await self.conn.execute(_POLICY_READ, args)
             counts = SendCounts(0, {}, {})
+            version = ""
             for kind, key, value in await cur.fetchall():
                 if kind == "rule":
                     counts.today_by_rule[key] = int(value)
                     counts.today += int(value)
                 elif kind == "to":
                     counts.last_sent[key] = value
-                else:
+                elif kind == "again":
                     counts.counted.add(int(value))
+                elif kind == "optout":
+                    counts.opted_out.add(key)
+                elif kind == "dnd":
+                    counts.dnd.add(key)
+                else:
+                    version = key
             allowed = list(decide(counts))
-            if allowed:
-                # A text allowed again (a retry) is counted once: on its first allowance.
-                await self.conn.execute(
-                    "WITH marked AS (UPDATE messages m SET allowed_at = %(now)s FROM (SELECT id, allowed_at IS NULL "
-                    "AS first FROM messages WHERE id = ANY(%(ids)s) FOR UPDATE) o WHERE m.id = o.id "
-                    "RETURNING m.rule, o.first) "
-                    "INSERT INTO daily_counts (day, rule, allowed) SELECT %(day)s, rule, COUNT(*) FROM marked "
-                    "WHERE first AND %(day)s <> '' GROUP BY rule "
-                    "ON CONFLICT (day, rule) DO UPDATE SET allowed = daily_counts.allowed + EXCLUDED.allowed",
-                    {"now": now, "ids": allowed, "day": day or ""})
-        return allowed
+            if not allowed:
+                return allowed  # nothing to write: a refusal changes nothing another reads
+            cur = await self.conn.execute(_POLICY_WRITE, {**args, "ids": allowed, "version": version})
+            if await cur.fetchone() is not None:
+                return allowed
+        raise OutboxUnavailable(f"{self.path}: {_DECISION_ATTEMPTS} policy decisions in a row met another "
+                                f"instance's; the claimed texts wait for their lease")
 
     async def _start_daily_counts(self, day: str, midnight: float) -> None:
-        """Under the policy lock, once per day and instance: the first instance to count a
-        day counts what was already sent that day (texts from before an upgrade, or from
-        before a quota was set), and drops the counts of days past."""
+        """Once per day and instance: the first instance to count a day counts what was
+        already sent that day (texts from before an upgrade, or from before a quota was
+        set), and drops the counts of days past. Instances doing it together insert the
+        same counts: the second's are conflicts, and change nothing."""
         await self.conn.execute(
             "INSERT INTO daily_counts (day, rule, allowed) SELECT %(day)s, rule, COUNT(*) FROM messages "
-            "WHERE (allowed_at >= %(midnight)s OR submitted_at >= %(midnight)s) "
-            "AND state NOT IN ('failed', 'suppressed') "
+            "WHERE submitted_at >= %(midnight)s AND state NOT IN ('failed', 'suppressed') "
             "AND NOT EXISTS (SELECT 1 FROM daily_counts WHERE day = %(day)s AND rule = '') GROUP BY rule "
             "UNION ALL SELECT %(day)s, '', 0 ON CONFLICT (day, rule) DO NOTHING",
             {"day": day, "midnight": midnight})
@@ -1148,6 +1141,43 @@ _RECORD_OUTCOMES = (
     "SELECT id, transport_id, state, error, transport FROM orphan_reports WHERE matched <= 0 "
     "AND match_key = ANY(%s) ORDER BY id"
 )
+
+
+# What a policy decision reads, in one statement (one snapshot): the policy version, the
+# day's counts, each destination's last text allowed or sent within the cooldown (a failed
+# or suppressed one never went out), the batch's texts allowed before (retries: counted
+# already), and which destinations are opted out or on the DND list.
+_POLICY_READ = (
+    "SELECT 'version', value, NULL::float8 FROM meta WHERE key = 'policy_version' "
+    "UNION ALL SELECT 'rule', rule, allowed::float8 FROM daily_counts WHERE day = %(day)s AND rule <> '' "
+    "UNION ALL SELECT 'to', destination, MAX(GREATEST(allowed_at, submitted_at)) FROM messages "
+    "WHERE destination = ANY(%(to)s) AND (allowed_at >= %(after)s OR submitted_at >= %(after)s) "
+    "AND state NOT IN ('failed', 'suppressed') AND id <> ALL(%(ids)s) GROUP BY destination "
+    "UNION ALL SELECT 'again', NULL, id FROM messages WHERE id = ANY(%(ids)s) AND allowed_at IS NOT NULL "
+    "UNION ALL SELECT 'optout', number, NULL FROM optout WHERE number = ANY(%(to)s) "
+    "UNION ALL SELECT 'dnd', d, NULL FROM unnest(%(to)s::text[]) AS d WHERE EXISTS (SELECT 1 FROM dnd "
+    "WHERE entry = d OR (right(entry, 1) = '*' AND starts_with(d, left(entry, -1))))"
+)
+# A decision's write: only if no other decision landed since the read (the version is the
+# one read; an instance bumping it at the same moment holds the row until it commits, then
+# ours finds the new version and writes nothing). A text allowed again (a retry) is counted
+# once, on its first allowance. Committed asynchronously, as the claim these texts came
+# with: a crash of the server that loses the mark loses the claim too, and the outcome's
+# commit, which waits for the disk, makes both durable.
+_POLICY_WRITE = (
+    "WITH bump AS (UPDATE meta SET value = (value::bigint + 1)::text WHERE key = 'policy_version' "
+    "AND value = %(version)s AND set_config('synchronous_commit', 'off', true) IS NOT NULL RETURNING value), "
+    "marked AS (UPDATE messages m SET allowed_at = %(now)s FROM (SELECT id, allowed_at IS NULL AS first "
+    "FROM messages WHERE id = ANY(%(ids)s) AND EXISTS (SELECT 1 FROM bump) FOR UPDATE) o WHERE m.id = o.id "
+    "RETURNING m.rule, o.first), "
+    "counted AS (INSERT INTO daily_counts (day, rule, allowed) SELECT %(day)s, rule, COUNT(*) FROM marked "
+    "WHERE first AND %(day)s <> '' GROUP BY rule "
+    "ON CONFLICT (day, rule) DO UPDATE SET allowed = daily_counts.allowed + EXCLUDED.allowed) "
+    "SELECT value FROM bump"
+)
+# Decisions met by another instance's, in a row, before giving up (the claims then wait for
+# their lease): each round lets at least one instance's decision land.
+_DECISION_ATTEMPTS = 50
 
 
 def _recorded(rows: list[tuple]) -> tuple[set[str], list[Transition]]:

@@ -112,14 +112,18 @@ class PolicyFacts:
 
 @dataclass(slots=True)
 class SendCounts:
-    """What the cooldown and the daily quotas decide from: the texts allowed (being sent,
-    sent, or to be retried) on the outbox, by every instance, outside the batch at hand."""
+    """What the policy decides a claimed batch from: the texts allowed (being sent, sent, or
+    to be retried) on the outbox by every instance, outside the batch at hand; and the
+    opt-out and DND lists' entries for the batch's destinations."""
 
     today: int  # since the policy's midnight, all rules together
     today_by_rule: dict[str, int]
     last_sent: dict[str, float]  # destination → its last text within the cooldown
     # Messages of the batch allowed before (retries): they have their place in the counts.
     counted: set[int] = field(default_factory=set)
+    # The lists, read with the counts where a store reads them together (PostgreSQL).
+    opted_out: set[str] = field(default_factory=set)
+    dnd: set[str] = field(default_factory=set)
 
 
 @dataclass(slots=True)
