@@ -640,3 +640,25 @@ async def test_a_text_submitted_twice_in_one_batch_keeps_each_parts_last_id(back
         OutcomeRecord(message, MessageState.SUBMITTED, transport_ids=("B1",), transport="smpp")], T0 + 1)
     (row,) = await outbox.messages()
     assert (row["state"], row["transport_ids"]) == ("submitted", "B1 A2")
+
+
+async def test_a_policy_decision_another_instance_overtook_is_read_and_made_again(shared, pg_dsn):
+    import psycopg
+
+    a, _ = shared
+    await a.record_calls([entry(record("raced"))], ttl_seconds=TTL, now=T0)
+    claimed = await a.claim_due(1, T0)
+    reads = []
+
+    def decide(counts):
+        reads.append(counts)
+        if len(reads) == 1:  # another instance's decision lands between this read and its write
+            with psycopg.connect(pg_dsn, autocommit=True) as other:
+                other.execute("UPDATE meta SET value = (value::bigint + 1)::text WHERE key = 'policy_version'")
+        return [m.id for m in claimed]
+
+    allowed = await a.allow_sends([m.id for m in claimed], [m.destination for m in claimed], T0, day="2026-11-30",
+                                  midnight=T0, cooldown_since=None, decide=decide)
+    assert allowed == [claimed[0].id] and len(reads) == 2
+    assert (await a.messages())[0]["allowed_at"] == T0
+    assert reads[1].today == 0  # the first attempt wrote nothing
