@@ -111,15 +111,26 @@ async def test_a_send_slower_than_its_lease_is_not_claimed_by_another_instance(t
         await sending.dispatcher.stop(timeout=2)
 
 
-async def test_a_lease_another_instance_took_is_logged_once_and_the_text_recorded_once(two, caplog):
-    a, b, sim, clock = two
+async def sending_past_its_lease(a, sim, clock) -> Instance:
+    """host-a sending one text the SMSC holds, with renewals 20 s apart, and the clock
+    moved past the text's 60 s lease before the next renewal."""
     await a.record_calls([entry(record("c1"))], ttl_seconds=TTL, now=T0)
-    # Renewals 20 s apart: host-b claims between two of them, as after a stall of host-a's.
     sending = Instance(a, sim, clock, 60.0)
     await sending.dispatcher.start()
     try:
         await sim.wait_until(lambda: len(sim.held) == 1)
-        clock.now += 61
+    except BaseException:
+        await sending.dispatcher.stop(timeout=2)
+        raise
+    clock.now += 61
+    return sending
+
+
+async def test_a_lease_another_instance_took_is_logged_once_and_the_text_recorded_once(two, caplog):
+    a, b, sim, clock = two
+    # host-b claims between two renewals, as after a stall of host-a's.
+    sending = await sending_past_its_lease(a, sim, clock)
+    try:
         (taken,) = await b.claim_due(10, clock.now)
         with caplog.at_level(logging.WARNING, logger="aftercalld.dispatcher"):
             await sending.dispatcher._renew_once()
@@ -193,13 +204,9 @@ async def test_renewals_failing_while_the_outbox_is_unreachable_are_logged_once(
 
 async def test_a_lapsed_lease_the_claim_loop_takes_back_is_not_sent_twice(two, watch):
     a, b, sim, clock = two
-    await a.record_calls([entry(record("c1"))], ttl_seconds=TTL, now=T0)
-    # Renewals 20 s apart: the lease lapses before the next one, as after an outage.
-    sending = Instance(a, sim, clock, 60.0)
-    await sending.dispatcher.start()
+    # The lease lapses before the next renewal, as after an outage.
+    sending = await sending_past_its_lease(a, sim, clock)
     try:
-        await sim.wait_until(lambda: len(sim.held) == 1)
-        clock.now += 61
         sending.dispatcher.wake()
         await watch.until("claimed back, not sent twice")
         (row,) = await b.messages()
