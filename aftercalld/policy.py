@@ -94,7 +94,7 @@ class Policy:
         self._day = day
         self._midnight = local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
         self._recent.clear()
-        if not self._shared:  # a shared outbox is counted at each check, under its lock
+        if not self._shared:  # a shared outbox is counted at each check (`_check_shared`)
             total, by_rule = await self.outbox.submitted_counts_since(self._midnight)
             self._tally = _Tally(total, by_rule)
 

@@ -149,11 +149,10 @@ class InlineOutbox:
                           decide: Callable[[SendCounts], Sequence[int]]) -> list[int]:
         """As `PgOutbox.allow_sends`, for one daemon: what it submitted is all there is to
         count (the daemon's `Policy` counts in memory and does not call this)."""
-        sync = self.sync
-        total, by_rule = sync.submitted_counts_since(midnight) if day is not None else (0, {})
-        last = sync.last_submitted_to(destinations, cooldown_since) if cooldown_since is not None else {}
-        return list(decide(SendCounts(total, by_rule, last, opted_out=sync.opted_out_among(destinations),
-                                      dnd=sync.dnd_matches(destinations))))
+        total, by_rule = self.sync.submitted_counts_since(midnight) if day is not None else (0, {})
+        facts = await self.policy_facts(destinations, submitted_since=cooldown_since)
+        return list(decide(SendCounts(total, by_rule, facts.last_submitted, opted_out=facts.opted_out,
+                                      dnd=facts.dnd)))
 
     async def last_submitted_to(self, destinations: Iterable[str], since: float) -> dict[str, float]:
         return self.sync.last_submitted_to(destinations, since)

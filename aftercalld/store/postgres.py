@@ -859,10 +859,7 @@ class PgOutbox:
         numbers = list(set(destinations))
         if not numbers:
             return set()
-        # An entry ending in * is a prefix; others match whole numbers.
-        cur = await self.conn.execute(
-            "SELECT n FROM unnest(%s::text[]) AS n WHERE EXISTS (SELECT 1 FROM dnd WHERE entry = n "
-            "OR (right(entry, 1) = '*' AND starts_with(n, left(entry, -1))))", (numbers,))
+        cur = await self.conn.execute(f"SELECT d FROM unnest(%s::text[]) AS d WHERE {_ON_DND}", (numbers,))
         return {n for (n,) in await cur.fetchall()}
 
     async def _add(self, table: str, column: str, entries: Iterable[str], source: str, now: float) -> int:
@@ -890,8 +887,8 @@ class PgOutbox:
         last = ("(SELECT MAX(submitted_at) FROM messages WHERE destination = d AND submitted_at >= %s)"
                 if submitted_since is not None else "NULL::float8")
         cur = await self.conn.execute(
-            f"SELECT d, EXISTS (SELECT 1 FROM optout WHERE number = d), EXISTS (SELECT 1 FROM dnd WHERE entry = d "
-            f"OR (right(entry, 1) = '*' AND starts_with(d, left(entry, -1)))), {last} FROM unnest(%s::text[]) AS d",
+            f"SELECT d, EXISTS (SELECT 1 FROM optout WHERE number = d), {_ON_DND}, {last} "
+            f"FROM unnest(%s::text[]) AS d",
             (numbers,) if submitted_since is None else (submitted_since, numbers))
         facts = PolicyFacts(set(), set(), {})
         for number, opted_out, dnd, last_submitted in await cur.fetchall():
@@ -1080,17 +1077,29 @@ class PgOutbox:
             return await cur.fetchall()
 
 
+# A new message's columns, in `types.message_row`'s order, and the arrays they are bound as.
+_NEW_MESSAGE_COLUMNS = (
+    "key, call_key, rule, recipient_kind, raw_number, destination, sender, text, encoding, segments, options, "
+    "state, reason, next_attempt_at, expires_at, created_at, updated_at, final_at"
+)
+_NEW_MESSAGE_ARRAYS = (
+    "unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
+    "%s::text[], %s::int[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::float8[], %s::float8[], "
+    "%s::float8[], %s::float8[])"
+)
 _INSERT_MESSAGES = (
-    "INSERT INTO messages (key, call_key, rule, recipient_kind, raw_number, destination, sender, text, encoding, "
-    "segments, options, state, reason, next_attempt_at, expires_at, created_at, updated_at, final_at) "
-    "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
-    "%s::text[], %s::text[], %s::int[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::float8[], "
-    "%s::float8[], %s::float8[], %s::float8[]) ON CONFLICT (key) DO NOTHING"
+    f"INSERT INTO messages ({_NEW_MESSAGE_COLUMNS}) SELECT * FROM {_NEW_MESSAGE_ARRAYS} ON CONFLICT (key) DO NOTHING"
 )
 
 
 # What a message's birth looks like to webhooks: the columns of `_transition`.
 _RETURNING_TRANSITION = " RETURNING id, call_key, rule, destination, state, reason"
+
+
+# Whether number `d` is on the DND list: an entry ending in * is a prefix, others match whole
+# numbers.
+_ON_DND = ("EXISTS (SELECT 1 FROM dnd WHERE entry = d "
+           "OR (right(entry, 1) = '*' AND starts_with(d, left(entry, -1))))")
 
 
 # A batch of finished calls and their messages in one statement. A call already recorded
@@ -1103,15 +1112,8 @@ _RECORD_CALLS = (
     "record, created_at, instance) SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], "
     "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::text[]) "
     "ON CONFLICT (call_key) DO NOTHING RETURNING call_key), "
-    "born AS (INSERT INTO messages (key, call_key, rule, recipient_kind, raw_number, destination, sender, text, "
-    "encoding, segments, options, state, reason, next_attempt_at, expires_at, created_at, updated_at, final_at) "
-    "SELECT m.key, m.call_key, m.rule, m.recipient_kind, m.raw_number, m.destination, m.sender, m.text, "
-    "m.encoding, m.segments, m.options, m.state, m.reason, m.next_attempt_at, m.expires_at, m.created_at, "
-    "m.updated_at, m.final_at FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
-    "%s::text[], %s::text[], %s::text[], %s::text[], %s::int[], %s::text[], %s::text[], %s::text[], "
-    "%s::float8[], %s::float8[], %s::float8[], %s::float8[], %s::float8[]) WITH ORDINALITY AS m (key, "
-    "call_key, rule, recipient_kind, raw_number, destination, sender, text, encoding, segments, options, state, "
-    "reason, next_attempt_at, expires_at, created_at, updated_at, final_at, n) "
+    f"born AS (INSERT INTO messages ({_NEW_MESSAGE_COLUMNS}) SELECT {_NEW_MESSAGE_COLUMNS} "
+    f"FROM {_NEW_MESSAGE_ARRAYS} WITH ORDINALITY AS m ({_NEW_MESSAGE_COLUMNS}, n) "
     "WHERE m.call_key IN (SELECT call_key FROM new_calls) ORDER BY m.n "
     "ON CONFLICT (key) DO NOTHING RETURNING id, call_key, rule, destination, state, reason) "
     "SELECT NULL::bigint, call_key, NULL, NULL, NULL, NULL FROM new_calls "
@@ -1155,8 +1157,7 @@ _POLICY_READ = (
     "AND state NOT IN ('failed', 'suppressed') AND id <> ALL(%(ids)s) GROUP BY destination "
     "UNION ALL SELECT 'again', NULL, id FROM messages WHERE id = ANY(%(ids)s) AND allowed_at IS NOT NULL "
     "UNION ALL SELECT 'optout', number, NULL FROM optout WHERE number = ANY(%(to)s) "
-    "UNION ALL SELECT 'dnd', d, NULL FROM unnest(%(to)s::text[]) AS d WHERE EXISTS (SELECT 1 FROM dnd "
-    "WHERE entry = d OR (right(entry, 1) = '*' AND starts_with(d, left(entry, -1))))"
+    f"UNION ALL SELECT 'dnd', d, NULL FROM unnest(%(to)s::text[]) AS d WHERE {_ON_DND}"
 )
 # A decision's write: only if no other decision landed since the read (the version is the
 # one read; an instance bumping it at the same moment holds the row until it commits, then
