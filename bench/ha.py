@@ -271,7 +271,7 @@ async def bench_pgstop(pg: PgServer, tmp: Path, calls: int, rate: float, lease: 
           f"'wait in memory' logged: {'wait in memory' in log}; tracebacks {log.count('Traceback')}")
 
 
-# What --policy adds: the shared cooldown and quota are then decided under the outbox's lock.
+# What --policy adds: the shared cooldown and quota, decided across instances (PgOutbox.allow_sends).
 POLICY = """
 [policy]
 cooldown_minutes = 60
@@ -378,6 +378,6 @@ if __name__ == "__main__":
     parser.add_argument("--only", default="kill9,pgstop,latency,rate")
     parser.add_argument("--dump", type=Path, help="latency: write each call's end (s) and latency (ms) to this file")
     parser.add_argument("--policy", action="store_true",
-                        help="latency: with [policy] cooldown_minutes and daily_quota set (decided under a lock)")
+                        help="latency: with [policy] cooldown_minutes and daily_quota set (decided across instances)")
     args = parser.parse_args()
     asyncio.run(main(args.only.split(","), args.calls, args.rate, args.lease, args.dump, args.policy))
